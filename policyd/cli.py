@@ -1,0 +1,107 @@
+"""`policyd` command line: argument parsing and wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+
+from . import __version__, report
+from .compile.evaluate import Endpoint, Evaluator
+from .compile.matrix import compute, endpoint
+from .model.problems import InvalidInput
+from .world import World, load_world
+
+EXIT_OK, EXIT_DENIED, EXIT_INVALID = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A request the input cannot answer (unknown pod, …): exit 2 with the message."""
+
+
+def add_input(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+                   help="manifest file or directory (repeatable; multi-document YAML and kind: List)")
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="pod addresses for pods without status.podIPs")
+    p.add_argument("--node-prefix", type=int, default=24, help="prefix length of each node's pod CIDR")
+
+
+def add_service(p: argparse.ArgumentParser, icmp: bool) -> None:
+    protos = ["TCP", "UDP", "SCTP"] + (["ICMP"] if icmp else [])
+    p.add_argument("--protocol", type=str.upper, choices=protos, default="TCP")
+    p.add_argument("--port", type=int, default=80)
+
+
+def world_from(args: argparse.Namespace) -> World:
+    return load_world(args.paths, args.cluster_cidr, args.node_prefix)
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    w = world_from(args)
+    m = compute(w.compile(), w.pods, args.protocol, args.port)
+    if args.output == "json":
+        print(json.dumps(m.to_json(), indent=2))
+    else:
+        print(report.matrix_table(m), end="")
+    return EXIT_OK
+
+
+def resolve_endpoint(w: World, ref: str) -> Endpoint:
+    try:
+        return Endpoint(ipaddress.ip_address(ref), next((p for p in w.pods if ipaddress.ip_address(ref) in p.ips), None))
+    except ValueError:
+        pass
+    pod = w.find_pod(ref)
+    if pod is None:
+        raise UsageError(f"no pod {ref!r} in the manifests (use NAMESPACE/POD or an IP address)")
+    if not pod.addressable:
+        raise UsageError(f"pod {pod.key} has no address (host network, finished, or no IP)")
+    return endpoint(pod)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    w = world_from(args)
+    src, dst = resolve_endpoint(w, args.src), resolve_endpoint(w, args.dst)
+    v = Evaluator(w.compile()).verdict(src, dst, args.protocol, args.port)
+    print(report.explain_text(v), end="")
+    return EXIT_OK if v.allowed else EXIT_DENIED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="policyd", description="Kubernetes NetworkPolicy enforcement with nftables.")
+    parser.add_argument("--version", action="version", version=f"policyd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("matrix", help="reachability matrix of the pods in manifests, from the policy engine")
+    add_input(p)
+    add_service(p, icmp=True)
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_matrix)
+
+    p = sub.add_parser("explain", help="verdict for one connection and the rule that decides it (exit 0 allowed, 1 denied)")
+    add_input(p)
+    add_service(p, icmp=True)
+    p.add_argument("--from", dest="src", required=True, metavar="NS/POD|IP")
+    p.add_argument("--to", dest="dst", required=True, metavar="NS/POD|IP")
+    p.set_defaults(func=cmd_explain)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as e:
+        print(f"policyd: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except InvalidInput as e:
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"policyd: {len(e.problems)} problem(s) in the input; nothing was done", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The incremental compiler: events in, per-pod plans and shared set contents out.
+
+Calico Felix's calculation graph in miniature: every set is named by its content (spec),
+shared by all rules that use it and reference counted by the plans that use it. An event
+recomputes only what it can affect:
+
+* pod added/changed/deleted → that pod's entries in the live sets of its namespace scope,
+  and its own plan if it is local;
+* namespace relabelled → the namespace-selector sets, for that namespace's pods only;
+* policy added/changed/deleted → the plans of local pods of that namespace that the old or
+  new podSelector selects.
+
+`take_changes()` hands the dirty pod plans and sets to the renderer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
+from ..state.store import ClusterStore
+from .plan import BlockSetSpec, Entry, PodPlan, PodSetSpec, SetSpec
+from .pod import plan_pod
+
+
+@dataclass
+class Changes:
+    """What changed since the last take: keys only; read contents from the compiler."""
+
+    pods: set[PodKey] = field(default_factory=set)
+    sets: set[SetSpec] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.pods or self.sets)
+
+
+@dataclass
+class LiveSet:
+    refs: int
+    members: dict[PodKey, frozenset[Entry]]  # per pod, so that a pod's update is local
+
+    def entries(self) -> frozenset[Entry]:
+        out: set[Entry] = set()
+        for e in self.members.values():
+            out |= e
+        return frozenset(out)
+
+
+def pod_entries(spec: PodSetSpec, pod: Pod) -> frozenset[Entry]:
+    if not pod.addressable:
+        return frozenset()
+    if spec.port_name is None:
+        return frozenset(pod.ips)
+    port = pod.resolve_port(spec.port_name, spec.protocol or "TCP")
+    return frozenset((ip, port) for ip in pod.ips) if port is not None else frozenset()
+
+
+class Compiler:
+    """`node` None compiles every pod (what-if tools); otherwise only that node's pods."""
+
+    def __init__(self, node: str | None = None, store: ClusterStore | None = None) -> None:
+        self.node = node
+        self.store = store or ClusterStore()
+        self.plans: dict[PodKey, PodPlan] = {}
+        self.sets: dict[SetSpec, LiveSet] = {}
+        # Live pod sets by the namespaces their scope covers (fixed or by selector).
+        self._sets_by_ns: dict[str, set[PodSetSpec]] = defaultdict(set)
+        self._nssel_sets: set[PodSetSpec] = set()
+        self._changes = Changes()
+
+    # --- events ---------------------------------------------------------------------
+
+    def upsert_pod(self, pod: Pod) -> None:
+        old = self.store.put_pod(pod)
+        if old == pod:
+            return
+        for spec in list(self._sets_by_ns.get(pod.namespace, ())):
+            self._set_member(spec, pod)
+        self._replan(pod.key)
+
+    def delete_pod(self, key: PodKey) -> None:
+        old = self.store.remove_pod(key)
+        if old is None:
+            return
+        for spec in list(self._sets_by_ns.get(old.namespace, ())):
+            live = self.sets[spec]
+            if live.members.pop(key, None):
+                self._changes.sets.add(spec)
+        self._replan(key)
+
+    def upsert_namespace(self, ns: Namespace) -> None:
+        old = self.store.put_namespace(ns)
+        if old is not None and old.labels == ns.labels:
+            return
+        self._rescope_namespace(ns.name)
+
+    def delete_namespace(self, name: str) -> None:
+        if self.store.remove_namespace(name) is not None:
+            self._rescope_namespace(name)
+
+    def upsert_policy(self, policy: NetworkPolicy) -> None:
+        old = self.store.put_policy(policy)
+        if old == policy:
+            return
+        self._replan_policy(old, policy)
+
+    def delete_policy(self, key: PolicyKey) -> None:
+        old = self.store.remove_policy(key)
+        if old is not None:
+            self._replan_policy(old, None)
+
+    def take_changes(self) -> Changes:
+        out, self._changes = self._changes, Changes()
+        return out
+
+    # --- queries --------------------------------------------------------------------
+
+    def is_local(self, pod: Pod) -> bool:
+        return pod.addressable and (self.node is None or pod.node == self.node)
+
+    def set_entries(self, spec: SetSpec) -> frozenset[Entry]:
+        live = self.sets.get(spec)
+        return live.entries() if live is not None else frozenset()
+
+    # --- internals ------------------------------------------------------------------
+
+    def _set_member(self, spec: PodSetSpec, pod: Pod) -> None:
+        live = self.sets[spec]
+        entries = pod_entries(spec, pod) if spec.pod_selector.matches(pod.labels) else frozenset()
+        if live.members.get(pod.key, frozenset()) == entries:
+            return
+        if entries:
+            live.members[pod.key] = entries
+        else:
+            live.members.pop(pod.key, None)
+        self._changes.sets.add(spec)
+
+    def _scope_namespaces(self, spec: PodSetSpec) -> Iterable[str]:
+        if spec.namespace is not None:
+            return [spec.namespace]
+        return self.store.namespaces_matching(spec.namespace_selector)  # type: ignore[arg-type]
+
+    def _rescope_namespace(self, name: str) -> None:
+        """Namespace labels changed: namespace-selector sets gain or lose its pods."""
+        labels = self.store.namespace_labels(name)
+        exists = name in self.store.namespaces
+        covered = self._sets_by_ns[name]
+        for spec in self._nssel_sets:
+            now = exists and spec.namespace_selector.matches(labels)  # type: ignore[union-attr]
+            if now == (spec in covered):
+                continue
+            live = self.sets[spec]
+            if now:
+                covered.add(spec)
+                for pod in self.store.pods_matching(name, spec.pod_selector):
+                    self._set_member(spec, pod)
+            else:
+                covered.discard(spec)
+                for key in list(live.members):
+                    if key.startswith(name + "/"):
+                        del live.members[key]
+                        self._changes.sets.add(spec)
+
+    def _replan_policy(self, old: NetworkPolicy | None, new: NetworkPolicy | None) -> None:
+        ns = (new or old).namespace  # type: ignore[union-attr]
+        keys: set[PodKey] = set()
+        for pol in (old, new):
+            if pol is not None:
+                keys.update(p.key for p in self.store.pods_matching(ns, pol.pod_selector) if self.is_local(p))
+        for key in sorted(keys):
+            self._replan(key)
+
+    def _replan(self, key: PodKey) -> None:
+        pod = self.store.pods.get(key)
+        old = self.plans.get(key)
+        new = plan_pod(pod, self.store.policies_selecting(pod)) if pod is not None and self.is_local(pod) else None
+        if old == new:
+            return
+        old_specs = old.set_specs() if old else set()
+        new_specs = new.set_specs() if new else set()
+        for spec in new_specs - old_specs:
+            self._ref(spec)
+        if new is None:
+            del self.plans[key]
+        else:
+            self.plans[key] = new
+        for spec in old_specs - new_specs:
+            self._unref(spec)
+        self._changes.pods.add(key)
+
+    def _ref(self, spec: SetSpec) -> None:
+        live = self.sets.get(spec)
+        if live is not None:
+            live.refs += 1
+            return
+        live = self.sets[spec] = LiveSet(1, {})
+        self._changes.sets.add(spec)
+        if isinstance(spec, BlockSetSpec):
+            return
+        if spec.namespace is None:
+            self._nssel_sets.add(spec)
+        for ns in self._scope_namespaces(spec):
+            self._sets_by_ns[ns].add(spec)
+            for pod in self.store.pods_matching(ns, spec.pod_selector):
+                entries = pod_entries(spec, pod)
+                if entries:
+                    live.members[pod.key] = entries
+
+    def _unref(self, spec: SetSpec) -> None:
+        live = self.sets[spec]
+        live.refs -= 1
+        if live.refs:
+            return
+        del self.sets[spec]
+        self._changes.sets.add(spec)
+        if isinstance(spec, PodSetSpec):
+            self._nssel_sets.discard(spec)
+            for covered in self._sets_by_ns.values():
+                covered.discard(spec)
+
+
+def compile_all(node: str | None, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy]) -> Compiler:
+    """From scratch: namespaces, then policies, then pods (any order gives the same result)."""
+    c = Compiler(node)
+    for ns in namespaces:
+        c.upsert_namespace(ns)
+    for pol in policies:
+        c.upsert_policy(pol)
+    for pod in pods:
+        c.upsert_pod(pod)
+    c.take_changes()
+    return c

@@ -1,0 +1,141 @@
+"""The compiled plan (IR): what the dataplane must enforce, with no nftables in it.
+
+Peers are named by *set specs*: content-addressed descriptions of an address set. Equal
+selectors in different policies give equal specs, hence one shared set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Union
+
+from ..model.objects import Direction, IPAddress, IPBlock, PodKey, PolicyKey
+from ..model.selectors import LabelSelector, stable_hash
+
+
+@dataclass(frozen=True)
+class PodSetSpec:
+    """Addresses of addressable pods matching (namespace scope, pod selector).
+
+    Scope: `namespace` fixed (a podSelector-only peer), or `namespace_selector`.
+    With `port_name`, members are (address, port) pairs: the pod's container port of
+    that name and protocol, for egress rules whose named port resolves per destination.
+    """
+
+    pod_selector: LabelSelector
+    namespace: str | None = None
+    namespace_selector: LabelSelector | None = None
+    port_name: str | None = None
+    protocol: str | None = None
+
+    def canonical(self) -> str:
+        scope = f"ns={self.namespace}" if self.namespace is not None else f"nsSelector={self.namespace_selector.canonical()}"  # type: ignore[union-attr]
+        text = f"pods {scope} podSelector={self.pod_selector.canonical()}"
+        if self.port_name:
+            text += f" port={self.protocol}/{self.port_name}"
+        return text
+
+    @property
+    def digest(self) -> str:
+        return stable_hash("pods", self.canonical())
+
+
+@dataclass(frozen=True)
+class BlockSetSpec:
+    """An ipBlock: cidr minus except. Its content never changes: the spec *is* the content."""
+
+    block: IPBlock
+
+    def canonical(self) -> str:
+        return f"ipBlock {self.block.canonical()}"
+
+    @property
+    def digest(self) -> str:
+        return stable_hash("block", self.canonical())
+
+    def intervals(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """cidr minus excepts as a minimal list of prefixes."""
+        nets = [self.block.cidr]
+        for e in self.block.excepts:
+            nxt = []
+            for n in nets:
+                if e.subnet_of(n):  # type: ignore[arg-type]
+                    nxt.extend(n.address_exclude(e))  # type: ignore[arg-type]
+                elif n.subnet_of(e):  # type: ignore[arg-type]
+                    continue
+                else:
+                    nxt.append(n)
+            nets = nxt
+        return sorted(ipaddress.collapse_addresses(nets), key=lambda n: (n.network_address, n.prefixlen))  # type: ignore[arg-type]
+
+
+SetSpec = Union[PodSetSpec, BlockSetSpec]
+
+# Entries of a PodSetSpec: an address, or (address, port) when the spec has a port name.
+Entry = Union[IPAddress, tuple[IPAddress, int]]
+
+
+@dataclass(frozen=True)
+class PortMatch:
+    """One `ports[index]` entry, resolved to a numeric range (None: the whole protocol)."""
+
+    protocol: str
+    first: int | None
+    last: int | None
+    index: int
+
+    def matches(self, protocol: str, port: int) -> bool:
+        if protocol != self.protocol:
+            return False
+        return self.first is None or self.first <= port <= self.last  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One peer of one rule of one policy: `peer` None = every peer; `ports` None = every
+    port of every protocol. When `peer` has a port name, the set holds (address, port)
+    pairs and `ports` is None: the set itself decides the port."""
+
+    policy: PolicyKey
+    direction: Direction
+    rule_index: int
+    peer_index: int | None
+    peer: SetSpec | None
+    ports: tuple[PortMatch, ...] | None
+
+    def label(self) -> str:
+        """How a human finds the YAML this came from: `ns/policy ingress[0] from[1]`."""
+        peers = "from" if self.direction is Direction.INGRESS else "to"
+        text = f"{self.policy} {self.direction.value}[{self.rule_index}]"
+        if self.peer_index is not None:
+            text += f" {peers}[{self.peer_index}]"
+        return text
+
+
+@dataclass(frozen=True)
+class DirectionPlan:
+    """Isolation in one direction: the isolating policies and the union of their rules."""
+
+    policies: tuple[PolicyKey, ...]
+    rules: tuple[AllowRule, ...]
+    # Policies that could not be interpreted: they isolate, and allow nothing.
+    invalid: tuple[PolicyKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    pod: PodKey
+    ips: tuple[IPAddress, ...]
+    ingress: DirectionPlan | None  # None: not isolated for ingress
+    egress: DirectionPlan | None
+
+    def direction(self, d: Direction) -> DirectionPlan | None:
+        return self.ingress if d is Direction.INGRESS else self.egress
+
+    def set_specs(self) -> set[SetSpec]:
+        out: set[SetSpec] = set()
+        for dp in (self.ingress, self.egress):
+            if dp is not None:
+                out.update(r.peer for r in dp.rules if r.peer is not None)
+        return out

@@ -1,0 +1,82 @@
+"""The deterministic address allocator shared by `policyd matrix` and `policyd lab`.
+
+* Nodes: Node objects and every `spec.nodeName`, sorted by name; with none, `node-1`
+  and `node-2`. Pods without a node are spread round-robin, in `namespace/name` order.
+* Node i (0-based, in name order) gets the i-th `/node_prefix` of the cluster CIDR
+  (default 10.244.0.0/16 → 10.244.0.0/24, 10.244.1.0/24, …) unless its Node object sets
+  `spec.podCIDRs`.
+* Pods without `status.podIPs` get the lowest free host address of their node's CIDR from
+  `.2` up (`.1` stays free for a gateway), in `namespace/name` order.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+
+from .objects import IPNetwork, Node, Pod
+from .problems import Problem
+
+DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
+DEFAULT_NODE_PREFIX = 24
+DEFAULT_NODES = ("node-1", "node-2")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    nodes: dict[str, IPNetwork]
+    pods: list[Pod]
+    problems: list[Problem]
+
+
+def node_cidrs(nodes: list[Node], pods: list[Pod], cluster_cidr: str, node_prefix: int, default_nodes: tuple[str, ...]) -> dict[str, IPNetwork]:
+    names = sorted({n.name for n in nodes} | {p.node for p in pods if p.node})
+    if not names:
+        names = list(default_nodes)
+    explicit = {n.name: n.pod_cidrs[0] for n in nodes if n.pod_cidrs}
+    subnets = ipaddress.ip_network(cluster_cidr).subnets(new_prefix=node_prefix)
+    out: dict[str, IPNetwork] = {}
+    for name in names:
+        out[name] = explicit.get(name) or next(subnets)
+    return out
+
+
+def allocate(
+    nodes: list[Node],
+    pods: list[Pod],
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
+    node_prefix: int = DEFAULT_NODE_PREFIX,
+    default_nodes: tuple[str, ...] = DEFAULT_NODES,
+    strict: bool = False,
+) -> Allocation:
+    """Give every pod a node and (unless host-network) an address.
+
+    `strict` (the lab) requires explicit addresses to lie in their node's pod CIDR, since
+    the lab must route them."""
+    cidrs = node_cidrs(nodes, pods, cluster_cidr, node_prefix, default_nodes)
+    names = sorted(cidrs)
+    problems: list[Problem] = []
+    ordered = sorted(pods, key=lambda p: p.key)
+    placed: list[Pod] = []
+    spread = 0
+    for pod in ordered:
+        if not pod.node:
+            pod = replace(pod, node=names[spread % len(names)])
+            spread += 1
+        placed.append(pod)
+    used = {ip for p in placed for ip in p.ips}
+    out: list[Pod] = []
+    free = {name: (h for h in net.hosts() if h != net.network_address + 1) for name, net in cidrs.items()}
+    for pod in placed:
+        net = cidrs.get(pod.node)  # type: ignore[arg-type]
+        if pod.ips:
+            if strict and net is not None and not any(ip in net for ip in pod.ips):
+                problems.append(
+                    Problem("<lab>", None, "status.podIPs", f"{', '.join(map(str, pod.ips))} is outside node {pod.node}'s pod CIDR {net}", "Pod", pod.key)
+                )
+        elif not pod.host_network and net is not None:
+            ip = next(h for h in free[pod.node] if h not in used)  # type: ignore[index]
+            used.add(ip)
+            pod = replace(pod, ips=(ip,))
+        out.append(pod)
+    return Allocation(cidrs, out, problems)

@@ -1,0 +1,100 @@
+"""The cluster picture in memory: namespaces, pods, policies, and the label indexes that
+make "which pods of namespace N match selector S" cheap (no scan of every pod)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
+from ..model.selectors import LabelSelector
+
+
+class ClusterStore:
+    def __init__(self) -> None:
+        self.namespaces: dict[str, Namespace] = {}
+        self.pods: dict[PodKey, Pod] = {}
+        self.policies: dict[PolicyKey, NetworkPolicy] = {}
+        self.pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
+        self.policies_by_ns: dict[str, set[PolicyKey]] = defaultdict(set)
+        # (namespace, label key, label value) → pods: narrows equality selectors.
+        self._by_label: dict[tuple[str, str, str], set[PodKey]] = defaultdict(set)
+
+    # --- writes ---------------------------------------------------------------------
+
+    def put_pod(self, pod: Pod) -> Pod | None:
+        old = self.pods.get(pod.key)
+        if old is not None:
+            self._unindex(old)
+        self.pods[pod.key] = pod
+        self.pods_by_ns[pod.namespace].add(pod.key)
+        for k, v in pod.labels.items():
+            self._by_label[(pod.namespace, k, v)].add(pod.key)
+        return old
+
+    def remove_pod(self, key: PodKey) -> Pod | None:
+        old = self.pods.pop(key, None)
+        if old is not None:
+            self._unindex(old)
+            self.pods_by_ns[old.namespace].discard(key)
+        return old
+
+    def _unindex(self, pod: Pod) -> None:
+        for k, v in pod.labels.items():
+            bucket = self._by_label.get((pod.namespace, k, v))
+            if bucket is not None:
+                bucket.discard(pod.key)
+                if not bucket:
+                    del self._by_label[(pod.namespace, k, v)]
+
+    def put_namespace(self, ns: Namespace) -> Namespace | None:
+        old = self.namespaces.get(ns.name)
+        self.namespaces[ns.name] = ns
+        return old
+
+    def remove_namespace(self, name: str) -> Namespace | None:
+        return self.namespaces.pop(name, None)
+
+    def put_policy(self, policy: NetworkPolicy) -> NetworkPolicy | None:
+        old = self.policies.get(policy.key)
+        self.policies[policy.key] = policy
+        self.policies_by_ns[policy.namespace].add(policy.key)
+        return old
+
+    def remove_policy(self, key: PolicyKey) -> NetworkPolicy | None:
+        old = self.policies.pop(key, None)
+        if old is not None:
+            self.policies_by_ns[old.namespace].discard(key)
+        return old
+
+    # --- queries --------------------------------------------------------------------
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        ns = self.namespaces.get(name)
+        return ns.labels if ns is not None else {}
+
+    def namespaces_matching(self, selector: LabelSelector) -> Iterable[str]:
+        return [n for n, ns in self.namespaces.items() if selector.matches(ns.labels)]
+
+    def pods_matching(self, namespace: str, selector: LabelSelector) -> list[Pod]:
+        """Pods of `namespace` whose labels match: the smallest equality bucket, then filter."""
+        candidates: set[PodKey] | None = None
+        for k, v in selector.equality_terms():
+            bucket = self._by_label.get((namespace, k, v), set())
+            if candidates is None or len(bucket) < len(candidates):
+                candidates = bucket
+        if candidates is None:
+            candidates = self.pods_by_ns.get(namespace, set())
+        pods = (self.pods[k] for k in candidates)
+        return [p for p in pods if selector.matches(p.labels)]
+
+    def policies_selecting(self, pod: Pod) -> list[NetworkPolicy]:
+        out = []
+        for key in self.policies_by_ns.get(pod.namespace, ()):
+            pol = self.policies[key]
+            if pol.pod_selector.matches(pod.labels):
+                out.append(pol)
+        return sorted(out, key=lambda p: p.key)
+
+
+__all__ = ["ClusterStore"]

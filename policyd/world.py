@@ -1,0 +1,44 @@
+"""Load a cluster picture for the what-if tools: manifests → validated, addressed objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .compile.engine import Compiler, compile_all
+from .model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
+from .model.manifests import load
+from .model.objects import IPNetwork, Namespace, NetworkPolicy, Pod
+from .model.problems import InvalidInput
+
+
+@dataclass
+class World:
+    namespaces: list[Namespace]
+    pods: list[Pod]
+    policies: list[NetworkPolicy]
+    node_cidrs: dict[str, IPNetwork]
+
+    def compile(self, node: str | None = None) -> Compiler:
+        return compile_all(node, self.namespaces, self.pods, self.policies)
+
+    def find_pod(self, ref: str) -> Pod | None:
+        ns, _, name = ref.rpartition("/")
+        key = f"{ns or 'default'}/{name}"
+        return next((p for p in self.pods if p.key == key), None)
+
+
+def load_world(
+    paths: Iterable[str | Path],
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR,
+    node_prefix: int = DEFAULT_NODE_PREFIX,
+    strict_addresses: bool = False,
+) -> World:
+    """Raises InvalidInput listing every problem in the manifests."""
+    m = load(paths)
+    alloc = allocate(m.nodes, m.pods, cluster_cidr, node_prefix, strict=strict_addresses)
+    problems = m.problems + alloc.problems
+    if problems:
+        raise InvalidInput(problems)
+    return World(m.namespaces, alloc.pods, m.policies, alloc.nodes)

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The README's test command: set everything up, then run the whole test suite.
+# Kernel and end-to-end tests need root; they create network namespaces with a unique
+# prefix and remove them even when a test fails. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+echo "==> import layers (import-linter)"
+.venv/bin/lint-imports
+echo "==> pytest $*"
+exec .venv/bin/python -m pytest "$@"

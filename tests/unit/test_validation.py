@@ -1,0 +1,139 @@
+"""What the API server would reject is reported with file, document and field path — all
+problems at once — and an invalid policy never widens access."""
+
+from __future__ import annotations
+
+import pytest
+
+from policyd.cli import main
+from policyd.model.manifests import load
+from policyd.model.problems import InvalidInput
+
+BAD = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: ok, namespace: default}
+spec: {podSelector: {}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: Bad_Name, namespace: default}
+spec:
+  podSelector:
+    matchExpressions:
+    - {key: app, operator: Maybe, values: [x]}
+    - {key: app, operator: In}
+    - {key: app, operator: Exists, values: [x]}
+    matchLabels: {"bad key!": v, ok: "bad value!"}
+  policyTypes: [Ingress, Sideways]
+  ingress:
+  - from:
+    - ipBlock: {cidr: 10.0.0.1/8, except: [10.0.0.0/24]}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [192.168.0.0/24, 10.0.0.0/8, "10.1.0.0/16"]}
+    - ipBlock: {cidr: not-a-cidr}
+    - ipBlock: {cidr: 10.0.0.0/8}
+      podSelector: {}
+    - {}
+    ports:
+    - {protocol: ICMP, port: 80}
+    - {port: 0}
+    - {port: 70000}
+    - {port: 80, endPort: 79}
+    - {port: http, endPort: 90}
+    - {endPort: 90}
+    - {port: Not_A_Name}
+    - {port: "123456789012345678"}
+"""
+
+
+def paths_of(problems):
+    return {p.path for p in problems}
+
+
+def test_every_problem_is_reported_with_its_path(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(BAD)
+    m = load([f])
+    paths = paths_of(m.problems)
+    expected = {
+        "metadata.name",
+        "spec.podSelector.matchExpressions[0].operator",
+        "spec.podSelector.matchExpressions[1].values",
+        "spec.podSelector.matchExpressions[2].values",
+        "spec.podSelector.matchLabels[bad key!]",
+        "spec.podSelector.matchLabels[ok]",
+        "spec.policyTypes[1]",
+        "spec.ingress[0].from[0].ipBlock.cidr",
+        "spec.ingress[0].from[1].ipBlock.except[0]",
+        "spec.ingress[0].from[1].ipBlock.except[1]",
+        "spec.ingress[0].from[2].ipBlock.cidr",
+        "spec.ingress[0].from[3]",
+        "spec.ingress[0].from[4]",
+        "spec.ingress[0].ports[0].protocol",
+        "spec.ingress[0].ports[1].port",
+        "spec.ingress[0].ports[2].port",
+        "spec.ingress[0].ports[3].endPort",
+        "spec.ingress[0].ports[4].endPort",
+        "spec.ingress[0].ports[5].endPort",
+        "spec.ingress[0].ports[6].port",
+        "spec.ingress[0].ports[7].port",
+    }
+    assert expected <= paths, sorted(expected - paths)
+    assert "spec.ingress[0].from[1].ipBlock.except[2]" not in paths, "10.1.0.0/16 is a valid except"
+    assert all(p.source == str(f) and p.doc == 1 for p in m.problems), "all in the second document"
+    canonical = next(p for p in m.problems if p.path == "spec.ingress[0].from[0].ipBlock.cidr")
+    assert "canonical" in canonical.message and "10.0.0.0/8" in canonical.message
+
+
+def test_invalid_policy_isolates_both_ways_and_allows_nothing(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(BAD)
+    bad = next(p for p in load([f]).policies if p.name == "Bad_Name")
+    assert bad.invalid and bad.rules(bad.policy_types and next(iter(bad.policy_types))) == ()
+    assert len(bad.policy_types) == 2, "unknown policyTypes: isolate in both directions"
+    assert bad.pod_selector.is_empty, "an unreadable podSelector isolates the whole namespace"
+
+
+def test_cli_lists_all_problems_and_exits_2(tmp_path, capsys):
+    f = tmp_path / "bad.yaml"
+    f.write_text(BAD)
+    assert main(["matrix", "-f", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") >= 20
+    assert f"{f}[doc 1] NetworkPolicy default/Bad_Name: spec.ingress[0].ports[3].endPort" in err
+
+
+@pytest.mark.parametrize(
+    "doc, path",
+    [
+        ("apiVersion: v1\nkind: Namespace\nmetadata: {name: Upper}", "metadata.name"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{ports: [{containerPort: 0}]}]}", "spec.containers[0].ports[0].containerPort"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{ports: [{containerPort: 80, name: a}, {containerPort: 81, name: a}]}]}", "spec.containers[0].ports[1].name"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIPs: [{ip: 300.1.1.1}]}", "status.podIPs[0].ip"),
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}", "kind"),
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}", "spec.podSelector"),
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}, egress: [{to: [{ipBlock: {cidr: 'fd00::/64', except: ['10.0.0.0/8']}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}, ingress: [{from: [], bogus: 1}]}", "spec.ingress[0].bogus"),
+    ],
+)
+def test_single_problems(tmp_path, doc, path):
+    f = tmp_path / "one.yaml"
+    f.write_text(doc)
+    assert path in paths_of(load([f]).problems)
+
+
+def test_yaml_syntax_error_is_reported(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("kind: [unclosed")
+    (p,) = load([f]).problems
+    assert "not valid YAML" in p.message
+
+
+def test_load_world_raises_with_all_problems(tmp_path):
+    from policyd.world import load_world
+
+    f = tmp_path / "bad.yaml"
+    f.write_text(BAD)
+    with pytest.raises(InvalidInput) as e:
+        load_world([f])
+    assert len(e.value.problems) >= 20
