@@ -68,6 +68,45 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if v.allowed else EXIT_DENIED
 
 
+def render_config(args: argparse.Namespace):
+    from .nft.render import DispatchMode, RenderConfig
+
+    return RenderConfig(table=args.table, mode=DispatchMode(args.mode))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .nft.desired import DesiredState
+    from .nft.diff import diff
+    from .nft.text import ruleset_text
+    from .reconcile.interfaces import calico_interface
+
+    w = world_from(args)
+    if args.node not in w.node_cidrs:
+        raise UsageError(f"no node {args.node!r} in the manifests (nodes: {', '.join(sorted(w.node_cidrs))})")
+    compiler = w.compile(args.node)
+    cfg = render_config(args)
+    desired = DesiredState(cfg)
+    for spec in compiler.sets:
+        desired.update_set(spec, compiler)
+    for key in compiler.plans:
+        desired.update_pod(key, compiler, lambda k, ips: calico_interface(k, args.interface_prefix))
+    if args.output == "json":
+        print(diff(None, desired.ruleset, cfg.table).to_json())
+    else:
+        print(ruleset_text(desired.ruleset, cfg.table), end="")
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .nft.backend import NftBackend
+
+    if NftBackend(args.table).delete_table():
+        print(f"removed table inet {args.table}")
+    else:
+        print(f"no table inet {args.table}: nothing to remove")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="policyd", description="Kubernetes NetworkPolicy enforcement with nftables.")
     parser.add_argument("--version", action="version", version=f"policyd {__version__}")
@@ -86,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst", required=True, metavar="NS/POD|IP")
     p.set_defaults(func=cmd_explain)
 
+    p = sub.add_parser("render", help="the nftables ruleset a node would get (dry run, touches no kernel)")
+    add_input(p)
+    p.add_argument("--node", required=True, help="node whose pods get chains")
+    p.add_argument("-o", "--output", choices=["nft", "json"], default="nft",
+                   help="nft: readable ruleset; json: the libnftables transaction that would build it")
+    p.add_argument("--mode", choices=["interface", "address"], default="interface",
+                   help="dispatch by host-side interface (routed CNIs) or by pod address (bridging CNIs)")
+    p.add_argument("--interface-prefix", default="cali",
+                   help="interface mode: pod interfaces named like Calico's (prefix + sha1(ns.pod))")
+    p.add_argument("--table", default="policyd")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("cleanup", help="remove policyd's nftables table (and nothing else) from this network namespace")
+    p.add_argument("--table", default="policyd")
+    p.set_defaults(func=cmd_cleanup)
     return parser
 
 

@@ -41,6 +41,11 @@ def node_cidrs(nodes: list[Node], pods: list[Pod], cluster_cidr: str, node_prefi
     return out
 
 
+def _hosts_from_2(net: IPNetwork):
+    gateway = net.network_address + 1
+    return (h for h in net.hosts() if h != gateway)
+
+
 def allocate(
     nodes: list[Node],
     pods: list[Pod],
@@ -66,7 +71,7 @@ def allocate(
         placed.append(pod)
     used = {ip for p in placed for ip in p.ips}
     out: list[Pod] = []
-    free = {name: (h for h in net.hosts() if h != net.network_address + 1) for name, net in cidrs.items()}
+    free = {name: _hosts_from_2(net) for name, net in cidrs.items()}
     for pod in placed:
         net = cidrs.get(pod.node)  # type: ignore[arg-type]
         if pod.ips:

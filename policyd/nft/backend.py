@@ -1,0 +1,100 @@
+"""libnftables in-process: one long-lived context, one call per transaction.
+
+A minimal ctypes binding to `libnftables.so.1` (the same C API the official Python
+bindings wrap), so the agent runs in any virtualenv. With libnftables 1.0.6, JSON input is
+parsed only while JSON output is enabled, so the context always has JSON output on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import threading
+from typing import Protocol
+
+from .diff import Transaction
+from .ruleset import Ruleset, parse_listing
+
+NFT_CTX_OUTPUT_JSON = 1 << 4
+
+
+class ApplyError(Exception):
+    """The kernel refused a transaction; nothing of it was applied."""
+
+
+class Backend(Protocol):
+    table: str
+
+    def read(self) -> Ruleset | None:
+        """What the kernel holds in our table; None when the table does not exist."""
+
+    def apply(self, tx: Transaction) -> None:
+        """Run the transaction atomically, or raise ApplyError having changed nothing."""
+
+    def delete_table(self) -> bool:
+        """Remove our table (and nothing else); False when there was none."""
+
+
+class Libnftables:
+    """The C library, loaded once per process."""
+
+    def __init__(self) -> None:
+        path = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            raise RuntimeError(f"cannot load libnftables ({path}): install the libnftables1 package") from e
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self.lib = lib
+        self.ctx = lib.nft_ctx_new(0)
+        lib.nft_ctx_output_set_flags(self.ctx, NFT_CTX_OUTPUT_JSON)
+        lib.nft_ctx_buffer_output(self.ctx)
+        lib.nft_ctx_buffer_error(self.ctx)
+        self.lock = threading.Lock()
+
+    def run(self, command: str) -> tuple[int, str, str]:
+        with self.lock:
+            rc = self.lib.nft_run_cmd_from_buffer(self.ctx, command.encode())
+            out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
+            err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode()
+        return rc, out, err
+
+
+class NftBackend:
+    """The real kernel, through libnftables, in the calling process's network namespace."""
+
+    def __init__(self, table: str = "policyd", lib: Libnftables | None = None) -> None:
+        self.table = table
+        self.nft = lib or Libnftables()
+
+    def read(self) -> Ruleset | None:
+        rc, out, err = self.nft.run(f"list table inet {self.table}")
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise ApplyError(f"list table inet {self.table}: {err.strip()}")
+        return parse_listing(json.loads(out), self.table)
+
+    def apply(self, tx: Transaction) -> None:
+        if not tx:
+            return
+        rc, _, err = self.nft.run(tx.to_json())
+        if rc != 0:
+            raise ApplyError(err.strip() or f"libnftables returned {rc}")
+
+    def delete_table(self) -> bool:
+        rc, _, err = self.nft.run(f"delete table inet {self.table}")
+        if rc != 0 and "No such file or directory" not in err:
+            raise ApplyError(err.strip())
+        return rc == 0

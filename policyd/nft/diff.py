@@ -1,0 +1,143 @@
+"""(what the kernel holds, what we want) → one Transaction, in an order the kernel accepts.
+
+Order: create new sets, maps and (empty) chains; refill changed chains (flush + add);
+update set and map elements; then delete chains and sets nothing refers to any more.
+With `touched` only those names are compared (partial sync); without it, everything
+(full sync). An unchanged state yields a transaction with zero operations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ruleset import (
+    ChainDef,
+    Ruleset,
+    chain_json,
+    elements_json,
+    map_elements_json,
+    map_json,
+    rule_json,
+    set_json,
+)
+
+
+@dataclass
+class Touched:
+    sets: set[str] = field(default_factory=set)
+    maps: set[str] = field(default_factory=set)
+    chains: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.sets or self.maps or self.chains)
+
+    def update(self, other: "Touched") -> None:
+        self.sets |= other.sets
+        self.maps |= other.maps
+        self.chains |= other.chains
+
+
+@dataclass
+class Transaction:
+    """One libnftables batch. `ops` counts commands and elements, the unit of kernel work."""
+
+    commands: list[dict] = field(default_factory=list)
+    ops: int = 0
+
+    def add(self, verb: str, obj: dict, weight: int = 1) -> None:
+        self.commands.append({verb: obj})
+        self.ops += weight
+
+    def __bool__(self) -> bool:
+        return bool(self.commands)
+
+    def to_json(self) -> str:
+        return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *self.commands]})
+
+
+def _names(a: dict[str, Any], b: dict[str, Any], only: set[str] | None) -> list[str]:
+    names = set(a) | set(b) if only is None else only
+    return sorted(names)
+
+
+def diff(actual: Ruleset | None, desired: Ruleset, table: str, touched: Touched | None = None) -> Transaction:
+    tx = Transaction()
+    if actual is None:
+        tx.add("add", {"table": {"family": "inet", "name": table}})
+        actual = Ruleset()
+    set_names = _names(actual.sets, desired.sets, touched and touched.sets)
+    map_names = _names(actual.maps, desired.maps, touched and touched.maps)
+    chain_names = _names(actual.chains, desired.chains, touched and touched.chains)
+
+    # 1. new (or redefined) sets and maps, new chains (empty, so jumps can refer to them)
+    for n in set_names:
+        have, want = actual.sets.get(n), desired.sets.get(n)
+        if want is not None and (have is None or have.header() != want.header()):
+            if have is not None:  # type changed: cannot happen for content-addressed names
+                tx.add("delete", {"set": {"family": "inet", "table": table, "name": n}})
+            tx.add("add", set_json(table, want))
+            if want.elements:
+                tx.add("add", elements_json(table, n, sorted(want.elements, key=str)), len(want.elements))
+    for n in map_names:
+        if n in desired.maps and n not in actual.maps:
+            tx.add("add", map_json(table, desired.maps[n]))
+    for n in chain_names:
+        want_c = desired.chains.get(n)
+        if want_c is not None and n not in actual.chains:
+            tx.add("add", chain_json(table, want_c))
+
+    # 2. chain contents: flush and refill when the digest differs
+    for n in chain_names:
+        want_c = desired.chains.get(n)
+        have_c = actual.chains.get(n)
+        if want_c is None or (have_c is not None and have_c.digest == want_c.digest and have_c.hook == want_c.hook):
+            continue
+        if have_c is not None:
+            if have_c.hook != want_c.hook:
+                raise ValueError(f"chain {n} changed its hook; delete the table to re-create it")
+            tx.add("flush", {"chain": {"family": "inet", "table": table, "name": n}})
+        _add_rules(tx, table, want_c)
+
+    # 3. elements of existing sets and maps
+    for n in set_names:
+        have, want = actual.sets.get(n), desired.sets.get(n)
+        if have is None or want is None or have.header() != want.header():
+            continue
+        gone, new = have.elements - want.elements, want.elements - have.elements
+        if gone:
+            tx.add("delete", elements_json(table, n, sorted(gone, key=str)), len(gone))
+        if new:
+            tx.add("add", elements_json(table, n, sorted(new, key=str)), len(new))
+    for n in map_names:
+        have_m, want_m = actual.maps.get(n), desired.maps.get(n)
+        if want_m is None:
+            continue
+        have_e = dict(have_m.elements) if have_m else {}
+        want_e = dict(want_m.elements)
+        gone_k = [(k, c) for k, c in have_e.items() if want_e.get(k) != c]
+        new_k = [(k, c) for k, c in want_e.items() if have_e.get(k) != c]
+        if gone_k:
+            tx.add("delete", map_elements_json(table, n, sorted(gone_k)), len(gone_k))
+        if new_k:
+            tx.add("add", map_elements_json(table, n, sorted(new_k)), len(new_k))
+
+    # 4. objects nothing refers to any more: maps, chains (flushed first), then sets
+    for n in map_names:
+        if n in actual.maps and n not in desired.maps:
+            tx.add("delete", {"map": {"family": "inet", "table": table, "name": n}})
+    stale = [n for n in chain_names if n in actual.chains and n not in desired.chains]
+    for n in stale:
+        tx.add("flush", {"chain": {"family": "inet", "table": table, "name": n}})
+    for n in stale:
+        tx.add("delete", {"chain": {"family": "inet", "table": table, "name": n}})
+    for n in set_names:
+        if n in actual.sets and n not in desired.sets:
+            tx.add("delete", {"set": {"family": "inet", "table": table, "name": n}})
+    return tx
+
+
+def _add_rules(tx: Transaction, table: str, chain: ChainDef) -> None:
+    for r in chain.rules:
+        tx.add("add", rule_json(table, chain.name, r))

@@ -1,0 +1,154 @@
+"""An in-memory nftables with the Backend interface, for unit tests of render and diff.
+
+It interprets the transaction's JSON commands with the kernel's all-or-nothing semantics
+and its refusals (adding an existing chain, deleting a missing element, deleting a chain
+or set that is still referenced), so that ordering bugs fail here as they would there.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import json
+
+from .backend import ApplyError
+from .diff import Transaction
+from .ruleset import ChainDef, DIGEST_RE, Hook, MapDef, Ruleset, SetDef, elem_from_json
+
+
+class FakeBackend:
+    def __init__(self, table: str = "policyd") -> None:
+        self.table = table
+        self.ruleset: Ruleset | None = None
+        self.rules: dict[str, list[dict]] = {}
+        self.transactions: list[Transaction] = []
+        self.fail_next = False  # inject a failure into the next apply
+
+    def read(self) -> Ruleset | None:
+        if self.ruleset is None:
+            return None
+        rs = self.ruleset.copy()
+        for name, chain in rs.chains.items():
+            rules = self.rules.get(name, [])
+            m = DIGEST_RE.search(rules[-1].get("comment", "")) if rules else None
+            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "")
+        return rs
+
+    def delete_table(self) -> bool:
+        had = self.ruleset is not None
+        self.ruleset, self.rules = None, {}
+        return had
+
+    def apply(self, tx: Transaction) -> None:
+        self.transactions.append(tx)
+        if self.fail_next:
+            self.fail_next = False
+            raise ApplyError("injected failure")
+        saved = (copy.deepcopy(self.ruleset), copy.deepcopy(self.rules))
+        try:
+            for cmd in json.loads(tx.to_json())["nftables"][1:]:
+                self._run(cmd)
+            self._check_references()
+        except ApplyError:
+            self.ruleset, self.rules = saved
+            raise
+
+    # --- interpretation ---------------------------------------------------------------
+
+    def _rs(self) -> Ruleset:
+        if self.ruleset is None:
+            raise ApplyError("No such file or directory: table")
+        return self.ruleset
+
+    def _run(self, cmd: dict) -> None:
+        (verb, obj), = cmd.items()
+        (kind, body), = obj.items()
+        if kind == "table":
+            if verb == "add" and self.ruleset is None:
+                self.ruleset, self.rules = Ruleset(), {}
+            return
+        rs = self._rs()
+        name = body.get("name")
+        if kind == "set":
+            if verb == "add":
+                if name in rs.sets:
+                    return  # "add" of an existing set is a no-op, like nft
+                typ = body["type"] if isinstance(body["type"], list) else [body["type"]]
+                rs.sets[name] = SetDef(name, tuple(typ), "interval" in body.get("flags", []), body.get("comment", ""))
+            elif verb == "delete":
+                self._need(rs.sets, name)
+                del rs.sets[name]
+        elif kind == "map":
+            if verb == "add":
+                rs.maps.setdefault(name, MapDef(name, body["type"]))
+            elif verb == "delete":
+                self._need(rs.maps, name)
+                del rs.maps[name]
+        elif kind == "chain":
+            if verb == "add":
+                hook = Hook(body["hook"], body["prio"]) if "hook" in body else None
+                rs.chains.setdefault(name, ChainDef(name, (), hook))
+                self.rules.setdefault(name, [])
+            elif verb == "flush":
+                self._need(rs.chains, name)
+                self.rules[name] = []
+            elif verb == "delete":
+                self._need(rs.chains, name)
+                if self.rules.get(name):
+                    raise ApplyError(f"Device or resource busy: chain {name} is not empty")
+                del rs.chains[name]
+                self.rules.pop(name, None)
+        elif kind == "rule":
+            self._need(rs.chains, body["chain"])
+            self.rules[body["chain"]].append({k: v for k, v in body.items() if k in ("expr", "comment")})
+        elif kind == "element":
+            self._element(rs, verb, name, body["elem"])
+        else:
+            raise ApplyError(f"fake backend: unsupported {verb} {kind}")
+
+    def _element(self, rs: Ruleset, verb: str, name: str, elems: list) -> None:
+        if name in rs.maps:
+            m = rs.maps[name]
+            cur = dict(m.elements)
+            for key, verdict in elems:
+                target = verdict["jump"]["target"]
+                if verb == "add":
+                    if key in cur and cur[key] != target:
+                        raise ApplyError(f"File exists: element {key} in map {name}")
+                    self._need(rs.chains, target)
+                    cur[key] = target
+                else:
+                    if key not in cur:
+                        raise ApplyError(f"No such file or directory: element {key} in map {name}")
+                    del cur[key]
+            rs.maps[name] = MapDef(name, m.type, tuple(sorted(cur.items())))
+            return
+        self._need(rs.sets, name)
+        s = rs.sets[name]
+        cur = set(s.elements)
+        for e in map(elem_from_json, elems):
+            if verb == "add":
+                cur.add(e)
+            elif e not in cur:
+                raise ApplyError(f"No such file or directory: element {e} in set {name}")
+            else:
+                cur.discard(e)
+        rs.sets[name] = SetDef(s.name, s.type, s.interval, s.comment, frozenset(cur))
+
+    @staticmethod
+    def _need(d: dict, name: str) -> None:
+        if name not in d:
+            raise ApplyError(f"No such file or directory: {name}")
+
+    def _check_references(self) -> None:
+        """Every @set, vmap and jump target must exist at the end of the batch."""
+        rs = self.ruleset
+        if rs is None:
+            return
+        text = json.dumps(self.rules)
+        for ref in set(re.findall(r'"@([^"]+)"', text)):
+            if ref not in rs.sets and ref not in rs.maps:
+                raise ApplyError(f"No such file or directory: set {ref}")
+        for m in rs.maps.values():
+            for _, target in m.elements:
+                self._need(rs.chains, target)

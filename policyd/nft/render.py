@@ -1,0 +1,283 @@
+"""Plan → nftables objects (pure). Knows nftables, and Kubernetes only through the IR.
+
+Layout of table `inet policyd` (see docs/architecture.md):
+
+* base chains `forward-hook` (pod↔pod, pod↔outside) and `input-hook` (pod→node):
+  conntrack established/related accepted first, invalid dropped, ICMPv6 neighbour
+  discovery accepted, anti-spoofing (interface mode), then dispatch through verdict maps:
+  the source pod's egress chain, then (forward only) the destination pod's ingress chain;
+* per-pod chains `pod-out-…`/`pod-in-…`: `return` on allow, `drop` at the end, so the
+  source's egress and the destination's ingress are both checked in one pass;
+* shared peer sets named by the hash of their spec: `sel-…` (pod addresses), `np-…`
+  ((address, protocol, port) for egress named ports), `blk-…` (ipBlock intervals).
+
+Names from Kubernetes reach the kernel only as validated DNS-1123 names inside chain names
+and comments, and as map keys (addresses, interface names checked here).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable
+
+from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec
+from ..model.objects import Direction
+from ..model.selectors import stable_hash
+from .ruleset import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
+
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+FAMILIES = (4, 6)
+
+
+class DispatchMode(str, Enum):
+    INTERFACE = "interface"  # routed CNIs: host-side veth per pod (cali*, lxc*, …)
+    ADDRESS = "address"  # bridging CNIs: br_netfilter shows the bridge, so use pod addresses
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    table: str = "policyd"
+    mode: DispatchMode = DispatchMode.INTERFACE
+    priority: int = 0
+    anti_spoof: bool = True
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def set_name(spec: SetSpec, family: int) -> str:
+    if isinstance(spec, BlockSetSpec):
+        prefix = "blk"
+    else:
+        prefix = "np" if spec.port_name else "sel"
+    return f"{prefix}-{spec.digest}-v{family}"
+
+
+def pod_chain_name(pod_key: str, direction: Direction) -> str:
+    """`pod-in-<hash8>-<ns>/<pod>`: a `/` never occurs in Kubernetes names, so ownership is a
+    pattern test; the hash keeps truncated names unique (nft caps names at 256)."""
+    kind = "in" if direction is Direction.INGRESS else "out"
+    return f"pod-{kind}-{stable_hash(pod_key, length=8)}-{pod_key}"[:240]
+
+
+def map_name(direction: Direction, key: str) -> str:
+    return f"pod-{direction.value}-{key}"
+
+
+# --- set contents -----------------------------------------------------------------------
+
+
+def family_sets(spec: SetSpec) -> list[int]:
+    if isinstance(spec, BlockSetSpec):
+        return [spec.block.cidr.version]
+    return list(FAMILIES)
+
+
+def set_elements(spec: SetSpec, entries: Iterable[Entry], family: int) -> frozenset[Elem]:
+    if isinstance(spec, BlockSetSpec):
+        out: set[Elem] = set()
+        for net in spec.intervals():
+            if net.version != family:
+                continue
+            if net.prefixlen == net.max_prefixlen:
+                out.add(str(net.network_address))  # the kernel lists a /32 as an address
+            else:
+                out.add(("prefix", str(net.network_address), net.prefixlen))
+        return frozenset(out)
+    if spec.port_name:
+        proto = (spec.protocol or "TCP").lower()
+        return frozenset(("concat", str(ip), proto, port) for ip, port in entries if ip.version == family)  # type: ignore[misc]
+    return frozenset(str(ip) for ip in entries if ip.version == family)  # type: ignore[union-attr]
+
+
+def render_set(spec: SetSpec, entries: Iterable[Entry]) -> list[SetDef]:
+    entries = list(entries)
+    out = []
+    for fam in family_sets(spec):
+        addr = "ipv4_addr" if fam == 4 else "ipv6_addr"
+        typ: tuple[str, ...] = (addr, "inet_proto", "inet_service") if getattr(spec, "port_name", None) else (addr,)
+        out.append(
+            SetDef(
+                set_name(spec, fam),
+                typ,
+                interval=isinstance(spec, BlockSetSpec),
+                comment=spec.canonical()[:COMMENT_MAX],
+                elements=set_elements(spec, entries, fam),
+            )
+        )
+    return out
+
+
+def set_names(spec: SetSpec) -> list[str]:
+    return [set_name(spec, f) for f in family_sets(spec)]
+
+
+# --- rule expressions -------------------------------------------------------------------
+
+
+def payload(proto: str, field: str) -> dict:
+    return {"payload": {"protocol": proto, "field": field}}
+
+
+def match(left: Any, right: Any, op: str = "==") -> dict:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def meta(key: str) -> dict:
+    return {"meta": {"key": key}}
+
+
+def port_terms(ports: tuple[PortMatch, ...]) -> list[list[dict]]:
+    """Group port entries by protocol: one term list (l4proto [+ dport set]) per protocol."""
+    by_proto: dict[str, list[PortMatch]] = {}
+    for p in ports:
+        by_proto.setdefault(p.protocol, []).append(p)
+    terms = []
+    for proto in sorted(by_proto):
+        entries = by_proto[proto]
+        term = [match(meta("l4proto"), proto.lower())]
+        if all(p.first is not None for p in entries):
+            values: list[Any] = sorted(
+                {p.first if p.first == p.last else ("range", p.first, p.last) for p in entries},  # type: ignore[misc]
+                key=lambda v: v if isinstance(v, int) else v[1],
+            )
+            right = [v if isinstance(v, int) else {"range": [v[1], v[2]]} for v in values]
+            term.append(match(payload("th", "dport"), right[0] if len(right) == 1 else {"set": right}))
+        terms.append(term)
+    return terms
+
+
+def allow_rules(rule: AllowRule) -> list[dict]:
+    """One AllowRule → nft rule bodies that `return` (allow) when they match."""
+    addr_field = "saddr" if rule.direction is Direction.INGRESS else "daddr"
+    peer_terms: list[list[dict]] = []
+    spec = rule.peer
+    if spec is None:
+        peer_terms = [[]]
+    else:
+        for fam, name in zip(family_sets(spec), set_names(spec)):
+            proto = "ip" if fam == 4 else "ip6"
+            if isinstance(spec, PodSetSpec) and spec.port_name:
+                key = {"concat": [payload(proto, addr_field), meta("l4proto"), payload("th", "dport")]}
+                peer_terms.append([match(key, "@" + name)])
+            else:
+                peer_terms.append([match(payload(proto, addr_field), "@" + name)])
+    port_alts = [[]] if rule.ports is None else port_terms(rule.ports)
+    comment = rule.label()[:COMMENT_MAX]
+    out = []
+    for pt in peer_terms:
+        for ports in port_alts:
+            out.append({"expr": [*pt, *ports, {"return": None}], "comment": comment})
+    return out
+
+
+def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan) -> ChainDef:
+    rules: list[dict] = []
+    for r in plan.rules:
+        rules.extend(allow_rules(r))
+    why = f"{pod_key} {direction.value}: isolated by {len(plan.policies)} polic{'y' if len(plan.policies) == 1 else 'ies'}, no rule allows"
+    rules.append({"expr": [{"drop": None}], "comment": why[:COMMENT_MAX]})
+    return ChainDef.build(pod_chain_name(pod_key, direction), rules)
+
+
+# --- per pod ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodObjects:
+    """What one local pod contributes: its chains and its entries in the shared maps/sets."""
+
+    chains: tuple[ChainDef, ...]
+    map_entries: tuple[tuple[str, str, str], ...]  # (map name, key, chain)
+    spoof_entries: tuple[tuple[str, Elem], ...]  # (set name, element)
+
+
+def valid_ifname(name: str | None) -> bool:
+    return name is not None and bool(IFNAME_RE.match(name))
+
+
+def render_pod(plan: PodPlan, cfg: RenderConfig, ifname: str | None) -> PodObjects:
+    """`ifname` is the pod's host-side interface (interface mode only)."""
+    chains: list[ChainDef] = []
+    entries: list[tuple[str, str, str]] = []
+    spoof: list[tuple[str, Elem]] = []
+    iface = ifname if cfg.mode is DispatchMode.INTERFACE and valid_ifname(ifname) else None
+    for direction in Direction:
+        dp = plan.direction(direction)
+        if dp is None:
+            continue
+        chain = render_direction_chain(plan.pod, direction, dp)
+        chains.append(chain)
+        if cfg.mode is DispatchMode.INTERFACE:
+            if iface is not None:
+                entries.append((map_name(direction, "if"), iface, chain.name))
+        else:
+            for ip in plan.ips:
+                entries.append((map_name(direction, f"v{ip.version}"), str(ip), chain.name))
+    if iface is not None and cfg.anti_spoof:
+        for ip in plan.ips:
+            spoof.append((f"pod-addr-v{ip.version}", ("concat", iface, str(ip))))
+        spoof.append(("pod-ifaces", iface))
+    return PodObjects(tuple(chains), tuple(entries), tuple(spoof))
+
+
+# --- the static skeleton ------------------------------------------------------------------
+
+ND_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]
+
+
+def base_rules(cfg: RenderConfig, hook: str) -> list[dict]:
+    rules: list[dict] = [
+        {"expr": [match({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}],
+         "comment": "replies and related traffic of allowed connections"},
+        {"expr": [match({"ct": {"key": "state"}}, "invalid", "in"), {"drop": None}], "comment": "conntrack invalid"},
+        {"expr": [match(meta("l4proto"), "ipv6-icmp"), match({"payload": {"protocol": "icmpv6", "field": "type"}}, {"set": ND_TYPES}), {"accept": None}],
+         "comment": "ICMPv6 neighbour discovery"},
+    ]
+    if cfg.mode is DispatchMode.INTERFACE:
+        if cfg.anti_spoof:
+            for fam, proto in ((4, "ip"), (6, "ip6")):
+                cond = [match(meta("nfproto"), "ipv4" if fam == 4 else "ipv6"), match(meta("iifname"), "@pod-ifaces")]
+                if fam == 6:
+                    cond.append(match(payload("ip6", "saddr"), {"prefix": {"addr": "fe80::", "len": 10}}, "!="))
+                key = {"concat": [meta("iifname"), payload(proto, "saddr")]}
+                rules.append({"expr": [*cond, match(key, f"@pod-addr-v{fam}", "!="), {"drop": None}],
+                              "comment": f"anti-spoofing: a pod interface must carry the pod's IPv{fam} address"})
+        rules.append({"expr": [{"vmap": {"key": meta("iifname"), "data": "@pod-egress-if"}}], "comment": "egress of the source pod"})
+        if hook == "forward":
+            rules.append({"expr": [{"vmap": {"key": meta("oifname"), "data": "@pod-ingress-if"}}], "comment": "ingress of the destination pod"})
+    else:
+        for fam, proto in ((4, "ip"), (6, "ip6")):
+            rules.append({"expr": [{"vmap": {"key": payload(proto, "saddr"), "data": f"@pod-egress-v{fam}"}}], "comment": "egress of the source pod"})
+        if hook == "forward":
+            for fam, proto in ((4, "ip"), (6, "ip6")):
+                rules.append({"expr": [{"vmap": {"key": payload(proto, "daddr"), "data": f"@pod-ingress-v{fam}"}}], "comment": "ingress of the destination pod"})
+    return rules
+
+
+def render_skeleton(cfg: RenderConfig) -> tuple[list[SetDef], list[MapDef], list[ChainDef]]:
+    """The objects every node has, whatever the policies: maps, spoofing sets, base chains."""
+    sets: list[SetDef] = []
+    maps: list[MapDef] = []
+    if cfg.mode is DispatchMode.INTERFACE:
+        maps = [MapDef(map_name(d, "if"), "ifname") for d in Direction]
+        if cfg.anti_spoof:
+            sets = [
+                SetDef("pod-ifaces", ("ifname",), comment="host-side interfaces of local pods"),
+                SetDef("pod-addr-v4", ("ifname", "ipv4_addr"), comment="local pod interface . address"),
+                SetDef("pod-addr-v6", ("ifname", "ipv6_addr"), comment="local pod interface . address"),
+            ]
+    else:
+        maps = [MapDef(map_name(d, f"v{f}"), "ipv4_addr" if f == 4 else "ipv6_addr") for d in Direction for f in FAMILIES]
+    chains = [
+        ChainDef.build("forward-hook", base_rules(cfg, "forward"), Hook("forward", cfg.priority)),
+        ChainDef.build("input-hook", base_rules(cfg, "input"), Hook("input", cfg.priority)),
+    ]
+    return sets, maps, chains
+
+
+def is_ipv6(addr: str) -> bool:
+    return ipaddress.ip_address(addr).version == 6

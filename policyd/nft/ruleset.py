@@ -1,0 +1,178 @@
+"""nftables objects as plain immutable data, and their libnftables JSON form.
+
+A `Ruleset` is what one table holds: sets (with elements), verdict maps (with elements)
+and chains. Chains are compared by a digest of their rules, stored in the comment of the
+chain's last rule, because the kernel reads rules back in a normalised form that differs
+from what was sent; sets and maps are compared element by element.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+# Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
+Elem = Union[str, tuple]
+
+DIGEST_RE = re.compile(r"\[([0-9a-f]{12})\]$")
+COMMENT_MAX = 120  # nft caps comments at 128 bytes
+
+
+@dataclass(frozen=True)
+class SetDef:
+    name: str
+    type: tuple[str, ...]
+    interval: bool = False
+    comment: str = ""
+    elements: frozenset[Elem] = frozenset()
+
+    def header(self) -> tuple:
+        return (self.type, self.interval)
+
+
+@dataclass(frozen=True)
+class MapDef:
+    """A verdict map: key → chain to jump to."""
+
+    name: str
+    type: str
+    elements: tuple[tuple[str, str], ...] = ()  # sorted (key, chain)
+
+
+@dataclass(frozen=True)
+class Hook:
+    hook: str  # forward | input
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class ChainDef:
+    name: str
+    rules: tuple[dict, ...] = ()  # libnftables JSON rule bodies ({"expr": [...], "comment": ...})
+    hook: Hook | None = None
+    digest: str = ""
+
+    @staticmethod
+    def build(name: str, rules: list[dict], hook: Hook | None = None) -> "ChainDef":
+        """Seal the chain: the digest of its rules goes into the last rule's comment."""
+        payload = json.dumps([name, hook and (hook.hook, hook.priority), rules], sort_keys=True)
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        sealed = list(rules)
+        if sealed:
+            last = dict(sealed[-1])
+            last["comment"] = (last.get("comment", "")[: COMMENT_MAX - 16] + f" [{digest}]").strip()
+            sealed[-1] = last
+        return ChainDef(name, tuple(sealed), hook, digest)
+
+
+@dataclass
+class Ruleset:
+    """Mutable container of immutable objects: cheap to shallow-copy and to diff by name."""
+
+    sets: dict[str, SetDef] = field(default_factory=dict)
+    maps: dict[str, MapDef] = field(default_factory=dict)
+    chains: dict[str, ChainDef] = field(default_factory=dict)
+
+    def copy(self) -> "Ruleset":
+        return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))
+
+    def same_as(self, other: "Ruleset") -> bool:
+        """Equal as the kernel sees it: chains by digest, sets and maps by content."""
+        return (
+            self.sets == other.sets
+            and self.maps == other.maps
+            and {n: (c.hook, c.digest) for n, c in self.chains.items()}
+            == {n: (c.hook, c.digest) for n, c in other.chains.items()}
+        )
+
+
+# --- JSON encoding ------------------------------------------------------------------------
+
+
+def elem_json(e: Elem) -> Any:
+    if isinstance(e, str):
+        return e
+    if e[0] == "prefix":
+        return {"prefix": {"addr": e[1], "len": e[2]}}
+    if e[0] == "range":
+        return {"range": [e[1], e[2]]}
+    return {"concat": list(e[1:])}
+
+
+def elem_from_json(j: Any) -> Elem:
+    if isinstance(j, dict) and "elem" in j:  # element with options (comment, timeout)
+        j = j["elem"]["val"]
+    if isinstance(j, (str, int)):
+        return str(j)
+    if "prefix" in j:
+        return ("prefix", j["prefix"]["addr"], j["prefix"]["len"])
+    if "range" in j:
+        return ("range", *j["range"])
+    if "concat" in j:
+        return ("concat", *j["concat"])
+    raise ValueError(f"unexpected set element {j!r}")
+
+
+def set_json(table: str, s: SetDef) -> dict:
+    body: dict[str, Any] = {"family": "inet", "table": table, "name": s.name, "type": s.type[0] if len(s.type) == 1 else list(s.type)}
+    if s.interval:
+        body["flags"] = ["interval"]
+    if s.comment:
+        body["comment"] = s.comment[:COMMENT_MAX]
+    return {"set": body}
+
+
+def map_json(table: str, m: MapDef) -> dict:
+    return {"map": {"family": "inet", "table": table, "name": m.name, "type": m.type, "map": "verdict"}}
+
+
+def chain_json(table: str, c: ChainDef) -> dict:
+    body: dict[str, Any] = {"family": "inet", "table": table, "name": c.name}
+    if c.hook is not None:
+        body.update({"type": "filter", "hook": c.hook.hook, "prio": c.hook.priority, "policy": "accept"})
+    return {"chain": body}
+
+
+def rule_json(table: str, chain: str, rule: dict) -> dict:
+    return {"rule": {"family": "inet", "table": table, "chain": chain, **rule}}
+
+
+def elements_json(table: str, name: str, elems: list[Elem]) -> dict:
+    return {"element": {"family": "inet", "table": table, "name": name, "elem": [elem_json(e) for e in elems]}}
+
+
+def map_elements_json(table: str, name: str, elems: list[tuple[str, str]]) -> dict:
+    return {"element": {"family": "inet", "table": table, "name": name, "elem": [[k, {"jump": {"target": c}}] for k, c in elems]}}
+
+
+# --- reading the kernel's JSON back ------------------------------------------------------
+
+
+def parse_listing(doc: dict, table: str) -> Ruleset:
+    """`nft -j list table inet <table>` → Ruleset (chains carry digests, not rules)."""
+    rs = Ruleset()
+    last_comment: dict[str, str] = {}
+    for item in doc.get("nftables", []):
+        if "set" in item:
+            s = item["set"]
+            typ = s["type"] if isinstance(s["type"], list) else [s["type"]]
+            elems = frozenset(elem_from_json(e) for e in s.get("elem", []))
+            rs.sets[s["name"]] = SetDef(s["name"], tuple(typ), "interval" in s.get("flags", []), s.get("comment", ""), elems)
+        elif "map" in item:
+            m = item["map"]
+            elems = tuple(sorted((str(k), v["jump"]["target"]) for k, v in m.get("elem", [])))
+            rs.maps[m["name"]] = MapDef(m["name"], m["type"], elems)
+        elif "chain" in item:
+            c = item["chain"]
+            hook = Hook(c["hook"], c.get("prio", 0)) if "hook" in c else None
+            rs.chains[c["name"]] = ChainDef(c["name"], (), hook, "")
+        elif "rule" in item:
+            r = item["rule"]
+            last_comment[r["chain"]] = r.get("comment", "")
+    for name, chain in rs.chains.items():
+        m = DIGEST_RE.search(last_comment.get(name, ""))
+        rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "")
+    return rs

@@ -1,0 +1,86 @@
+"""Readable nft text for a Ruleset (what `policyd render` prints): the subset of
+expressions the renderer produces, printed the way `nft list` would."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ruleset import ChainDef, Ruleset, elem_json
+
+PRIORITY_NAMES = {0: "filter"}
+
+
+def value(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(value(x) for x in v)
+    if isinstance(v, dict):
+        if "set" in v:
+            return "{ " + ", ".join(value(x) for x in v["set"]) + " }"
+        if "range" in v:
+            return f"{value(v['range'][0])}-{value(v['range'][1])}"
+        if "prefix" in v:
+            return f"{v['prefix']['addr']}/{v['prefix']['len']}"
+        if "concat" in v:
+            return " . ".join(value(x) for x in v["concat"])
+        if "payload" in v:
+            return f"{v['payload']['protocol']} {v['payload']['field']}"
+        if "meta" in v:
+            key = v["meta"]["key"]
+            return key if key in ("iifname", "oifname") else f"meta {key}"
+        if "ct" in v:
+            return f"ct {v['ct']['key']}"
+    return str(v)
+
+
+def expr(e: dict) -> str:
+    (kind, body), = e.items()
+    if kind == "match":
+        op = "" if body["op"] in ("==", "in") else body["op"] + " "
+        return f"{value(body['left'])} {op}{value(body['right'])}"
+    if kind == "vmap":
+        return f"{value(body['key'])} vmap {body['data']}"
+    return kind  # accept, drop, return
+
+
+def rule_text(r: dict) -> str:
+    text = " ".join(expr(e) for e in r["expr"])
+    if r.get("comment"):
+        text += f' comment "{r["comment"]}"'
+    return text
+
+
+def chain_text(c: ChainDef) -> list[str]:
+    lines = [f"\tchain {c.name} {{"]
+    if c.hook is not None:
+        prio = PRIORITY_NAMES.get(c.hook.priority, str(c.hook.priority))
+        lines.append(f"\t\ttype filter hook {c.hook.hook} priority {prio}; policy accept;")
+    lines += [f"\t\t{rule_text(r)}" for r in c.rules]
+    lines.append("\t}")
+    return lines
+
+
+def ruleset_text(rs: Ruleset, table: str) -> str:
+    lines = [f"table inet {table} {{"]
+    for s in sorted(rs.sets.values(), key=lambda s: s.name):
+        lines.append(f"\tset {s.name} {{")
+        lines.append(f"\t\ttype {' . '.join(s.type)}")
+        if s.interval:
+            lines.append("\t\tflags interval")
+        if s.comment:
+            lines.append(f'\t\tcomment "{s.comment}"')
+        if s.elements:
+            lines.append("\t\telements = { " + ", ".join(value(elem_json(e)) for e in sorted(s.elements, key=str)) + " }")
+        lines.append("\t}")
+    for m in sorted(rs.maps.values(), key=lambda m: m.name):
+        lines.append(f"\tmap {m.name} {{")
+        lines.append(f"\t\ttype {m.type} : verdict")
+        if m.elements:
+            key = (lambda k: f'"{k}"') if m.type == "ifname" else str
+            lines.append("\t\telements = { " + ", ".join(f"{key(k)} : jump {c}" for k, c in m.elements) + " }")
+        lines.append("\t}")
+    base = sorted((c for c in rs.chains.values() if c.hook), key=lambda c: c.name)
+    others = sorted((c for c in rs.chains.values() if not c.hook), key=lambda c: c.name)
+    for c in base + others:
+        lines += chain_text(c)
+    lines.append("}")
+    return "\n".join(lines) + "\n"

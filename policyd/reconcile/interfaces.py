@@ -1,0 +1,62 @@
+"""Which host-side interface leads to a pod: read from this namespace's host routes.
+
+Routed CNIs (Calico, Cilium, the lab) install a /32 (/128) route per pod through its
+host-side veth. Reading /proc is cheap and needs no subprocess; the table is re-read only
+when a pod's interface is not known yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import socket
+import struct
+from typing import Iterable
+
+
+def host_routes() -> dict[str, str]:
+    """address → interface, for /32 and /128 routes of this network namespace."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/net/route") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == "FFFFFFFF":
+                    addr = socket.inet_ntoa(struct.pack("<L", int(fields[1], 16)))
+                    out[addr] = fields[0]
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/ipv6_route") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 10 and fields[1] == "80":
+                    out[str(ipaddress.IPv6Address(bytes.fromhex(fields[0])))] = fields[9]
+    except OSError:
+        pass
+    return out
+
+
+class RouteInterfaces:
+    """Caches the route table; `refresh()` when a lookup misses."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        self.routes = host_routes()
+
+    def __call__(self, pod_key: str, ips: Iterable) -> str | None:
+        for ip in ips:
+            dev = self.routes.get(str(ip))
+            if dev is not None:
+                return dev
+        return None
+
+
+def calico_interface(pod_key: str, prefix: str = "cali") -> str:
+    """The name Calico's CNI plugin gives a pod's host-side veth: prefix + sha1("ns.pod")[:11].
+    Used where routes cannot be read (dry runs) and by the lab, which names veths the same way."""
+    ns, _, name = pod_key.partition("/")
+    return prefix + hashlib.sha1(f"{ns}.{name}".encode()).hexdigest()[:15 - len(prefix)]

@@ -1,0 +1,94 @@
+"""compile → render → diff → apply, with "desired" tracked against "what the kernel holds".
+
+Partial syncs by default: only names touched since the last sync are compared. A full sync
+(first sync, after any failure, and periodically) reads the table back and compares
+everything, which adopts a table left by a previous run and repairs drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from ..compile.engine import Compiler
+from ..nft.backend import ApplyError, Backend
+from ..nft.desired import DesiredState
+from ..nft.diff import Touched, diff
+from ..nft.render import DispatchMode, RenderConfig
+from ..nft.ruleset import Ruleset
+from .interfaces import RouteInterfaces
+
+log = logging.getLogger("policyd.sync")
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    full: bool
+    ops: int
+    seconds: float
+    pending_interfaces: int = 0
+
+
+class Syncer:
+    def __init__(self, compiler: Compiler, backend: Backend, cfg: RenderConfig, interfaces: RouteInterfaces | None = None) -> None:
+        self.compiler = compiler
+        self.backend = backend
+        self.cfg = cfg
+        self.desired = DesiredState(cfg)
+        self.interfaces = interfaces or RouteInterfaces()
+        self.believed: Ruleset | None = None  # None: unknown, the next sync is full
+        self.touched = Touched()
+        self.touched.update(self.desired.skeleton)
+        self.pending: set[str] = set()  # local pods whose interface is not known yet
+        # Whatever the compiler already holds is new to us.
+        compiler.take_changes()
+        self._seed = (set(compiler.plans), set(compiler.sets))
+
+    def _interface(self, key: str, ips: tuple) -> str | None:
+        if self.cfg.mode is not DispatchMode.INTERFACE:
+            return None
+        dev = self.interfaces(key, ips)
+        if dev is None:
+            self.interfaces.refresh()
+            dev = self.interfaces(key, ips)
+        if dev is None:
+            self.pending.add(key)
+        else:
+            self.pending.discard(key)
+        return dev
+
+    def absorb(self) -> None:
+        """Fold the compiler's changes (and pods still waiting for an interface) into desired."""
+        changes = self.compiler.take_changes()
+        if self._seed is not None:
+            changes.pods |= self._seed[0]
+            changes.sets |= self._seed[1]
+            self._seed = None
+        for spec in changes.sets:
+            self.touched.update(self.desired.update_set(spec, self.compiler))
+        for key in changes.pods | set(self.pending):
+            self.touched.update(self.desired.update_pod(key, self.compiler, self._interface))
+
+    def sync(self, full: bool = False) -> SyncResult:
+        start = time.perf_counter()
+        self.absorb()
+        full = full or self.believed is None
+        if full:
+            self.believed = self.backend.read()
+            tx = diff(self.believed, self.desired.ruleset, self.cfg.table)
+        else:
+            if not self.touched:
+                return SyncResult(False, 0, time.perf_counter() - start, len(self.pending))
+            tx = diff(self.believed, self.desired.ruleset, self.cfg.table, self.touched)
+        try:
+            self.backend.apply(tx)
+        except ApplyError:
+            self.believed = None  # we no longer know what the kernel holds
+            raise
+        self.believed = self.desired.ruleset.copy()
+        self.touched = Touched()
+        result = SyncResult(full, tx.ops, time.perf_counter() - start, len(self.pending))
+        if tx.ops:
+            log.debug("sync %s: %d operations in %.1f ms", "full" if full else "partial", tx.ops, result.seconds * 1e3)
+        return result
