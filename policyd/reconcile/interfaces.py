@@ -18,7 +18,7 @@ def host_routes() -> dict[str, str]:
     """address → interface, for /32 and /128 routes of this network namespace."""
     out: dict[str, str] = {}
     try:
-        with open("/proc/net/route") as f:
+        with open("/proc/thread-self/net/route") as f:
             next(f)
             for line in f:
                 fields = line.split()
@@ -28,7 +28,7 @@ def host_routes() -> dict[str, str]:
     except OSError:
         pass
     try:
-        with open("/proc/net/ipv6_route") as f:
+        with open("/proc/thread-self/net/ipv6_route") as f:
             for line in f:
                 fields = line.split()
                 if len(fields) >= 10 and fields[1] == "80":

@@ -1,0 +1,116 @@
+"""The process that plays a pod inside its network namespace.
+
+It serves every declared container port (TCP: answers its pod name and closes; UDP:
+replies with its pod name) and takes probe requests on a Unix socket (Unix sockets live
+in the filesystem, so the prober needs no namespace switch). SCTP ports are declared but
+not served: this kernel has no SCTP sockets.
+
+    python -m policyd.lab.podproc --name ns/pod --control /run/…/pod.sock --tcp 80 --udp 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+
+
+class UdpReply(asyncio.DatagramProtocol):
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+
+    def connection_made(self, transport):  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
+        self.transport.sendto(self.name, addr)
+
+
+class UdpProbe(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.reply: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
+        if not self.reply.done():
+            self.reply.set_result(data.decode())
+
+    def error_received(self, exc):  # type: ignore[no-untyped-def]
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+
+
+async def probe(req: dict) -> dict:
+    proto, host, timeout = req["protocol"], req["host"], float(req.get("timeout", 1.0))
+    try:
+        if proto == "TCP":
+            r, w = await asyncio.wait_for(asyncio.open_connection(host, req["port"]), timeout)
+            data = await asyncio.wait_for(r.read(256), timeout)
+            w.close()
+            return {"ok": True, "reply": data.decode().strip()}
+        if proto == "UDP":
+            loop = asyncio.get_running_loop()
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            transport, proto_ = await loop.create_datagram_endpoint(UdpProbe, family=family, remote_addr=(host, req["port"]))
+            try:
+                transport.sendto(b"probe")
+                reply = await asyncio.wait_for(proto_.reply, timeout)
+                return {"ok": True, "reply": reply}
+            finally:
+                transport.close()
+        if proto == "ICMP":
+            cmd = ["ping", "-n", "-q", "-c", "1", "-W", str(max(1, int(timeout + 0.999))), host]
+            p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            return {"ok": await p.wait() == 0}
+        return {"ok": False, "error": f"unknown protocol {proto}"}
+    except (OSError, asyncio.TimeoutError) as e:
+        return {"ok": False, "error": type(e).__name__}
+
+
+async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while line := await reader.readline():
+            writer.write((json.dumps(await probe(json.loads(line))) + "\n").encode())
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    name = args.name.encode() + b"\n"
+
+    async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(name)
+        await writer.drain()
+        writer.close()
+
+    loop = asyncio.get_running_loop()
+    for port in args.tcp:
+        await asyncio.start_server(tcp, host=["0.0.0.0", "::"], port=port, reuse_address=True)
+    for port in args.udp:
+        for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            await loop.create_datagram_endpoint(lambda: UdpReply(name), sock=sock)
+    if os.path.exists(args.control):
+        os.unlink(args.control)
+    await asyncio.start_unix_server(control, path=args.control)
+    with open(args.control + ".ready", "w") as f:
+        f.write(str(os.getpid()))
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--name", required=True)
+    p.add_argument("--control", required=True)
+    p.add_argument("--tcp", type=int, action="append", default=[])
+    p.add_argument("--udp", type=int, action="append", default=[])
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
