@@ -1,0 +1,81 @@
+"""Render + diff against the fake backend: operation counts of typical events, ordering
+the kernel accepts, failure handling. (The same claims are checked on the real kernel in
+tests/kernel.)"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+import pytest
+
+from policyd.nft.backend import ApplyError
+from policyd.nft.fake import FakeBackend
+from policyd.nft.render import DispatchMode, RenderConfig
+from policyd.reconcile.syncer import Syncer
+from policyd.world import load_world
+
+
+@pytest.fixture(params=list(DispatchMode))
+def agent(request):
+    w = load_world(["examples/cluster", "examples/policies/allow-frontend-to-backend.yaml", "examples/policies/default-deny-egress-allow-dns.yaml"])
+    c = w.compile("node-1")
+    s = Syncer(c, FakeBackend(), RenderConfig(mode=request.param))
+    s.interfaces.refresh = lambda: None  # type: ignore[method-assign]
+    s.interfaces.routes = {str(p.ips[0]): f"cali{i}" for i, p in enumerate(w.pods)}
+    s.sync()
+    return w, c, s
+
+
+def test_first_sync_builds_and_second_is_empty(agent):
+    _, _, s = agent
+    assert s.sync().ops == 0
+    assert s.sync(full=True).ops == 0
+    assert s.backend.read().same_as(s.desired.ruleset)
+
+
+def test_remote_pod_added_changes_only_set_elements(agent):
+    w, c, s = agent
+    pod = next(p for p in w.pods if p.name.startswith("frontend") and p.node == "node-2")
+    c.upsert_pod(replace(pod, name="frontend-new", ips=(ipaddress.ip_address("10.244.1.77"),)))
+    tx_before = len(s.backend.transactions)
+    r = s.sync()
+    (tx,) = s.backend.transactions[tx_before:]
+    # one element in the frontend set, one in the all-pods set of the DNS egress rule
+    assert r.ops == 2 and [list(cmd)[0] for cmd in tx.commands] == ["add", "add"]
+    assert all("element" in cmd["add"] for cmd in tx.commands)
+
+
+def test_policy_change_rewrites_only_its_chains(agent):
+    w, c, s = agent
+    pol = next(p for p in w.policies if p.name == "allow-frontend-to-backend")
+    c.upsert_policy(replace(pol, ingress=pol.ingress[:0]))
+    n = len(s.backend.transactions)
+    s.sync()
+    (tx,) = s.backend.transactions[n:]
+    flushed = {cmd["flush"]["chain"]["name"] for cmd in tx.commands if "flush" in cmd}
+    assert flushed and all(name.startswith("pod-in-") and "backend" in name for name in flushed)
+
+
+def test_failure_keeps_state_and_forces_full_sync(agent):
+    w, c, s = agent
+    before = s.backend.read()
+    c.delete_policy("default/allow-frontend-to-backend")
+    s.backend.fail_next = True
+    with pytest.raises(ApplyError):
+        s.sync()
+    assert s.backend.read().same_as(before)
+    r = s.sync()
+    assert r.full and r.ops > 0 and s.backend.read().same_as(s.desired.ruleset)
+
+
+def test_fake_refuses_what_the_kernel_refuses():
+    from policyd.nft.diff import Transaction
+
+    fb = FakeBackend()
+    tx = Transaction()
+    tx.add("add", {"table": {"family": "inet", "name": "policyd"}})
+    tx.add("delete", {"element": {"family": "inet", "table": "policyd", "name": "missing", "elem": ["10.0.0.1"]}})
+    with pytest.raises(ApplyError):
+        fb.apply(tx)
+    assert fb.read() is None, "all or nothing"
