@@ -46,7 +46,6 @@ def add_namespace(name: str) -> None:
 def delete_namespaces(prefix: str) -> None:
     """Remove every namespace with this prefix (and so every link inside it)."""
     for name in list_namespaces(prefix):
-        sh("ip", "netns", "pids", name, check=False)
         pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..model.objects import Pod
 from ..reconcile.interfaces import calico_interface
-from .netns import add_namespace, delete_namespaces, ip, sh, sysctl
+from .netns import add_namespace, delete_namespaces, ip, sysctl
 
 FABRIC_NET = ipaddress.ip_network("172.31.255.0/24")
 

@@ -17,7 +17,6 @@ and comments, and as map keys (addresses, interface names checked here).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -278,6 +277,3 @@ def render_skeleton(cfg: RenderConfig) -> tuple[list[SetDef], list[MapDef], list
     ]
     return sets, maps, chains
 
-
-def is_ipv6(addr: str) -> bool:
-    return ipaddress.ip_address(addr).version == 6
