@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import synthetic  # noqa: E402
 
-from policyd.compile.engine import Compiler  # noqa: E402
+from policyd.compile.engine import Compiler, compile_all  # noqa: E402
 
 
 def ms(xs: list[float]) -> str:
@@ -36,14 +36,7 @@ def build(n_pods: int, n_ns: int, n_nodes: int, n_pol: int) -> tuple[Compiler, l
     pods = [synthetic.pod(i, n_ns, n_nodes) for i in range(n_pods)]
     pols = synthetic.policies(n_pol, n_ns)
     t = time.perf_counter()
-    c = Compiler("node-0")
-    for ns in nss:
-        c.upsert_namespace(ns)
-    for p in pols:
-        c.upsert_policy(p)
-    for p in pods:
-        c.upsert_pod(p)
-    c.take_changes()
+    c = compile_all("node-0", nss, pods, pols)
     return c, pods, time.perf_counter() - t
 
 
