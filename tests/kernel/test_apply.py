@@ -108,6 +108,8 @@ def test_anti_spoofing_in_interface_mode(cluster):
 
 def test_cleanup_removes_our_table_only(cluster):
     node = cluster.agent.netns
+    cluster.apply(POLICY)
+    assert not cluster.can("u1", "b1"), "enforced before cleanup"
     sh("nft", "add", "table", "inet", "someone-else", ns=node)
     import sys
 
@@ -115,4 +117,4 @@ def test_cleanup_removes_our_table_only(cluster):
     assert "removed table inet policyd" in out
     tables = sh("nft", "list", "tables", ns=node).stdout
     assert "someone-else" in tables and "policyd" not in tables
-    assert cluster.can("u1", "b1"), "no table, no isolation"
+    assert cluster.can("u1", "b1"), "cleanup lifted the isolation"
