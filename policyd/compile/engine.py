@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Generic, Iterable, TypeVar
 
 from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
 from ..state.store import ClusterStore
@@ -25,27 +25,88 @@ from .plan import BlockSetSpec, Entry, PodPlan, PodSetSpec, SetSpec
 from .pod import plan_pod
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class SetDelta(Generic[T]):
+    """Members that appeared in or left a set, net since it was last taken: an entry that
+    comes and goes again cancels out, so the delta applies cleanly to the older state."""
+
+    added: set[T] = field(default_factory=set)
+    removed: set[T] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+    def note(self, added: Iterable[T], removed: Iterable[T]) -> None:
+        for e in added:
+            if e in self.removed:
+                self.removed.discard(e)
+            else:
+                self.added.add(e)
+        for e in removed:
+            if e in self.added:
+                self.added.discard(e)
+            else:
+                self.removed.add(e)
+
+
 @dataclass
 class Changes:
-    """What changed since the last take: keys only; read contents from the compiler."""
+    """What changed since the last take: keys, plus entry deltas for sets that existed
+    before and still do (the others must be read whole from the compiler)."""
 
     pods: set[PodKey] = field(default_factory=set)
     sets: set[SetSpec] = field(default_factory=set)
+    deltas: dict[SetSpec, SetDelta[Entry]] = field(default_factory=dict)
+    whole: set[SetSpec] = field(default_factory=set)  # created or deleted: no delta
 
     def __bool__(self) -> bool:
         return bool(self.pods or self.sets)
 
+    def rebuilt(self, spec: SetSpec) -> None:
+        self.sets.add(spec)
+        self.deltas.pop(spec, None)
+        self.whole.add(spec)
+
+    def delta(self, spec: SetSpec, added: Iterable[Entry], removed: Iterable[Entry]) -> None:
+        self.sets.add(spec)
+        if spec not in self.whole:
+            self.deltas.setdefault(spec, SetDelta()).note(added, removed)
+
 
 @dataclass
 class LiveSet:
+    """A set's entries, counted per contributing pod (two pods may share an address while
+    one of them is going away), so that one pod's update is O(its entries)."""
+
     refs: int
-    members: dict[PodKey, frozenset[Entry]]  # per pod, so that a pod's update is local
+    members: dict[PodKey, frozenset[Entry]] = field(default_factory=dict)
+    counts: dict[Entry, int] = field(default_factory=dict)
 
     def entries(self) -> frozenset[Entry]:
-        out: set[Entry] = set()
-        for e in self.members.values():
-            out |= e
-        return frozenset(out)
+        return frozenset(self.counts)
+
+    def put(self, key: PodKey, entries: frozenset[Entry]) -> tuple[list[Entry], list[Entry]]:
+        """Replace `key`'s entries; returns the set's (added, removed) entries."""
+        old = self.members.pop(key, frozenset())
+        if entries:
+            self.members[key] = entries
+        added, removed = [], []
+        for e in entries - old:
+            n = self.counts.get(e, 0)
+            self.counts[e] = n + 1
+            if n == 0:
+                added.append(e)
+        for e in old - entries:
+            n = self.counts[e] - 1
+            if n:
+                self.counts[e] = n
+            else:
+                del self.counts[e]
+                removed.append(e)
+        return added, removed
 
 
 def pod_entries(spec: PodSetSpec, pod: Pod) -> frozenset[Entry]:
@@ -85,9 +146,7 @@ class Compiler:
         if old is None:
             return
         for spec in list(self._sets_by_ns.get(old.namespace, ())):
-            live = self.sets[spec]
-            if live.members.pop(key, None):
-                self._changes.sets.add(spec)
+            self._put(spec, key, frozenset())
         self._replan(key)
 
     def upsert_namespace(self, ns: Namespace) -> None:
@@ -127,15 +186,16 @@ class Compiler:
     # --- internals ------------------------------------------------------------------
 
     def _set_member(self, spec: PodSetSpec, pod: Pod) -> None:
-        live = self.sets[spec]
         entries = pod_entries(spec, pod) if spec.pod_selector.matches(pod.labels) else frozenset()
-        if live.members.get(pod.key, frozenset()) == entries:
+        self._put(spec, pod.key, entries)
+
+    def _put(self, spec: SetSpec, key: PodKey, entries: frozenset[Entry]) -> None:
+        live = self.sets[spec]
+        if live.members.get(key, frozenset()) == entries:
             return
-        if entries:
-            live.members[pod.key] = entries
-        else:
-            live.members.pop(pod.key, None)
-        self._changes.sets.add(spec)
+        added, removed = live.put(key, entries)
+        if added or removed:
+            self._changes.delta(spec, added, removed)
 
     def _scope_namespaces(self, spec: PodSetSpec) -> Iterable[str]:
         if spec.namespace is not None:
@@ -158,10 +218,8 @@ class Compiler:
                     self._set_member(spec, pod)
             else:
                 covered.discard(spec)
-                for key in list(live.members):
-                    if key.startswith(name + "/"):
-                        del live.members[key]
-                        self._changes.sets.add(spec)
+                for key in [k for k in live.members if k.startswith(name + "/")]:
+                    self._put(spec, key, frozenset())
 
     def _replan_policy(self, old: NetworkPolicy | None, new: NetworkPolicy | None) -> None:
         ns = (new or old).namespace  # type: ignore[union-attr]
@@ -195,8 +253,8 @@ class Compiler:
         if live is not None:
             live.refs += 1
             return
-        live = self.sets[spec] = LiveSet(1, {})
-        self._changes.sets.add(spec)
+        live = self.sets[spec] = LiveSet(1)
+        self._changes.rebuilt(spec)
         if isinstance(spec, BlockSetSpec):
             return
         if spec.namespace is None:
@@ -204,9 +262,7 @@ class Compiler:
         for ns in self._scope_namespaces(spec):
             self._sets_by_ns[ns].add(spec)
             for pod in self.store.pods_matching(ns, spec.pod_selector):
-                entries = pod_entries(spec, pod)
-                if entries:
-                    live.members[pod.key] = entries
+                live.put(pod.key, pod_entries(spec, pod))
 
     def _unref(self, spec: SetSpec) -> None:
         live = self.sets[spec]
@@ -214,7 +270,7 @@ class Compiler:
         if live.refs:
             return
         del self.sets[spec]
-        self._changes.sets.add(spec)
+        self._changes.rebuilt(spec)
         if isinstance(spec, PodSetSpec):
             self._nssel_sets.discard(spec)
             for covered in self._sets_by_ns.values():

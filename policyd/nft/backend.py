@@ -17,6 +17,7 @@ from .diff import Transaction
 from .ruleset import Ruleset, parse_listing
 
 NFT_CTX_OUTPUT_JSON = 1 << 4
+NFT_CTX_OUTPUT_TERSE = 1 << 11  # omit set and map elements from listings
 
 
 class ApplyError(Exception):
@@ -26,8 +27,9 @@ class ApplyError(Exception):
 class Backend(Protocol):
     table: str
 
-    def read(self) -> Ruleset | None:
-        """What the kernel holds in our table; None when the table does not exist."""
+    def read(self, elements: bool = True) -> Ruleset | None:
+        """What the kernel holds in our table; None when the table does not exist. Without
+        `elements`, sets and maps come back empty (`Ruleset.elements_listed` False)."""
 
     def apply(self, tx: Transaction) -> None:
         """Run the transaction atomically, or raise ApplyError having changed nothing."""
@@ -63,8 +65,10 @@ class Libnftables:
         lib.nft_ctx_buffer_error(self.ctx)
         self.lock = threading.Lock()
 
-    def run(self, command: str) -> tuple[int, str, str]:
+    def run(self, command: str, terse: bool = False) -> tuple[int, str, str]:
         with self.lock:
+            flags = NFT_CTX_OUTPUT_JSON | (NFT_CTX_OUTPUT_TERSE if terse else 0)
+            self.lib.nft_ctx_output_set_flags(self.ctx, flags)
             rc = self.lib.nft_run_cmd_from_buffer(self.ctx, command.encode())
             out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
             err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode()
@@ -78,13 +82,22 @@ class NftBackend:
         self.table = table
         self.nft = lib or Libnftables()
 
-    def read(self) -> Ruleset | None:
-        rc, out, err = self.nft.run(f"list table inet {self.table}")
+    def read(self, elements: bool = True) -> Ruleset | None:
+        # Terse: `list ruleset` is the listing that libnftables 1.0.6 serves without
+        # fetching set elements (`list table` fetches them even when it will not print
+        # them): ~5 ms instead of ~250 ms with a 100k-element set.
+        cmd = f"list table inet {self.table}" if elements else "list ruleset"
+        rc, out, err = self.nft.run(cmd, terse=not elements)
         if rc != 0:
             if "No such file or directory" in err:
                 return None
-            raise ApplyError(f"list table inet {self.table}: {err.strip()}")
-        return parse_listing(json.loads(out), self.table)
+            raise ApplyError(f"{cmd}: {err.strip()}")
+        doc = json.loads(out)
+        if not any(i.get("table", {}).get("name") == self.table and i["table"].get("family") == "inet" for i in doc.get("nftables", [])):
+            return None
+        rs = parse_listing(doc, self.table)
+        rs.elements_listed = elements
+        return rs
 
     def apply(self, tx: Transaction) -> None:
         if not tx:

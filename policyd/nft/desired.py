@@ -8,12 +8,13 @@ only those.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import replace
+from typing import Any, Callable
 
-from ..compile.engine import Compiler
-from ..compile.plan import SetSpec
+from ..compile.engine import Compiler, SetDelta
+from ..compile.plan import Entry, SetSpec
 from .diff import Touched
-from .render import PodObjects, RenderConfig, render_pod, render_set, render_skeleton
+from .render import PodObjects, RenderConfig, family_sets, render_pod, render_set, render_skeleton, set_elements
 from .ruleset import Elem, MapDef, Ruleset, SetDef
 
 InterfaceOf = Callable[[str, tuple], "str | None"]
@@ -25,6 +26,7 @@ class DesiredState:
         self.ruleset = Ruleset()
         self.pods: dict[str, PodObjects] = {}
         self._spec_sets: dict[SetSpec, list[str]] = {}
+        self._owners: dict[tuple[str, Any], dict[str, Any]] = {}  # (map/set, key) → pod → value
         sets, maps, chains = render_skeleton(cfg)
         for s in sets:
             self.ruleset.sets[s.name] = s
@@ -34,19 +36,31 @@ class DesiredState:
             self.ruleset.chains[c.name] = c
         self.skeleton = Touched({s.name for s in sets}, {m.name for m in maps}, {c.name for c in chains})
 
-    def update_set(self, spec: SetSpec, compiler: Compiler) -> Touched:
+    def update_set(self, spec: SetSpec, compiler: Compiler, delta: SetDelta[Entry] | None = None) -> Touched:
+        """With `delta` (the spec existed before and still does), O(size of the delta):
+        the element set is updated in place. Otherwise the spec's sets are rebuilt whole."""
         t = Touched()
+        if delta is not None and spec in self._spec_sets and spec in compiler.sets:
+            for fam, name in zip(family_sets(spec), self._spec_sets[spec]):
+                added, removed = set_elements(spec, delta.added, fam), set_elements(spec, delta.removed, fam)
+                if added or removed:
+                    elems = self.ruleset.sets[name].elements
+                    elems -= removed  # type: ignore[operator]
+                    elems |= added  # type: ignore[operator]
+                    t.set_delta(name, added, removed)
+            return t
         old = self._spec_sets.pop(spec, [])
         if spec in compiler.sets:
             defs = render_set(spec, compiler.set_entries(spec))
             self._spec_sets[spec] = [d.name for d in defs]
             for d in defs:
-                self.ruleset.sets[d.name] = d
-                t.sets.add(d.name)
+                # A mutable element set, owned by desired, so that deltas apply in place.
+                self.ruleset.sets[d.name] = replace(d, elements=set(d.elements))  # type: ignore[arg-type]
+                t.set_replaced(d.name)
         for name in old:
             if name not in self._spec_sets.get(spec, []):
                 self.ruleset.sets.pop(name, None)
-                t.sets.add(name)
+                t.set_replaced(name)
         return t
 
     def update_pod(self, key: str, compiler: Compiler, interface_of: InterfaceOf) -> Touched:
@@ -63,28 +77,56 @@ class DesiredState:
             for c in new.chains:
                 self.ruleset.chains[c.name] = c
                 t.chains.add(c.name)
-        self._replace_entries(old, new, t)
+        self._replace_entries(key, old, new, t)
         return t
 
-    def _replace_entries(self, old: PodObjects | None, new: PodObjects | None, t: Touched) -> None:
-        maps: dict[str, tuple[list, list]] = {}
-        for src, idx in ((old, 0), (new, 1)):
-            for m, k, c in (src.map_entries if src else ()):
-                maps.setdefault(m, ([], []))[idx].append((k, c))
-        for name, (gone, added) in maps.items():
-            cur = dict(self.ruleset.maps[name].elements)
-            for k, c in gone:
-                if cur.get(k) == c:
-                    del cur[k]
-            cur.update(added)
-            self.ruleset.maps[name] = MapDef(name, self.ruleset.maps[name].type, tuple(sorted(cur.items())))
-            t.maps.add(name)
-        sets: dict[str, tuple[list[Elem], list[Elem]]] = {}
-        for src, idx in ((old, 0), (new, 1)):
-            for s, e in (src.spoof_entries if src else ()):
-                sets.setdefault(s, ([], []))[idx].append(e)
-        for name, (gone_e, added_e) in sets.items():
-            cur_s = self.ruleset.sets[name]
-            elems = (cur_s.elements - frozenset(gone_e)) | frozenset(added_e)
-            self.ruleset.sets[name] = SetDef(cur_s.name, cur_s.type, cur_s.interval, cur_s.comment, elems)
-            t.sets.add(name)
+    def _replace_entries(self, key: str, old: PodObjects | None, new: PodObjects | None, t: Touched) -> None:
+        """Swap one pod's contributions to the dispatch maps and spoofing sets. Two local
+        pods may briefly claim the same address or interface (reuse after a deletion): each
+        entry remembers its contributors; a map key goes to the smallest pod key, a set
+        element stays while anyone contributes it."""
+        affected: set[tuple[str, Any]] = set()
+        for src, adding in ((old, False), (new, True)):
+            if src is None:
+                continue
+            for name, k, chain in src.map_entries:
+                self._contrib(name, k, key, chain if adding else None)
+                affected.add((name, k))
+            for name, e in src.spoof_entries:
+                self._contrib(name, e, key, True if adding else None)
+                affected.add((name, e))
+        changed_maps: dict[str, dict[str, str]] = {}
+        changed_sets: dict[str, set[Elem]] = {}
+        for name, k in affected:
+            owners = self._owners.get((name, k))
+            if name in self.ruleset.maps:
+                cur = changed_maps.setdefault(name, dict(self.ruleset.maps[name].elements))
+                if owners:
+                    cur[k] = owners[min(owners)]
+                else:
+                    cur.pop(k, None)
+            else:
+                cur_s = changed_sets.setdefault(name, set(self.ruleset.sets[name].elements))
+                if owners:
+                    cur_s.add(k)
+                else:
+                    cur_s.discard(k)
+        for name, elems in changed_maps.items():
+            m = self.ruleset.maps[name]
+            if dict(m.elements) != elems:
+                self.ruleset.maps[name] = MapDef(name, m.type, tuple(sorted(elems.items())))
+                t.maps.add(name)
+        for name, es in changed_sets.items():
+            cur_def = self.ruleset.sets[name]
+            if cur_def.elements != es:
+                self.ruleset.sets[name] = replace(cur_def, elements=frozenset(es))
+                t.set_replaced(name)
+
+    def _contrib(self, name: str, k: Any, pod: str, value: Any) -> None:
+        owners = self._owners.setdefault((name, k), {})
+        if value is None:
+            owners.pop(pod, None)
+            if not owners:
+                del self._owners[(name, k)]
+        else:
+            owners[pod] = value

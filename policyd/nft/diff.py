@@ -3,17 +3,21 @@
 Order: create new sets, maps and (empty) chains; refill changed chains (flush + add);
 update set and map elements; then delete chains and sets nothing refers to any more.
 With `touched` only those names are compared (partial sync); without it, everything
-(full sync). An unchanged state yields a transaction with zero operations.
+(full sync). Sets with an element delta send just that delta: `actual` may share the very
+element set desired keeps (they are equal after every sync), so comparing would find
+nothing. An unchanged state yields a transaction with zero operations.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
+from ..compile.engine import SetDelta
 from .ruleset import (
     ChainDef,
+    Elem,
     Ruleset,
     chain_json,
     elements_json,
@@ -26,17 +30,37 @@ from .ruleset import (
 
 @dataclass
 class Touched:
+    """Names changed in desired since the last sync. A set either has an element delta
+    (same definition, some elements in or out) or was replaced whole (compare it whole)."""
+
     sets: set[str] = field(default_factory=set)
     maps: set[str] = field(default_factory=set)
     chains: set[str] = field(default_factory=set)
+    deltas: dict[str, SetDelta[Elem]] = field(default_factory=dict)
+    whole: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.sets or self.maps or self.chains)
 
+    def set_replaced(self, name: str) -> None:
+        self.sets.add(name)
+        self.deltas.pop(name, None)
+        self.whole.add(name)
+
+    def set_delta(self, name: str, added: Iterable[Elem], removed: Iterable[Elem]) -> None:
+        self.sets.add(name)
+        if name not in self.whole:
+            self.deltas.setdefault(name, SetDelta()).note(added, removed)
+
     def update(self, other: "Touched") -> None:
-        self.sets |= other.sets
+        """`other` happened after self."""
         self.maps |= other.maps
         self.chains |= other.chains
+        self.sets |= other.sets
+        for name in other.whole:
+            self.set_replaced(name)
+        for name, d in other.deltas.items():
+            self.set_delta(name, d.added, d.removed)
 
 
 @dataclass
@@ -62,8 +86,18 @@ def _names(a: dict[str, Any], b: dict[str, Any], only: set[str] | None) -> list[
     return sorted(names)
 
 
-def diff(actual: Ruleset | None, desired: Ruleset, table: str, touched: Touched | None = None) -> Transaction:
+def diff(
+    actual: Ruleset | None,
+    desired: Ruleset,
+    table: str,
+    touched: Touched | None = None,
+    deltas: dict[str, SetDelta[Elem]] | None = None,
+) -> Transaction:
+    """`touched` limits the names compared; `deltas` (default: touched's) are trusted element
+    changes of sets whose kernel elements equal desired's before the delta."""
     tx = Transaction()
+    if deltas is None:
+        deltas = touched.deltas if touched is not None else {}
     if actual is None:
         tx.add("add", {"table": {"family": "inet", "name": table}})
         actual = Ruleset()
@@ -105,7 +139,10 @@ def diff(actual: Ruleset | None, desired: Ruleset, table: str, touched: Touched 
         have, want = actual.sets.get(n), desired.sets.get(n)
         if have is None or want is None or have.header() != want.header():
             continue
-        gone, new = have.elements - want.elements, want.elements - have.elements
+        if n in deltas:
+            gone, new = deltas[n].removed, deltas[n].added
+        else:
+            gone, new = have.elements - want.elements, want.elements - have.elements
         if gone:
             tx.add("delete", elements_json(table, n, sorted(gone, key=str)), len(gone))
         if new:

@@ -8,8 +8,9 @@ or set that is still referenced), so that ordering bugs fail here as they would 
 from __future__ import annotations
 
 import copy
-import re
 import json
+import re
+from dataclasses import replace
 
 from .backend import ApplyError
 from .diff import Transaction
@@ -23,11 +24,17 @@ class FakeBackend:
         self.rules: dict[str, list[dict]] = {}
         self.transactions: list[Transaction] = []
         self.fail_next = False  # inject a failure into the next apply
+        self.reads: list[bool] = []  # one entry per read: were elements listed?
 
-    def read(self) -> Ruleset | None:
+    def read(self, elements: bool = True) -> Ruleset | None:
+        self.reads.append(elements)
         if self.ruleset is None:
             return None
         rs = self.ruleset.copy()
+        if not elements:
+            rs.elements_listed = False
+            rs.sets = {n: replace(s, elements=frozenset()) for n, s in rs.sets.items()}
+            rs.maps = {n: replace(m, elements=()) for n, m in rs.maps.items()}
         for name, chain in rs.chains.items():
             rules = self.rules.get(name, [])
             m = DIGEST_RE.search(rules[-1].get("comment", "")) if rules else None

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import AbstractSet, Any, Union
 
 # Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
 Elem = Union[str, tuple]
@@ -27,7 +27,8 @@ class SetDef:
     type: tuple[str, ...]
     interval: bool = False
     comment: str = ""
-    elements: frozenset[Elem] = frozenset()
+    # frozenset, except in DesiredState, which owns mutable sets so that deltas apply in place
+    elements: AbstractSet[Elem] = frozenset()
 
     def header(self) -> tuple:
         return (self.type, self.interval)
@@ -75,6 +76,7 @@ class Ruleset:
     sets: dict[str, SetDef] = field(default_factory=dict)
     maps: dict[str, MapDef] = field(default_factory=dict)
     chains: dict[str, ChainDef] = field(default_factory=dict)
+    elements_listed: bool = True  # False: read back tersely, sets and maps shown empty
 
     def copy(self) -> "Ruleset":
         return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))
@@ -152,10 +154,14 @@ def map_elements_json(table: str, name: str, elems: list[tuple[str, str]]) -> di
 
 
 def parse_listing(doc: dict, table: str) -> Ruleset:
-    """`nft -j list table inet <table>` → Ruleset (chains carry digests, not rules)."""
+    """A JSON listing (of the table or the whole ruleset) → our table's Ruleset (chains carry
+    digests, not rules)."""
     rs = Ruleset()
     last_comment: dict[str, str] = {}
     for item in doc.get("nftables", []):
+        body = next(iter(item.values()))
+        if not isinstance(body, dict) or body.get("family") != "inet" or body.get("table") != table:
+            continue  # metainfo, table headers, other tables
         if "set" in item:
             s = item["set"]
             typ = s["type"] if isinstance(s["type"], list) else [s["type"]]

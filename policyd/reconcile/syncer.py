@@ -1,8 +1,14 @@
 """compile → render → diff → apply, with "desired" tracked against "what the kernel holds".
 
 Partial syncs by default: only names touched since the last sync are compared. A full sync
-(first sync, after any failure, and periodically) reads the table back and compares
-everything, which adopts a table left by a previous run and repairs drift.
+reads the table back and compares everything, which adopts a table left by a previous run
+and repairs drift:
+
+* first sync and after any failure: the listing includes set and map elements, since we do
+  not know what the kernel holds;
+* requested (periodic) resyncs: a terse listing (chains with their digests, set and map
+  definitions, no elements), which stays cheap with 100k-element sets; elements are taken
+  as believed. Anything unknown in the kernel falls back to the complete listing.
 """
 
 from __future__ import annotations
@@ -63,20 +69,45 @@ class Syncer:
         changes = self.compiler.take_changes()
         if self._seed is not None:
             changes.pods |= self._seed[0]
-            changes.sets |= self._seed[1]
+            for spec in self._seed[1]:
+                changes.rebuilt(spec)
             self._seed = None
         for spec in changes.sets:
-            self.touched.update(self.desired.update_set(spec, self.compiler))
+            self.touched.update(self.desired.update_set(spec, self.compiler, changes.deltas.get(spec)))
         for key in changes.pods | set(self.pending):
             self.touched.update(self.desired.update_pod(key, self.compiler, self._interface))
+
+    def _read_terse(self) -> Ruleset | None:
+        """The kernel's table without elements, completed with the believed elements; None
+        when the kernel holds a set or map we do not know (then read it all)."""
+        assert self.believed is not None
+        rs = self.backend.read(elements=False)
+        if rs is None:
+            return None
+        for name, s in rs.sets.items():
+            b = self.believed.sets.get(name)
+            if b is None or b.header() != s.header():
+                return None
+            rs.sets[name] = b
+        for name, m in rs.maps.items():
+            bm = self.believed.maps.get(name)
+            if bm is None or bm.type != m.type:
+                return None
+            rs.maps[name] = bm
+        rs.elements_listed = True
+        return rs
 
     def sync(self, full: bool = False) -> SyncResult:
         start = time.perf_counter()
         self.absorb()
         full = full or self.believed is None
         if full:
-            self.believed = self.backend.read()
-            tx = diff(self.believed, self.desired.ruleset, self.cfg.table)
+            actual = self._read_terse() if self.believed is not None else None
+            if actual is None:
+                actual = self.backend.read()
+                tx = diff(actual, self.desired.ruleset, self.cfg.table, deltas={})
+            else:
+                tx = diff(actual, self.desired.ruleset, self.cfg.table, deltas=self.touched.deltas)
         else:
             if not self.touched:
                 return SyncResult(False, 0, time.perf_counter() - start, len(self.pending))

@@ -69,6 +69,37 @@ def test_failure_keeps_state_and_forces_full_sync(agent):
     assert r.full and r.ops > 0 and s.backend.read().same_as(s.desired.ruleset)
 
 
+def test_resync_never_lists_elements_once_the_kernel_is_known(agent):
+    _, c, s = agent
+    assert s.backend.reads == [True], "the first sync must list everything"
+    assert s.sync(full=True).ops == 0
+    assert s.backend.reads[-1] is False
+
+
+def test_terse_resync_repairs_chain_drift_and_takes_pending_deltas(agent):
+    w, c, s = agent
+    fb = s.backend
+    victim = next(n for n in fb.ruleset.chains if n.startswith("pod-in-"))
+    fb.rules[victim] = [{"expr": [{"accept": None}], "comment": "intruder"}]  # drift: digest gone
+    pod = next(p for p in w.pods if p.name.startswith("frontend"))
+    c.upsert_pod(replace(pod, name="frontend-extra", ips=(ipaddress.ip_address("10.244.1.99"),)))
+    r = s.sync(full=True)
+    assert r.full and fb.reads[-1] is False
+    assert fb.read().same_as(s.desired.ruleset)
+    assert fb.rules[victim][-1]["comment"].endswith("]"), "the chain was rewritten"
+    assert s.sync(full=True).ops == 0
+
+
+def test_unknown_set_in_the_kernel_falls_back_to_a_complete_listing(agent):
+    _, _, s = agent
+    from policyd.nft.ruleset import SetDef
+
+    s.backend.ruleset.sets["stranger"] = SetDef("stranger", ("ipv4_addr",), elements=frozenset({"1.2.3.4"}))
+    r = s.sync(full=True)
+    assert s.backend.reads[-2:] == [False, True]
+    assert "stranger" not in s.backend.ruleset.sets and r.ops == 1
+
+
 def test_fake_refuses_what_the_kernel_refuses():
     from policyd.nft.diff import Transaction
 
