@@ -110,3 +110,34 @@ def test_fake_refuses_what_the_kernel_refuses():
     with pytest.raises(ApplyError):
         fb.apply(tx)
     assert fb.read() is None, "all or nothing"
+
+
+@pytest.mark.parametrize("mode", list(DispatchMode))
+def test_rules_a_packet_meets_do_not_grow_with_unrelated_pods_and_policies(mode):
+    """Per-packet cost: base chains and a pod's own chains are the same size whether the
+    cluster has 7 pods and 2 policies or 2,000 more pods and 200 more policies elsewhere;
+    the growth goes into set and map elements (hash lookups), never into rules."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import synthetic
+
+    from policyd.compile.engine import compile_all
+
+    def chains(extra: bool) -> dict[str, int]:
+        w = load_world(["examples/cluster", "examples/policies/allow-frontend-to-backend.yaml"])
+        nss, pods, pols = list(w.namespaces), list(w.pods), list(w.policies)
+        if extra:
+            nss += synthetic.namespaces(20)
+            pods += [synthetic.pod(i, 20, 10) for i in range(2_000)]
+            pols += synthetic.policies(200, 20)
+        s = Syncer(compile_all("node-1", nss, pods, pols), FakeBackend(), RenderConfig(mode=mode))
+        s.interfaces.refresh = lambda: None  # type: ignore[method-assign]
+        s.interfaces.routes = {str(p.ips[0]): f"cali{i}" for i, p in enumerate(pods) if p.ips}
+        s.sync()
+        rules = s.backend.rules
+        return {n: len(r) for n, r in rules.items() if n.endswith("-hook") or "/backend-" in n or "/frontend-" in n}
+
+    small, big = chains(False), chains(True)
+    assert small and small == {n: big[n] for n in small}
