@@ -11,6 +11,7 @@ from . import __version__, report
 from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, endpoint
 from .model.problems import InvalidInput
+from .lab.lab import LabError
 from .world import World, load_world
 
 EXIT_OK, EXIT_DENIED, EXIT_INVALID = 0, 1, 2
@@ -137,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", default="policyd")
     p.set_defaults(func=cmd_render)
 
+    from .lab.cli import register as register_lab
+
+    register_lab(sub)
+
     p = sub.add_parser("cleanup", help="remove policyd's nftables table (and nothing else) from this network namespace")
     p.add_argument("--table", default="policyd")
     p.set_defaults(func=cmd_cleanup)
@@ -149,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except UsageError as e:
         print(f"policyd: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except LabError as e:
+        print(f"policyd lab: {e}", file=sys.stderr)
         return EXIT_INVALID
     except InvalidInput as e:
         for problem in e.problems:

@@ -17,7 +17,9 @@ def matrix_table(m: Matrix, title: str = "") -> str:
     """A ✓/✗ grid: rows are sources, columns destinations, numbered to stay narrow."""
     n = len(m.pods)
     head = title or f"Reachability for {service(m.protocol, m.port)}"
-    lines = [f"{head}  ({YES} allowed, {NO} denied; row = from, column = to)"]
+    targets = set(m.targets if m.targets is not None else m.pods)
+    dots = ", · not probed" if targets != set(m.pods) else ""
+    lines = [f"{head}  ({YES} allowed, {NO} denied{dots}; row = from, column = to)"]
     if not n:
         return lines[0] + "\n(no pods)\n"
     width = len(str(n))
@@ -26,8 +28,10 @@ def matrix_table(m: Matrix, title: str = "") -> str:
         cells = " ".join(str(i + 1).rjust(width)[digit] for i in range(n))
         lines.append(" " * label_w + " " + cells)
     for i, src in enumerate(m.pods):
-        allowed = set(m.allowed.get(src, ()))
-        cells = " ".join(YES if dst in allowed else NO for dst in m.pods)
+        if src not in m.allowed:
+            continue
+        allowed = set(m.allowed[src])
+        cells = " ".join((YES if dst in allowed else NO) if dst in targets else "·" for dst in m.pods)
         lines.append(f"{str(i + 1).rjust(width)}  {src}".ljust(label_w) + " " + cells)
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Generic, Iterable, TypeVar
 
+from ..model.events import Event, Upsert
 from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
 from ..state.store import ClusterStore
 from .plan import BlockSetSpec, Entry, PodPlan, PodSetSpec, SetSpec
@@ -169,6 +170,23 @@ class Compiler:
         old = self.store.remove_policy(key)
         if old is not None:
             self._replan_policy(old, None)
+
+    def apply(self, event: Event) -> None:
+        """One source event (Node objects do not affect the plans)."""
+        if isinstance(event, Upsert):
+            obj = event.obj
+            if isinstance(obj, Pod):
+                self.upsert_pod(obj)
+            elif isinstance(obj, Namespace):
+                self.upsert_namespace(obj)
+            elif isinstance(obj, NetworkPolicy):
+                self.upsert_policy(obj)
+        elif event.kind == "Pod":
+            self.delete_pod(PodKey(event.key))
+        elif event.kind == "Namespace":
+            self.delete_namespace(event.key)
+        elif event.kind == "NetworkPolicy":
+            self.delete_policy(PolicyKey(event.key))
 
     def take_changes(self) -> Changes:
         out, self._changes = self._changes, Changes()

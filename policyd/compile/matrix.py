@@ -15,6 +15,7 @@ class Matrix:
     port: int | None
     pods: list[str]
     allowed: dict[str, list[str]]  # from → every pod it may open a connection to
+    targets: list[str] | None = None  # destinations considered (None: all of `pods`)
 
     def to_json(self) -> dict:
         return {"protocol": self.protocol, "port": self.port, "pods": self.pods, "allowed": self.allowed}

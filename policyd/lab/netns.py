@@ -29,9 +29,10 @@ def sysctl(ns: str, key: str, value: str) -> None:
     sh("sysctl", "-qw", f"{key}={value}", ns=ns)
 
 
-def list_namespaces(prefix: str) -> list[str]:
+def list_namespaces(prefix: str, exact: bool = False) -> list[str]:
     out = sh("ip", "netns", "list").stdout
-    return [line.split()[0] for line in out.splitlines() if line.split() and line.split()[0].startswith(prefix)]
+    names = [line.split()[0] for line in out.splitlines() if line.split()]
+    return [n for n in names if (n == prefix if exact else n.startswith(prefix))]
 
 
 def add_namespace(name: str) -> None:
@@ -43,9 +44,10 @@ def add_namespace(name: str) -> None:
         sysctl(name, f"net.ipv6.conf.{scope}.accept_dad", "0")
 
 
-def delete_namespaces(prefix: str) -> None:
-    """Remove every namespace with this prefix (and so every link inside it)."""
-    for name in list_namespaces(prefix):
+def delete_namespaces(prefix: str, exact: bool = False) -> None:
+    """Remove every namespace with this prefix (or exactly this name), killing the processes
+    inside first; links inside go with the namespace."""
+    for name in list_namespaces(prefix, exact):
         pids = sh("ip", "netns", "pids", name, check=False).stdout.split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):

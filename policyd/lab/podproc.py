@@ -1,7 +1,9 @@
 """The process that plays a pod inside its network namespace.
 
 It serves every declared container port (TCP: answers its pod name and closes; UDP:
-replies with its pod name) and takes probe requests on a Unix socket (Unix sockets live
+replies with its pod name) and takes probe requests on a Unix socket. A probe succeeds
+when the peer answers or refuses (reset, port unreachable): either way the packets
+passed; a dropped packet shows as a timeout (Unix sockets live
 in the filesystem, so the prober needs no namespace switch). SCTP ports are declared but
 not served: this kernel has no SCTP sockets.
 
@@ -60,10 +62,14 @@ async def probe(req: dict) -> dict:
             finally:
                 transport.close()
         if proto == "ICMP":
-            cmd = ["ping", "-n", "-q", "-c", "1", "-W", str(max(1, int(timeout + 0.999))), host]
+            cmd = ["ping", "-n", "-q", "-c", "1", "-W", f"{max(0.1, timeout):.2f}", host]  # iputils takes fractions
             p = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
             return {"ok": await p.wait() == 0}
         return {"ok": False, "error": f"unknown protocol {proto}"}
+    except ConnectionRefusedError:
+        # A TCP reset or an ICMP port-unreachable came back: the policy let the packets
+        # through both ways, only nothing listens on that port.
+        return {"ok": True, "refused": True}
     except (OSError, asyncio.TimeoutError) as e:
         return {"ok": False, "error": type(e).__name__}
 

@@ -6,11 +6,14 @@
   gateway address; bridged traffic reaches the inet hooks through br_netfilter.
 
 Nodes hang off one fabric namespace with per-node pod-CIDR routes (what Calico's BGP would
-install), so cross-node traffic is routed for real. Every namespace carries `prefix`.
+install), so cross-node traffic is routed for real. Every namespace is named
+`<prefix>.<role>`: the dot never occurs in a prefix, so `delete_namespaces(prefix + ".")`
+removes exactly one topology's namespaces.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -58,15 +61,23 @@ class NodeHandle:
 
 
 class Topology:
-    def __init__(self, prefix: str, mode: str = "routed", state_dir: str | None = None) -> None:
+    def __init__(self, prefix: str, mode: str = "routed", state_dir: str | None = None, create: bool = True) -> None:
+        """`create` False attaches to a topology built earlier (by another process), whose
+        nodes the caller re-adds with `attach_node`."""
         if mode not in ("routed", "bridge"):
             raise ValueError("mode is routed or bridge")
+        if "." in prefix:
+            raise ValueError("a topology prefix has no dot")
         self.prefix = prefix
         self.mode = mode
-        self.fabric = f"{prefix}-fabric"
+        self.fabric = f"{prefix}.fabric"
         self.nodes: dict[str, NodeHandle] = {}
         self.state_dir = Path(state_dir or f"/run/policyd/{prefix}")
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            self._create_fabric()
+
+    def _create_fabric(self) -> None:
         add_namespace(self.fabric)
         sysctl(self.fabric, "net.ipv4.ip_forward", "1")
         sysctl(self.fabric, "net.ipv6.conf.all.forwarding", "1")
@@ -77,9 +88,14 @@ class Topology:
 
     # --- nodes ------------------------------------------------------------------------
 
+    def attach_node(self, name: str, index: int, pod_cidr: ipaddress.IPv4Network) -> NodeHandle:
+        node = NodeHandle(name, f"{self.prefix}.node{index}", index, pod_cidr)
+        self.nodes[name] = node
+        return node
+
     def add_node(self, name: str, pod_cidr: ipaddress.IPv4Network) -> NodeHandle:
         idx = len(self.nodes)
-        node = NodeHandle(name, f"{self.prefix}-node{idx}", idx, pod_cidr)
+        node = NodeHandle(name, f"{self.prefix}.node{idx}", idx, pod_cidr)
         add_namespace(node.netns)
         for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
             sysctl(node.netns, key, "1")
@@ -108,7 +124,7 @@ class Topology:
     def add_pod(self, pod: Pod, tcp: list[int], udp: list[int]) -> PodHandle:
         node = self.nodes[pod.node or ""]
         h = hashlib.sha1(pod.key.encode()).hexdigest()[:8]
-        netns = f"{self.prefix}-pod-{h}"
+        netns = f"{self.prefix}.pod-{h}"
         host_if = calico_interface(pod.key) if self.mode == "routed" else "veth" + h
         add_namespace(netns)
         ip("link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns, ns=node.netns)
@@ -132,7 +148,8 @@ class Topology:
             ip("link", "set", host_if, "master", "cni0", ns=node.netns)
             gw = node.pod_cidr.network_address + 1
             ip("route", "add", "default", "via", str(gw), ns=netns)
-            ip("-6", "route", "add", "default", "via", str(v6_for(gw)), ns=netns)
+            if any(a.version == 6 for a in pod.ips):
+                ip("-6", "route", "add", "default", "via", str(v6_for(gw)), ns=netns)
         control = str(self.state_dir / f"pod-{h}.sock")
         handle = PodHandle(pod, netns, host_if, control)
         args = [sys.executable, "-m", "policyd.lab.podproc", "--name", pod.key, "--control", control]
@@ -141,14 +158,22 @@ class Topology:
         node.pods[pod.key] = handle
         return handle
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
+    def remove_pod(self, netns: str, control: str, node: NodeHandle | None = None, key: str | None = None) -> None:
+        """Kill the pod's process and delete its namespace (its veth pair goes with it)."""
+        delete_namespaces(netns, exact=True)
+        for f in (control, control + ".ready"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f)
+        if node is not None and key is not None:
+            node.pods.pop(key, None)
+
+    def wait_ready(self, timeout: float = 10.0, handles: list[PodHandle] | None = None) -> None:
         deadline = time.monotonic() + timeout
-        for node in self.nodes.values():
-            for h in node.pods.values():
-                while not os.path.exists(h.control + ".ready"):
-                    if time.monotonic() > deadline or (h.proc and h.proc.poll() is not None):
-                        raise RuntimeError(f"pod process for {h.pod.key} did not start")
-                    time.sleep(0.01)
+        for h in handles if handles is not None else [h for n in self.nodes.values() for h in n.pods.values()]:
+            while not os.path.exists(h.control + ".ready"):
+                if time.monotonic() > deadline or (h.proc and h.proc.poll() is not None):
+                    raise RuntimeError(f"pod process for {h.pod.key} did not start")
+                time.sleep(0.01)
 
     def pod(self, key: str) -> PodHandle:
         for node in self.nodes.values():
@@ -159,17 +184,7 @@ class Topology:
     def probe(self, src: str, dst_ip: str, protocol: str = "TCP", port: int = 80, timeout: float = 0.5) -> bool:
         """A real connection from pod `src`'s namespace (TCP connect + reply, UDP
         request/reply, or one ping)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout + 3)
-            s.connect(self.pod(src).control)
-            s.sendall((json.dumps({"protocol": protocol, "host": dst_ip, "port": port, "timeout": timeout}) + "\n").encode())
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-        return bool(json.loads(data)["ok"])
+        return probe_via(self.pod(src).control, dst_ip, protocol, port, timeout)
 
     def teardown(self) -> None:
         for node in self.nodes.values():
@@ -177,10 +192,26 @@ class Topology:
                 if h.proc and h.proc.poll() is None:
                     h.proc.kill()
                     h.proc.wait()
-        delete_namespaces(self.prefix + "-")
+        delete_namespaces(self.prefix + ".")
         for f in self.state_dir.glob("pod-*"):
             f.unlink(missing_ok=True)
         try:
             self.state_dir.rmdir()
         except OSError:
             pass
+
+
+def probe_via(control: str, dst_ip: str, protocol: str = "TCP", port: int | None = 80, timeout: float = 0.5) -> bool:
+    """Ask the pod process behind `control` to probe `dst_ip` (any process may ask: the
+    socket lives in the filesystem)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout + 3)
+        s.connect(control)
+        s.sendall((json.dumps({"protocol": protocol, "host": dst_ip, "port": port, "timeout": timeout}) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return bool(json.loads(data)["ok"])

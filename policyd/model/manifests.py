@@ -75,20 +75,30 @@ def flatten(doc: Any) -> list[Any]:
     return [doc]
 
 
-def load_documents(source: str, text: str, into: Manifests) -> None:
+@dataclass(frozen=True)
+class RawObject:
+    """One API object as written (Deployments already expanded) and where it came from."""
+
+    source: str
+    index: int
+    raw: Any
+
+
+def raw_documents(source: str, text: str, problems: list[Problem]) -> list[RawObject]:
     try:
         docs = list(yaml.safe_load_all(text))
     except yaml.YAMLError as e:
-        into.problems.append(Problem(source, None, "", f"not valid YAML: {e}"))
-        return
-    for index, doc in enumerate(docs):
-        if doc is None:
-            continue
-        for obj in flatten(doc):
-            value, problems = parse_object(obj, source, index)
-            into.problems.extend(problems)
-            if value is not None:
-                into.add(value)
+        problems.append(Problem(source, None, "", f"not valid YAML: {e}"))
+        return []
+    return [RawObject(source, i, obj) for i, doc in enumerate(docs) if doc is not None for obj in flatten(doc)]
+
+
+def load_documents(source: str, text: str, into: Manifests) -> None:
+    for r in raw_documents(source, text, into.problems):
+        value, problems = parse_object(r.raw, r.source, r.index)
+        into.problems.extend(problems)
+        if value is not None:
+            into.add(value)
 
 
 def load(paths: Iterable[str | Path]) -> Manifests:

@@ -47,6 +47,7 @@ class Syncer:
         self.touched = Touched()
         self.touched.update(self.desired.skeleton)
         self.pending: set[str] = set()  # local pods whose interface is not known yet
+        self._routes_fresh = False
         # Whatever the compiler already holds is new to us.
         compiler.take_changes()
         self._seed = (set(compiler.plans), set(compiler.sets))
@@ -54,10 +55,10 @@ class Syncer:
     def _interface(self, key: str, ips: tuple) -> str | None:
         if self.cfg.mode is not DispatchMode.INTERFACE:
             return None
-        dev = self.interfaces(key, ips)
-        if dev is None:
+        if not self._routes_fresh:  # once per absorb: an address may now lead elsewhere
             self.interfaces.refresh()
-            dev = self.interfaces(key, ips)
+            self._routes_fresh = True
+        dev = self.interfaces(key, ips)
         if dev is None:
             self.pending.add(key)
         else:
@@ -67,6 +68,7 @@ class Syncer:
     def absorb(self) -> None:
         """Fold the compiler's changes (and pods still waiting for an interface) into desired."""
         changes = self.compiler.take_changes()
+        self._routes_fresh = False
         if self._seed is not None:
             changes.pods |= self._seed[0]
             for spec in self._seed[1]:

@@ -115,4 +115,4 @@ def cluster(request):
         yield KernelCluster(topo, mode)
     finally:
         topo.teardown()
-        delete_namespaces(prefix)
+        delete_namespaces(prefix + ".")

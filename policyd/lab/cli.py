@@ -1,0 +1,162 @@
+"""`policyd lab …` sub-commands: argument parsing and printing around `lab.Lab`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .. import report
+from .lab import Lab, LabError
+
+EXIT_OK, EXIT_MISMATCH = 0, 1
+
+
+def err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    Lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix)
+    print(f"next: policyd lab probe --name {args.name} | policyd lab apply -f examples/policies/allow-frontend-to-backend.yaml --name {args.name}")
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    Lab(args.name).down()
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    secs = Lab(args.name).apply(args.paths)
+    print(f"applied by every agent in {secs * 1e3:.0f} ms")
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    missing = Lab(args.name).delete(args.paths)
+    return EXIT_MISMATCH if missing else EXIT_OK
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    secs = Lab(args.name).label(args.kind, args.target, args.pairs, args.namespace)
+    print(f"applied by every agent in {secs * 1e3:.0f} ms")
+    return EXIT_OK
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    lab = Lab(args.name)
+    m = lab.probe(args.src, args.dst, args.protocol, args.port, args.timeout, progress=err)
+    if args.output == "json":
+        print(json.dumps(m.to_json(), indent=2))
+    else:
+        print(report.matrix_table(m, f"Observed in lab {args.name}: {report.service(m.protocol, m.port)}"), end="")
+    return EXIT_OK
+
+
+def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, say=print) -> int:
+    """Probe every service and compare with the engine; returns the number of mismatches."""
+    rec = lab.load()
+    services = [(protocol, port if protocol != "ICMP" else None)] if protocol else lab.services(rec)
+    total = 0
+    for proto, prt in services:
+        observed = lab.probe(None, None, proto, prt, timeout, progress=err)
+        expected = lab.expected(proto, prt, list(observed.allowed), observed.targets or observed.pods)
+        bad = [
+            (s, d, expected.is_allowed(s, d))
+            for s in observed.allowed
+            for d in (observed.targets or observed.pods)
+            if observed.is_allowed(s, d) != expected.is_allowed(s, d)
+        ]
+        pairs = len(observed.allowed) * len(observed.targets or observed.pods)
+        say(f"{report.service(proto, prt):>8}: {pairs} pairs probed, {len(bad)} mismatch{'es' if len(bad) != 1 else ''}")
+        for s, d, exp in bad:
+            say(f"          {s} → {d}: engine says {'allowed' if exp else 'denied'}, probe {'answered' if not exp else 'got no answer'}")
+        total += len(bad)
+    return total
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    lab = Lab(args.name)
+    bad = run_check(lab, args.protocol, args.port, args.timeout)
+    print("lab check: every probe matches the policy engine" if not bad else f"lab check: {bad} mismatch(es)")
+    return EXIT_MISMATCH if bad else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = Lab(args.name).status()
+    if args.output == "json":
+        print(json.dumps(st, indent=2))
+        return EXIT_OK
+    print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, manifest generation {st['generation']}, state {st['state']}")
+    print("nodes:")
+    for n in st["nodes"]:
+        a = n["agent"]
+        health = "healthy" if a["healthy"] else ("running, unhealthy" if a["running"] else "NOT RUNNING")
+        last = f"last sync {a['last_sync_ago_s']} s ago ({a['last_sync_ms']} ms, {a['last_ops']} ops)" if a["last_sync_ago_s"] is not None else "no sync yet"
+        extra = f", error: {a['last_error']}" if a["last_error"] else ""
+        print(f"  {n['name']:<10} {n['podCIDR']:<16} agent pid {a['pid']} {health}, generation {a['generation']}, {a['local_pods']} local pods, {last}{extra}")
+    print("pods:")
+    for p in st["pods"]:
+        ports = " ".join([f"tcp/{x}" for x in p["tcp"]] + [f"udp/{x}" for x in p["udp"]] + [f"sctp/{x}(not served)" for x in p["sctp_not_served"]])
+        print(f"  {p['pod']:<32} {p['node']:<8} {', '.join(p['ips']):<14} {p['interface']:<16} {'running' if p['running'] else 'STOPPED'}  {ports}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.name, args.topology, keep=args.keep)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="a real-packet cluster in network namespaces, with the agent enforcing")
+    lsub = lab.add_subparsers(dest="lab_command", required=True)
+
+    def add(name: str, func, help: str) -> argparse.ArgumentParser:  # noqa: A002
+        p = lsub.add_parser(name, help=help)
+        p.add_argument("--name", default="default", help="which lab (several may coexist)")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("up", cmd_up, "build a lab from manifests and start one agent per node")
+    p.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH")
+    p.add_argument("--nodes", type=int, default=2, help="nodes when the manifests name none")
+    p.add_argument("--topology", choices=["routed", "bridge"], default="routed",
+                   help="routed: cali* veths, /32 routes, interface dispatch; bridge: veth* on cni0, address dispatch")
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16")
+    p.add_argument("--node-prefix", type=int, default=24)
+
+    add("down", cmd_down, "remove the lab: processes, namespaces, state")
+    for name, func, help in (("apply", cmd_apply, "create or update objects, like kubectl apply"),
+                             ("delete", cmd_delete, "delete the objects named in the files, like kubectl delete")):
+        p = add(name, func, help)
+        p.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH")
+
+    p = add("label", cmd_label, "set (k=v) or remove (k-) labels of a pod or namespace")
+    p.add_argument("kind", choices=["pod", "ns", "namespace"])
+    p.add_argument("target", metavar="NAME", help="pod as NAME or NS/NAME; namespace as NAME")
+    p.add_argument("pairs", nargs="+", metavar="k=v|k-")
+    p.add_argument("-n", "--namespace", default="default")
+
+    for name, func, help in (("probe", cmd_probe, "real probes between pods; JSON like policyd matrix"),
+                             ("check", cmd_check, "probe and compare with policyd matrix; exit 1 on any mismatch")):
+        p = add(name, func, help)
+        p.add_argument("--protocol", type=str.upper, choices=["TCP", "UDP", "ICMP"], default="TCP" if name == "probe" else None)
+        p.add_argument("--port", type=int, default=80)
+        p.add_argument("--timeout", type=float, default=0.5, help="seconds before a probe counts as blocked")
+        if name == "probe":
+            p.add_argument("--from", dest="src", metavar="SEL", help="NS/POD or a label selector (app=web,tier!=db)")
+            p.add_argument("--to", dest="dst", metavar="SEL")
+            p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    p = add("status", cmd_status, "nodes, pods, addresses, interfaces, agent health and last sync")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    p = add("demo", cmd_demo, "the allow-frontend-to-backend walk-through on real packets")
+    p.set_defaults(name="demo")
+    p.add_argument("--topology", choices=["routed", "bridge"], default="routed")
+    p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+
+
+__all__ = ["register", "LabError"]

@@ -1,0 +1,97 @@
+"""When to sync: one coalescing runner between the event handlers and the Syncer.
+
+Handlers only change the compiler's state and call `request()`; `run_once()` (called by
+the agent's loop) decides whether a sync is due:
+
+* requested, and at least `min_interval` since the last sync (events arriving in between
+  are batched into one transaction);
+* a local pod still waits for its interface (retried at the same pace);
+* after a failure: retry with exponential backoff; the Syncer makes that sync a full one;
+* every `resync_every` seconds: a full resync that repairs drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .syncer import Syncer, SyncResult
+
+log = logging.getLogger("policyd.runner")
+
+
+@dataclass
+class RunnerStats:
+    syncs: int = 0
+    full_syncs: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    last_result: SyncResult | None = None
+    last_error: str = ""
+    last_sync_wall: float = 0.0  # time.time() of the last successful sync
+    durations: list[float] = field(default_factory=list)  # recent sync durations (s)
+
+
+class SyncRunner:
+    def __init__(
+        self,
+        syncer: Syncer,
+        min_interval: float = 0.0,
+        resync_every: float = 60.0,
+        backoff: tuple[float, float] = (0.1, 10.0),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.syncer = syncer
+        self.min_interval = min_interval
+        self.resync_every = resync_every
+        self.backoff = backoff
+        self.clock = clock
+        self.requested = True  # the first sync happens as soon as the runner is asked
+        self.last_at = float("-inf")
+        self.retry_at = float("-inf")
+        self.next_full = clock() + resync_every
+        self.stats = RunnerStats()
+
+    def request(self) -> None:
+        self.requested = True
+
+    def due(self, now: float) -> bool:
+        if self.stats.consecutive_failures:
+            return now >= self.retry_at
+        if now >= self.next_full:
+            return True
+        waiting = self.requested or bool(self.syncer.pending)
+        return waiting and now - self.last_at >= self.min_interval
+
+    def run_once(self) -> SyncResult | None:
+        """Sync if one is due; never raises (failures are counted, logged and retried)."""
+        now = self.clock()
+        if not self.due(now):
+            return None
+        full = now >= self.next_full
+        self.requested = False
+        self.last_at = now
+        try:
+            result = self.syncer.sync(full=full)
+        except Exception as e:  # noqa: BLE001 - the agent must survive any kernel refusal
+            self.requested = True
+            s = self.stats
+            s.failures += 1
+            s.consecutive_failures += 1
+            s.last_error = f"{type(e).__name__}: {e}"
+            delay = min(self.backoff[1], self.backoff[0] * 2 ** (s.consecutive_failures - 1))
+            self.retry_at = now + delay
+            log.error("sync failed (%d in a row), retrying in %.1f s with a full sync: %s", s.consecutive_failures, delay, s.last_error)
+            return None
+        s = self.stats
+        s.syncs += 1
+        s.full_syncs += int(result.full)
+        s.consecutive_failures = 0
+        s.last_result = result
+        s.last_sync_wall = time.time()
+        s.durations = (s.durations + [result.seconds])[-100:]
+        if result.full:
+            self.next_full = now + self.resync_every
+        return result

@@ -1,0 +1,88 @@
+"""A directory of Kubernetes manifests as an event source (the lab's "API server").
+
+`poll()` compares the directory with what it saw last time (file name, size, mtime, inode)
+and turns the difference into Upsert/Delete events, re-reading only changed files. Writers
+replace files atomically (write a dot-file, rename), so a poll never sees half a file.
+A file that does not parse yields no events and is reported in `problems`; the objects it
+held before stay as they were, as a cluster keeps the last accepted version.
+
+The directory may hold a `generation` file (an integer the writer bumps after each change)
+so that readers can report which generation they have applied.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..model.events import Delete, Event, KubeObject, Upsert, key_of, kind_of
+from ..model.manifests import SUFFIXES, Manifests, load_documents
+from ..model.problems import Problem
+
+Stamp = tuple[int, int, int]  # size, mtime_ns, inode
+
+
+@dataclass
+class ManifestDirSource:
+    path: Path
+    files: dict[str, tuple[Stamp, dict[tuple[str, str], KubeObject]]] = field(default_factory=dict)
+    problems: dict[str, list[Problem]] = field(default_factory=dict)
+    generation: int = 0
+
+    def _scan(self) -> dict[str, Stamp]:
+        out: dict[str, Stamp] = {}
+        with os.scandir(self.path) as it:
+            for e in it:
+                if e.name.startswith(".") or not e.name.endswith(SUFFIXES) or not e.is_file():
+                    continue
+                st = e.stat()
+                out[e.name] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return out
+
+    def _read(self, name: str) -> dict[tuple[str, str], KubeObject] | None:
+        m = Manifests()
+        try:
+            text = (self.path / name).read_text()
+        except FileNotFoundError:
+            return {}
+        load_documents(name, text, m)
+        if m.problems:
+            self.problems[name] = m.problems
+            return None
+        self.problems.pop(name, None)
+        objs = [*m.namespaces, *m.pods, *m.policies, *m.nodes]
+        return {(kind_of(o), key_of(o)): o for o in objs}
+
+    def poll(self) -> list[Event]:
+        """Events for everything that changed since the last poll (all objects at first)."""
+        now = self._scan()
+        before: dict[tuple[str, str], KubeObject] = {k: o for _, objs in self.files.values() for k, o in objs.items()}
+        changed = False
+        for name in set(self.files) - set(now):
+            del self.files[name]
+            self.problems.pop(name, None)
+            changed = True
+        for name, stamp in now.items():
+            if name in self.files and self.files[name][0] == stamp:
+                continue
+            objs = self._read(name)
+            if objs is None:  # keep the last good version of this file
+                old = self.files.get(name)
+                self.files[name] = (stamp, old[1] if old else {})
+                continue
+            self.files[name] = (stamp, objs)
+            changed = True
+        self._read_generation()
+        if not changed:
+            return []
+        after: dict[tuple[str, str], KubeObject] = {k: o for _, objs in self.files.values() for k, o in objs.items()}
+        events: list[Event] = [Delete(kind, key) for (kind, key) in before.keys() - after.keys()]  # type: ignore[arg-type]
+        events += [Upsert(o) for k, o in sorted(after.items()) if before.get(k) != o]
+        return events
+
+    def _read_generation(self) -> None:
+        try:
+            self.generation = int((self.path / "generation").read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            pass
