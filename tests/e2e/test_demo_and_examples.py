@@ -54,3 +54,33 @@ def test_every_example_policy_matches_the_engine(make_lab, topology):
 def _everyone(lab: Lab):
     keys = sorted(lab.load().pods)
     return keys, keys
+
+
+def test_down_after_a_crash_removes_everything(make_lab, leftovers):
+    """The lab's record is gone and its agents were killed: `lab down` still removes every
+    namespace and process of this lab, and only of this lab."""
+    import os
+    import signal
+
+    lab = make_lab(["examples/cluster/demo.yaml"])
+    other = make_lab(["examples/cluster/demo.yaml"])
+    rec = lab.load()
+    for n in rec.nodes.values():
+        os.kill(n.agent_pid, signal.SIGKILL)
+    (lab.dir / "lab.json").unlink()
+    assert leftovers(lab), "namespaces and pod processes are still there"
+    lab.down(quiet=True)
+    assert not leftovers(lab)
+    assert other.status()["nodes"][0]["agent"]["running"] and len(leftovers(other)) > 0, "the other lab is untouched"
+    assert other.probe(None, None, "TCP", 80).allowed, "and still works"
+
+
+def test_status_reports_nodes_pods_and_agents(make_lab):
+    lab = make_lab(["examples/cluster/demo.yaml"], "bridge")
+    st = lab.status()
+    assert st["topology"] == "bridge" and st["dispatch"] == "address"
+    assert [n["name"] for n in st["nodes"]] == ["node-1", "node-2"]
+    assert all(n["agent"]["healthy"] and n["agent"]["generation"] == st["generation"] for n in st["nodes"])
+    backend = next(p for p in st["pods"] if "/backend-" in p["pod"])
+    assert backend["running"] and backend["tcp"] == [80, 9090] and backend["udp"] == [53]
+    assert backend["interface"].startswith("veth") and backend["ips"][0].startswith("10.244.")

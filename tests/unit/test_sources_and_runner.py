@@ -1,0 +1,135 @@
+"""The manifest-directory source (events from file changes) and the sync runner's timing
+rules (coalescing, backoff, periodic full resync), without a kernel."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from policyd.compile.engine import Compiler
+from policyd.lab.lab import parse_pod_selector
+from policyd.model.events import Delete, Upsert
+from policyd.nft.fake import FakeBackend
+from policyd.nft.render import DispatchMode, RenderConfig
+from policyd.reconcile.runner import SyncRunner
+from policyd.reconcile.syncer import Syncer
+from policyd.sources.manifest_dir import ManifestDirSource
+
+POD = """apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+spec: {{nodeName: node-1}}
+status: {{podIPs: [{{ip: {ip}}}]}}
+"""
+
+
+def write(path, text):
+    tmp = path.with_name("." + path.name)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_source_turns_file_changes_into_events(tmp_path):
+    src = ManifestDirSource(tmp_path)
+    assert src.poll() == []
+    write(tmp_path / "a.yaml", POD.format(name="a", app="web", ip="10.244.0.2"))
+    write(tmp_path / "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: default}\n")
+    ev = src.poll()
+    assert sorted(type(e).__name__ + ":" + e.obj.name for e in ev) == ["Upsert:a", "Upsert:default"]
+    assert src.poll() == [], "nothing changed: no events"
+    write(tmp_path / "a.yaml", POD.format(name="a", app="db", ip="10.244.0.2"))
+    (ev,) = src.poll()
+    assert isinstance(ev, Upsert) and ev.obj.labels == {"app": "db"}
+    (tmp_path / "a.yaml").unlink()
+    assert src.poll() == [Delete("Pod", "default/a")]
+
+
+def test_source_keeps_the_last_good_version_of_a_broken_file(tmp_path):
+    src = ManifestDirSource(tmp_path)
+    write(tmp_path / "a.yaml", POD.format(name="a", app="web", ip="10.244.0.2"))
+    src.poll()
+    write(tmp_path / "a.yaml", POD.format(name="a", app="bad value!", ip="10.244.0.2"))
+    assert src.poll() == [], "an invalid edit changes nothing"
+    assert "a.yaml" in src.problems and "label value" in str(src.problems["a.yaml"][0])
+    write(tmp_path / "a.yaml", POD.format(name="a", app="ok", ip="10.244.0.2"))
+    (ev,) = src.poll()
+    assert ev.obj.labels == {"app": "ok"} and not src.problems
+
+
+def test_source_ignores_dot_files_and_reads_the_generation(tmp_path):
+    src = ManifestDirSource(tmp_path)
+    (tmp_path / ".half-written.yaml").write_text("kind: Pod\nmetadata: {")
+    (tmp_path / "generation").write_text("7")
+    assert src.poll() == [] and src.generation == 7 and not src.problems
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def runner(**kw):
+    c = Compiler("node-1")
+    clock = Clock()
+    s = Syncer(c, FakeBackend(), RenderConfig(mode=DispatchMode.ADDRESS))
+    return SyncRunner(s, clock=clock, **kw), clock, s
+
+
+def test_runner_coalesces_requests_within_the_minimum_interval():
+    r, clock, s = runner(min_interval=0.5, resync_every=100)
+    assert r.run_once() is not None, "first sync at once"
+    r.request()
+    r.request()
+    clock.now = 0.2
+    assert r.run_once() is None, "too soon: batched"
+    clock.now = 0.6
+    assert r.run_once() is not None
+    assert r.run_once() is None, "nothing requested"
+    assert r.stats.syncs == 2
+
+
+def test_runner_backs_off_after_a_failure_then_syncs_full():
+    r, clock, s = runner(backoff=(0.1, 1.0), resync_every=100)
+    r.run_once()
+    import ipaddress
+
+    from policyd.model.objects import Namespace, NetworkPolicy, Pod
+    from policyd.model.selectors import MATCH_ALL
+
+    s.compiler.upsert_namespace(Namespace("default", {}))
+    s.compiler.upsert_policy(NetworkPolicy("default", "deny", MATCH_ALL))
+    s.compiler.upsert_pod(Pod("default", "a", {}, "node-1", (ipaddress.ip_address("10.244.0.2"),)))
+    s.backend.fail_next = True
+    r.request()
+    assert r.run_once() is None and r.stats.consecutive_failures == 1
+    assert "injected failure" in r.stats.last_error
+    clock.now = 0.05
+    assert r.run_once() is None, "still backing off"
+    clock.now = 0.11
+    res = r.run_once()
+    assert res is not None and res.full and r.stats.consecutive_failures == 0
+
+
+def test_runner_resyncs_periodically():
+    r, clock, s = runner(resync_every=10)
+    assert r.run_once().full  # type: ignore[union-attr]
+    clock.now = 5
+    assert r.run_once() is None
+    clock.now = 10.5
+    res = r.run_once()
+    assert res is not None and res.full and res.ops == 0
+
+
+@pytest.mark.parametrize("text,labels,ok", [
+    ("app=web", {"app": "web"}, True),
+    ("app=web,tier!=db", {"app": "web", "tier": "db"}, False),
+    ("app=web,tier!=db", {"app": "web"}, True),
+    ("tier", {"tier": "x"}, True),
+    ("!tier", {"tier": "x"}, False),
+])
+def test_probe_selector_syntax(text, labels, ok):
+    assert parse_pod_selector(text).matches(labels) is ok
