@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import firstpacket  # noqa: E402
 import synthetic  # noqa: E402
 
 from policyd.compile.engine import Compiler, compile_all  # noqa: E402
@@ -29,6 +30,15 @@ def ms(xs: list[float]) -> str:
     xs = sorted(xs)
     p99 = xs[min(len(xs) - 1, int(len(xs) * 0.99))]
     return f"median {statistics.median(xs) * 1e3:.2f} ms (min {xs[0] * 1e3:.2f}, p99 {p99 * 1e3:.2f}, max {xs[-1] * 1e3:.2f}; n={len(xs)})"
+
+
+def timed_noop_resyncs(agent, runs: int = 3) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        assert agent.sync(full=True).ops == 0
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def build(n_pods: int, n_ns: int, n_nodes: int, n_pol: int) -> tuple[Compiler, list, float]:
@@ -106,11 +116,7 @@ def dataplane(args) -> list[str]:
             t = time.perf_counter()
             assert agent.sync().ops == 0
             noops.append(time.perf_counter() - t)
-        fulls = []
-        for _ in range(3):
-            t = time.perf_counter()
-            assert agent.sync(full=True).ops == 0
-            fulls.append(time.perf_counter() - t)
+        fulls = timed_noop_resyncs(agent)
         return [
             f"Same synthetic cluster shape ({n_pods:,} pods, {n_pol:,} policies), node-0 with {local} local pods, address dispatch, real kernel (libnftables) in a throwaway namespace; first transaction {r.ops:,} operations.",
             "",
@@ -165,11 +171,7 @@ def large_sets(args) -> list[str]:
             agent.compiler.delete_pod(p.key)
             agent.sync()
             dels.append(time.perf_counter() - t)
-        fulls = []
-        for _ in range(3):
-            t = time.perf_counter()
-            assert agent.sync(full=True).ops == 0
-            fulls.append(time.perf_counter() - t)
+        fulls = timed_noop_resyncs(agent)
         return [
             f"{n_pods:,} pods on {n_nodes:,} nodes; every namespace has a policy allowing ingress from all pods, so one shared peer set holds {n_pods:,} addresses. Real kernel, throwaway namespace.",
             "",
@@ -211,8 +213,14 @@ def main() -> None:
         "",
         *large_sets(args),
         "",
-        "Not measured yet: per-packet cost against the no-firewall limit and a linear-rule",
-        "reference, established-flow throughput (the benchmark issue).",
+        "### First-packet cost",
+        "",
+        *firstpacket.first_packet(args),
+        "",
+        "The no-firewall run loads no nftables table, so conntrack is not active in it; every other row pays for conntrack too (compare the linear reference at 100 rules), which is most of policyd's constant Δ. What matters is the trend: policyd's per-packet work is a verdict-map lookup and hash/interval set lookups, so it stays flat from 100 to 10,000 pods, while the linear rules grow with every peer.",
+        "",
+        "Not measured yet (the benchmark issue): established-flow throughput, policy create → enforced",
+        "through the agent under load, pod churn at 50/200 events/s, no loss under churn, a plot.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -53,28 +53,46 @@ class SetDelta(Generic[T]):
                 self.removed.add(e)
 
 
+K = TypeVar("K")
+
+
 @dataclass
-class Changes:
-    """What changed since the last take: keys, plus entry deltas for sets that existed
-    before and still do (the others must be read whole from the compiler)."""
+class SetChangeLog(Generic[K, T]):
+    """Which sets changed, and how: a set either has a delta of members (it existed before
+    and still does) or was replaced whole (created, deleted, re-rendered), which wins over
+    any delta since. Shared by the compiler (sets by spec) and the renderer (by name)."""
+
+    sets: set[K] = field(default_factory=set)
+    deltas: dict[K, SetDelta[T]] = field(default_factory=dict)
+    whole: set[K] = field(default_factory=set)
+
+    def set_replaced(self, key: K) -> None:
+        self.sets.add(key)
+        self.deltas.pop(key, None)
+        self.whole.add(key)
+
+    def set_delta(self, key: K, added: Iterable[T], removed: Iterable[T]) -> None:
+        self.sets.add(key)
+        if key not in self.whole:
+            self.deltas.setdefault(key, SetDelta()).note(added, removed)
+
+    def merge_sets(self, later: "SetChangeLog[K, T]") -> None:
+        self.sets |= later.sets
+        for key in later.whole:
+            self.set_replaced(key)
+        for key, d in later.deltas.items():
+            self.set_delta(key, d.added, d.removed)
+
+
+@dataclass
+class Changes(SetChangeLog[SetSpec, Entry]):
+    """What changed since the last take: pod keys, and sets with their entry deltas (read
+    sets without a delta whole from the compiler)."""
 
     pods: set[PodKey] = field(default_factory=set)
-    sets: set[SetSpec] = field(default_factory=set)
-    deltas: dict[SetSpec, SetDelta[Entry]] = field(default_factory=dict)
-    whole: set[SetSpec] = field(default_factory=set)  # created or deleted: no delta
 
     def __bool__(self) -> bool:
         return bool(self.pods or self.sets)
-
-    def rebuilt(self, spec: SetSpec) -> None:
-        self.sets.add(spec)
-        self.deltas.pop(spec, None)
-        self.whole.add(spec)
-
-    def delta(self, spec: SetSpec, added: Iterable[Entry], removed: Iterable[Entry]) -> None:
-        self.sets.add(spec)
-        if spec not in self.whole:
-            self.deltas.setdefault(spec, SetDelta()).note(added, removed)
 
 
 @dataclass
@@ -213,7 +231,7 @@ class Compiler:
             return
         added, removed = live.put(key, entries)
         if added or removed:
-            self._changes.delta(spec, added, removed)
+            self._changes.set_delta(spec, added, removed)
 
     def _scope_namespaces(self, spec: PodSetSpec) -> Iterable[str]:
         if spec.namespace is not None:
@@ -272,7 +290,7 @@ class Compiler:
             live.refs += 1
             return
         live = self.sets[spec] = LiveSet(1)
-        self._changes.rebuilt(spec)
+        self._changes.set_replaced(spec)
         if isinstance(spec, BlockSetSpec):
             return
         if spec.namespace is None:
@@ -288,7 +306,7 @@ class Compiler:
         if live.refs:
             return
         del self.sets[spec]
-        self._changes.rebuilt(spec)
+        self._changes.set_replaced(spec)
         if isinstance(spec, PodSetSpec):
             self._nssel_sets.discard(spec)
             for covered in self._sets_by_ns.values():

@@ -34,7 +34,7 @@ class DesiredState:
             self.ruleset.maps[m.name] = m
         for c in chains:
             self.ruleset.chains[c.name] = c
-        self.skeleton = Touched({s.name for s in sets}, {m.name for m in maps}, {c.name for c in chains})
+        self.skeleton = Touched(sets={s.name for s in sets}, maps={m.name for m in maps}, chains={c.name for c in chains})
 
     def update_set(self, spec: SetSpec, compiler: Compiler, delta: SetDelta[Entry] | None = None) -> Touched:
         """With `delta` (the spec existed before and still does), O(size of the delta):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
-from ..compile.engine import SetDelta
+from ..compile.engine import SetChangeLog, SetDelta
 from .ruleset import (
     ChainDef,
     Elem,
@@ -29,38 +29,20 @@ from .ruleset import (
 
 
 @dataclass
-class Touched:
-    """Names changed in desired since the last sync. A set either has an element delta
-    (same definition, some elements in or out) or was replaced whole (compare it whole)."""
+class Touched(SetChangeLog[str, Elem]):
+    """Names changed in desired since the last sync; sets carry element deltas or were
+    replaced whole (then compared whole)."""
 
-    sets: set[str] = field(default_factory=set)
     maps: set[str] = field(default_factory=set)
     chains: set[str] = field(default_factory=set)
-    deltas: dict[str, SetDelta[Elem]] = field(default_factory=dict)
-    whole: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(self.sets or self.maps or self.chains)
 
-    def set_replaced(self, name: str) -> None:
-        self.sets.add(name)
-        self.deltas.pop(name, None)
-        self.whole.add(name)
-
-    def set_delta(self, name: str, added: Iterable[Elem], removed: Iterable[Elem]) -> None:
-        self.sets.add(name)
-        if name not in self.whole:
-            self.deltas.setdefault(name, SetDelta()).note(added, removed)
-
-    def update(self, other: "Touched") -> None:
-        """`other` happened after self."""
-        self.maps |= other.maps
-        self.chains |= other.chains
-        self.sets |= other.sets
-        for name in other.whole:
-            self.set_replaced(name)
-        for name, d in other.deltas.items():
-            self.set_delta(name, d.added, d.removed)
+    def update(self, later: "Touched") -> None:
+        self.maps |= later.maps
+        self.chains |= later.chains
+        self.merge_sets(later)
 
 
 @dataclass

@@ -72,7 +72,7 @@ class Syncer:
         if self._seed is not None:
             changes.pods |= self._seed[0]
             for spec in self._seed[1]:
-                changes.rebuilt(spec)
+                changes.set_replaced(spec)
             self._seed = None
         for spec in changes.sets:
             self.touched.update(self.desired.update_set(spec, self.compiler, changes.deltas.get(spec)))

@@ -1,0 +1,77 @@
+/* New-connection latency and rate: the first-packet cost of a firewall.
+ *
+ *   connbench server PORT              accept, send one byte, close (forever)
+ *   connbench client IP PORT SECONDS   connect → the byte → EOF → close, one at a time;
+ *                                      prints: count conns_per_s p50_us p99_us
+ *
+ * Every connection is new to conntrack, so each one walks the ruleset once (SYN), and
+ * the rest of it is established traffic. Python is far too slow to generate this load.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int server(int port) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = INADDR_ANY};
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 4096)) { perror("bind/listen"); return 1; }
+    for (;;) {
+        int c = accept(s, NULL, NULL);
+        if (c < 0) continue;
+        (void)!write(c, "x", 1);
+        close(c);
+    }
+}
+
+static int client(const char *ip, int port, double seconds) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) { fprintf(stderr, "bad address\n"); return 2; }
+    size_t cap = 1 << 20, n = 0, failed = 0;
+    double *lat = malloc(cap * sizeof *lat), start = now(), end = start + seconds;
+    while (now() < end && n < cap) {
+        double t = now();
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        struct timeval tv = {.tv_sec = 1};
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        char b;
+        /* Read to EOF before closing: the server closes first and keeps the TIME_WAIT,
+         * otherwise the client's connect() slows down searching for a free port. */
+        if (connect(s, (struct sockaddr *)&a, sizeof a) == 0 && read(s, &b, 1) == 1 && read(s, &b, 1) == 0) {
+            lat[n++] = now() - t;
+        } else {
+            failed++;
+        }
+        close(s);
+    }
+    double elapsed = now() - start;
+    if (!n) { printf("0 0 0 0 %zu\n", failed); return 1; }
+    qsort(lat, n, sizeof *lat, cmp);
+    printf("%zu %.0f %.1f %.1f %zu\n", n, n / elapsed, lat[n / 2] * 1e6, lat[(size_t)(n * 0.99)] * 1e6, failed);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "server")) return server(atoi(argv[2]));
+    if (argc == 5 && !strcmp(argv[1], "client")) return client(argv[2], atoi(argv[3]), atof(argv[4]));
+    fprintf(stderr, "usage: connbench server PORT | connbench client IP PORT SECONDS\n");
+    return 2;
+}
