@@ -496,8 +496,9 @@ class Lab:
 
     # --- probes --------------------------------------------------------------------------------
 
-    def select(self, rec: LabRecord, sel: str | None) -> list[str]:
-        keys = sorted(p.key for p in self.objects() if isinstance(p, Pod) and p.key in rec.pods)
+    def select(self, rec: LabRecord, sel: str | None, labels: dict[str, dict[str, str]]) -> list[str]:
+        """Pod keys for `NS/POD`, a label selector, or (None) every pod; `labels` by pod key."""
+        keys = sorted(k for k in labels if k in rec.pods)
         if not sel:
             return keys
         if "/" in sel:
@@ -505,8 +506,7 @@ class Lab:
                 raise LabError(f"no pod {sel} in lab {self.name}")
             return [sel]
         selector = parse_pod_selector(sel)
-        labels = {p.key: p.labels for p in self.objects() if isinstance(p, Pod)}
-        return [k for k in keys if selector.matches(labels.get(k, {}))]
+        return [k for k in keys if selector.matches(labels[k])]
 
     def probe(self, src: str | None = None, dst: str | None = None, protocol: str = "TCP", port: int | None = 80,
               timeout: float = 0.5, progress: Say | None = None) -> Matrix:
@@ -516,7 +516,8 @@ class Lab:
         rec = self.load()
         if protocol == "SCTP":
             raise LabError("this kernel has no SCTP sockets: SCTP cannot be probed (policyd matrix shows the verdicts)")
-        sources, targets = self.select(rec, src), self.select(rec, dst)
+        labels = {p.key: p.labels for p in self.objects() if isinstance(p, Pod)}
+        sources, targets = self.select(rec, src, labels), self.select(rec, dst, labels)
         pairs = [(s, d) for s in sources for d in targets]
         results: dict[tuple[str, str], bool] = {}
         start, last = time.monotonic(), time.monotonic()

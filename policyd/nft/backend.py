@@ -29,7 +29,7 @@ class Backend(Protocol):
 
     def read(self, elements: bool = True) -> Ruleset | None:
         """What the kernel holds in our table; None when the table does not exist. Without
-        `elements`, sets and maps come back empty (`Ruleset.elements_listed` False)."""
+        `elements`, sets and maps come back empty (a terse listing)."""
 
     def apply(self, tx: Transaction) -> None:
         """Run the transaction atomically, or raise ApplyError having changed nothing."""
@@ -95,9 +95,7 @@ class NftBackend:
         doc = json.loads(out)
         if not any(i.get("table", {}).get("name") == self.table and i["table"].get("family") == "inet" for i in doc.get("nftables", [])):
             return None
-        rs = parse_listing(doc, self.table)
-        rs.elements_listed = elements
-        return rs
+        return parse_listing(doc, self.table)
 
     def apply(self, tx: Transaction) -> None:
         if not tx:

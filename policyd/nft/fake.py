@@ -32,7 +32,6 @@ class FakeBackend:
             return None
         rs = self.ruleset.copy()
         if not elements:
-            rs.elements_listed = False
             rs.sets = {n: replace(s, elements=frozenset()) for n, s in rs.sets.items()}
             rs.maps = {n: replace(m, elements=()) for n, m in rs.maps.items()}
         for name, chain in rs.chains.items():

@@ -76,7 +76,6 @@ class Ruleset:
     sets: dict[str, SetDef] = field(default_factory=dict)
     maps: dict[str, MapDef] = field(default_factory=dict)
     chains: dict[str, ChainDef] = field(default_factory=dict)
-    elements_listed: bool = True  # False: read back tersely, sets and maps shown empty
 
     def copy(self) -> "Ruleset":
         return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))

@@ -96,7 +96,6 @@ class Syncer:
             if bm is None or bm.type != m.type:
                 return None
             rs.maps[name] = bm
-        rs.elements_listed = True
         return rs
 
     def sync(self, full: bool = False) -> SyncResult:
