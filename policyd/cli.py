@@ -11,6 +11,7 @@ from . import __version__, report
 from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, endpoint
 from .model.problems import InvalidInput
+from .kube.cli import RunError
 from .lab.lab import LabError
 from .world import World, load_world
 
@@ -21,9 +22,12 @@ class UsageError(Exception):
     """A request the input cannot answer (unknown pod, …): exit 2 with the message."""
 
 
-def add_input(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+def add_input(p: argparse.ArgumentParser, live: bool = True) -> None:
+    p.add_argument("-f", "--filename", dest="paths", action="append", required=not live, metavar="PATH",
                    help="manifest file or directory (repeatable; multi-document YAML and kind: List)")
+    if live:
+        p.add_argument("--kubeconfig", metavar="PATH", help="read a live cluster through this kubeconfig instead of files")
+        p.add_argument("--in-cluster", action="store_true", help="read the live cluster this pod runs in")
     p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="pod addresses for pods without status.podIPs")
     p.add_argument("--node-prefix", type=int, default=24, help="prefix length of each node's pod CIDR")
 
@@ -35,6 +39,21 @@ def add_service(p: argparse.ArgumentParser, icmp: bool) -> None:
 
 
 def world_from(args: argparse.Namespace) -> World:
+    live = getattr(args, "kubeconfig", None) or getattr(args, "in_cluster", False)
+    if live and args.paths:
+        raise UsageError("read either manifests (-f) or a live cluster (--kubeconfig/--in-cluster), not both")
+    if live:
+        from .kube.client import read_cluster
+
+        try:
+            namespaces, pods, policies = read_cluster(args.kubeconfig)
+        except InvalidInput:
+            raise
+        except Exception as e:  # noqa: BLE001 - connection, auth, config: say what failed
+            raise UsageError(f"cannot read the cluster: {type(e).__name__}: {e}") from None
+        return World(namespaces, pods, policies, {})
+    if not args.paths:
+        raise UsageError("give manifests (-f PATH) or a live cluster (--kubeconfig PATH or --in-cluster)")
     return load_world(args.paths, args.cluster_cidr, args.node_prefix)
 
 
@@ -127,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("render", help="the nftables ruleset a node would get (dry run, touches no kernel)")
-    add_input(p)
+    add_input(p, live=False)
     p.add_argument("--node", required=True, help="node whose pods get chains")
     p.add_argument("-o", "--output", choices=["nft", "json"], default="nft",
                    help="nft: readable ruleset; json: the libnftables transaction that would build it")
@@ -141,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .lab.cli import register as register_lab
 
     register_lab(sub)
+
+    from .kube.cli import register as register_run
+
+    register_run(sub)
 
     p = sub.add_parser("cleanup", help="remove policyd's nftables table (and nothing else) from this network namespace")
     p.add_argument("--table", default="policyd")
@@ -157,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except LabError as e:
         print(f"policyd lab: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    except RunError as e:
+        print(f"policyd run: {e}", file=sys.stderr)
         return EXIT_INVALID
     except InvalidInput as e:
         for problem in e.problems:

@@ -28,6 +28,7 @@ from ..model.selectors import stable_hash
 from .ruleset import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+IFPREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
 FAMILIES = (4, 6)
 
 
@@ -42,6 +43,14 @@ class RenderConfig:
     mode: DispatchMode = DispatchMode.INTERFACE
     priority: int = 0
     anti_spoof: bool = True
+    # Fail-closed (interface mode): traffic on an interface with one of these prefixes that
+    # is not a programmed local pod's is dropped. Empty: fail-open.
+    closed_prefixes: tuple[str, ...] = ()
+
+    @property
+    def tracks_ifaces(self) -> bool:
+        """Whether the `pod-ifaces` set (interfaces of programmed local pods) exists."""
+        return self.mode is DispatchMode.INTERFACE and (self.anti_spoof or bool(self.closed_prefixes))
 
 
 # --- names ------------------------------------------------------------------------------
@@ -219,6 +228,7 @@ def render_pod(plan: PodPlan, cfg: RenderConfig, ifname: str | None) -> PodObjec
     if iface is not None and cfg.anti_spoof:
         for ip in plan.ips:
             spoof.append((f"pod-addr-v{ip.version}", ("concat", iface, str(ip))))
+    if iface is not None and cfg.tracks_ifaces:
         spoof.append(("pod-ifaces", iface))
     return PodObjects(tuple(chains), tuple(entries), tuple(spoof))
 
@@ -245,6 +255,12 @@ def base_rules(cfg: RenderConfig, hook: str) -> list[dict]:
                 key = {"concat": [meta("iifname"), payload(proto, "saddr")]}
                 rules.append({"expr": [*cond, match(key, f"@pod-addr-v{fam}", "!="), {"drop": None}],
                               "comment": f"anti-spoofing: a pod interface must carry the pod's IPv{fam} address"})
+        for prefix in cfg.closed_prefixes:
+            if not IFPREFIX_RE.match(prefix):
+                raise ValueError(f"interface prefix {prefix!r}: 1-14 of [A-Za-z0-9_.-]")
+            for key in ("iifname",) if hook == "input" else ("iifname", "oifname"):
+                rules.append({"expr": [match(meta(key), prefix + "*"), match(meta(key), "@pod-ifaces", "!="), {"drop": None}],
+                              "comment": "fail-closed: a pod interface policyd has not programmed yet"})
         rules.append({"expr": [{"vmap": {"key": meta("iifname"), "data": "@pod-egress-if"}}], "comment": "egress of the source pod"})
         if hook == "forward":
             rules.append({"expr": [{"vmap": {"key": meta("oifname"), "data": "@pod-ingress-if"}}], "comment": "ingress of the destination pod"})
@@ -263,9 +279,10 @@ def render_skeleton(cfg: RenderConfig) -> tuple[list[SetDef], list[MapDef], list
     maps: list[MapDef] = []
     if cfg.mode is DispatchMode.INTERFACE:
         maps = [MapDef(map_name(d, "if"), "ifname") for d in Direction]
+        if cfg.tracks_ifaces:
+            sets.append(SetDef("pod-ifaces", ("ifname",), comment="host-side interfaces of local pods"))
         if cfg.anti_spoof:
-            sets = [
-                SetDef("pod-ifaces", ("ifname",), comment="host-side interfaces of local pods"),
+            sets += [
                 SetDef("pod-addr-v4", ("ifname", "ipv4_addr"), comment="local pod interface . address"),
                 SetDef("pod-addr-v6", ("ifname", "ipv6_addr"), comment="local pod interface . address"),
             ]

@@ -1,0 +1,84 @@
+"""`policyd run`: argument parsing for the cluster agent (the work is in `operator.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from ..nft.render import DispatchMode
+from .settings import CNI_DIR, AgentSettings, FailMode, detect_dispatch
+
+
+class RunError(Exception):
+    """A setting that cannot work: exit 2 with the message, before touching anything."""
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"POLICYD_{name}", default)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="the node agent: watch the cluster (kopf, read-only) and enforce its policies on this node",
+                       description="Every option also reads POLICYD_<OPTION> from the environment (e.g. POLICYD_FAIL_MODE).")
+    p.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (default: $NODE_NAME)")
+    p.add_argument("--kubeconfig", default=env("KUBECONFIG"), help="default: in-cluster config, else $KUBECONFIG or ~/.kube/config")
+    p.add_argument("--dispatch-mode", choices=["auto", "interface", "address"], default=env("DISPATCH_MODE", "auto"),
+                   help="auto: from the first CNI config in --cni-dir (Calico, Cilium → interface; bridge, flannel → address)")
+    p.add_argument("--interface-prefix", action="append", default=None,
+                   help="host-side pod interface prefix (repeatable; default from the CNI: cali, lxc, veth)")
+    p.add_argument("--cni-dir", type=Path, default=Path(env("CNI_DIR", str(CNI_DIR))))
+    p.add_argument("--fail-mode", choices=[m.value for m in FailMode], default=env("FAIL_MODE", "open"),
+                   help="open: a pod interface not programmed yet passes traffic; closed: it is dropped (interface dispatch)")
+    p.add_argument("--table", default=env("TABLE", "policyd"))
+    p.add_argument("--metrics-address", default=env("METRICS_ADDRESS", "0.0.0.0"))
+    p.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", "9808") or 0),
+                   help="/metrics, /healthz, /readyz (0: off)")
+    p.add_argument("--log-format", choices=["text", "json"], default=env("LOG_FORMAT", "text"))
+    p.add_argument("--min-interval", type=float, default=float(env("MIN_INTERVAL", "0") or 0),
+                   help="seconds between syncs; events in between share one transaction")
+    p.add_argument("--resync", type=float, default=float(env("RESYNC", "300") or 300), help="full resync period (s)")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+
+def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode, str]:
+    if not args.node_name:
+        raise RunError("--node-name (or $NODE_NAME) is required: only that node's pods get chains")
+    prefixes = tuple(args.interface_prefix or (env("INTERFACE_PREFIXES") or "").split(",")) if (args.interface_prefix or env("INTERFACE_PREFIXES")) else ()
+    if args.dispatch_mode == "auto":
+        try:
+            found = detect_dispatch(args.cni_dir)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        mode, why = found.mode, found.reason
+        prefixes = prefixes or found.prefixes
+    else:
+        mode, why = DispatchMode(args.dispatch_mode), "set by --dispatch-mode"
+    st = AgentSettings(
+        node_name=args.node_name, kubeconfig=args.kubeconfig, dispatch_mode=mode, interface_prefixes=prefixes,
+        cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync)
+    problems = st.problems()
+    if problems:
+        raise RunError("; ".join(problems))
+    return st, mode, why
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import kopf
+
+    st, mode, why = settings_from(args)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if st.log_format == "json" else kopf.LogFormat.FULL)
+    logging.getLogger("policyd").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:  # kopf logs every handler call at INFO: one line per watch event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    log = logging.getLogger("policyd.agent")
+    log.info("policyd agent for node %s: dispatch by %s (%s)%s, fail-%s, table inet %s", st.node_name, mode.value, why,
+             f", pod interfaces {', '.join(p + '*' for p in st.interface_prefixes)}" if st.interface_prefixes else "",
+             st.fail_mode.value, st.table)
+    from .operator import run
+
+    return run(st, mode)

@@ -1,0 +1,79 @@
+"""Read-only access to a Kubernetes API through the `kubernetes` client: the relist check
+of the agent and the live what-if tools. Only `list` calls; the agent never writes objects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..model.objects import Namespace, NetworkPolicy, Pod
+from ..model.parse import parse_object
+from ..model.problems import InvalidInput, Problem
+from .feed import WatchKind
+
+API_VERSIONS: dict[str, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
+
+
+def api_client(kubeconfig: str | None = None) -> Any:
+    """In-cluster config when running in a pod (and no kubeconfig is given), else the
+    kubeconfig file (`None`: $KUBECONFIG or ~/.kube/config)."""
+    from kubernetes import client, config
+
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    return config.new_client_from_config(config_file=kubeconfig)
+
+
+def list_raw(api: Any, kind: WatchKind, page: int = 500) -> tuple[list[dict], int | None]:
+    """Every object of `kind` as the API serves it (with apiVersion/kind filled in, which
+    list items omit), and the list's resourceVersion."""
+    from kubernetes import client
+
+    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    call = {"Namespace": core.list_namespace, "Pod": core.list_pod_for_all_namespaces,
+            "NetworkPolicy": net.list_network_policy_for_all_namespaces}[kind]
+    items: list[dict] = []
+    token, rv = None, None
+    while True:
+        kw: dict[str, Any] = {"limit": page, "_preload_content": False}
+        if token:
+            kw["_continue"] = token
+        doc = json.loads(call(**kw).data)
+        for item in doc.get("items") or []:
+            item.setdefault("apiVersion", API_VERSIONS[kind])
+            item.setdefault("kind", kind)
+            items.append(item)
+        meta = doc.get("metadata") or {}
+        rv = rv or meta.get("resourceVersion")
+        token = meta.get("continue")
+        if not token:
+            break
+    try:
+        return items, int(rv) if rv is not None else None
+    except ValueError:
+        return items, None
+
+
+def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy]]:
+    """The cluster's namespaces, pods and policies for `policyd matrix/explain --kubeconfig`.
+    A policy that fails validation is kept (it isolates and allows nothing, as the agent
+    enforces it); any other unreadable object is an error listing every problem."""
+    api = api_client(kubeconfig)
+    out: dict[str, list] = {k: [] for k in API_VERSIONS}
+    problems: list[Problem] = []
+    for kind in ("Namespace", "Pod", "NetworkPolicy"):
+        items, _ = list_raw(api, kind)  # type: ignore[arg-type]
+        for item in items:
+            meta = item.get("metadata") or {}
+            obj, probs = parse_object(item, f"{kind} {meta.get('namespace', '')}/{meta.get('name', '')}".replace(" /", " "), None)
+            if obj is not None and (not probs or isinstance(obj, NetworkPolicy)):
+                out[kind].append(obj)
+            else:
+                problems += probs
+    if problems:
+        raise InvalidInput(problems)
+    return out["Namespace"], out["Pod"], out["NetworkPolicy"]

@@ -1,0 +1,164 @@
+"""What the watch streams say, folded into the compiler (pure: no kopf, no I/O).
+
+* `observe()` turns one watch event (ADDED/MODIFIED/DELETED, or None for an object of a
+  listing) into a model event for the compiler, remembering each object's resourceVersion.
+* Readiness: nothing may be programmed before the initial lists of all three kinds are in,
+  or a half-known cluster would open or close pods by mistake. kopf holds event handlers
+  back until every indexed kind is listed; `open_gate()` takes what those lists held and
+  the feed is `ready` once each of those objects has been observed.
+* Relist repair: after a `410 Gone` kopf lists the kind again, but an object deleted while
+  the watch was down is simply absent from the new list: no DELETED event ever comes.
+  `relisted()` compares a fresh list with what the feed holds and deletes what is gone.
+* Findings: why a NetworkPolicy cannot be enforced as written, for Kubernetes Events.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable, Literal
+
+from ..compile.engine import Compiler
+from ..model.events import Delete, Event, Upsert
+from ..model.objects import Direction, NetworkPolicy, Pod
+from ..model.parse import parse_object
+
+log = logging.getLogger("policyd.feed")
+
+WatchKind = Literal["Pod", "Namespace", "NetworkPolicy"]
+KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy")
+Ref = tuple[str, str]  # (kind, key)
+
+
+def ref_of(kind: str, body: dict) -> Ref:
+    meta = body.get("metadata") or {}
+    ns, name = meta.get("namespace"), meta.get("name", "")
+    return (kind, f"{ns}/{name}" if kind != "Namespace" else name)
+
+
+def rv_int(body: dict) -> int | None:
+    """resourceVersions are opaque, but every real API server (etcd revisions) uses integers."""
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion", ""))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something a user must know about a policy: becomes a Warning Event on it."""
+
+    policy: str  # ns/name
+    reason: str  # CamelCase, as Kubernetes Event reasons are
+    message: str
+
+
+@dataclass
+class FeedStats:
+    events: int = 0
+    rejected: int = 0  # objects that did not parse (kept at their last good version)
+    relist_deletes: int = 0
+
+
+@dataclass
+class ClusterFeed:
+    compiler: Compiler
+    versions: dict[Ref, int | None] = field(default_factory=dict)
+    pending: set[Ref] | None = None  # None: the gate is not open yet
+    ready: bool = False
+    invalid: dict[str, tuple[str, ...]] = field(default_factory=dict)  # policy key → problems
+    stats: FeedStats = field(default_factory=FeedStats)
+
+    def open_gate(self, listed: Iterable[Ref]) -> None:
+        """Every object the initial lists held; ready once all are observed."""
+        if self.pending is not None:
+            return
+        self.pending = set(listed) - set(self.versions)
+        self._check_ready()
+
+    def _check_ready(self) -> None:
+        if not self.ready and self.pending is not None and not self.pending:
+            self.ready = True
+            log.info("initial lists complete: %d namespaces, %d pods, %d policies",
+                     *(sum(1 for k, _ in self.versions if k == kind) for kind in KINDS))
+
+    def observe(self, kind: WatchKind, typ: str | None, body: dict) -> Event | None:
+        """One watch event; returns the model event applied to the compiler (None: nothing)."""
+        self.stats.events += 1
+        ref = ref_of(kind, body)
+        if self.pending is not None:
+            self.pending.discard(ref)
+        try:
+            if typ == "DELETED":
+                return self._delete(ref)
+            obj, problems = parse_object(body, f"{kind} {ref[1]}", None)
+            if obj is None or (problems and not isinstance(obj, NetworkPolicy)):
+                # The API server accepted it, so this is our stricter reading: keep what we had.
+                self.stats.rejected += 1
+                log.warning("%s %s: not understood, keeping the last version: %s", kind, ref[1], "; ".join(map(str, problems)))
+                return None
+            if isinstance(obj, NetworkPolicy):
+                if obj.invalid:
+                    self.invalid[ref[1]] = obj.invalid
+                else:
+                    self.invalid.pop(ref[1], None)
+            self.versions[ref] = rv_int(body)
+            event = Upsert(obj)  # type: ignore[arg-type]
+            self.compiler.apply(event)
+            return event
+        finally:
+            self._check_ready()
+
+    def _delete(self, ref: Ref) -> Event | None:
+        if ref not in self.versions:
+            return None
+        del self.versions[ref]
+        if ref[0] == "NetworkPolicy":
+            self.invalid.pop(ref[1], None)
+        event = Delete(ref[0], ref[1])  # type: ignore[arg-type]
+        self.compiler.apply(event)
+        return event
+
+    def relisted(self, kind: WatchKind, items: Iterable[dict], list_rv: int | None) -> list[Event]:
+        """A fresh list of `kind` (resourceVersion `list_rv`): delete what it no longer holds.
+        An object we saw at a newer version than the list was created after it: kept."""
+        present = {ref_of(kind, b) for b in items}
+        gone = []
+        for ref, rv in list(self.versions.items()):
+            if ref[0] != kind or ref in present:
+                continue
+            if list_rv is not None and rv is not None and rv > list_rv:
+                continue
+            gone.append(ref)
+        events = [e for e in (self._delete(r) for r in gone) if e is not None]
+        self.stats.relist_deletes += len(events)
+        for e in events:
+            log.warning("%s %s was deleted while the watch was down: removed after a relist", e.kind, e.key)  # type: ignore[union-attr]
+        return events
+
+    # --- findings ---------------------------------------------------------------------
+
+    def local_pods_selected(self, policy: NetworkPolicy) -> list[Pod]:
+        c = self.compiler
+        return [p for p in c.store.pods_matching(policy.namespace, policy.pod_selector) if c.is_local(p)]
+
+    def findings(self, policy: NetworkPolicy) -> list[Finding]:
+        """Why `policy` cannot be enforced as written on this node's pods (none when it can,
+        or when it selects no local pod: the node that runs them reports)."""
+        selected = self.local_pods_selected(policy)
+        if not selected:
+            return []
+        if policy.invalid:
+            return [Finding(policy.key, "PolicyInvalid",
+                            "not enforceable as written, so its pods are isolated and it allows nothing: " + "; ".join(policy.invalid))]
+        out = []
+        for i, rule in enumerate(policy.ingress if Direction.INGRESS in policy.policy_types else ()):
+            for j, port in enumerate(rule.ports):
+                if not isinstance(port.port, str):
+                    continue
+                missing = [p.key for p in selected if p.resolve_port(port.port, port.protocol) is None]
+                if missing:
+                    out.append(Finding(policy.key, "NamedPortUnresolved",
+                                       f"ingress[{i}].ports[{j}]: no container port named {port.port!r} ({port.protocol}) on "
+                                       f"{', '.join(sorted(missing)[:5])}{' …' if len(missing) > 5 else ''}; the rule allows nothing to those pods"))
+        return out

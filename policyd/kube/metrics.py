@@ -1,0 +1,30 @@
+"""Prometheus metrics of the cluster agent (its own registry: no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.event_to_programmed = Histogram(
+            "policyd_event_to_programmed_seconds", "From a watch event's arrival to the commit of the transaction that enforces it",
+            registry=r, buckets=LATENCY_BUCKETS)
+        self.sync_duration = Histogram(
+            "policyd_sync_duration_seconds", "Duration of one sync (compile, diff, commit)", ["kind"],
+            registry=r, buckets=LATENCY_BUCKETS)
+        self.operations = Counter("policyd_transaction_operations", "nftables operations committed", registry=r)
+        self.apply_errors = Counter("policyd_apply_errors", "Syncs that failed (the next one is a full resync)", registry=r)
+        self.events = Counter("policyd_watch_events", "Watch events received", ["kind"], registry=r)
+        self.relist_deletes = Counter("policyd_relist_deletes", "Objects found deleted by a relist after a lost watch", registry=r)
+        self.local_pods = Gauge("policyd_local_pods", "Pods on this node known to the agent", registry=r)
+        self.local_pods_enforced = Gauge("policyd_local_pods_enforced", "Local pods isolated by at least one policy", registry=r)
+        self.pending_interfaces = Gauge("policyd_pending_interfaces", "Local pods whose host interface is not found yet", registry=r)
+        self.policies = Gauge("policyd_policies", "NetworkPolicies in the cluster", registry=r)
+        self.invalid_policies = Gauge("policyd_invalid_policies", "NetworkPolicies that failed validation (enforced as deny)", registry=r)
+        self.sets = Gauge("policyd_sets", "Peer sets in use on this node", registry=r)
+        self.set_elements = Gauge("policyd_set_elements", "Entries in those peer sets", registry=r)
+        self.ready = Gauge("policyd_ready", "1 once the initial lists are in and the first sync succeeded", registry=r)

@@ -1,0 +1,287 @@
+"""`policyd run`: the node agent as a kopf operator that only observes.
+
+kopf watches Namespaces, Pods and NetworkPolicies cluster-wide; its handlers are
+`@kopf.index` (which object keys exist: kopf holds every other handler back until the
+initial lists of all indexed kinds are in) and `@kopf.on.event` (each change, fed to the
+`ClusterFeed`). Handlers return nothing, since kopf would patch a returned value into the
+object; there are no change/create/delete handlers, so no finalizer is ever set and nothing is
+stored on the objects; peering is off (`standalone`) and so is cluster scanning. The only
+writes are Kubernetes Events on policies that cannot be enforced as written.
+
+Handlers only update the cluster state and wake the sync loop; one coalescing
+`SyncRunner` compiles, diffs and applies (minimum interval, retries with backoff, a
+periodic full resync). One port serves /metrics, /healthz and /readyz. SIGTERM stops kopf
+and leaves the ruleset in place (`policyd cleanup` removes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..compile.engine import Compiler
+from ..model.objects import NetworkPolicy
+from ..nft.backend import Backend, NftBackend
+from ..nft.render import DispatchMode, RenderConfig
+from ..reconcile.interfaces import RouteInterfaces
+from ..reconcile.runner import SyncRunner
+from ..reconcile.syncer import Syncer
+from .feed import KINDS, ClusterFeed, Finding, WatchKind
+from .metrics import AgentMetrics
+from .settings import AgentSettings, FailMode
+
+log = logging.getLogger("policyd.agent")
+
+RESOURCES: dict[WatchKind, tuple[str, str, str]] = {
+    "Namespace": ("", "v1", "namespaces"),
+    "Pod": ("", "v1", "pods"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+}
+INDEX_IDS: dict[WatchKind, str] = {"Namespace": "policyd_namespaces", "Pod": "policyd_pods", "NetworkPolicy": "policyd_policies"}
+FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
+Lister = Callable[[WatchKind], Awaitable[tuple[list[dict], int | None]]]
+
+
+class ClusterAgent:
+    """Everything the handlers and the sync loop share; all of it lives on one event loop."""
+
+    def __init__(self, settings: AgentSettings, mode: DispatchMode, backend: Backend | None = None,
+                 lister: Lister | None = None) -> None:
+        self.settings = settings
+        self.compiler = Compiler(settings.node_name)
+        self.feed = ClusterFeed(self.compiler)
+        closed = settings.interface_prefixes if settings.fail_mode is FailMode.CLOSED else ()
+        cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed)
+        self.syncer = Syncer(self.compiler, backend or NftBackend(settings.table), cfg, RouteInterfaces())
+        self.runner = SyncRunner(self.syncer, min_interval=settings.min_interval, resync_every=settings.resync_every)
+        self.metrics = AgentMetrics()
+        self.lister = lister
+        self.wake = asyncio.Event()
+        self.arrivals: list[float] = []  # monotonic arrival times of events not yet committed
+        self.posted: set[tuple[str, int | None, str]] = set()
+        self.relist_at: dict[WatchKind, float] = {}
+        self.heartbeat = time.monotonic()
+
+    # --- from the handlers ----------------------------------------------------------------
+
+    def observe(self, kind: WatchKind, typ: str | None, raw: dict, indices: dict[str, Any]) -> list[Finding]:
+        feed = self.feed
+        if feed.pending is None:
+            listed = [(k, key) for k in KINDS for key in indices.get(INDEX_IDS[k], {})]
+            feed.open_gate(listed)
+        elif typ is None and feed.ready:
+            # kopf lists again only after it lost the watch (410 Gone): look for deletions.
+            self.relist_at.setdefault(kind, time.monotonic() + self.settings.relist_grace)
+        self.metrics.events.labels(kind).inc()
+        event = feed.observe(kind, typ, raw)
+        if event is not None:
+            self.arrivals.append(time.monotonic())
+            self.runner.request()
+            self.wake.set()
+        if kind == "NetworkPolicy" and typ != "DELETED" and event is not None:
+            return self._new_findings(event.obj, raw)  # type: ignore[union-attr]
+        return []
+
+    def _new_findings(self, policy: NetworkPolicy, raw: dict) -> list[Finding]:
+        rv = (raw.get("metadata") or {}).get("resourceVersion")
+        out = []
+        for f in self.feed.findings(policy):
+            mark = (f.policy, rv, f.reason)
+            if mark not in self.posted:
+                self.posted.add(mark)
+                out.append(f)
+        return out
+
+    # --- the sync loop --------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        s = self.runner.stats
+        return self.feed.ready and s.syncs > 0 and s.consecutive_failures == 0
+
+    async def relist_due(self) -> None:
+        now = time.monotonic()
+        for kind, at in list(self.relist_at.items()):
+            if now < at or self.lister is None:
+                continue
+            del self.relist_at[kind]
+            try:
+                items, rv = await self.lister(kind)
+            except Exception as e:  # noqa: BLE001 - try again at the next relist
+                log.warning("relist of %s failed: %s", kind, e)
+                continue
+            events = self.feed.relisted(kind, items, rv)
+            if events:
+                self.metrics.relist_deletes.inc(len(events))
+                self.arrivals.append(time.monotonic())
+                self.runner.request()
+
+    def sync_once(self) -> None:
+        if not self.feed.ready:
+            return
+        stats = self.runner.stats
+        failures = stats.failures
+        batch, self.arrivals = self.arrivals, []
+        result = self.runner.run_once()
+        m = self.metrics
+        if stats.failures != failures:
+            m.apply_errors.inc()
+            self.arrivals = batch + self.arrivals
+            return
+        if result is None:
+            self.arrivals = batch + self.arrivals
+            return
+        done = time.monotonic()
+        for t in batch:
+            m.event_to_programmed.observe(done - t)
+        m.sync_duration.labels("full" if result.full else "partial").observe(result.seconds)
+        m.operations.inc(result.ops)
+        if result.ops:
+            log.info("%s sync: %d operations in %.1f ms", "full" if result.full else "partial", result.ops, result.seconds * 1e3)
+        c = self.compiler
+        m.local_pods.set(len(c.plans))
+        m.local_pods_enforced.set(sum(1 for p in c.plans.values() if p.ingress or p.egress))
+        m.pending_interfaces.set(len(self.syncer.pending))
+        m.policies.set(len(c.store.policies))
+        m.invalid_policies.set(len(self.feed.invalid))
+        m.sets.set(len(c.sets))
+        m.set_elements.set(sum(len(s.counts) for s in c.sets.values()))
+        m.ready.set(int(self.ready))
+
+    async def sync_loop(self, tick: float = 0.1) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            await self.relist_due()
+            self.sync_once()
+            try:
+                await asyncio.wait_for(self.wake.wait(), tick)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+
+    # --- http: /metrics, /healthz, /readyz ------------------------------------------------
+
+    def http_app(self) -> web.Application:
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            age = time.monotonic() - self.heartbeat
+            ok = age < 30
+            return web.json_response({"alive": ok, "sync_loop_seconds_ago": round(age, 3)}, status=200 if ok else 503)
+
+        async def readyz(_: web.Request) -> web.Response:
+            s = self.runner.stats
+            doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, "syncs": s.syncs,
+                   "consecutive_failures": s.consecutive_failures, "last_error": s.last_error,
+                   "local_pods": len(self.compiler.plans), "pending_interfaces": sorted(self.syncer.pending)}
+            return web.json_response(doc, status=200 if self.ready else 503)
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        return app
+
+
+def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
+    """Observer-only handlers on a registry of our own (nothing registered globally)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(agent.settings.kubeconfig)
+
+    for kind, (group, version, plural) in RESOURCES.items():
+        resource = (group, version, plural) if group else (version, plural)
+
+        def index(name: str, namespace: str | None, _kind: WatchKind = kind, **_: Any) -> dict:
+            return {name if _kind == "Namespace" else f"{namespace}/{name}": True}
+
+        async def on_event(event: dict, body: Any, _kind: WatchKind = kind, **kwargs: Any) -> None:
+            indices = {k: kwargs[k] for k in INDEX_IDS.values() if k in kwargs}
+            for f in agent.observe(_kind, event.get("type"), event["object"], indices):
+                kopf.warn(body, reason=f.reason, message=f.message)
+            return None  # a returned value would be patched into the object
+
+        kopf.index(*resource, id=INDEX_IDS[kind], registry=registry)(index)
+        kopf.on.event(*resource, id=f"policyd_observe_{plural}", registry=registry)(on_event)
+    return registry
+
+
+def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same configuration the `kubernetes` client reads (an
+    explicit kubeconfig wins over the in-cluster service account)."""
+    from kubernetes import client
+
+    from .client import api_client
+
+    cfg: client.Configuration = api_client(kubeconfig).configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+                               username=cfg.username or None, password=cfg.password or None, scheme=scheme, token=token,
+                               certificate_path=cfg.cert_file, private_key_path=cfg.key_file)
+
+
+def operator_settings() -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.peering.standalone = True
+    s.scanning.disabled = True
+    s.persistence.finalizer = FINALIZER
+    s.posting.reporting_component = "policyd"
+    s.posting.level = logging.WARNING  # only our explicit warnings become Events
+    s.watching.server_timeout = 300
+    s.watching.client_timeout = 330
+    s.watching.connect_timeout = 10
+    s.networking.request_timeout = 30
+    return s
+
+
+async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
+    """kopf, the sync loop and the HTTP endpoints until kopf stops (SIGTERM/SIGINT)."""
+    st = agent.settings
+    runner = None
+    if st.metrics_port:
+        runner = web.AppRunner(agent.http_app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, st.metrics_address, st.metrics_port).start()
+        log.info("metrics, /healthz and /readyz on %s:%d", st.metrics_address, st.metrics_port)
+    sync = asyncio.create_task(agent.sync_loop(), name="policyd-sync")
+    try:
+        await kopf.operator(registry=build_registry(agent), settings=operator_settings(), standalone=True,
+                            clusterwide=True, stop_flag=stop)
+    finally:
+        sync.cancel()
+        if runner is not None:
+            await runner.cleanup()
+    log.info("stopped; the ruleset stays in place (policyd cleanup removes it)")
+
+
+def kube_lister(kubeconfig: str | None) -> Lister:
+    from .client import api_client, list_raw
+
+    api = None
+
+    async def lister(kind: WatchKind) -> tuple[list[dict], int | None]:
+        nonlocal api
+        if api is None:
+            api = await asyncio.to_thread(api_client, kubeconfig)
+        return await asyncio.to_thread(list_raw, api, kind)
+
+    return lister
+
+
+def run(settings: AgentSettings, mode: DispatchMode) -> int:
+    async def main() -> None:
+        await serve(ClusterAgent(settings, mode, lister=kube_lister(settings.kubeconfig)))
+
+    asyncio.run(main())
+    return 0
