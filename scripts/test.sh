@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+scripts/kube-tools.sh
 echo "==> import layers (import-linter)"
 .venv/bin/lint-imports
 echo "==> pytest $*"

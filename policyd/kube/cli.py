@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-interval", type=float, default=float(env("MIN_INTERVAL", "0") or 0),
                    help="seconds between syncs; events in between share one transaction")
     p.add_argument("--resync", type=float, default=float(env("RESYNC", "300") or 300), help="full resync period (s)")
+    p.add_argument("--relist", type=float, default=float(env("RELIST", "1800") or 1800),
+                   help="period (s) of a list of every kind that finds deletions a lost watch hid (also run after any relist of kopf's)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -59,7 +61,8 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
     st = AgentSettings(
         node_name=args.node_name, kubeconfig=args.kubeconfig, dispatch_mode=mode, interface_prefixes=prefixes,
         cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, metrics_address=args.metrics_address,
-        metrics_port=args.metrics_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync)
+        metrics_port=args.metrics_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
+        relist_every=args.relist)
     problems = st.problems()
     if problems:
         raise RunError("; ".join(problems))

@@ -66,6 +66,7 @@ class ClusterAgent:
         self.arrivals: list[float] = []  # monotonic arrival times of events not yet committed
         self.posted: set[tuple[str, int | None, str]] = set()
         self.relist_at: dict[WatchKind, float] = {}
+        self.next_relist = time.monotonic() + settings.relist_every
         self.heartbeat = time.monotonic()
 
     # --- from the handlers ----------------------------------------------------------------
@@ -76,8 +77,9 @@ class ClusterAgent:
             listed = [(k, key) for k in KINDS for key in indices.get(INDEX_IDS[k], {})]
             feed.open_gate(listed)
         elif typ is None and feed.ready:
-            # kopf lists again only after it lost the watch (410 Gone): look for deletions.
-            self.relist_at.setdefault(kind, time.monotonic() + self.settings.relist_grace)
+            # kopf lists again only after it lost a watch (410 Gone). The kind that lost it
+            # may have an empty list (no event at all), so check every kind for deletions.
+            self.schedule_relist(self.settings.relist_grace)
         self.metrics.events.labels(kind).inc()
         event = feed.observe(kind, typ, raw)
         if event is not None:
@@ -105,8 +107,16 @@ class ClusterAgent:
         s = self.runner.stats
         return self.feed.ready and s.syncs > 0 and s.consecutive_failures == 0
 
+    def schedule_relist(self, delay: float) -> None:
+        at = time.monotonic() + delay
+        for k in KINDS:
+            self.relist_at.setdefault(k, at)
+
     async def relist_due(self) -> None:
         now = time.monotonic()
+        if now >= self.next_relist:
+            self.next_relist = now + self.settings.relist_every
+            self.schedule_relist(0)
         for kind, at in list(self.relist_at.items()):
             if now < at or self.lister is None:
                 continue

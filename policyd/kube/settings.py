@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -85,7 +85,7 @@ class AgentSettings:
     min_interval: float = 0.0
     resync_every: float = 300.0
     relist_grace: float = 2.0  # after kopf relists a kind, compare with a list of ours
-    extra: dict = field(default_factory=dict)
+    relist_every: float = 1800.0  # and anyway this often: deletions a lost watch hid
 
     @staticmethod
     def node_from_env() -> str | None:

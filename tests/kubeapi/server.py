@@ -185,12 +185,13 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
-@dataclass
+@dataclass(eq=False)
 class Watch:
     kind: Kind
     namespace: str | None
     selector: str
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    closed: bool = False  # dropped: takes no more events
 
 
 @dataclass
@@ -198,10 +199,22 @@ class Request:
     method: str
     path: str
     query: dict[str, str]
+    user_agent: str = ""
 
     @property
     def is_write(self) -> bool:
         return self.method in MUTATING
+
+    @property
+    def resource(self) -> str:
+        """The plural the request addresses (`namespaces` only when a Namespace itself is)."""
+        parts = self.path.strip("/").split("/")
+        parts = parts[2:] if parts[0] == "api" else parts[3:]
+        if parts[:1] == ["watch"]:
+            parts = parts[1:]
+        if len(parts) >= 3 and parts[0] == "namespaces":
+            return parts[2]
+        return parts[0] if parts else ""
 
 
 class KubeAPI:
@@ -240,6 +253,7 @@ class KubeAPI:
     def _drop_watches(self) -> int:
         n = len(self.watches)
         for w in list(self.watches):
+            w.closed = True
             w.queue.put_nowait(None)
         return n
 
@@ -251,14 +265,20 @@ class KubeAPI:
         self.floor = self.rv
         self.history.clear()
 
+    def delete_during_outage(self, plural: str, ns: str, name: str) -> None:
+        """Drop every watch, delete the object and compact the history, in one step: the
+        deletion is never streamed, and watchers resuming from their resourceVersion get
+        410 Gone, so only a relist can reveal it."""
+        def outage() -> None:
+            self._drop_watches()
+            kind = next(k for k in KINDS if k.plural == plural)
+            self._store(kind, ns, copy.deepcopy(self.objects[(kind, ns, name)]), "DELETED")
+            self._compact()
+        self.call(outage)
+
     def writes(self, plurals: tuple[str, ...] = ("pods", "namespaces", "networkpolicies")) -> list[Request]:
         """Mutating requests that touched one of these resources (events are not among them)."""
-        out = []
-        for r in list(self.requests):
-            parts = r.path.strip("/").split("/")
-            if r.is_write and any(p in plurals for p in parts):
-                out.append(r)
-        return out
+        return [r for r in list(self.requests) if r.is_write and r.resource in plurals]
 
     # --- storage --------------------------------------------------------------------------
 
@@ -284,7 +304,7 @@ class KubeAPI:
         obj.setdefault("kind", kind.kind)
         self.history.append((self.rv, kind, typ, copy.deepcopy(obj)))
         for w in list(self.watches):
-            if self._visible(w, kind, ns, obj):
+            if not w.closed and self._visible(w, kind, ns, obj):
                 w.queue.put_nowait((typ, copy.deepcopy(obj)))
         return obj
 
@@ -313,7 +333,7 @@ class KubeAPI:
 
     @web.middleware
     async def _log(self, request: web.Request, handler):
-        self.requests.append(Request(request.method, request.path, dict(request.query)))
+        self.requests.append(Request(request.method, request.path, dict(request.query), request.headers.get("User-Agent", "")))
         return await handler(request)
 
     async def version(self, request: web.Request) -> web.Response:
