@@ -14,13 +14,13 @@ from .netns import entered
 
 
 class NodeAgent:
-    def __init__(self, netns: str, node: str, mode: DispatchMode, table: str = "policyd") -> None:
+    def __init__(self, netns: str, node: str, mode: DispatchMode, table: str = "policyd", cfg: RenderConfig | None = None) -> None:
         self.netns = netns
         self.compiler = Compiler(node)
         with entered(netns):
             lib = Libnftables()  # its netlink socket belongs to the node namespace
         self.backend = NftBackend(table, lib)
-        self.syncer = Syncer(self.compiler, self.backend, RenderConfig(table=table, mode=mode))
+        self.syncer = Syncer(self.compiler, self.backend, cfg or RenderConfig(table=table, mode=mode))
 
     def load(self, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy]) -> None:
         for ns in namespaces:

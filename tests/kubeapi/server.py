@@ -324,7 +324,7 @@ class KubeAPI:
         r.add_get("/apis", self.api_groups)
         r.add_get("/openapi/v3", self.openapi_root)
         r.add_get("/openapi/v3/{path:.*}", self.openapi_doc)
-        r.add_get("/openapi/v2", lambda req: status(404, "NotFound", "only OpenAPI v3 is served"))
+        r.add_get("/openapi/v2", self.openapi_v2)
         r.add_route("*", "/api/{version}", self.resources)
         r.add_route("*", "/apis/{group}/{version}", self.resources)
         r.add_route("*", "/api/{version}/{rest:.+}", self.dispatch)
@@ -348,6 +348,9 @@ class KubeAPI:
         return web.json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
             {"name": g, "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
              "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v}} for g, v in groups]})
+
+    async def openapi_v2(self, request: web.Request) -> web.Response:
+        return status(404, "NotFound", "only OpenAPI v3 is served")
 
     async def openapi_root(self, request: web.Request) -> web.Response:
         gvs = sorted({("api/" if not k.group else "apis/") + k.group_version for k in KINDS})
@@ -601,9 +604,9 @@ class KubeAPI:
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
-            self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+            self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, shutdown_timeout=0.5)
             self.loop.run_until_complete(self._runner.setup())
-            self.loop.run_until_complete(web.SockSite(self._runner, sock, shutdown_timeout=0.5).start())
+            self.loop.run_until_complete(web.SockSite(self._runner, sock).start())
             ready.set()
             self.loop.run_forever()
             self.loop.run_until_complete(self._runner.cleanup())

@@ -1,0 +1,143 @@
+"""The cluster agent's pure parts: CNI detection, settings checks, the feed's readiness
+gate, relist repair and findings; and the test API server's watch semantics as the
+`kubernetes` client sees them (list, watch from a resourceVersion, 410 after compaction)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from policyd.compile.engine import Compiler
+from policyd.kube.feed import ClusterFeed
+from policyd.kube.settings import AgentSettings, FailMode, detect_dispatch
+from policyd.model.events import Delete
+from policyd.nft.render import DispatchMode, RenderConfig, render_skeleton
+from tests.kubeapi.server import KubeAPI, merge_patch, strategic_merge
+
+
+def cni(tmp: Path, name: str, conf: dict) -> None:
+    (tmp / name).write_text(json.dumps(conf))
+
+
+def test_cni_detection_takes_the_first_file_in_lexical_order(tmp_path):
+    cni(tmp_path, "10-calico.conflist", {"name": "k8s-pod-network", "plugins": [{"type": "calico"}, {"type": "portmap"}]})
+    cni(tmp_path, "20-bridge.conf", {"type": "bridge"})
+    d = detect_dispatch(tmp_path)
+    assert d.mode is DispatchMode.INTERFACE and d.prefixes == ("cali",) and "10-calico.conflist" in d.reason
+    (tmp_path / "10-calico.conflist").unlink()
+    cni(tmp_path, "05-flannel.conflist", {"plugins": [{"type": "flannel"}]})
+    assert detect_dispatch(tmp_path).mode is DispatchMode.ADDRESS
+
+
+@pytest.mark.parametrize("files,why", [({}, "no CNI configuration"), ({"a.conf": "{"}, "not readable JSON"),
+                                       ({"a.conf": json.dumps({"type": "mystery"})}, "not known to policyd")])
+def test_cni_detection_refuses_to_guess(tmp_path, files, why):
+    for n, text in files.items():
+        (tmp_path / n).write_text(text)
+    with pytest.raises(ValueError, match=why):
+        detect_dispatch(tmp_path)
+
+
+def test_settings_problems():
+    ok = AgentSettings("n1", dispatch_mode=DispatchMode.INTERFACE, interface_prefixes=("cali",), fail_mode=FailMode.CLOSED)
+    assert ok.problems() == []
+    assert AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS, fail_mode=FailMode.CLOSED).problems()
+    assert AgentSettings("n1", interface_prefixes=('ca"li',)).problems()
+
+
+def test_fail_closed_rules_render_only_for_interface_dispatch():
+    _, _, chains = render_skeleton(RenderConfig(closed_prefixes=("cali",)))
+    text = json.dumps([c.rules for c in chains])
+    assert "cali*" in text and "@pod-ifaces" in text
+    _, _, open_chains = render_skeleton(RenderConfig())
+    assert "cali*" not in json.dumps([c.rules for c in open_chains])
+    with pytest.raises(ValueError):
+        render_skeleton(RenderConfig(closed_prefixes=('x" accept',)))
+
+
+def pod(name: str, app: str, node: str = "n1", rv: int = 1, ip: str = "10.0.0.1", ports=()) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": {"app": app},
+                                                           "resourceVersion": str(rv)},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "ports": list(ports)}]},
+            "status": {"podIPs": [{"ip": ip}]}}
+
+
+def policy(name: str, rv: int = 1, port=80) -> dict:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": str(rv)},
+            "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{"ports": [{"port": port}]}]}}
+
+
+def test_gate_opens_when_every_listed_object_was_observed():
+    feed = ClusterFeed(Compiler("n1"))
+    feed.observe("Pod", None, pod("a", "b"))
+    feed.open_gate([("Pod", "default/a"), ("Pod", "default/b"), ("NetworkPolicy", "default/p")])
+    assert not feed.ready
+    feed.observe("Pod", None, pod("b", "b", ip="10.0.0.2"))
+    assert not feed.ready
+    feed.observe("NetworkPolicy", "DELETED", policy("p"))  # deleted before we saw it: fine
+    assert feed.ready
+
+
+def test_relist_deletes_what_is_gone_but_keeps_newer_objects():
+    feed = ClusterFeed(Compiler("n1"))
+    feed.open_gate([])
+    feed.observe("NetworkPolicy", None, policy("old", rv=5))
+    feed.observe("NetworkPolicy", "ADDED", policy("new", rv=20))
+    feed.observe("NetworkPolicy", "ADDED", policy("kept", rv=6))
+    events = feed.relisted("NetworkPolicy", [policy("kept", rv=6)], list_rv=10)
+    assert events == [Delete("NetworkPolicy", "default/old")]  # "new" (rv 20) came after the list
+    assert set(feed.compiler.store.policies) == {"default/new", "default/kept"}
+    assert feed.relisted("NetworkPolicy", [policy("kept", rv=6), policy("new", rv=20)], list_rv=21) == []
+
+
+def test_findings_for_local_selected_pods_only():
+    feed = ClusterFeed(Compiler("n1"))
+    feed.open_gate([])
+    feed.observe("Pod", None, pod("b1", "b", ports=[{"name": "http", "containerPort": 80}]))
+    feed.observe("Pod", None, pod("b2", "b", node="n2", ip="10.0.0.2"))
+    ev = feed.observe("NetworkPolicy", None, policy("named", port="metrics"))
+    (f,) = feed.findings(ev.obj)
+    assert f.reason == "NamedPortUnresolved" and "default/b1" in f.message and "b2" not in f.message
+    ok = feed.observe("NetworkPolicy", None, policy("ok", port="http"))
+    assert feed.findings(ok.obj) == []
+    bad = policy("bad")
+    bad["spec"]["ingress"][0]["ports"][0]["protocol"] = "ICMP"
+    inv = feed.observe("NetworkPolicy", None, bad)
+    (f,) = feed.findings(inv.obj)
+    assert f.reason == "PolicyInvalid" and feed.invalid
+
+
+def test_patches():
+    assert merge_patch({"a": {"b": 1, "c": 2}}, {"a": {"b": None, "d": 3}}) == {"a": {"c": 2, "d": 3}}
+    cur = {"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}
+    out = strategic_merge(cur, {"spec": {"containers": [{"name": "b", "image": "z"}]}})
+    assert out["spec"]["containers"] == [{"name": "a", "image": "x"}, {"name": "b", "image": "z"}]
+
+
+def test_api_server_watch_semantics_through_the_kubernetes_client():
+    from kubernetes import client, config, watch
+
+    api = KubeAPI(bookmark_every=0.2)
+    url = api.serve()
+    try:
+        c = config.new_client_from_config_dict(api.kubeconfig(url))
+        core = client.CoreV1Api(c)
+        ns = core.list_namespace()
+        assert {n.metadata.name for n in ns.items} >= {"default", "kube-system"}
+        rv = ns.metadata.resource_version
+        core.create_namespace({"metadata": {"name": "x", "labels": {"a": "1"}}})
+        core.patch_namespace("x", {"metadata": {"labels": {"a": "2"}}})
+        core.delete_namespace("x")
+        seen = [(e["type"], e["object"].metadata.name) for e in
+                watch.Watch().stream(core.list_namespace, resource_version=rv, timeout_seconds=1)]
+        assert seen == [("ADDED", "x"), ("MODIFIED", "x"), ("DELETED", "x")]
+        api.compact()
+        with pytest.raises(client.exceptions.ApiException) as e:
+            list(watch.Watch().stream(core.list_namespace, resource_version=rv, timeout_seconds=1))
+        assert e.value.status == 410
+        assert not api.writes(("pods",)) and [r.method for r in api.writes(("namespaces",))] == ["POST", "PATCH", "DELETE"]
+    finally:
+        api.stop()
