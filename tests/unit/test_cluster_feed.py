@@ -141,3 +141,38 @@ def test_api_server_watch_semantics_through_the_kubernetes_client():
         assert not api.writes(("pods",)) and [r.method for r in api.writes(("namespaces",))] == ["POST", "PATCH", "DELETE"]
     finally:
         api.stop()
+
+
+def test_live_matrix_and_explain_read_the_cluster(tmp_path, capsys):
+    """`policyd matrix/explain --kubeconfig` give the same answers as from the manifests."""
+    import yaml
+
+    from policyd.cli import main
+
+    api = KubeAPI()
+    url = api.serve()
+    try:
+        kc = tmp_path / "kubeconfig"
+        kc.write_text(yaml.safe_dump(api.kubeconfig(url)))
+        from kubernetes import client, config
+
+        c = config.new_client_from_config(str(kc))
+        core, net = client.CoreV1Api(c), client.NetworkingV1Api(c)
+        for name, app, ip in (("fe", "frontend", "10.0.0.1"), ("be", "backend", "10.0.0.2"), ("un", "unallowed", "10.0.0.3")):
+            core.create_namespaced_pod("default", {"metadata": {"name": name, "labels": {"app": app}},
+                                                   "spec": {"containers": [{"name": "c", "image": "x"}]},
+                                                   "status": {"podIPs": [{"ip": ip}], "phase": "Running"}})
+        manifest = yaml.safe_load(Path(__file__).resolve().parents[2].joinpath("examples/policies/allow-frontend-to-backend.yaml").read_text())
+        net.create_namespaced_network_policy("default", manifest)
+        before = len(api.requests)
+        assert main(["explain", "--kubeconfig", str(kc), "--from", "default/fe", "--to", "default/be"]) == 0
+        assert main(["explain", "--kubeconfig", str(kc), "--from", "default/un", "--to", "default/be"]) == 1
+        capsys.readouterr()
+        assert main(["matrix", "--kubeconfig", str(kc), "-o", "json"]) == 0
+        m = json.loads(capsys.readouterr().out)
+        assert m["allowed"]["default/fe"] == ["default/be", "default/fe", "default/un"]
+        assert "default/be" not in m["allowed"]["default/un"]
+        assert main(["matrix", "--kubeconfig", str(kc), "-f", "examples"]) == 2  # one source, not both
+        assert {r.method for r in api.requests[before:]} == {"GET"}  # the what-if tools only read
+    finally:
+        api.stop()
