@@ -48,7 +48,7 @@ def world_from(args: argparse.Namespace) -> World:
         try:
             namespaces, pods, policies = read_cluster(args.kubeconfig)
         except InvalidInput:
-            raise
+            raise  # listed problem by problem by main()
         except Exception as e:  # noqa: BLE001 - connection, auth, config: say what failed
             raise UsageError(f"cannot read the cluster: {type(e).__name__}: {e}") from None
         return World(namespaces, pods, policies, {})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -86,10 +85,6 @@ class AgentSettings:
     resync_every: float = 300.0
     relist_grace: float = 2.0  # after kopf relists a kind, compare with a list of ours
     relist_every: float = 1800.0  # and anyway this often: deletions a lost watch hid
-
-    @staticmethod
-    def node_from_env() -> str | None:
-        return os.environ.get("NODE_NAME") or None
 
     def problems(self) -> list[str]:
         out = []
