@@ -204,13 +204,19 @@ class Lab:
         os.replace(tmp, path)
         return gen
 
+    def _log_tail(self, node: str, lines: int = 15) -> str:
+        try:
+            return "\n".join((self.agents_dir / f"{node}.log").read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
     def agent_status(self, node: str) -> dict | None:
         try:
             return json.loads((self.agents_dir / f"{node}.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def wait_agents(self, rec: LabRecord, generation: int, timeout: float = 15.0) -> float:
+    def wait_agents(self, rec: LabRecord, generation: int, timeout: float = 60.0) -> float:
         """Until every node's agent has applied `generation`; returns the seconds waited."""
         start = time.monotonic()
         waiting = set(rec.nodes)
@@ -222,7 +228,9 @@ class Lab:
                 elif not alive(rec.nodes[node].agent_pid):
                     raise LabError(f"the agent of {node} is not running; see {self.agents_dir / (node + '.log')}")
             if waiting and time.monotonic() - start > timeout:
-                details = "; ".join(f"{n}: {(self.agent_status(n) or {}).get('last_error') or 'no status yet'}" for n in sorted(waiting))
+                details = "; ".join(f"{n}: {(self.agent_status(n) or {}).get('last_error') or 'no error reported'}" for n in sorted(waiting))
+                tails = "\n".join(f"--- {n}.log (last lines)\n" + self._log_tail(n) for n in sorted(waiting))
+                details += "\n" + tails
                 raise LabError(f"agents did not apply generation {generation} within {timeout:.0f} s ({details}); see {self.agents_dir}")
             if waiting:
                 time.sleep(0.005)
