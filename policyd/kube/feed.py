@@ -3,9 +3,12 @@
 * `observe()` turns one watch event (ADDED/MODIFIED/DELETED, or None for an object of a
   listing) into a model event for the compiler, remembering each object's resourceVersion.
 * Readiness: nothing may be programmed before the initial lists of all three kinds are in,
-  or a half-known cluster would open or close pods by mistake. kopf holds event handlers
-  back until every indexed kind is listed; `open_gate()` takes what those lists held and
-  the feed is `ready` once each of those objects has been observed.
+  or a half-known cluster would open or close pods by mistake. The agent lists each kind
+  itself and feeds the items; `open_gate()` takes what those lists held and the feed is
+  `ready` once each of those objects has been observed.
+* Overlap: kopf lists the same objects again when its watches start. An object seen at
+  the same or a newer resourceVersion is skipped, so the overlap costs nothing and an older
+  listing can never roll a newer object back.
 * Relist repair: after a `410 Gone` kopf lists the kind again, but an object deleted while
   the watch was down is simply absent from the new list: no DELETED event ever comes.
   `relisted()` compares a fresh list with what the feed holds and deletes what is gone.
@@ -91,6 +94,9 @@ class ClusterFeed:
         try:
             if typ == "DELETED":
                 return self._delete(ref)
+            rv, known = rv_int(body), self.versions.get(ref)
+            if rv is not None and known is not None and rv <= known:
+                return None  # seen already (both lists hold it), or older than what we hold
             obj, problems = parse_object(body, f"{kind} {ref[1]}", None)
             if obj is None or (problems and not isinstance(obj, NetworkPolicy)):
                 # The API server accepted it, so this is our stricter reading: keep what we had.
@@ -102,7 +108,7 @@ class ClusterFeed:
                     self.invalid[ref[1]] = obj.invalid
                 else:
                     self.invalid.pop(ref[1], None)
-            self.versions[ref] = rv_int(body)
+            self.versions[ref] = rv
             event = Upsert(obj)  # type: ignore[arg-type]
             self.compiler.apply(event)
             return event

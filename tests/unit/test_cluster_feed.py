@@ -21,6 +21,51 @@ def cni(tmp: Path, name: str, conf: dict) -> None:
     (tmp / name).write_text(json.dumps(conf))
 
 
+def test_a_listing_that_overlaps_ours_is_skipped_and_never_rolls_back():
+    """The agent lists every kind itself, then kopf lists again: objects seen at the same or
+    a newer resourceVersion are skipped (no work, no event), newer versions apply."""
+    c = Compiler("n1")
+    feed = ClusterFeed(c)
+    assert feed.observe("Pod", None, pod("a", "x", rv=10)) is not None
+    assert feed.observe("Pod", None, pod("a", "x", rv=10)) is None
+    assert feed.observe("Pod", None, pod("a", "old", rv=9)) is None
+    assert c.store.pods["default/a"].labels == {"app": "x"}
+    assert feed.observe("Pod", "MODIFIED", pod("a", "y", rv=11)) is not None
+    assert c.store.pods["default/a"].labels == {"app": "y"}
+    assert feed.observe("Pod", "DELETED", pod("a", "y", rv=12)) is not None
+    assert "default/a" not in c.store.pods
+
+
+def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_policies():
+    """Readiness comes from the agent's own lists (kopf's index gate is quadratic in the
+    number of objects); a policy kopf lists afterwards still gets its findings."""
+    import asyncio
+
+    from policyd.kube.operator import ClusterAgent
+    from policyd.nft.fake import FakeBackend
+
+    listed = {"Namespace": [], "Pod": [pod("b1", "b", ports=[{"name": "http", "containerPort": 80}])],
+              "NetworkPolicy": [policy("named", rv=3, port="metrics")]}
+    calls = []
+
+    async def lister(kind):
+        calls.append(kind)
+        if len(calls) == 1:
+            raise OSError("API not reachable yet")
+        return listed[kind], 5
+
+    agent = ClusterAgent(AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS), DispatchMode.ADDRESS,
+                         backend=FakeBackend(), lister=lister)
+    assert not agent.feed.ready
+    asyncio.run(agent.initial_lists(max_delay=0.01))
+    assert agent.feed.ready and calls == ["Namespace", "Namespace", "Pod", "NetworkPolicy"]
+    agent.sync_once()
+    assert agent.ready
+    findings = agent.observe("NetworkPolicy", None, policy("named", rv=3, port="metrics"))
+    assert [f.reason for f in findings] == ["NamedPortUnresolved"]
+    assert agent.observe("NetworkPolicy", None, policy("named", rv=3, port="metrics")) == []  # posted once
+
+
 def test_cni_detection_takes_the_first_file_in_lexical_order(tmp_path):
     cni(tmp_path, "10-calico.conflist", {"name": "k8s-pod-network", "plugins": [{"type": "calico"}, {"type": "portmap"}]})
     cni(tmp_path, "20-bridge.conf", {"type": "bridge"})
