@@ -2,14 +2,22 @@
  *
  *   connbench server PORT              accept, send one byte, close (forever)
  *   connbench client IP PORT SECONDS   connect → the byte → EOF → close, one at a time;
- *                                      prints: count conns_per_s p50_us p99_us
+ *                                      prints: count conns_per_s p50_us p99_us failed
+ *   connbench probe IP PORT0 COUNT MS  for port PORT0, PORT0+1, …: a fresh connect every
+ *                                      MS ms until the port answers (accept or RST both
+ *                                      mean "allowed"; silence means "dropped"); prints
+ *                                      "k t" when port PORT0+k first answers, t on the
+ *                                      CLOCK_MONOTONIC clock (Python's time.monotonic)
  *
  * Every connection is new to conntrack, so each one walks the ruleset once (SYN), and
  * the rest of it is established traffic. Python is far too slow to generate this load.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,9 +77,49 @@ static int client(const char *ip, int port, double seconds) {
     return 0;
 }
 
+/* One attempt: 1 when the port answered (connected or refused), 0 on silence. */
+static int answered(const struct sockaddr_in *a, int ms) {
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), r = 0;
+    if (connect(s, (const struct sockaddr *)a, sizeof *a) == 0) {
+        r = 1;
+    } else if (errno == EINPROGRESS) {
+        struct pollfd p = {.fd = s, .events = POLLOUT};
+        if (poll(&p, 1, ms) == 1) {
+            int err = 0;
+            socklen_t len = sizeof err;
+            getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len);
+            r = err == 0 || err == ECONNREFUSED;
+        }
+    } else {
+        r = errno == ECONNREFUSED;
+    }
+    /* Drop the half-open attempt without a FIN/RST dance: linger 0. */
+    struct linger l = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(s, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    close(s);
+    return r;
+}
+
+static int probe(const char *ip, int port0, int count, int ms) {
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) { fprintf(stderr, "bad address\n"); return 2; }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (int k = 0; k < count; k++) {
+        a.sin_port = htons(port0 + k);
+        for (;;) {
+            double t = now();
+            if (answered(&a, ms)) { printf("%d %.6f\n", k, now()); break; }
+            double left = t + ms / 1e3 - now();  /* a refused-fast error still waits its turn */
+            if (left > 0) { struct timespec ts = {0, (long)(left * 1e9)}; nanosleep(&ts, NULL); }
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "server")) return server(atoi(argv[2]));
     if (argc == 5 && !strcmp(argv[1], "client")) return client(argv[2], atoi(argv[3]), atof(argv[4]));
-    fprintf(stderr, "usage: connbench server PORT | connbench client IP PORT SECONDS\n");
+    if (argc == 6 && !strcmp(argv[1], "probe")) return probe(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    fprintf(stderr, "usage: connbench server PORT | connbench client IP PORT SECONDS | connbench probe IP PORT0 COUNT MS\n");
     return 2;
 }

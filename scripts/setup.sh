@@ -3,6 +3,7 @@
 # package in it. Used by the README's two commands, by CI and by the Dockerfile.
 #   scripts/setup.sh           runtime (agent, lab, CLI)
 #   scripts/setup.sh --test    plus test tools
+#   scripts/setup.sh --bench   plus test tools and the benchmark's plotting (matplotlib)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -28,6 +29,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extras="agent"
 [ "${1:-}" = "--test" ] && extras="agent,test"
+[ "${1:-}" = "--bench" ] && extras="agent,test,bench"
 say "installing policyd[$extras] into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
 say "ready: $(.venv/bin/policyd --version 2>/dev/null || echo policyd) in .venv"

@@ -134,9 +134,12 @@ class ClusterAgent:
         return self.feed.ready and s.syncs > 0 and s.consecutive_failures == 0
 
     def schedule_relist(self, delay: float) -> None:
+        """Relist every kind `delay` s from now. Each call moves the time: a listing of
+        thousands of objects arrives as a burst of events, and one relist after the burst
+        is enough."""
         at = time.monotonic() + delay
         for k in KINDS:
-            self.relist_at.setdefault(k, at)
+            self.relist_at[k] = at
 
     async def relist_due(self) -> None:
         now = time.monotonic()

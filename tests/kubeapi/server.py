@@ -222,6 +222,7 @@ class KubeAPI:
 
     def __init__(self, bookmark_every: float = 1.0) -> None:
         self.objects: dict[tuple[Kind, str, str], dict] = {}
+        self._sorted: dict[Kind, tuple[int, list[tuple[str, dict]]]] = {}
         self.history: list[tuple[int, Kind, str, dict]] = []  # (rv, kind, type, object)
         self.rv = 1
         self.floor = 0  # resourceVersions older than this answer 410 Gone
@@ -435,8 +436,14 @@ class KubeAPI:
     # --- verbs ----------------------------------------------------------------------------
 
     def _select(self, kind: Kind, ns: str | None, selector: str) -> list[dict]:
-        items = [o for (k, n, _), o in sorted(self.objects.items(), key=lambda kv: (kv[0][1], kv[0][2]))
-                 if k == kind and (ns is None or n == ns)]
+        # A paged list of 100k objects asks for 200 pages: sort once per store version.
+        cached = self._sorted.get(kind)
+        if cached is None or cached[0] != self.rv:
+            cached = (self.rv, [(n, o) for (k, n, _), o in sorted(self.objects.items(), key=lambda kv: (kv[0][1], kv[0][2])) if k == kind])
+            self._sorted[kind] = cached
+        items = [o for n, o in cached[1] if ns is None or n == ns]
+        if not selector:
+            return items
         return [o for o in items if selector_matches(selector, o.get("metadata", {}).get("labels") or {})]
 
     def list(self, request: web.Request, kind: Kind, ns: str | None) -> web.Response:
