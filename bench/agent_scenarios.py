@@ -55,9 +55,11 @@ def policy_create(c: BenchCluster, exe: str, count: int, rate: float, probe_ms: 
     if min(observed) < 0:
         raise RuntimeError("a probe port answered before its policy was created: the server is not isolated")
     time.sleep(0.5)
-    p50, p99 = latency(before, c.metrics())
+    after = c.metrics()
+    p50, p99 = latency(before, after)
     for k in range(count):
         c.store(POLICY, "bench", probe_policy(k), "DELETED")
+    wait_committed(c, after, count)  # the next run must not queue behind these deletions
     return CreateResult(observed, p50, p99)
 
 

@@ -21,6 +21,7 @@ and leaves the ruleset in place (`policyd cleanup` removes it).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any, Awaitable, Callable
@@ -71,6 +72,7 @@ class ClusterAgent:
         self.relist_at: dict[WatchKind, float] = {}
         self.next_relist = time.monotonic() + settings.relist_every
         self.heartbeat = time.monotonic()
+        self.froze_after_relist = False
 
     # --- from the handlers ----------------------------------------------------------------
 
@@ -142,6 +144,14 @@ class ClusterAgent:
             self.relist_at[k] = at
 
     async def relist_due(self) -> None:
+        had_work = bool(self.relist_at)
+        await self._relist_due()
+        if had_work and not self.relist_at and not self.froze_after_relist:
+            # The first relist follows kopf's own first listing: kopf's copies are in now.
+            self.froze_after_relist = True
+            freeze_heap("after kopf's first listing")
+
+    async def _relist_due(self) -> None:
         now = time.monotonic()
         if now >= self.next_relist:
             self.next_relist = now + self.settings.relist_every
@@ -231,6 +241,17 @@ class ClusterAgent:
         return app
 
 
+def freeze_heap(why: str) -> None:
+    """Move every object alive now out of the cyclic collector's reach. After the initial
+    lists the heap holds every pod and policy (and, after kopf's first listing, kopf's copy
+    of each): a full collection then walks millions of objects and stalls the event loop
+    for 200 ms, which was the p99 of event → commit. Reference counting still frees them."""
+    t = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen %s: %d objects, %.0f ms", why, gc.get_freeze_count(), (time.perf_counter() - t) * 1e3)
+
+
 def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
     """Observer-only handlers on a registry of our own (nothing registered globally)."""
     registry = kopf.OperatorRegistry()
@@ -296,6 +317,7 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
             # Before kopf starts: its own first listing keeps the event loop busy for
             # seconds at thousands of pods, and readiness should not wait for that.
             await agent.initial_lists()
+            freeze_heap("after the initial lists")
         await kopf.operator(registry=build_registry(agent), settings=operator_settings(), standalone=True,
                             clusterwide=True, stop_flag=stop)
     finally:
