@@ -4,7 +4,7 @@ of the agent and the live what-if tools. Only `list` calls; the agent never writ
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Iterator
 
 from ..model.objects import Namespace, NetworkPolicy, Pod
 from ..model.parse import parse_object
@@ -28,34 +28,44 @@ def api_client(kubeconfig: str | None = None) -> Any:
     return config.new_client_from_config(config_file=kubeconfig)
 
 
-def list_raw(api: Any, kind: WatchKind, page: int = 500) -> tuple[list[dict], int | None]:
+def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[list[dict], int | None]]:
     """Every object of `kind` as the API serves it (with apiVersion/kind filled in, which
-    list items omit), and the list's resourceVersion."""
+    list items omit), one page at a time, with the list's resourceVersion: a caller that
+    folds each page in never holds a whole list of 100k pods."""
     from kubernetes import client
 
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
     call = {"Namespace": core.list_namespace, "Pod": core.list_pod_for_all_namespaces,
             "NetworkPolicy": net.list_network_policy_for_all_namespaces}[kind]
-    items: list[dict] = []
     token, rv = None, None
     while True:
         kw: dict[str, Any] = {"limit": page, "_preload_content": False}
         if token:
             kw["_continue"] = token
         doc = json.loads(call(**kw).data)
-        for item in doc.get("items") or []:
+        items = doc.get("items") or []
+        for item in items:
             item.setdefault("apiVersion", API_VERSIONS[kind])
             item.setdefault("kind", kind)
-            items.append(item)
         meta = doc.get("metadata") or {}
         rv = rv or meta.get("resourceVersion")
+        try:
+            list_rv = int(rv) if rv is not None else None
+        except ValueError:
+            list_rv = None
+        yield items, list_rv
         token = meta.get("continue")
         if not token:
-            break
-    try:
-        return items, int(rv) if rv is not None else None
-    except ValueError:
-        return items, None
+            return
+
+
+def list_raw(api: Any, kind: WatchKind, page: int = 500) -> tuple[list[dict], int | None]:
+    """The whole list at once (the what-if tools)."""
+    items: list[dict] = []
+    rv = None
+    for chunk, rv in list_pages(api, kind, page):
+        items += chunk
+    return items, rv
 
 
 def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy]]:

@@ -125,10 +125,10 @@ class ClusterFeed:
         self.compiler.apply(event)
         return event
 
-    def relisted(self, kind: WatchKind, items: Iterable[dict], list_rv: int | None) -> list[Event]:
-        """A fresh list of `kind` (resourceVersion `list_rv`): delete what it no longer holds.
-        An object we saw at a newer version than the list was created after it: kept."""
-        present = {ref_of(kind, b) for b in items}
+    def relisted(self, kind: WatchKind, present: set[Ref], list_rv: int | None) -> list[Event]:
+        """A fresh list of `kind` (resourceVersion `list_rv`) held the objects `present`:
+        delete what it no longer holds. An object we saw at a newer version than the list
+        was created after it: kept."""
         gone = []
         for ref, rv in list(self.versions.items()):
             if ref[0] != kind or ref in present:

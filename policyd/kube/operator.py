@@ -24,7 +24,7 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable
 
 import kopf
 from aiohttp import web
@@ -49,7 +49,7 @@ RESOURCES: dict[WatchKind, tuple[str, str, str]] = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
-Lister = Callable[[WatchKind], Awaitable[tuple[list[dict], int | None]]]
+Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict], int | None]]]  # pages and the list's resourceVersion
 
 
 class ClusterAgent:
@@ -102,17 +102,19 @@ class ClusterAgent:
         for kind in KINDS:
             delay = 0.5
             while True:
+                refs: list[tuple[str, str]] = []
                 try:
-                    items, _ = await self.lister(kind)
+                    async for items, _ in self.lister(kind):  # page by page: never a whole list in memory
+                        for item in items:
+                            self.feed.observe(kind, None, item)  # a retry re-observes: skipped by version
+                            refs.append(ref_of(kind, item))
                     break
                 except Exception as e:  # noqa: BLE001 - the API may not be reachable yet
                     log.warning("initial list of %s failed (%s); retrying in %.1f s", kind, e, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, max_delay)
-            for item in items:
-                self.feed.observe(kind, None, item)
-                listed.append(ref_of(kind, item))
-            log.info("listed %d %s objects", len(items), kind)
+            listed += refs
+            log.info("listed %d %s objects", len(refs), kind)
         self.feed.open_gate(listed)
         self.arrivals.append(time.monotonic())
         self.runner.request()
@@ -160,12 +162,16 @@ class ClusterAgent:
             if now < at or self.lister is None:
                 continue
             del self.relist_at[kind]
+            present: set[tuple[str, str]] = set()
+            rv = None
             try:
-                items, rv = await self.lister(kind)
+                async for items, page_rv in self.lister(kind):
+                    present.update(ref_of(kind, b) for b in items)
+                    rv = rv if rv is not None else page_rv
             except Exception as e:  # noqa: BLE001 - try again at the next relist
                 log.warning("relist of %s failed: %s", kind, e)
                 continue
-            events = self.feed.relisted(kind, items, rv)
+            events = self.feed.relisted(kind, present, rv)
             if events:
                 self.metrics.relist_deletes.inc(len(events))
                 self.arrivals.append(time.monotonic())
@@ -328,15 +334,18 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
 
 
 def kube_lister(kubeconfig: str | None) -> Lister:
-    from .client import api_client, list_raw
+    """Pages of each kind through the `kubernetes` client, fetched on a worker thread."""
+    from .client import api_client, list_pages
 
     api = None
 
-    async def lister(kind: WatchKind) -> tuple[list[dict], int | None]:
+    async def lister(kind: WatchKind) -> AsyncIterator[tuple[list[dict], int | None]]:
         nonlocal api
         if api is None:
             api = await asyncio.to_thread(api_client, kubeconfig)
-        return await asyncio.to_thread(list_raw, api, kind)
+        pages = list_pages(api, kind)
+        while (page := await asyncio.to_thread(next, pages, None)) is not None:
+            yield page
 
     return lister
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from policyd.compile.engine import Compiler
-from policyd.kube.feed import ClusterFeed
+from policyd.kube.feed import ClusterFeed, ref_of
 from policyd.kube.settings import AgentSettings, FailMode, detect_dispatch
 from policyd.model.events import Delete
 from policyd.nft.render import DispatchMode, RenderConfig, render_skeleton
@@ -52,7 +52,8 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
         calls.append(kind)
         if len(calls) == 1:
             raise OSError("API not reachable yet")
-        return listed[kind], 5
+        for item in listed[kind]:  # one page per object
+            yield [item], 5
 
     agent = ClusterAgent(AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS), DispatchMode.ADDRESS,
                          backend=FakeBackend(), lister=lister)
@@ -132,10 +133,10 @@ def test_relist_deletes_what_is_gone_but_keeps_newer_objects():
     feed.observe("NetworkPolicy", None, policy("old", rv=5))
     feed.observe("NetworkPolicy", "ADDED", policy("new", rv=20))
     feed.observe("NetworkPolicy", "ADDED", policy("kept", rv=6))
-    events = feed.relisted("NetworkPolicy", [policy("kept", rv=6)], list_rv=10)
+    events = feed.relisted("NetworkPolicy", {ref_of("NetworkPolicy", policy("kept", rv=6))}, list_rv=10)
     assert events == [Delete("NetworkPolicy", "default/old")]  # "new" (rv 20) came after the list
     assert set(feed.compiler.store.policies) == {"default/new", "default/kept"}
-    assert feed.relisted("NetworkPolicy", [policy("kept", rv=6), policy("new", rv=20)], list_rv=21) == []
+    assert feed.relisted("NetworkPolicy", {ref_of("NetworkPolicy", policy(n)) for n in ("kept", "new")}, list_rv=21) == []
 
 
 def test_findings_for_local_selected_pods_only():
