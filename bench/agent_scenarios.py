@@ -144,6 +144,7 @@ def pod_churn(c: BenchCluster, rate: float, seconds: float) -> ChurnResult:
 @dataclass
 class StartResult:
     ready: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # the agent's CPU seconds until ready
     rss: list[float] = field(default_factory=list)
     peak: list[float] = field(default_factory=list)
     ops: float = 0
@@ -157,6 +158,7 @@ def cold_start(c: BenchCluster, repeats: int) -> StartResult:
     r = StartResult()
     for _ in range(repeats):
         r.ready.append(c.start_agent())
+        r.cpu.append(c.cpu_seconds())
         rss, peak = c.rss_mb()
         r.rss.append(rss)
         r.peak.append(peak)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import socket
 import subprocess
@@ -216,6 +217,12 @@ class BenchCluster:
         assert self.agent is not None
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.agent.pid}/status").read_text().splitlines() if ":" in line)
         return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the agent process has used so far (its main and worker threads)."""
+        assert self.agent is not None
+        fields = Path(f"/proc/{self.agent.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def http(self, path: str) -> tuple[int, str]:
         url = f"http://{self.node.fabric_ip}:{METRICS_PORT}{path}"
