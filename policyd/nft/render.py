@@ -18,12 +18,13 @@ and comments, and as map keys (addresses, interface names checked here).
 from __future__ import annotations
 
 import re
+import socket
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec
-from ..model.objects import Direction
+from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
 from .ruleset import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
 
@@ -84,6 +85,12 @@ def family_sets(spec: SetSpec) -> list[int]:
     return list(FAMILIES)
 
 
+def addr_text(ip: IPAddress) -> str:
+    """An address as nft writes it; inet_ntoa is 3x faster than str() for IPv4, which
+    counts when a peer set of 100k pods is rendered."""
+    return socket.inet_ntoa(ip.packed) if ip.version == 4 else str(ip)
+
+
 def set_elements(spec: SetSpec, entries: Iterable[Entry], family: int) -> frozenset[Elem]:
     if isinstance(spec, BlockSetSpec):
         out: set[Elem] = set()
@@ -97,8 +104,8 @@ def set_elements(spec: SetSpec, entries: Iterable[Entry], family: int) -> frozen
         return frozenset(out)
     if spec.port_name:
         proto = (spec.protocol or "TCP").lower()
-        return frozenset(("concat", str(ip), proto, port) for ip, port in entries if ip.version == family)  # type: ignore[misc]
-    return frozenset(str(ip) for ip in entries if ip.version == family)  # type: ignore[union-attr]
+        return frozenset(("concat", addr_text(ip), proto, port) for ip, port in entries if ip.version == family)  # type: ignore[misc]
+    return frozenset(addr_text(ip) for ip in entries if ip.version == family)  # type: ignore[arg-type]
 
 
 def render_set(spec: SetSpec, entries: Iterable[Entry]) -> list[SetDef]:
