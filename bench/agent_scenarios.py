@@ -176,6 +176,7 @@ class LossResult:
     failed: int
     udp_sent: int
     udp_lost: int
+    udp_socket_full: int  # of the lost: dropped by the receiving socket's full buffer
     policy_events: int
     pod_events: int
     partial_syncs: float
@@ -187,6 +188,7 @@ def no_loss(c: BenchCluster, exe: str, seconds: float) -> LossResult:
     allowed client and server, while policies selecting the server are created and deleted
     (its chains rewritten) at 10/s, pods churn at 50/s, and the agent runs a full resync
     every second (started with --resync 1)."""
+    rcvbuf_before = udp_rcvbuf_errors(c)
     servers = [subprocess.Popen(netns_cmd(c, "server", exe, "server", "80")),
                subprocess.Popen(netns_cmd(c, "server", "iperf3", "-s", "-1"), stdout=subprocess.DEVNULL)]
     try:
@@ -218,5 +220,13 @@ def no_loss(c: BenchCluster, exe: str, seconds: float) -> LossResult:
             p.wait()
     n, _rate, _p50, _p99, failed = out.split()
     s = json.loads(report)["end"]["sum"]
-    return LossResult(int(n), int(failed), int(s["packets"]), int(s["lost_packets"]), policies, j,
-                      delta(before, after, PARTIAL_SYNCS), delta(before, after, FULL_SYNCS))
+    return LossResult(int(n), int(failed), int(s["packets"]), int(s["lost_packets"]), udp_rcvbuf_errors(c) - rcvbuf_before,
+                      policies, j, delta(before, after, PARTIAL_SYNCS), delta(before, after, FULL_SYNCS))
+
+
+def udp_rcvbuf_errors(c: BenchCluster) -> int:
+    """Datagrams the server pod's kernel dropped because the receiving socket was full (the
+    receiver was not scheduled in time): lost, but not by any firewall."""
+    lines = [line.split() for line in subprocess.run(netns_cmd(c, "server", "cat", "/proc/net/snmp"), capture_output=True,
+                                                      text=True, check=True).stdout.splitlines() if line.startswith("Udp:")]
+    return int(dict(zip(lines[0][1:], lines[1][1:]))["RcvbufErrors"])
