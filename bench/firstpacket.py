@@ -209,29 +209,56 @@ def established_lines(r: FirstPacket) -> list[str]:
     ]
 
 
-def plot(r: FirstPacket, path: Path) -> None:
+Series = dict[tuple[str, int], tuple[tuple[float, float, float], tuple[float, float, float]]]  # p50, p99: (median, min, max)
+
+
+def series(r: FirstPacket) -> Series:
+    def mmm(xs: list[float]) -> tuple[float, float, float]:
+        return med(xs), min(xs), max(xs)
+
+    return {v: (mmm([x[0] for x in rs]), mmm([x[1] for x in rs])) for v, rs in r.conns.items()}
+
+
+def series_from_report(text: str) -> Series:
+    """The same figures read back from the first-packet table of docs/benchmarks.md."""
+    def mmm(cell: str) -> tuple[float, float, float]:
+        m, rng = cell.split(" (")
+        lo, hi = rng.rstrip(")").split("–")
+        return float(m), float(lo), float(hi)
+
+    out: Series = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[0] in ("no firewall", "policyd", "linear reference"):
+            out[(cells[0], 0 if cells[1] == "—" else int(cells[1]))] = (mmm(cells[2]), mmm(cells[3]))
+    return out
+
+
+def plot(data: Series, path: Path) -> None:
+    """p50 and p99 against cluster size, one panel each (p99 is far noisier on a VM and
+    would flatten p50 on a shared axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    base = r.conns[("no firewall", 0)]
-    for q, style in ((0, "-"), (1, ":")):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
+    for q, ax in enumerate(axes):
         label = "p50" if q == 0 else "p99"
-        ax.axhline(med([x[q] for x in base]), color="grey", linestyle=style, label=f"no firewall (limit), {label}")
+        ax.axhline(data[("no firewall", 0)][q][0], color="grey", linestyle="--", label="no firewall (limit)")
         for kind, color in (("policyd", "tab:blue"), ("linear reference", "tab:red")):
-            ys = [med([x[q] for x in r.conns[(kind, n)]]) for n in SCALES]
-            lo = [min(x[q] for x in r.conns[(kind, n)]) for n in SCALES]
-            hi = [max(x[q] for x in r.conns[(kind, n)]) for n in SCALES]
-            ax.errorbar(SCALES, ys, yerr=[[y - a for y, a in zip(ys, lo)], [b - y for y, b in zip(ys, hi)]], color=color,
-                        linestyle=style, marker="o", capsize=3, label=f"{kind}, {label}")
-    ax.set_xscale("log")
-    ax.set_xlabel("pods in the cluster (peer-set members / linear rules)")
-    ax.set_ylabel("new TCP connection latency, µs")
-    ax.set_title("First-packet cost: median over runs, bars min–max")
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
+            pts = [data[(kind, n)][q] for n in SCALES]
+            ys = [m for m, _, _ in pts]
+            ax.errorbar(SCALES, ys, yerr=[[m - lo for m, lo, _ in pts], [hi - m for m, _, hi in pts]], color=color,
+                        marker="o", capsize=3, label=kind)
+        ax.set_xscale("log")
+        ax.set_xlabel("pods in the cluster (peer-set members / linear rules)")
+        ax.set_ylabel(f"new TCP connection latency, {label}, µs")
+        ax.set_title(f"{label}: median over runs, bars min–max")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("First-packet cost against cluster size")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -6,7 +6,9 @@ into docs/first-packet.png.
 
     scripts/setup.sh --bench && .venv/bin/python bench/run.py [--quick] [--write]
 
---quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 4 minutes on 2 CPUs.
+--quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 3 minutes on 2 CPUs;
+the full run about 14. `--replot` redraws docs/first-packet.png from the table in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -334,13 +336,17 @@ def steal_share(before: list[int], after: list[int]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs, no 100k-pod cold start (~4 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs, no 100k-pod cold start (~3 min)")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md and docs/first-packet.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw docs/first-packet.png from docs/benchmarks.md")
     args = ap.parse_args()
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    if args.replot:
+        firstpacket.plot(firstpacket.series_from_report((docs / "benchmarks.md").read_text()), docs / "first-packet.png")
+        return
     started = time.monotonic()
     steal_before = cpu_times()
     cmd = "scripts/setup.sh --bench && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "") + " --write"
-    docs = Path(__file__).resolve().parents[1] / "docs"
 
     def step(name: str, fn):
         print(f"bench: {name} … ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
@@ -353,7 +359,7 @@ def main() -> None:
     start_lines = step("cold start", cold_starts)
     fp = step("first packet and established flows", firstpacket.measure)
     if args.write:
-        firstpacket.plot(fp, docs / "first-packet.png")
+        firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())
     lines = [
         "# Benchmarks",
