@@ -19,8 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from policyd.lab.netns import delete_namespaces, entered, sh  # noqa: E402
+from policyd.lab.netns import delete_namespaces, entered, http_get, sh  # noqa: E402
 from policyd.lab.topology import FABRIC_NET, Topology  # noqa: E402
 from policyd.model.objects import ContainerPort, Pod  # noqa: E402
 from policyd.reconcile.interfaces import calico_interface  # noqa: E402
@@ -225,15 +223,7 @@ class BenchCluster:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def http(self, path: str) -> tuple[int, str]:
-        url = f"http://{self.node.fabric_ip}:{METRICS_PORT}{path}"
-        with entered(self.topo.fabric):
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    return r.status, r.read().decode()
-            except urllib.error.HTTPError as e:
-                return e.code, e.read().decode()
-            except OSError as e:
-                return 0, str(e)
+        return http_get(self.topo.fabric, f"http://{self.node.fabric_ip}:{METRICS_PORT}{path}")
 
     def metrics(self) -> dict[str, float]:
         code, text = self.http("/metrics")

@@ -61,6 +61,17 @@ def timed_noop_resyncs(agent, runs: int = 3) -> tuple[list[float], list[float], 
     return walls, cpus, listed
 
 
+def noop_resync_rows(agent) -> list[str]:
+    fulls, cpus, listed = timed_noop_resyncs(agent, 5)
+    return [f"| full resync with nothing changed: wall (terse listing) | {ms(fulls)} | ≤ 50 ms |",
+            f"| the same: CPU (user + system of this process, which runs libnftables) | {ms(cpus)} | — |",
+            f"| the same: listings that read set elements | {listed} of {len(fulls)} | 0 |"]
+
+
+def figure_table(intro: str, rows: list[str]) -> list[str]:
+    return [intro, "", "| figure | measured | target |", "|---|---|---|", *rows]
+
+
 def build(n_pods: int, n_ns: int, n_nodes: int, n_pol: int) -> tuple[Compiler, list, float]:
     nss = synthetic.namespaces(n_ns)
     pods = [synthetic.pod(i, n_ns, n_nodes) for i in range(n_pods)]
@@ -91,16 +102,12 @@ def engine(args) -> list[str]:
         c.take_changes()
         relabels.append(time.perf_counter() - t)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return [
-        f"Synthetic cluster: {n_pods:,} pods in {n_ns} namespaces on {n_nodes} nodes, {n_pol:,} policies; compiled for node-0 ({len(c.plans)} local pods, {len(c.sets)} shared sets).",
-        "",
-        "| figure | measured | target |",
-        "|---|---|---|",
+    return figure_table(
+        f"Synthetic cluster: {n_pods:,} pods in {n_ns} namespaces on {n_nodes} nodes, {n_pol:,} policies; compiled for node-0 ({len(c.plans)} local pods, {len(c.sets)} shared sets).", [
         f"| full compile for one node | {ms(fulls)} | ≤ 1 s |",
         f"| one pod added, incremental | {ms(adds)} | ≤ 2 ms median |",
         f"| one pod relabelled, incremental | {ms(relabels)} | ≤ 2 ms median |",
-        f"| peak RSS of the benchmark process | {rss:.0f} MB | ≤ 250 MB |",
-    ]
+        f"| peak RSS of the benchmark process | {rss:.0f} MB | ≤ 250 MB |"])
 
 
 def dataplane(args) -> list[str]:
@@ -136,19 +143,12 @@ def dataplane(args) -> list[str]:
             t = time.perf_counter()
             assert agent.sync().ops == 0
             noops.append(time.perf_counter() - t)
-        fulls, cpus, listed = timed_noop_resyncs(agent, 5)
-        return [
-            f"Same synthetic cluster shape ({n_pods:,} pods, {n_pol:,} policies), node-0 with {local} local pods, address dispatch, real kernel (libnftables) in a throwaway namespace; first transaction {r.ops:,} operations.",
-            "",
-            "| figure | measured | target |",
-            "|---|---|---|",
+        return figure_table(
+            f"Same synthetic cluster shape ({n_pods:,} pods, {n_pol:,} policies), node-0 with {local} local pods, address dispatch, real kernel (libnftables) in a throwaway namespace; first transaction {r.ops:,} operations.", [
             f"| initial programming (compile + render + one transaction) | {ms(inits)} | ≤ 2 s |",
             f"| one pod relabelled: event → committed transaction | {ms(events)} | ≤ 10 ms p99 |",
             f"| partial sync with nothing changed (no kernel call) | {ms(noops)} | ≤ 50 ms |",
-            f"| full resync with nothing changed: wall (terse listing) | {ms(fulls)} | ≤ 50 ms |",
-            f"| the same: CPU (user + system of the agent's process) | {ms(cpus)} | — |",
-            f"| the same: listings that read set elements | {listed} of {len(fulls)} | 0 |",
-        ]
+            *noop_resync_rows(agent)])
     finally:
         delete_namespaces(prefix)
 
@@ -193,21 +193,14 @@ def large_sets(args) -> list[str]:
             agent.compiler.delete_pod(p.key)
             agent.sync()
             dels.append(time.perf_counter() - t)
-        fulls, cpus, listed = timed_noop_resyncs(agent, 5)
-        return [
-            f"{n_pods:,} pods on {n_nodes:,} nodes; every namespace has a policy allowing ingress from all pods, so one shared peer set holds {n_pods:,} addresses. Real kernel, throwaway namespace.",
-            "",
-            "| figure | measured | target |",
-            "|---|---|---|",
+        return figure_table(
+            f"{n_pods:,} pods on {n_nodes:,} nodes; every namespace has a policy allowing ingress from all pods, so one shared peer set holds {n_pods:,} addresses. Real kernel, throwaway namespace.", [
             f"| compile {n_pods - 10_000:,} pod events (engine only) | {compile_s * 1e3:.0f} ms | — |",
             f"| load them: render + diff + one transaction of {r.ops:,} operations | {load * 1e3:.0f} ms | ≤ 400 ms |",
             f"| a batch of 10,000 more pods: render + diff + transaction ({batch.ops:,} operations) | {batch_s * 1e3:.0f} ms | ≤ 40 ms |",
             f"| one pod added: event → committed | {ms(adds)} | ≤ 3 ms p99 |",
             f"| one pod deleted: event → committed | {ms(dels)} | ≤ 3 ms p99 |",
-            f"| full resync with nothing changed: wall (terse listing) | {ms(fulls)} | ≤ 50 ms |",
-            f"| the same: CPU | {ms(cpus)} | — |",
-            f"| the same: listings that read set elements | {listed} of {len(fulls)} | 0 |",
-        ]
+            *noop_resync_rows(agent)])
     finally:
         delete_namespaces(prefix)
 

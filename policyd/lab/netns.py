@@ -69,3 +69,18 @@ def entered(name: str) -> Iterator[None]:
             os._exit(99)
         os.close(target)
         os.close(home)
+
+
+def http_get(ns: str, url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET `url` from inside namespace `ns`: (status, body); status 0 when nothing answered."""
+    import urllib.error
+    import urllib.request
+
+    with entered(ns):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError as e:
+            return 0, str(e)

@@ -14,15 +14,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from policyd.lab.netns import entered, list_namespaces
+from policyd.lab.netns import entered, http_get, list_namespaces
 from policyd.lab.topology import FABRIC_NET, Topology
 from policyd.model.objects import ContainerPort, Pod
 from tests.kubeapi.server import KubeAPI
@@ -102,15 +100,7 @@ class Cluster:
         log.close()
 
     def http(self, node: str, path: str) -> tuple[int, str]:
-        url = f"http://{self.topo.nodes[node].fabric_ip}:{METRICS_PORT}{path}"
-        with entered(self.topo.fabric):
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    return r.status, r.read().decode()
-            except urllib.error.HTTPError as e:
-                return e.code, e.read().decode()
-            except OSError as e:
-                return 0, str(e)
+        return http_get(self.topo.fabric, f"http://{self.topo.nodes[node].fabric_ip}:{METRICS_PORT}{path}", timeout=2)
 
     def wait_ready(self, node: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
