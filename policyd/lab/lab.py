@@ -127,6 +127,8 @@ def parse_pod_selector(text: str) -> LabelSelector:
 
 
 def alive(pid: int | None) -> bool:
+    """Running, and not a zombie: an agent that crashed stays a zombie until its parent (the
+    process that ran `lab up`) reaps it, and signal 0 still reaches a zombie."""
     if not pid:
         return False
     try:
@@ -135,7 +137,11 @@ def alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 class Lab:

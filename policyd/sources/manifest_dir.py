@@ -36,7 +36,10 @@ class ManifestDirSource:
             for e in it:
                 if e.name.startswith(".") or not e.name.endswith(SUFFIXES) or not e.is_file():
                     continue
-                st = e.stat()
+                try:
+                    st = e.stat()
+                except FileNotFoundError:  # removed between the listing and now: it is gone
+                    continue
                 out[e.name] = (st.st_size, st.st_mtime_ns, st.st_ino)
         return out
 

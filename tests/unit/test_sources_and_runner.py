@@ -4,6 +4,8 @@ rules (coalescing, backoff, periodic full resync), without a kernel."""
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,48 @@ def test_source_turns_file_changes_into_events(tmp_path):
     assert isinstance(ev, Upsert) and ev.obj.labels == {"app": "db"}
     (tmp_path / "a.yaml").unlink()
     assert src.poll() == [Delete("Pod", "default/a")]
+
+
+def test_source_survives_a_file_removed_while_it_scans(tmp_path, monkeypatch):
+    """`lab delete` may remove a manifest between the directory listing and its stat(): the
+    lab agent crashed on that (it was the full-suite "agents did not apply generation" flake)."""
+    import policyd.sources.manifest_dir as md
+
+    src = ManifestDirSource(tmp_path)
+    write(tmp_path / "a.yaml", POD.format(name="a", app="web", ip="10.244.0.2"))
+    write(tmp_path / "b.yaml", POD.format(name="b", app="web", ip="10.244.0.3"))
+    assert len(src.poll()) == 2
+    real = os.scandir
+
+    class Racing:
+        def __init__(self, path):
+            self.entries = list(real(path))  # the listing still names b.yaml …
+            (tmp_path / "b.yaml").unlink()  # … which is removed before its stat()
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(md.os, "scandir", Racing)
+    assert src.poll() == [Delete("Pod", "default/b")]
+
+
+def test_lab_alive_sees_a_zombie_as_dead():
+    """The lab checks its agents with `alive`; a crashed agent is a zombie until reaped."""
+    import subprocess
+    import sys
+
+    from policyd.lab.lab import alive
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(proc.pid)
+    proc.wait()
+    assert not alive(proc.pid) and alive(os.getpid())
 
 
 def test_source_keeps_the_last_good_version_of_a_broken_file(tmp_path):
