@@ -53,12 +53,31 @@ def timed_noop_resyncs(agent, runs: int = 3) -> tuple[list[float], list[float], 
     try:
         for _ in range(runs):
             t, c = time.perf_counter(), time.process_time()
-            assert agent.sync(full=True).ops == 0
+            unchanged_sync(agent, full=True)
             walls.append(time.perf_counter() - t)
             cpus.append(time.process_time() - c)
     finally:
         backend.read = read
     return walls, cpus, listed
+
+
+def timed(*steps) -> float:
+    """Seconds the steps take, run one after the other."""
+    t = time.perf_counter()
+    for step in steps:
+        step()
+    return time.perf_counter() - t
+
+
+def unchanged_sync(agent, full: bool = False) -> None:
+    """A sync that must find nothing to do (else the figure would time real work)."""
+    assert agent.sync(full=full).ops == 0
+
+
+def relabelled(pods: list, i: int):
+    """The i-th relabel event of a run: a pod moved to another app."""
+    old = pods[(i * 37) % len(pods)]
+    return replace(old, labels={**old.labels, "app": synthetic.APPS[(i * 7) % len(synthetic.APPS)]})
 
 
 def noop_resync_rows(agent) -> list[str]:
@@ -91,16 +110,8 @@ def engine(args) -> list[str]:
     adds, relabels = [], []
     events = 200 if args.quick else 1000
     for i in range(events):
-        p = synthetic.pod(n_pods + i, n_ns, n_nodes)
-        t = time.perf_counter()
-        c.upsert_pod(p)
-        c.take_changes()
-        adds.append(time.perf_counter() - t)
-        old = pods[(i * 37) % n_pods]
-        t = time.perf_counter()
-        c.upsert_pod(replace(old, labels={**old.labels, "app": synthetic.APPS[(i * 7) % len(synthetic.APPS)]}))
-        c.take_changes()
-        relabels.append(time.perf_counter() - t)
+        adds.append(timed(lambda: c.upsert_pod(synthetic.pod(n_pods + i, n_ns, n_nodes)), c.take_changes))
+        relabels.append(timed(lambda: c.upsert_pod(relabelled(pods, i)), c.take_changes))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figure_table(
         f"Synthetic cluster: {n_pods:,} pods in {n_ns} namespaces on {n_nodes} nodes, {n_pol:,} policies; compiled for node-0 ({len(c.plans)} local pods, {len(c.sets)} shared sets).", [
@@ -134,15 +145,9 @@ def dataplane(args) -> list[str]:
             inits.append(time.perf_counter() - t)
         local = len(agent.compiler.plans)
         for i in range(100 if args.quick else 500):
-            old = pods[(i * 37) % n_pods]
-            t = time.perf_counter()
-            agent.compiler.upsert_pod(replace(old, labels={**old.labels, "app": synthetic.APPS[(i * 7) % len(synthetic.APPS)]}))
-            agent.sync()
-            events.append(time.perf_counter() - t)
+            events.append(timed(lambda: agent.compiler.upsert_pod(relabelled(pods, i)), agent.sync))
         for _ in range(50):
-            t = time.perf_counter()
-            assert agent.sync().ops == 0
-            noops.append(time.perf_counter() - t)
+            noops.append(timed(lambda: unchanged_sync(agent)))
         return figure_table(
             f"Same synthetic cluster shape ({n_pods:,} pods, {n_pol:,} policies), node-0 with {local} local pods, address dispatch, real kernel (libnftables) in a throwaway namespace; first transaction {r.ops:,} operations.", [
             f"| initial programming (compile + render + one transaction) | {ms(inits)} | ≤ 2 s |",
@@ -185,14 +190,8 @@ def large_sets(args) -> list[str]:
         adds, dels = [], []
         for i in range(100 if args.quick else 500):
             p = synthetic.pod(n_pods + i, n_ns, n_nodes)
-            t = time.perf_counter()
-            agent.compiler.upsert_pod(p)
-            agent.sync()
-            adds.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            agent.compiler.delete_pod(p.key)
-            agent.sync()
-            dels.append(time.perf_counter() - t)
+            adds.append(timed(lambda: agent.compiler.upsert_pod(p), agent.sync))
+            dels.append(timed(lambda: agent.compiler.delete_pod(p.key), agent.sync))
         return figure_table(
             f"{n_pods:,} pods on {n_nodes:,} nodes; every namespace has a policy allowing ingress from all pods, so one shared peer set holds {n_pods:,} addresses. Real kernel, throwaway namespace.", [
             f"| compile {n_pods - 10_000:,} pod events (engine only) | {compile_s * 1e3:.0f} ms | — |",

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 from ..model.objects import Namespace, NetworkPolicy, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
-from .feed import WatchKind
+from .feed import WatchKind, rv_int
 
 API_VERSIONS: dict[str, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
 
@@ -37,7 +37,8 @@ def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[lis
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
     call = {"Namespace": core.list_namespace, "Pod": core.list_pod_for_all_namespaces,
             "NetworkPolicy": net.list_network_policy_for_all_namespaces}[kind]
-    token, rv = None, None
+    token: str | None = None
+    rv: int | None = None
     while True:
         kw: dict[str, Any] = {"limit": page, "_preload_content": False}
         if token:
@@ -48,12 +49,9 @@ def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[lis
             item.setdefault("apiVersion", API_VERSIONS[kind])
             item.setdefault("kind", kind)
         meta = doc.get("metadata") or {}
-        rv = rv or meta.get("resourceVersion")
-        try:
-            list_rv = int(rv) if rv is not None else None
-        except ValueError:
-            list_rv = None
-        yield items, list_rv
+        if token is None:  # the first page's resourceVersion is the whole list's
+            rv = rv_int(doc)
+        yield items, rv
         token = meta.get("continue")
         if not token:
             return
