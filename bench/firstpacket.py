@@ -29,7 +29,7 @@ from policyd.lab.netns import delete_namespaces, sh
 from policyd.lab.topology import Topology
 from policyd.model.objects import ContainerPort, Direction, Namespace, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule
 from policyd.model.selectors import LabelSelector
-from policyd.nft.render import DispatchMode
+from policyd.dataplane.config import DispatchMode
 
 HERE = Path(__file__).resolve().parent
 SCALES = (100, 1_000, 10_000)

@@ -124,7 +124,7 @@ def engine(args) -> list[str]:
 def dataplane(args) -> list[str]:
     from policyd.lab.netns import add_namespace, delete_namespaces
     from policyd.lab.agent import NodeAgent
-    from policyd.nft.render import DispatchMode
+    from policyd.dataplane.config import DispatchMode
 
     prefix = f"pdb{uuid.uuid4().hex[:6]}"
     ns = f"{prefix}-node"
@@ -164,7 +164,7 @@ def large_sets(args) -> list[str]:
     from policyd.lab.netns import add_namespace, delete_namespaces
     from policyd.model.objects import NetworkPolicy, Peer, PolicyRule
     from policyd.model.selectors import MATCH_ALL
-    from policyd.nft.render import DispatchMode
+    from policyd.dataplane.config import DispatchMode
 
     prefix = f"pdb{uuid.uuid4().hex[:6]}"
     ns = f"{prefix}-node"

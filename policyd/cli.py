@@ -89,14 +89,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def render_config(args: argparse.Namespace):
-    from .nft.render import DispatchMode, RenderConfig
+    from .dataplane.config import DispatchMode, RenderConfig
 
     return RenderConfig(table=args.table, mode=DispatchMode(args.mode))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .nft.desired import DesiredState
+    from .dataplane.desired import DesiredState
     from .nft.diff import diff
+    from .nft.render import NftRenderer
     from .nft.text import ruleset_text
     from .reconcile.interfaces import calico_interface
 
@@ -105,7 +106,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise UsageError(f"no node {args.node!r} in the manifests (nodes: {', '.join(sorted(w.node_cidrs))})")
     compiler = w.compile(args.node)
     cfg = render_config(args)
-    desired = DesiredState(cfg)
+    desired = DesiredState(cfg, NftRenderer(cfg))
     for spec in compiler.sets:
         desired.update_set(spec, compiler)
     for key in compiler.plans:

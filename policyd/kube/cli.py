@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..nft.render import DispatchMode
+from ..dataplane.config import DispatchMode
 from .settings import CNI_DIR, AgentSettings, FailMode, detect_dispatch
 
 

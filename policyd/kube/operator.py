@@ -32,8 +32,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..compile.engine import Compiler
 from ..model.objects import NetworkPolicy
-from ..nft.backend import Backend, NftBackend
-from ..nft.render import DispatchMode, RenderConfig
+from ..dataplane.backend import Backend
+from ..nft.backend import NftBackend
+from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.interfaces import RouteInterfaces
 from ..reconcile.runner import SyncRunner
 from ..reconcile.syncer import Syncer

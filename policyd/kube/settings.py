@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ..nft.render import DispatchMode
+from ..dataplane.config import DispatchMode
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
 CNI_DIR = Path("/etc/cni/net.d")

@@ -8,7 +8,7 @@ from typing import Iterable
 from ..compile.engine import Compiler
 from ..model.objects import Namespace, NetworkPolicy, Pod
 from ..nft.backend import Libnftables, NftBackend
-from ..nft.render import DispatchMode, RenderConfig
+from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.syncer import Syncer, SyncResult
 from .netns import entered
 

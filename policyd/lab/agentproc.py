@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..compile.engine import Compiler
 from ..nft.backend import NftBackend
-from ..nft.render import DispatchMode, RenderConfig
+from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.interfaces import RouteInterfaces
 from ..reconcile.runner import SyncRunner
 from ..reconcile.syncer import Syncer

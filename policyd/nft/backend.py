@@ -11,31 +11,17 @@ import ctypes
 import ctypes.util
 import json
 import threading
-from typing import Protocol
 
-from .diff import Transaction
-from .ruleset import Ruleset, parse_listing
+from ..compile.engine import SetDelta
+from ..dataplane.backend import ApplyError
+from ..dataplane.config import RenderConfig
+from ..dataplane.objects import Elem, Ruleset, Touched
+from .diff import Transaction, diff
+from .render import NftRenderer
+from .ruleset import parse_listing
 
 NFT_CTX_OUTPUT_JSON = 1 << 4
 NFT_CTX_OUTPUT_TERSE = 1 << 11  # omit set and map elements from listings
-
-
-class ApplyError(Exception):
-    """The kernel refused a transaction; nothing of it was applied."""
-
-
-class Backend(Protocol):
-    table: str
-
-    def read(self, elements: bool = True) -> Ruleset | None:
-        """What the kernel holds in our table; None when the table does not exist. Without
-        `elements`, sets and maps come back empty (a terse listing)."""
-
-    def apply(self, tx: Transaction) -> None:
-        """Run the transaction atomically, or raise ApplyError having changed nothing."""
-
-    def delete_table(self) -> bool:
-        """Remove our table (and nothing else); False when there was none."""
 
 
 class Libnftables:
@@ -75,7 +61,23 @@ class Libnftables:
         return rc, out, err
 
 
-class NftBackend:
+class NftDialect:
+    """What every nftables backend (the kernel's, the fake) shares: renderer and diff."""
+
+    table: str
+
+    def renderer(self, cfg: RenderConfig) -> NftRenderer:
+        return NftRenderer(cfg)
+
+    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
+             deltas: dict[str, SetDelta[Elem]] | None = None) -> Transaction:
+        return diff(actual, desired, self.table, touched, deltas)
+
+    def describe(self) -> str:
+        return f"table inet {self.table}"
+
+
+class NftBackend(NftDialect):
     """The real kernel, through libnftables, in the calling process's network namespace."""
 
     def __init__(self, table: str = "policyd", lib: Libnftables | None = None) -> None:
@@ -97,7 +99,7 @@ class NftBackend:
             return None
         return parse_listing(doc, self.table)
 
-    def apply(self, tx: Transaction) -> None:
+    def apply(self, tx: Transaction) -> None:  # type: ignore[override]
         if not tx:
             return
         rc, _, err = self.nft.run(tx.to_json())

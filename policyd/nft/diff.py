@@ -14,11 +14,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..compile.engine import SetChangeLog, SetDelta
+from ..compile.engine import SetDelta
+from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
 from .ruleset import (
-    ChainDef,
-    Elem,
-    Ruleset,
     chain_json,
     elements_json,
     map_elements_json,
@@ -26,23 +24,6 @@ from .ruleset import (
     rule_json,
     set_json,
 )
-
-
-@dataclass
-class Touched(SetChangeLog[str, Elem]):
-    """Names changed in desired since the last sync; sets carry element deltas or were
-    replaced whole (then compared whole)."""
-
-    maps: set[str] = field(default_factory=set)
-    chains: set[str] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return bool(self.sets or self.maps or self.chains)
-
-    def update(self, later: "Touched") -> None:
-        self.maps |= later.maps
-        self.chains |= later.chains
-        self.merge_sets(later)
 
 
 @dataclass

@@ -12,12 +12,14 @@ import json
 import re
 from dataclasses import replace
 
-from .backend import ApplyError
+from ..dataplane.backend import ApplyError
+from ..dataplane.objects import ChainDef, DIGEST_RE, Hook, MapDef, Ruleset, SetDef
+from .backend import NftDialect
 from .diff import Transaction
-from .ruleset import ChainDef, DIGEST_RE, Hook, MapDef, Ruleset, SetDef, elem_from_json
+from .ruleset import elem_from_json
 
 
-class FakeBackend:
+class FakeBackend(NftDialect):
     def __init__(self, table: str = "policyd") -> None:
         self.table = table
         self.ruleset: Ruleset | None = None

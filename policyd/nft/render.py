@@ -17,42 +17,15 @@ and comments, and as map keys (addresses, interface names checked here).
 
 from __future__ import annotations
 
-import re
 import socket
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Iterable
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
-from .ruleset import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
-
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
-IFPREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
-FAMILIES = (4, 6)
-
-
-class DispatchMode(str, Enum):
-    INTERFACE = "interface"  # routed CNIs: host-side veth per pod (cali*, lxc*, …)
-    ADDRESS = "address"  # bridging CNIs: br_netfilter shows the bridge, so use pod addresses
-
-
-@dataclass(frozen=True)
-class RenderConfig:
-    table: str = "policyd"
-    mode: DispatchMode = DispatchMode.INTERFACE
-    priority: int = 0
-    anti_spoof: bool = True
-    # Fail-closed (interface mode): traffic on an interface with one of these prefixes that
-    # is not a programmed local pod's is dropped. Empty: fail-open.
-    closed_prefixes: tuple[str, ...] = ()
-
-    @property
-    def tracks_ifaces(self) -> bool:
-        """Whether the `pod-ifaces` set (interfaces of programmed local pods) exists."""
-        return self.mode is DispatchMode.INTERFACE and (self.anti_spoof or bool(self.closed_prefixes))
-
+from ..dataplane.config import FAMILIES, IFPREFIX_RE, DispatchMode, RenderConfig, family_sets, valid_ifname
+from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
+from ..dataplane.renderer import PodObjects
 
 # --- names ------------------------------------------------------------------------------
 
@@ -77,12 +50,6 @@ def map_name(direction: Direction, key: str) -> str:
 
 
 # --- set contents -----------------------------------------------------------------------
-
-
-def family_sets(spec: SetSpec) -> list[int]:
-    if isinstance(spec, BlockSetSpec):
-        return [spec.block.cidr.version]
-    return list(FAMILIES)
 
 
 def addr_text(ip: IPAddress) -> str:
@@ -201,19 +168,6 @@ def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPl
 # --- per pod ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PodObjects:
-    """What one local pod contributes: its chains and its entries in the shared maps/sets."""
-
-    chains: tuple[ChainDef, ...]
-    map_entries: tuple[tuple[str, str, str], ...]  # (map name, key, chain)
-    spoof_entries: tuple[tuple[str, Elem], ...]  # (set name, element)
-
-
-def valid_ifname(name: str | None) -> bool:
-    return name is not None and bool(IFNAME_RE.match(name))
-
-
 def render_pod(plan: PodPlan, cfg: RenderConfig, ifname: str | None) -> PodObjects:
     """`ifname` is the pod's host-side interface (interface mode only)."""
     chains: list[ChainDef] = []
@@ -301,3 +255,22 @@ def render_skeleton(cfg: RenderConfig) -> tuple[list[SetDef], list[MapDef], list
     ]
     return sets, maps, chains
 
+
+
+class NftRenderer:
+    """The functions above bound to one configuration: the `Renderer` the desired state uses."""
+
+    def __init__(self, cfg: RenderConfig) -> None:
+        self.cfg = cfg
+
+    def skeleton(self) -> tuple[list[SetDef], list[MapDef], list[ChainDef]]:
+        return render_skeleton(self.cfg)
+
+    def pod(self, plan: PodPlan, ifname: str | None) -> PodObjects:
+        return render_pod(plan, self.cfg, ifname)
+
+    def set_defs(self, spec: SetSpec, entries: Iterable[Entry]) -> list[SetDef]:
+        return render_set(spec, entries)
+
+    def elements(self, spec: SetSpec, entries: Iterable[Entry], family: int) -> frozenset[Elem]:
+        return set_elements(spec, entries, family)

@@ -1,94 +1,10 @@
-"""nftables objects as plain immutable data, and their libnftables JSON form.
-
-A `Ruleset` is what one table holds: sets (with elements), verdict maps (with elements)
-and chains. Chains are compared by a digest of their rules, stored in the comment of the
-chain's last rule, because the kernel reads rules back in a normalised form that differs
-from what was sent; sets and maps are compared element by element.
-"""
+"""nftables JSON for the dataplane objects (`dataplane.objects`), and reading it back."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Union
+from typing import Any
 
-# Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
-Elem = Union[str, tuple]
-
-DIGEST_RE = re.compile(r"\[([0-9a-f]{12})\]$")
-COMMENT_MAX = 120  # nft caps comments at 128 bytes
-
-
-@dataclass(frozen=True)
-class SetDef:
-    name: str
-    type: tuple[str, ...]
-    interval: bool = False
-    comment: str = ""
-    # frozenset, except in DesiredState, which owns mutable sets so that deltas apply in place
-    elements: AbstractSet[Elem] = frozenset()
-
-    def header(self) -> tuple:
-        return (self.type, self.interval)
-
-
-@dataclass(frozen=True)
-class MapDef:
-    """A verdict map: key → chain to jump to."""
-
-    name: str
-    type: str
-    elements: tuple[tuple[str, str], ...] = ()  # sorted (key, chain)
-
-
-@dataclass(frozen=True)
-class Hook:
-    hook: str  # forward | input
-    priority: int = 0
-
-
-@dataclass(frozen=True)
-class ChainDef:
-    name: str
-    rules: tuple[dict, ...] = ()  # libnftables JSON rule bodies ({"expr": [...], "comment": ...})
-    hook: Hook | None = None
-    digest: str = ""
-
-    @staticmethod
-    def build(name: str, rules: list[dict], hook: Hook | None = None) -> "ChainDef":
-        """Seal the chain: the digest of its rules goes into the last rule's comment."""
-        payload = json.dumps([name, hook and (hook.hook, hook.priority), rules], sort_keys=True)
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-        sealed = list(rules)
-        if sealed:
-            last = dict(sealed[-1])
-            last["comment"] = (last.get("comment", "")[: COMMENT_MAX - 16] + f" [{digest}]").strip()
-            sealed[-1] = last
-        return ChainDef(name, tuple(sealed), hook, digest)
-
-
-@dataclass
-class Ruleset:
-    """Mutable container of immutable objects: cheap to shallow-copy and to diff by name."""
-
-    sets: dict[str, SetDef] = field(default_factory=dict)
-    maps: dict[str, MapDef] = field(default_factory=dict)
-    chains: dict[str, ChainDef] = field(default_factory=dict)
-
-    def copy(self) -> "Ruleset":
-        return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))
-
-    def same_as(self, other: "Ruleset") -> bool:
-        """Equal as the kernel sees it: chains by digest, sets and maps by content."""
-        return (
-            self.sets == other.sets
-            and self.maps == other.maps
-            and {n: (c.hook, c.digest) for n, c in self.chains.items()}
-            == {n: (c.hook, c.digest) for n, c in other.chains.items()}
-        )
-
+from ..dataplane.objects import COMMENT_MAX, DIGEST_RE, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef
 
 # --- JSON encoding ------------------------------------------------------------------------
 

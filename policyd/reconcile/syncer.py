@@ -18,11 +18,10 @@ import time
 from dataclasses import dataclass
 
 from ..compile.engine import Compiler
-from ..nft.backend import ApplyError, Backend
-from ..nft.desired import DesiredState
-from ..nft.diff import Touched, diff
-from ..nft.render import DispatchMode, RenderConfig
-from ..nft.ruleset import Ruleset
+from ..dataplane.backend import ApplyError, Backend
+from ..dataplane.config import DispatchMode, RenderConfig
+from ..dataplane.desired import DesiredState
+from ..dataplane.objects import Ruleset, Touched
 from .interfaces import RouteInterfaces
 
 log = logging.getLogger("policyd.sync")
@@ -41,7 +40,7 @@ class Syncer:
         self.compiler = compiler
         self.backend = backend
         self.cfg = cfg
-        self.desired = DesiredState(cfg)
+        self.desired = DesiredState(cfg, backend.renderer(cfg))
         self.interfaces = interfaces or RouteInterfaces()
         self.believed: Ruleset | None = None  # None: unknown, the next sync is full
         self.touched = Touched()
@@ -106,13 +105,13 @@ class Syncer:
             actual = self._read_terse() if self.believed is not None else None
             if actual is None:
                 actual = self.backend.read()
-                tx = diff(actual, self.desired.ruleset, self.cfg.table, deltas={})
+                tx = self.backend.diff(actual, self.desired.ruleset, deltas={})
             else:
-                tx = diff(actual, self.desired.ruleset, self.cfg.table, deltas=self.touched.deltas)
+                tx = self.backend.diff(actual, self.desired.ruleset, deltas=self.touched.deltas)
         else:
             if not self.touched:
                 return SyncResult(False, 0, time.perf_counter() - start, len(self.pending))
-            tx = diff(self.believed, self.desired.ruleset, self.cfg.table, self.touched)
+            tx = self.backend.diff(self.believed, self.desired.ruleset, self.touched)
         try:
             self.backend.apply(tx)
         except ApplyError:

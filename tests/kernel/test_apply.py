@@ -11,7 +11,7 @@ import pytest
 
 from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import sh
-from policyd.nft.backend import ApplyError
+from policyd.dataplane.backend import ApplyError
 from policyd.nft.diff import Transaction
 
 pytestmark = pytest.mark.kernel

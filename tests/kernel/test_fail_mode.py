@@ -11,7 +11,7 @@ import pytest
 from policyd.lab.agent import NodeAgent
 from policyd.lab.topology import Topology
 from policyd.model.objects import Namespace, Pod
-from policyd.nft.render import DispatchMode, RenderConfig
+from policyd.dataplane.config import DispatchMode, RenderConfig
 
 
 def make_pod(name: str, last: int) -> Pod:

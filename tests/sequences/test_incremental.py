@@ -164,7 +164,7 @@ def test_deleting_a_member_pod_marks_its_set_changed():
 
 def _syncer(c: Compiler, mode):
     from policyd.nft.fake import FakeBackend
-    from policyd.nft.render import RenderConfig
+    from policyd.dataplane.config import RenderConfig
     from policyd.reconcile.syncer import Syncer
 
     s = Syncer(c, FakeBackend(), RenderConfig(mode=mode))
@@ -179,7 +179,7 @@ def test_partial_syncs_leave_the_kernel_equal_to_a_scratch_build(base, events, m
     """Element deltas, whole-set rebuilds and chain rewrites, synced after random subsets of
     events: the (fake) kernel must end equal to a fresh agent's first sync, and a full
     resync (reading the kernel back with its elements) must then find nothing to do."""
-    from policyd.nft.render import DispatchMode
+    from policyd.dataplane.config import DispatchMode
 
     c = Compiler("node-1")
     for ev in base:

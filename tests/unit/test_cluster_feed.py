@@ -13,7 +13,8 @@ from policyd.compile.engine import Compiler
 from policyd.kube.feed import ClusterFeed, ref_of
 from policyd.kube.settings import AgentSettings, FailMode, detect_dispatch
 from policyd.model.events import Delete
-from policyd.nft.render import DispatchMode, RenderConfig, render_skeleton
+from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.nft.render import render_skeleton
 from tests.kubeapi.server import KubeAPI, merge_patch, strategic_merge
 
 

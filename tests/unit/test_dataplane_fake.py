@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from policyd.nft.backend import ApplyError
+from policyd.dataplane.backend import ApplyError
 from policyd.nft.fake import FakeBackend
-from policyd.nft.render import DispatchMode, RenderConfig
+from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.reconcile.syncer import Syncer
 from policyd.world import load_world
 
@@ -92,7 +92,7 @@ def test_terse_resync_repairs_chain_drift_and_takes_pending_deltas(agent):
 
 def test_unknown_set_in_the_kernel_falls_back_to_a_complete_listing(agent):
     _, _, s = agent
-    from policyd.nft.ruleset import SetDef
+    from policyd.dataplane.objects import SetDef
 
     s.backend.ruleset.sets["stranger"] = SetDef("stranger", ("ipv4_addr",), elements=frozenset({"1.2.3.4"}))
     r = s.sync(full=True)

@@ -13,7 +13,7 @@ from policyd.compile.engine import Compiler
 from policyd.lab.lab import parse_pod_selector
 from policyd.model.events import Delete, Upsert
 from policyd.nft.fake import FakeBackend
-from policyd.nft.render import DispatchMode, RenderConfig
+from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.reconcile.runner import SyncRunner
 from policyd.reconcile.syncer import Syncer
 from policyd.sources.manifest_dir import ManifestDirSource

@@ -13,21 +13,22 @@ from typing import Any, Callable
 
 from ..compile.engine import Compiler, SetDelta
 from ..compile.plan import Entry, SetSpec
-from .diff import Touched
-from .render import PodObjects, RenderConfig, family_sets, render_pod, render_set, render_skeleton, set_elements
-from .ruleset import Elem, MapDef, Ruleset, SetDef
+from .config import RenderConfig, family_sets
+from .objects import Elem, MapDef, Ruleset, Touched
+from .renderer import PodObjects, Renderer
 
 InterfaceOf = Callable[[str, tuple], "str | None"]
 
 
 class DesiredState:
-    def __init__(self, cfg: RenderConfig) -> None:
+    def __init__(self, cfg: RenderConfig, renderer: Renderer) -> None:
         self.cfg = cfg
+        self.renderer = renderer
         self.ruleset = Ruleset()
         self.pods: dict[str, PodObjects] = {}
         self._spec_sets: dict[SetSpec, list[str]] = {}
         self._owners: dict[tuple[str, Any], dict[str, Any]] = {}  # (map/set, key) → pod → value
-        sets, maps, chains = render_skeleton(cfg)
+        sets, maps, chains = renderer.skeleton()
         for s in sets:
             self.ruleset.sets[s.name] = s
         for m in maps:
@@ -42,7 +43,7 @@ class DesiredState:
         t = Touched()
         if delta is not None and spec in self._spec_sets and spec in compiler.sets:
             for fam, name in zip(family_sets(spec), self._spec_sets[spec]):
-                added, removed = set_elements(spec, delta.added, fam), set_elements(spec, delta.removed, fam)
+                added, removed = self.renderer.elements(spec, delta.added, fam), self.renderer.elements(spec, delta.removed, fam)
                 if added or removed:
                     elems = self.ruleset.sets[name].elements
                     elems -= removed  # type: ignore[operator]
@@ -51,7 +52,7 @@ class DesiredState:
             return t
         old = self._spec_sets.pop(spec, [])
         if spec in compiler.sets:
-            defs = render_set(spec, compiler.set_entries(spec))
+            defs = self.renderer.set_defs(spec, compiler.set_entries(spec))
             self._spec_sets[spec] = [d.name for d in defs]
             for d in defs:
                 # A mutable element set, owned by desired, so that deltas apply in place.
@@ -67,7 +68,7 @@ class DesiredState:
         t = Touched()
         old = self.pods.pop(key, None)
         plan = compiler.plans.get(key)
-        new = render_pod(plan, self.cfg, interface_of(key, plan.ips)) if plan is not None else None
+        new = self.renderer.pod(plan, interface_of(key, plan.ips)) if plan is not None else None
         if old is not None:
             for c in old.chains:
                 self.ruleset.chains.pop(c.name, None)

@@ -1,0 +1,49 @@
+"""The kernel edge every backend implements (nftables, iptables + ipset)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..compile.engine import SetDelta
+from .config import RenderConfig
+from .objects import Elem, Ruleset, Touched
+from .renderer import Renderer
+
+
+class ApplyError(Exception):
+    """The kernel refused a transaction; nothing of it was applied."""
+
+
+class Transaction(Protocol):
+    """One batch for the kernel. `ops` counts commands and elements, the unit of kernel work;
+    an empty transaction is falsy."""
+
+    ops: int
+
+    def __bool__(self) -> bool: ...
+
+
+class Backend(Protocol):
+    table: str
+
+    def renderer(self, cfg: RenderConfig) -> Renderer:
+        """How this backend writes a plan down."""
+
+    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
+             deltas: dict[str, SetDelta[Elem]] | None = None) -> Transaction:
+        """(what the kernel holds, what we want) → one batch (see nft.diff)."""
+
+    def read(self, elements: bool = True) -> Ruleset | None:
+        """What the kernel holds of ours; None when there is nothing. Without `elements`,
+        sets and maps may come back empty (a terse listing)."""
+
+    def apply(self, tx: Transaction) -> None:
+        """Run the transaction atomically, or raise ApplyError having changed nothing."""
+
+    def delete_table(self) -> bool:
+        """Remove what policyd owns (and nothing else); False when there was nothing."""
+
+    def describe(self) -> str:
+        """What policyd owns, for humans: `table inet policyd`."""
+
+

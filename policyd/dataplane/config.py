@@ -1,0 +1,48 @@
+"""What every backend is configured with, and the facts about specs they all share."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from ..compile.plan import BlockSetSpec, SetSpec
+
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+IFPREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
+FAMILIES = (4, 6)
+
+
+class DispatchMode(str, Enum):
+    INTERFACE = "interface"  # routed CNIs: host-side veth per pod (cali*, lxc*, …)
+    ADDRESS = "address"  # bridging CNIs: br_netfilter shows the bridge, so use pod addresses
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """`table` names what policyd owns: the nftables table, or the prefix of iptables chains
+    and ipsets."""
+
+    table: str = "policyd"
+    mode: DispatchMode = DispatchMode.INTERFACE
+    priority: int = 0
+    anti_spoof: bool = True
+    # Fail-closed (interface mode): traffic on an interface with one of these prefixes that
+    # is not a programmed local pod's is dropped. Empty: fail-open.
+    closed_prefixes: tuple[str, ...] = ()
+
+    @property
+    def tracks_ifaces(self) -> bool:
+        """Whether the `pod-ifaces` set (interfaces of programmed local pods) exists."""
+        return self.mode is DispatchMode.INTERFACE and (self.anti_spoof or bool(self.closed_prefixes))
+
+
+def valid_ifname(name: str | None) -> bool:
+    return name is not None and bool(IFNAME_RE.match(name))
+
+
+def family_sets(spec: SetSpec) -> list[int]:
+    """The address families a spec needs a set for (an ipBlock has one, selectors both)."""
+    if isinstance(spec, BlockSetSpec):
+        return [spec.block.cidr.version]
+    return list(FAMILIES)

@@ -1,0 +1,111 @@
+"""The dataplane's objects as plain immutable data, the same for every backend.
+
+A `Ruleset` is what policyd owns in the kernel: sets (with elements), dispatch maps (key →
+chain, with elements) and chains. Chains are compared by a digest of their rules, stored
+in the comment of the chain's last rule, because kernels read rules back in a normalised
+form that differs from what was sent; sets and maps are compared element by element.
+What a rule body or an element *is* belongs to the backend's renderer (libnftables JSON
+for nftables, iptables arguments and ipset entries for iptables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import AbstractSet, Any, Union
+
+from ..compile.engine import SetChangeLog
+
+# Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
+Elem = Union[str, tuple]
+
+DIGEST_RE = re.compile(r"\[([0-9a-f]{12})\]$")
+COMMENT_MAX = 120  # nft caps comments at 128 bytes
+
+
+@dataclass(frozen=True)
+class SetDef:
+    name: str
+    type: tuple[str, ...]
+    interval: bool = False
+    comment: str = ""
+    # frozenset, except in DesiredState, which owns mutable sets so that deltas apply in place
+    elements: AbstractSet[Elem] = frozenset()
+
+    def header(self) -> tuple:
+        return (self.type, self.interval)
+
+
+@dataclass(frozen=True)
+class MapDef:
+    """A verdict map: key → chain to jump to."""
+
+    name: str
+    type: str
+    elements: tuple[tuple[str, str], ...] = ()  # sorted (key, chain)
+
+
+@dataclass(frozen=True)
+class Hook:
+    hook: str  # forward | input
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class ChainDef:
+    name: str
+    rules: tuple[dict, ...] = ()  # libnftables JSON rule bodies ({"expr": [...], "comment": ...})
+    hook: Hook | None = None
+    digest: str = ""
+
+    @staticmethod
+    def build(name: str, rules: list[dict], hook: Hook | None = None) -> "ChainDef":
+        """Seal the chain: the digest of its rules goes into the last rule's comment."""
+        payload = json.dumps([name, hook and (hook.hook, hook.priority), rules], sort_keys=True)
+        digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
+        sealed = list(rules)
+        if sealed:
+            last = dict(sealed[-1])
+            last["comment"] = (last.get("comment", "")[: COMMENT_MAX - 16] + f" [{digest}]").strip()
+            sealed[-1] = last
+        return ChainDef(name, tuple(sealed), hook, digest)
+
+
+@dataclass
+class Ruleset:
+    """Mutable container of immutable objects: cheap to shallow-copy and to diff by name."""
+
+    sets: dict[str, SetDef] = field(default_factory=dict)
+    maps: dict[str, MapDef] = field(default_factory=dict)
+    chains: dict[str, ChainDef] = field(default_factory=dict)
+
+    def copy(self) -> "Ruleset":
+        return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))
+
+    def same_as(self, other: "Ruleset") -> bool:
+        """Equal as the kernel sees it: chains by digest, sets and maps by content."""
+        return (
+            self.sets == other.sets
+            and self.maps == other.maps
+            and {n: (c.hook, c.digest) for n, c in self.chains.items()}
+            == {n: (c.hook, c.digest) for n, c in other.chains.items()}
+        )
+
+
+@dataclass
+class Touched(SetChangeLog[str, Elem]):
+    """Names changed in desired since the last sync; sets carry element deltas or were
+    replaced whole (then compared whole)."""
+
+    maps: set[str] = field(default_factory=set)
+    chains: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.sets or self.maps or self.chains)
+
+    def update(self, later: "Touched") -> None:
+        self.maps |= later.maps
+        self.chains |= later.chains
+        self.merge_sets(later)
