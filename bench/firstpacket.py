@@ -25,7 +25,8 @@ import synthetic
 from report import spread, table
 
 from policyd.lab.agent import NodeAgent
-from policyd.lab.netns import delete_namespaces, sh
+from policyd.ipt.backend import IptBackend
+from policyd.lab.netns import delete_namespaces, entered, sh
 from policyd.lab.topology import Topology
 from policyd.model.objects import ContainerPort, Direction, Namespace, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule
 from policyd.model.selectors import LabelSelector
@@ -109,7 +110,9 @@ class FirstPacket:
     flows: dict[tuple[str, int], list[tuple[float, float]]]  # variant → [(TCP Gbit/s, UDP pps)]
 
 
-def measure(args) -> FirstPacket:
+def measure(args, kinds: tuple[str, ...] = ("policyd", "linear reference")) -> FirstPacket:
+    """Variants: no firewall, then each kind at every scale ("policyd" and "policyd
+    iptables" are the agent on each backend, "linear reference" the nft rule list)."""
     exe = connbench()
     seconds, repeats = (1.5, 2) if args.quick else (3.0, 5)
     flow_seconds = 2 if args.quick else 5
@@ -127,11 +130,17 @@ def measure(args) -> FirstPacket:
                    subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s"], stdout=subprocess.DEVNULL)]
         rules_file = Path(f"/run/policyd/{prefix}/linear.nft")
 
-        def install(kind: str, n: int) -> None:
+        def clear() -> None:
             sh("nft", "flush", "ruleset", ns=node.netns)
-            if kind == "policyd":
+            with entered(node.netns):
+                IptBackend().delete_table()
+
+        def install(kind: str, n: int) -> None:
+            clear()
+            if kind.startswith("policyd"):
                 n_ns, n_nodes = 20, 100
-                agent = NodeAgent(node.netns, "node-0", DispatchMode.INTERFACE)
+                backend = "iptables" if kind == "policyd iptables" else "nftables"
+                agent = NodeAgent(node.netns, "node-0", DispatchMode.INTERFACE, backend=backend)
                 agent.load(nss + synthetic.namespaces(n_ns), pods + [synthetic.pod(i, n_ns, n_nodes) for i in range(n)],
                            pols + synthetic.policies(max(1, n // 10), n_ns))
                 agent.sync()
@@ -142,9 +151,9 @@ def measure(args) -> FirstPacket:
             sh("conntrack", "-F", ns=node.netns, check=False)
 
         variants: list[tuple[str, int]] = [("no firewall", 0)]
-        variants += [("policyd", n) for n in SCALES] + [("linear reference", n) for n in SCALES]
+        variants += [(k, n) for k in kinds for n in SCALES]
         conns: dict[tuple[str, int], list[tuple[float, float, float]]] = {v: [] for v in variants}
-        flow_variants = [("no firewall", 0), ("policyd", SCALES[-1]), ("linear reference", SCALES[-1])]
+        flow_variants = [("no firewall", 0)] + [(k, SCALES[-1]) for k in kinds]
         flows: dict[tuple[str, int], list[tuple[float, float]]] = {v: [] for v in flow_variants}
         time.sleep(0.3)  # the servers listen
         for _ in range(repeats):
@@ -154,7 +163,7 @@ def measure(args) -> FirstPacket:
                 if (kind, n) in flows:
                     flows[(kind, n)].append((iperf(client_ns, server_ip, flow_seconds, False),
                                              iperf(client_ns, server_ip, flow_seconds, True)))
-        sh("nft", "flush", "ruleset", ns=node.netns)
+        clear()
     finally:
         for proc in servers:
             proc.kill()

@@ -28,63 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agent_scenarios  # noqa: E402
+import backends  # noqa: E402
 import firstpacket  # noqa: E402
 import synthetic  # noqa: E402
 from cluster import BenchCluster  # noqa: E402
+from backends import relabelled, timed  # noqa: E402
 from report import ms, spread, table  # noqa: E402
 
 from policyd.compile.engine import Compiler, compile_all  # noqa: E402
-
-
-def timed_noop_resyncs(agent, runs: int = 3) -> tuple[list[float], list[float], int]:
-    """Full resyncs with nothing changed: wall and CPU seconds (libnftables runs in this
-    process, so its netlink work is in our CPU time), and how many read set elements."""
-    walls, cpus = [], []
-    backend = agent.syncer.backend
-    listed = 0
-    read = backend.read
-
-    def counting_read(elements: bool = True):
-        nonlocal listed
-        listed += int(elements)
-        return read(elements=elements)
-
-    backend.read = counting_read
-    try:
-        for _ in range(runs):
-            t, c = time.perf_counter(), time.process_time()
-            unchanged_sync(agent, full=True)
-            walls.append(time.perf_counter() - t)
-            cpus.append(time.process_time() - c)
-    finally:
-        backend.read = read
-    return walls, cpus, listed
-
-
-def timed(*steps) -> float:
-    """Seconds the steps take, run one after the other."""
-    t = time.perf_counter()
-    for step in steps:
-        step()
-    return time.perf_counter() - t
-
-
-def unchanged_sync(agent, full: bool = False) -> None:
-    """A sync that must find nothing to do (else the figure would time real work)."""
-    assert agent.sync(full=full).ops == 0
-
-
-def relabelled(pods: list, i: int):
-    """The i-th relabel event of a run: a pod moved to another app."""
-    old = pods[(i * 37) % len(pods)]
-    return replace(old, labels={**old.labels, "app": synthetic.APPS[(i * 7) % len(synthetic.APPS)]})
-
-
-def noop_resync_rows(agent) -> list[str]:
-    fulls, cpus, listed = timed_noop_resyncs(agent, 5)
-    return [f"| full resync with nothing changed: wall (terse listing) | {ms(fulls)} | ≤ 50 ms |",
-            f"| the same: CPU (user + system of this process, which runs libnftables) | {ms(cpus)} | — |",
-            f"| the same: listings that read set elements | {listed} of {len(fulls)} | 0 |"]
 
 
 def figure_table(intro: str, rows: list[str]) -> list[str]:
@@ -122,40 +73,11 @@ def engine(args) -> list[str]:
 
 
 def dataplane(args) -> list[str]:
-    from policyd.lab.netns import add_namespace, delete_namespaces
-    from policyd.lab.agent import NodeAgent
-    from policyd.dataplane.config import DispatchMode
-
-    prefix = f"pdb{uuid.uuid4().hex[:6]}"
-    ns = f"{prefix}-node"
-    add_namespace(ns)
-    try:
-        n_pods, n_ns, n_nodes, n_pol = (10_000, 100, 90, 1_000)
-        inits, events, noops = [], [], []
-        for _ in range(2 if args.quick else 3):
-            agent = NodeAgent(ns, "node-0", DispatchMode.ADDRESS)
-            from policyd.lab.netns import sh
-
-            sh("nft", "delete", "table", "inet", "policyd", ns=ns, check=False)
-            nss = synthetic.namespaces(n_ns)
-            pods = [synthetic.pod(i, n_ns, n_nodes) for i in range(n_pods)]
-            t = time.perf_counter()
-            agent.load(nss, pods, synthetic.policies(n_pol, n_ns))
-            r = agent.sync()
-            inits.append(time.perf_counter() - t)
-        local = len(agent.compiler.plans)
-        for i in range(100 if args.quick else 500):
-            events.append(timed(lambda: agent.compiler.upsert_pod(relabelled(pods, i)), agent.sync))
-        for _ in range(50):
-            noops.append(timed(lambda: unchanged_sync(agent)))
-        return figure_table(
-            f"Same synthetic cluster shape ({n_pods:,} pods, {n_pol:,} policies), node-0 with {local} local pods, address dispatch, real kernel (libnftables) in a throwaway namespace; first transaction {r.ops:,} operations.", [
-            f"| initial programming (compile + render + one transaction) | {ms(inits)} | ≤ 2 s |",
-            f"| one pod relabelled: event → committed transaction | {ms(events)} | ≤ 10 ms p99 |",
-            f"| partial sync with nothing changed (no kernel call) | {ms(noops)} | ≤ 50 ms |",
-            *noop_resync_rows(agent)])
-    finally:
-        delete_namespaces(prefix)
+    f = backends.node_figures(args, "nftables")
+    n_pods, _, _, n_pol = backends.SHAPE
+    return figure_table(
+        f"Same synthetic cluster shape ({n_pods:,} pods, {n_pol:,} policies), node-0 with {f.local} local pods, address dispatch, real kernel "
+        f"(libnftables) in a throwaway namespace; first transaction {f.first_ops:,} operations.", backends.node_rows(f))
 
 
 def large_sets(args) -> list[str]:
@@ -199,7 +121,7 @@ def large_sets(args) -> list[str]:
             f"| a batch of 10,000 more pods: render + diff + transaction ({batch.ops:,} operations) | {batch_s * 1e3:.0f} ms | ≤ 40 ms |",
             f"| one pod added: event → committed | {ms(adds)} | ≤ 3 ms p99 |",
             f"| one pod deleted: event → committed | {ms(dels)} | ≤ 3 ms p99 |",
-            *noop_resync_rows(agent)])
+            *backends.resync_rows("nftables", *backends.timed_noop_resyncs(agent, 5))])
     finally:
         delete_namespaces(prefix)
 
@@ -317,6 +239,9 @@ def cold_starts(args) -> list[str]:
     ]
 
 
+BACKENDS_START, BACKENDS_END = "<!-- section: backends -->", "<!-- end of section: backends -->"
+
+
 def cpu_times() -> list[int]:
     return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
 
@@ -331,6 +256,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs, no 100k-pod cold start (~3 min)")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md and docs/first-packet.png")
     ap.add_argument("--replot", action="store_true", help="only redraw docs/first-packet.png from docs/benchmarks.md")
+    ap.add_argument("--only", choices=["backends"],
+                    help="run one section and replace just that section of docs/benchmarks.md (with --write)")
     args = ap.parse_args()
     docs = Path(__file__).resolve().parents[1] / "docs"
     if args.replot:
@@ -338,11 +265,31 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    cmd = "scripts/setup.sh --bench && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "") + " --write"
+    cmd = ("scripts/setup.sh --bench && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
+           + (f" --only {args.only}" if args.only else "") + " --write")
 
     def step(name: str, fn):
         print(f"bench: {name} … ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
         return fn(args)
+
+    def backends_section(lines: list[str], own_header: bool) -> list[str]:
+        head = [f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d')} in {(time.monotonic() - started) / 60:.1f} min, "
+                f"{steal_share(steal_before, cpu_times()):.1%} CPU stolen by the hypervisor.", ""] if own_header else []
+        return [BACKENDS_START, "## nftables and iptables side by side", "", *head, *lines, BACKENDS_END]
+
+    if args.only == "backends":
+        section = "\n".join(backends_section(step("nftables and iptables", backends.compare), True))
+        print(section)
+        if args.write:
+            path = docs / "benchmarks.md"
+            text = path.read_text()
+            if BACKENDS_START in text:
+                text = text[: text.index(BACKENDS_START)] + section + text[text.index(BACKENDS_END) + len(BACKENDS_END):]
+            else:
+                at = text.index("## Where targets are missed")
+                text = text[:at] + section + "\n\n" + text[at:]
+            path.write_text(text)
+        return
 
     engine_lines = step("engine", engine)
     dataplane_lines = step("dataplane", dataplane)
@@ -350,6 +297,7 @@ def main() -> None:
     agent_lines = step("agent events", agent_events)
     start_lines = step("cold start", cold_starts)
     fp = step("first packet and established flows", firstpacket.measure)
+    backend_lines = step("nftables and iptables", backends.compare)
     if args.write:
         firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())
@@ -397,6 +345,8 @@ def main() -> None:
         "## Established flows (scenario 6)",
         "",
         *firstpacket.established_lines(fp),
+        "",
+        *backends_section(backend_lines, False),
         "",
         "## Where targets are missed, and why",
         "",

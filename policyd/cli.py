@@ -96,22 +96,32 @@ def render_config(args: argparse.Namespace):
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .dataplane.desired import DesiredState
+    from .ipt.render import IptRenderer, Names
+    from .ipt.restore import diff as ipt_diff
     from .nft.diff import diff
     from .nft.render import NftRenderer
     from .nft.text import ruleset_text
     from .reconcile.interfaces import calico_interface
 
+    if args.backend == "iptables" and args.output == "json":
+        raise UsageError("-o json is the libnftables transaction; the iptables backend prints restore text")
     w = world_from(args)
     if args.node not in w.node_cidrs:
         raise UsageError(f"no node {args.node!r} in the manifests (nodes: {', '.join(sorted(w.node_cidrs))})")
     compiler = w.compile(args.node)
     cfg = render_config(args)
-    desired = DesiredState(cfg, NftRenderer(cfg))
+    try:
+        renderer = IptRenderer(cfg) if args.backend == "iptables" else NftRenderer(cfg)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    desired = DesiredState(cfg, renderer)
     for spec in compiler.sets:
         desired.update_set(spec, compiler)
     for key in compiler.plans:
         desired.update_pod(key, compiler, lambda k, ips: calico_interface(k, args.interface_prefix))
-    if args.output == "json":
+    if args.backend == "iptables":
+        print(ipt_diff(None, desired.ruleset, Names(cfg.table), jumps={4: set(), 6: set()}).text(), end="")
+    elif args.output == "json":
         print(diff(None, desired.ruleset, cfg.table).to_json())
     else:
         print(ruleset_text(desired.ruleset, cfg.table), end="")
@@ -119,12 +129,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from .nft.backend import NftBackend
+    from .backends import make_backend
 
-    if NftBackend(args.table).delete_table():
-        print(f"removed table inet {args.table}")
+    try:
+        backend = make_backend(args.backend, args.table)
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from e
+    if backend.delete_table():
+        print(f"removed {backend.describe()}")
     else:
-        print(f"no table inet {args.table}: nothing to remove")
+        print(f"nothing to remove: no {backend.describe()}")
     return EXIT_OK
 
 
@@ -146,11 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst", required=True, metavar="NS/POD|IP")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("render", help="the nftables ruleset a node would get (dry run, touches no kernel)")
+    p = sub.add_parser("render", help="the ruleset a node would get (dry run, touches no kernel)")
     add_input(p, live=False)
     p.add_argument("--node", required=True, help="node whose pods get chains")
     p.add_argument("-o", "--output", choices=["nft", "json"], default="nft",
-                   help="nft: readable ruleset; json: the libnftables transaction that would build it")
+                   help="nftables backend: nft, the readable ruleset; json, the libnftables transaction that would build it")
+    p.add_argument("--backend", choices=["nftables", "iptables"], default="nftables",
+                   help="iptables: the ipset and iptables-legacy-restore input that would build it")
     p.add_argument("--mode", choices=["interface", "address"], default="interface",
                    help="dispatch by host-side interface (routed CNIs) or by pod address (bridging CNIs)")
     p.add_argument("--interface-prefix", default="cali",
@@ -166,8 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_run(sub)
 
-    p = sub.add_parser("cleanup", help="remove policyd's nftables table (and nothing else) from this network namespace")
+    p = sub.add_parser("cleanup", help="remove what policyd owns in the kernel (and nothing else) from this network namespace")
     p.add_argument("--table", default="policyd")
+    p.add_argument("--backend", choices=["nftables", "iptables"], default="nftables",
+                   help="nftables: the table inet <table>; iptables: chains <TABLE>-* (both families) and ipsets <table>-*")
     p.set_defaults(func=cmd_cleanup)
     return parser
 

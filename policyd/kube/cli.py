@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..backends import resolve
 from ..dataplane.config import DispatchMode
 from .settings import CNI_DIR, AgentSettings, FailMode, detect_dispatch
 
@@ -32,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fail-mode", choices=[m.value for m in FailMode], default=env("FAIL_MODE", "open"),
                    help="open: a pod interface not programmed yet passes traffic; closed: it is dropped (interface dispatch)")
     p.add_argument("--table", default=env("TABLE", "policyd"))
+    p.add_argument("--backend", choices=["nftables", "iptables", "auto"], default=env("BACKEND", "nftables"),
+                   help="nftables (default); iptables: legacy iptables + ipset, for nodes whose kernel or tools lack "
+                        "nftables; auto: nftables where usable, else iptables")
     p.add_argument("--metrics-address", default=env("METRICS_ADDRESS", "0.0.0.0"))
     p.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", "9808") or 0),
                    help="/metrics, /healthz, /readyz (0: off)")
@@ -58,9 +62,13 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
         prefixes = prefixes or found.prefixes
     else:
         mode, why = DispatchMode(args.dispatch_mode), "set by --dispatch-mode"
+    try:
+        backend = resolve(args.backend)
+    except (ValueError, RuntimeError) as e:
+        raise RunError(str(e)) from None
     st = AgentSettings(
         node_name=args.node_name, kubeconfig=args.kubeconfig, dispatch_mode=mode, interface_prefixes=prefixes,
-        cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, metrics_address=args.metrics_address,
+        cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, backend=backend, metrics_address=args.metrics_address,
         metrics_port=args.metrics_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
         relist_every=args.relist)
     problems = st.problems()
@@ -79,9 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.verbose:  # kopf logs every handler call at INFO: one line per watch event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     log = logging.getLogger("policyd.agent")
-    log.info("policyd agent for node %s: dispatch by %s (%s)%s, fail-%s, table inet %s", st.node_name, mode.value, why,
+    log.info("policyd agent for node %s: dispatch by %s (%s)%s, fail-%s, %s backend (%s)", st.node_name, mode.value, why,
              f", pod interfaces {', '.join(p + '*' for p in st.interface_prefixes)}" if st.interface_prefixes else "",
-             st.fail_mode.value, st.table)
+             st.fail_mode.value, st.backend, "table inet " + st.table if st.backend == "nftables" else f"chains {st.table.upper()}-*, ipsets {st.table}-*")
     from .operator import run
 
     return run(st, mode)

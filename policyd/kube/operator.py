@@ -30,10 +30,10 @@ import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..backends import make_backend
 from ..compile.engine import Compiler
 from ..model.objects import NetworkPolicy
 from ..dataplane.backend import Backend
-from ..nft.backend import NftBackend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.interfaces import RouteInterfaces
 from ..reconcile.runner import SyncRunner
@@ -63,7 +63,7 @@ class ClusterAgent:
         self.feed = ClusterFeed(self.compiler)
         closed = settings.interface_prefixes if settings.fail_mode is FailMode.CLOSED else ()
         cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed)
-        self.syncer = Syncer(self.compiler, backend or NftBackend(settings.table), cfg, RouteInterfaces())
+        self.syncer = Syncer(self.compiler, backend or make_backend(settings.backend, settings.table), cfg, RouteInterfaces())
         self.runner = SyncRunner(self.syncer, min_interval=settings.min_interval, resync_every=settings.resync_every)
         self.metrics = AgentMetrics()
         self.lister = lister

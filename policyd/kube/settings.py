@@ -77,6 +77,7 @@ class AgentSettings:
     cni_dir: Path = CNI_DIR
     fail_mode: FailMode = FailMode.OPEN
     table: str = "policyd"
+    backend: str = "nftables"  # nftables | iptables (resolved from auto by the CLI)
     metrics_address: str = "0.0.0.0"
     metrics_port: int = 9808  # 0: no metrics endpoint
     health_port: int = 9809  # /healthz (liveness) and /readyz; 0: none
@@ -95,6 +96,13 @@ class AgentSettings:
             out.append("--fail-mode closed needs interface dispatch (it drops unprogrammed pod interfaces by prefix)")
         if self.fail_mode is FailMode.CLOSED and self.dispatch_mode is DispatchMode.INTERFACE and not self.interface_prefixes:
             out.append("--fail-mode closed needs --interface-prefix (which interfaces are pods')")
+        if self.backend not in ("nftables", "iptables"):
+            out.append("--backend is nftables, iptables or auto")
+        elif self.backend == "iptables":
+            from ..ipt.render import TABLE_RE
+
+            if not TABLE_RE.match(self.table):
+                out.append(f"--table {self.table!r}: the iptables backend needs 1-8 characters of [a-z0-9], starting with a letter")
         if self.log_format not in ("text", "json"):
             out.append("--log-format is text or json")
         return out

@@ -20,8 +20,8 @@ import signal
 import time
 from pathlib import Path
 
+from ..backends import make_backend
 from ..compile.engine import Compiler
-from ..nft.backend import NftBackend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.interfaces import RouteInterfaces
 from ..reconcile.runner import SyncRunner
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--node", required=True)
     ap.add_argument("--mode", choices=[m.value for m in DispatchMode], required=True)
     ap.add_argument("--table", default="policyd")
+    ap.add_argument("--backend", choices=["nftables", "iptables"], default="nftables")
     ap.add_argument("--interval", type=float, default=0.01)
     ap.add_argument("--resync", type=float, default=30.0)
     args = ap.parse_args(argv)
@@ -59,14 +60,14 @@ def main(argv: list[str] | None = None) -> None:
 
     source = ManifestDirSource(args.state / "manifests")
     compiler = Compiler(args.node)
-    syncer = Syncer(compiler, NftBackend(args.table), RenderConfig(table=args.table, mode=DispatchMode(args.mode)), RouteInterfaces())
+    syncer = Syncer(compiler, make_backend(args.backend, args.table), RenderConfig(table=args.table, mode=DispatchMode(args.mode)), RouteInterfaces())
     runner = SyncRunner(syncer, resync_every=args.resync)
     status_path = args.state / "agents" / f"{args.node}.json"
     started = time.time()
     applied_generation = -1
     reported: dict = {}
     last_write = 0.0
-    log.info("agent for %s: dispatch by %s, table inet %s", args.node, args.mode, args.table)
+    log.info("agent for %s: dispatch by %s, %s", args.node, args.mode, syncer.backend.describe())
 
     while not stop:
         events = source.poll()

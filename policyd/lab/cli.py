@@ -17,7 +17,7 @@ def err(msg: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    Lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix)
+    Lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix, backend=args.backend)
     print(f"next: policyd lab probe --name {args.name} | policyd lab apply -f examples/policies/allow-frontend-to-backend.yaml --name {args.name}")
     return EXIT_OK
 
@@ -88,7 +88,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(st, indent=2))
         return EXIT_OK
-    print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, manifest generation {st['generation']}, state {st['state']}")
+    print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, {st['backend']} backend, manifest generation {st['generation']}, state {st['state']}")
     print("nodes:")
     for n in st["nodes"]:
         a = n["agent"]
@@ -106,7 +106,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.name, args.topology, keep=args.keep)
+    return run_demo(args.name, args.topology, keep=args.keep, backend=args.backend)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -126,6 +126,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="routed: cali* veths, /32 routes, interface dispatch; bridge: veth* on cni0, address dispatch")
     p.add_argument("--cluster-cidr", default="10.244.0.0/16")
     p.add_argument("--node-prefix", type=int, default=24)
+    p.add_argument("--backend", choices=["nftables", "iptables", "auto"], default="nftables",
+                   help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
 
     add("down", cmd_down, "remove the lab: processes, namespaces, state")
     for name, func, help in (("apply", cmd_apply, "create or update objects, like kubectl apply"),
@@ -157,6 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(name="demo")
     p.add_argument("--topology", choices=["routed", "bridge"], default="routed")
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    p.add_argument("--backend", choices=["nftables", "iptables", "auto"], default="nftables",
+                   help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
 
 
 __all__ = ["register", "LabError"]

@@ -37,7 +37,7 @@ def app_of(key: str) -> str:
     return key.split("/")[1].rsplit("-", 1)[0]
 
 
-def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False) -> int:
+def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False, backend: str = "nftables") -> int:
     lab = Lab(name)
     expect = Expect()
     if lab.exists():
@@ -45,7 +45,7 @@ def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False) -
         lab.down(quiet=True)
     print(f"== 1. A lab cluster from {CLUSTER.relative_to(ROOT)}: pods are network namespaces, nodes too, one policyd agent per node")
     try:
-        rec = lab.up([str(CLUSTER)], topology=topology)
+        rec = lab.up([str(CLUSTER)], topology=topology, backend=backend)
         st = lab.status()
         for p in st["pods"]:
             print(f"  {p['pod']:<28} on {p['node']}  {', '.join(p['ips']):<12} host interface {p['interface']}")

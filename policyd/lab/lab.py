@@ -42,6 +42,7 @@ from ..model.problems import InvalidInput, Problem
 from ..model.selectors import LabelSelector, Requirement
 from ..world import load_world
 from .netns import delete_namespaces
+from ..backends import resolve
 from .topology import Topology, probe_via
 
 LAB_ROOT = Path(os.environ.get("POLICYD_LAB_ROOT", "/run/policyd/lab"))
@@ -83,6 +84,7 @@ class LabRecord:
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     pods: dict[str, PodRecord] = field(default_factory=dict)
     created: float = 0.0
+    backend: str = "nftables"
 
     @property
     def mode(self) -> str:
@@ -95,6 +97,7 @@ class LabRecord:
             {k: NodeRecord(**v) for k, v in doc["nodes"].items()},
             {k: PodRecord(**v) for k, v in doc["pods"].items()},
             doc.get("created", 0.0),
+            doc.get("backend", "nftables"),
         )
 
 
@@ -166,7 +169,7 @@ class Lab:
             raise LabError(f"no lab named {self.name!r} (start one with `policyd lab up -f PATH --name {self.name}`)") from None
 
     def save(self, rec: LabRecord) -> None:
-        doc = {"name": rec.name, "topology": rec.topology, "created": rec.created,
+        doc = {"name": rec.name, "topology": rec.topology, "created": rec.created, "backend": rec.backend,
                "nodes": {k: asdict(v) for k, v in rec.nodes.items()}, "pods": {k: asdict(v) for k, v in rec.pods.items()}}
         tmp = self.dir / ".lab.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1))
@@ -254,9 +257,14 @@ class Lab:
     # --- up / down ----------------------------------------------------------------------
 
     def up(self, paths: list[str], nodes: int = 2, topology: str = "routed",
-           cluster_cidr: str = DEFAULT_CLUSTER_CIDR, node_prefix: int = DEFAULT_NODE_PREFIX, say: Say = print) -> LabRecord:
+           cluster_cidr: str = DEFAULT_CLUSTER_CIDR, node_prefix: int = DEFAULT_NODE_PREFIX, say: Say = print,
+           backend: str = "nftables") -> LabRecord:
         if topology not in ("routed", "bridge"):
             raise LabError("--topology is routed or bridge")
+        try:
+            backend = resolve(backend)
+        except (ValueError, RuntimeError) as e:
+            raise LabError(str(e)) from e
         if self.exists():
             raise LabError(f"lab {self.name!r} exists; remove it with `policyd lab down --name {self.name}`")
         if nodes < 1:
@@ -272,10 +280,10 @@ class Lab:
         node_names = sorted(alloc.nodes)  # the nodes the manifests name, else node-1..N
         for d in (self.manifests, self.agents_dir, self.dir / "pods"):
             d.mkdir(parents=True, exist_ok=True)
-        rec = LabRecord(self.name, topology, created=time.time())
+        rec = LabRecord(self.name, topology, created=time.time(), backend=backend)
         self.save(rec)  # from here on, `lab down` can clean up whatever exists
         try:
-            say(f"lab {self.name}: {len(node_names)} nodes ({topology} topology), {len(alloc.pods)} pods")
+            say(f"lab {self.name}: {len(node_names)} nodes ({topology} topology, {backend} backend), {len(alloc.pods)} pods")
             topo = Topology(self.prefix, topology, state_dir=str(self.dir / "pods"))
             for name in node_names:
                 cidr = alloc.nodes[name]
@@ -344,7 +352,7 @@ class Lab:
 
     def _start_agent(self, rec: LabRecord, node: str) -> int:
         log = open(self.agents_dir / f"{node}.log", "ab")
-        args = [sys.executable, "-m", "policyd.lab.agentproc", "--state", str(self.dir), "--node", node, "--mode", rec.mode]
+        args = [sys.executable, "-m", "policyd.lab.agentproc", "--state", str(self.dir), "--node", node, "--mode", rec.mode, "--backend", rec.backend]
         proc = subprocess.Popen(["ip", "netns", "exec", rec.nodes[node].netns, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return proc.pid
@@ -585,7 +593,7 @@ class Lab:
             }
         gen_path = self.manifests / "generation"
         return {
-            "name": rec.name, "topology": rec.topology, "dispatch": rec.mode, "state": str(self.dir),
+            "name": rec.name, "topology": rec.topology, "dispatch": rec.mode, "backend": rec.backend, "state": str(self.dir),
             "generation": int(gen_path.read_text()) if gen_path.exists() else 0,
             "nodes": [{"name": n.name, "netns": n.netns, "podCIDR": n.cidr, "agent": agents[n.name]} for n in sorted(rec.nodes.values(), key=lambda n: n.index)],
             "pods": [{"pod": p.key, "node": p.node, "ips": p.ips, "interface": p.host_if, "netns": p.netns,

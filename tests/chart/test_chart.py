@@ -81,6 +81,16 @@ def test_values_reach_the_agent():
     assert env["POLICYD_INTERFACE_PREFIXES"] == "cali,lxc" and env["POLICYD_FAIL_MODE"] == "closed"
     assert env["POLICYD_LOG_FORMAT"] == "json" and env["POLICYD_METRICS_PORT"] == "9100"
     assert c["ports"][0]["containerPort"] == 9100 and c["image"].endswith(":test")
+    assert env["POLICYD_BACKEND"] == "nftables"
+    assert "xtables-lock" not in {m["name"] for m in c["volumeMounts"]}
+
+
+def test_iptables_backend_shares_the_hosts_xtables_lock():
+    pod = render("backend=iptables")["DaemonSet"]["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert {e["name"]: e.get("value") for e in c["env"]}["POLICYD_BACKEND"] == "iptables"
+    assert {"name": "xtables-lock", "mountPath": "/run/xtables.lock"} in c["volumeMounts"]
+    assert {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}} in pod["volumes"]
 
 
 def test_env_names_match_the_agent_options():
@@ -94,7 +104,7 @@ def test_env_names_match_the_agent_options():
             assert f'env("{e["name"][len("POLICYD_"):]}"' in source, e["name"]
 
 
-@pytest.mark.parametrize("bad", ["dispatchMode=bridge", "failMode=maybe", "failMode=closed,dispatchMode=address", "logFormat=xml"])
+@pytest.mark.parametrize("bad", ["dispatchMode=bridge", "backend=ebpf", "failMode=maybe", "failMode=closed,dispatchMode=address", "logFormat=xml"])
 def test_bad_values_are_refused(bad: str):
     r = helm("template", "pd", str(CHART), "--set", bad, check=False)
     assert r.returncode != 0 and ("must be" in r.stderr or "needs" in r.stderr), r.stderr

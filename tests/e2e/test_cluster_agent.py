@@ -50,7 +50,8 @@ def pod_manifest(name: str, app: str, node: str) -> dict:
 
 
 class Cluster:
-    def __init__(self, tmp: Path, topology: str) -> None:
+    def __init__(self, tmp: Path, topology: str, backend: str = "nftables") -> None:
+        self.backend = backend
         self.prefix = f"pdk{uuid.uuid4().hex[:6]}"
         self.tmp = tmp
         self.topo = Topology(self.prefix, topology, state_dir=str(tmp / "pods"))
@@ -92,7 +93,8 @@ class Cluster:
     def start_agent(self, node: str) -> None:
         log = open(self.tmp / f"agent-{node}.log", "ab")
         args = [sys.executable, "-m", "policyd", "run", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
-                "--dispatch-mode", self.mode, "--metrics-port", str(METRICS_PORT), "--resync", "5"]
+                "--dispatch-mode", self.mode, "--metrics-port", str(METRICS_PORT), "--resync", "5",
+                "--backend", self.backend]
         if self.mode == "interface":
             args += ["--interface-prefix", "cali"]
         self.agents[node] = subprocess.Popen(["ip", "netns", "exec", self.topo.nodes[node].netns, *args],
@@ -143,11 +145,11 @@ class Cluster:
         self.topo.teardown()
 
 
-@pytest.fixture(params=["routed", "bridge"])
+@pytest.fixture(params=["routed-nftables", "bridge-nftables", "routed-iptables", "bridge-iptables"])
 def cluster(request, tmp_path):
     if not KUBECTL.exists():
         subprocess.run([str(ROOT / "scripts" / "kube-tools.sh")], check=True)
-    c = Cluster(tmp_path, request.param)
+    c = Cluster(tmp_path, *request.param.split("-"))
     try:
         c.start()
         yield c
@@ -225,6 +227,6 @@ def test_kubectl_policies_enforced_by_the_kopf_agent(cluster: Cluster):
     assert c.agents["node-2"].wait(10) == 0
     time.sleep(0.2)
     assert c.probe("frontend", "backend", "TCP") is False
-    out = subprocess.run(["ip", "netns", "exec", c.topo.nodes["node-2"].netns, "nft", "list", "tables"],
-                         capture_output=True, text=True).stdout
-    assert "inet policyd" in out
+    listing = ["nft", "list", "tables"] if c.backend == "nftables" else ["iptables-legacy-save", "-t", "filter"]
+    out = subprocess.run(["ip", "netns", "exec", c.topo.nodes["node-2"].netns, *listing], capture_output=True, text=True).stdout
+    assert ("inet policyd" if c.backend == "nftables" else "-A FORWARD -j POLICYD-FORWARD") in out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from policyd.backends import KINDS as BACKENDS
 from policyd.lab.cli import run_check
 from policyd.lab.demo import run_demo
 from pathlib import Path
@@ -22,22 +23,24 @@ def test_every_example_has_a_header_comment():
     assert len(EXAMPLES) >= 7
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["routed", "bridge"])
-def test_demo(topology, capsys, monkeypatch, tmp_path, leftovers):
+def test_demo(topology, backend, capsys, monkeypatch, tmp_path, leftovers):
     import policyd.lab.demo as demo
 
     monkeypatch.setattr(demo, "Lab", lambda name: Lab(name, root=tmp_path))
-    assert run_demo("e2edemo", topology) == 0
+    assert run_demo("e2edemo", topology, backend=backend) == 0
     out = capsys.readouterr().out
     assert "demo: every observation matched" in out and "FAIL" not in out
     assert not leftovers(Lab("e2edemo", root=tmp_path))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["routed", "bridge"])
-def test_every_example_policy_matches_the_engine(make_lab, topology):
+def test_every_example_policy_matches_the_engine(make_lab, topology, backend):
     """Each example applied alone to the demo cluster: every probe (ICMP, TCP 80 and 9090,
     UDP 53) equals `policyd matrix`; deleting it reopens everything."""
-    lab = make_lab(["examples/cluster/demo.yaml"], topology)
+    lab = make_lab(["examples/cluster/demo.yaml"], topology, backend=backend)
     said: list[str] = []
     for name in EXAMPLES:
         lab.apply([str(ROOT / "examples" / "policies" / name)], say=said.append)

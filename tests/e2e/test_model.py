@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from policyd.backends import KINDS as BACKENDS
 from policyd.lab.cli import run_check
 
 PORTS = "\n".join(
@@ -83,11 +84,12 @@ ingress:
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["routed", "bridge"])
-def test_model_steps_match_the_engine(make_lab, tmp_path, topology):
+def test_model_steps_match_the_engine(make_lab, tmp_path, topology, backend):
     cluster = tmp_path / "model.yaml"
     cluster.write_text(MODEL)
-    lab = make_lab([str(cluster)], topology)
+    lab = make_lab([str(cluster)], topology, backend=backend)
     rec = lab.load()
     assert {p.node for p in rec.pods.values()} == {"node-1", "node-2"}, "pods spread over both nodes: cross-node traffic"
     log: list[str] = []
@@ -104,11 +106,12 @@ def test_model_steps_match_the_engine(make_lab, tmp_path, topology):
         assert bad == 0, "\n".join(log)
 
 
-def test_agent_restart_under_traffic_opens_and_closes_nothing(make_lab):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agent_restart_under_traffic_opens_and_closes_nothing(make_lab, backend):
     """Allowed and denied probes run continuously while node-1's agent is stopped for
     0.5 s and restarted: the table stays, the new agent adopts it; no allowed probe fails
     and no denied one gets through."""
-    lab = make_lab(["examples/cluster/demo.yaml"])
+    lab = make_lab(["examples/cluster/demo.yaml"], backend=backend)
     lab.apply(["examples/policies/allow-frontend-to-backend.yaml"], say=lambda s: None)
     rec = lab.load()
     pods = sorted(rec.pods)

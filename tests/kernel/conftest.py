@@ -63,7 +63,8 @@ def parse(*docs: str) -> Manifests:
 
 
 class KernelCluster:
-    def __init__(self, topo: Topology, mode: DispatchMode) -> None:
+    def __init__(self, topo: Topology, mode: DispatchMode, backend: str = "nftables") -> None:
+        self.backend = backend
         self.topo = topo
         m = parse(PODS)
         cidrs = {"node-1": ipaddress.ip_network("10.244.0.0/24"), "node-2": ipaddress.ip_network("10.244.1.0/24")}
@@ -81,7 +82,7 @@ class KernelCluster:
             topo.add_pod(pod, tcp, udp)
         topo.wait_ready()
         self.namespaces = m.namespaces
-        self.agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", mode)
+        self.agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", mode, backend=backend)
         self.agent.load(m.namespaces, self.pods.values(), [])
         self.policies: dict[str, object] = {}
         self.sync()
@@ -106,13 +107,18 @@ class KernelCluster:
         return self.topo.probe(self.pods[src].key, self.ip(dst, family), protocol, port, timeout=0.4)
 
 
-@pytest.fixture(params=["routed", "bridge"])
+from policyd.backends import KINDS as BACKENDS  # noqa: E402
+
+
+@pytest.fixture(params=[f"{t}-{b}" for t in ("routed", "bridge") for b in BACKENDS])
 def cluster(request):
+    """`<topology>-<backend>`: every kernel test runs on both topologies and both backends."""
+    topology, backend = request.param.split("-")
     prefix = f"pdk{uuid.uuid4().hex[:6]}"
-    mode = DispatchMode.INTERFACE if request.param == "routed" else DispatchMode.ADDRESS
-    topo = Topology(prefix, request.param)
+    mode = DispatchMode.INTERFACE if topology == "routed" else DispatchMode.ADDRESS
+    topo = Topology(prefix, topology)
     try:
-        yield KernelCluster(topo, mode)
+        yield KernelCluster(topo, mode, backend)
     finally:
         topo.teardown()
         delete_namespaces(prefix + ".")

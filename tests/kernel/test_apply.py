@@ -12,6 +12,7 @@ import pytest
 from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import sh
 from policyd.dataplane.backend import ApplyError
+from policyd.ipt.restore import IptTransaction
 from policyd.nft.diff import Transaction
 
 pytestmark = pytest.mark.kernel
@@ -26,20 +27,23 @@ def test_unchanged_state_sends_zero_operations(cluster):
 
 def test_failed_transaction_leaves_ruleset_intact_and_next_sync_is_full(cluster, monkeypatch):
     cluster.apply(POLICY)
-    before = cluster.agent.nft("list", "table", "inet", "policyd")
+    before = cluster.agent.dump()
     backend = cluster.agent.backend
     real_apply = backend.apply
 
-    def broken(tx: Transaction) -> None:
+    def broken(tx: Transaction | IptTransaction) -> None:
         # The real transaction plus one command the kernel refuses: all or nothing.
-        tx.add("delete", {"chain": {"family": "inet", "table": "policyd", "name": "no-such-chain"}})
+        if isinstance(tx, IptTransaction):
+            tx.rules[4].append("-X POLICYD-NO-SUCH-CHAIN")
+        else:
+            tx.add("delete", {"chain": {"family": "inet", "table": "policyd", "name": "no-such-chain"}})
         real_apply(tx)
 
     monkeypatch.setattr(backend, "apply", broken)
     cluster.agent.compiler.delete_policy("default/allow-frontend-to-backend")
     with pytest.raises(ApplyError):
         cluster.sync()
-    assert cluster.agent.nft("list", "table", "inet", "policyd") == before, "nothing of the batch was applied"
+    assert cluster.agent.dump() == before, "nothing of the batch was applied"
     assert not cluster.can("u1", "b1"), "the previous policy is still enforced"
     monkeypatch.setattr(backend, "apply", real_apply)
     result = cluster.sync()
@@ -62,7 +66,7 @@ def test_restart_adopts_the_table_without_a_gap(cluster):
         time.sleep(0.5)
         old = cluster.agent
         # The agent goes away (its table stays), a new one starts with fresh state.
-        new = NodeAgent(old.netns, "node-1", old.syncer.cfg.mode)
+        new = NodeAgent(old.netns, "node-1", old.syncer.cfg.mode, backend=old.kind)
         new.load(cluster.namespaces, cluster.pods.values(), cluster.policies.values())
         first = new.sync()
         cluster.agent = new
@@ -75,7 +79,7 @@ def test_restart_adopts_the_table_without_a_gap(cluster):
     assert all(allowed and not denied for allowed, denied in results), results
 
 
-@pytest.mark.parametrize("cluster", ["routed"], indirect=True)
+@pytest.mark.parametrize("cluster", ["routed-nftables", "routed-iptables"], indirect=True)
 def test_anti_spoofing_in_interface_mode(cluster):
     """A packet from a pod's interface must carry that pod's address. Counted where it
     would arrive (a counter in the destination pod's own namespace), with a control run
@@ -96,7 +100,7 @@ def test_anti_spoofing_in_interface_mode(cluster):
         sh("ping", "-c1", "-W1", "-I", fake, cluster.ip("o1"), ns=f1.netns, check=False)
         return count() - before
 
-    cluster.agent.nft("delete", "table", "inet", "policyd")
+    cluster.agent.remove_all()
     assert arrived() >= 1, "control: without policyd the spoofed packet is forwarded"
     assert cluster.sync(full=True).ops > 0
     # The control's flow got a reply and is now an established conntrack entry, which
@@ -106,15 +110,28 @@ def test_anti_spoofing_in_interface_mode(cluster):
     assert cluster.can("f1", "o1", "ICMP"), "the pod's own address still works"
 
 
-def test_cleanup_removes_our_table_only(cluster):
+def test_cleanup_removes_what_policyd_owns_only(cluster):
     node = cluster.agent.netns
     cluster.apply(POLICY)
     assert not cluster.can("u1", "b1"), "enforced before cleanup"
-    sh("nft", "add", "table", "inet", "someone-else", ns=node)
     import sys
 
-    out = sh(sys.executable, "-m", "policyd", "cleanup", ns=node).stdout
-    assert "removed table inet policyd" in out
-    tables = sh("nft", "list", "tables", ns=node).stdout
-    assert "someone-else" in tables and "policyd" not in tables
+    if cluster.backend == "iptables":
+        sh("iptables-legacy", "-N", "SOMEONE-ELSE", ns=node)
+        sh("iptables-legacy", "-A", "FORWARD", "-j", "SOMEONE-ELSE", ns=node)
+        sh("ipset", "create", "someone-else", "hash:ip", ns=node)
+        out = sh(sys.executable, "-m", "policyd", "cleanup", "--backend", "iptables", ns=node).stdout
+        assert "removed iptables-legacy chains POLICYD-* and ipsets policyd-*" in out
+        rules = sh("iptables-legacy-save", ns=node).stdout + sh("ip6tables-legacy-save", ns=node).stdout
+        assert "-A FORWARD -j SOMEONE-ELSE" in rules and "POLICYD" not in rules
+        sets = sh("ipset", "list", "-n", ns=node).stdout.split()
+        assert sets == ["someone-else"], sets
+    else:
+        sh("nft", "add", "table", "inet", "someone-else", ns=node)
+        out = sh(sys.executable, "-m", "policyd", "cleanup", ns=node).stdout
+        assert "removed table inet policyd" in out
+        tables = sh("nft", "list", "tables", ns=node).stdout
+        assert "someone-else" in tables and "policyd" not in tables
     assert cluster.can("u1", "b1"), "cleanup lifted the isolation"
+    out = sh(sys.executable, "-m", "policyd", "cleanup", "--backend", cluster.backend, ns=node).stdout
+    assert out.startswith("nothing to remove"), out

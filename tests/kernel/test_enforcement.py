@@ -145,6 +145,6 @@ spec:
   - ports: [{protocol: SCTP, port: 80}]
 """
     )
-    text = cluster.agent.nft("list", "table", "inet", "policyd")
-    assert "sctp dport 80 return" in text
+    text = cluster.agent.dump()
+    assert ("-p sctp -m sctp --dport 80" if cluster.backend == "iptables" else "sctp dport 80 return") in text
     assert not cluster.can("f1", "b1"), "TCP is not allowed by an SCTP-only rule"

@@ -18,8 +18,9 @@ def make_pod(name: str, last: int) -> Pod:
     return Pod("default", name, {"app": name}, "node-1", (ipaddress.ip_address(f"10.244.0.{last}"),))
 
 
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
 @pytest.mark.parametrize("closed", [False, True], ids=["open", "closed"])
-def test_unprogrammed_pod_interface(closed: bool):
+def test_unprogrammed_pod_interface(closed: bool, backend: str):
     topo = Topology(f"pdf{uuid.uuid4().hex[:6]}", "routed")
     try:
         topo.add_node("node-1", ipaddress.ip_network("10.244.0.0/24"))
@@ -28,7 +29,7 @@ def test_unprogrammed_pod_interface(closed: bool):
             topo.add_pod(p, [80], [])
         topo.wait_ready()
         cfg = RenderConfig(mode=DispatchMode.INTERFACE, closed_prefixes=("cali",) if closed else ())
-        agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", DispatchMode.INTERFACE, cfg=cfg)
+        agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", DispatchMode.INTERFACE, cfg=cfg, backend=backend)
         agent.load([Namespace("default", {"kubernetes.io/metadata.name": "default"})], [known, peer], [])
         agent.sync()
         # `fresh` is wired but unknown to the agent: open lets it talk, closed drops it both ways.

@@ -162,20 +162,22 @@ def test_deleting_a_member_pod_marks_its_set_changed():
 # --- the dataplane: desired/diff/apply against the fake backend ----------------------------
 
 
-def _syncer(c: Compiler, mode):
-    from policyd.nft.fake import FakeBackend
+def _syncer(c: Compiler, mode, backend: str = "nftables"):
     from policyd.dataplane.config import RenderConfig
+    from policyd.ipt.fake import FakeIptBackend
+    from policyd.nft.fake import FakeBackend
     from policyd.reconcile.syncer import Syncer
 
-    s = Syncer(c, FakeBackend(), RenderConfig(mode=mode))
+    s = Syncer(c, FakeBackend() if backend == "nftables" else FakeIptBackend(), RenderConfig(mode=mode))
     s.interfaces.refresh = lambda: None  # type: ignore[method-assign]
     s.interfaces.routes = {f"10.0.{i % 3}.{i}": f"cali{i}" for i in range(10)}
     return s
 
 
-@settings(max_examples=150, deadline=None)
-@given(populated, st.lists(st.tuples(event, st.booleans()), max_size=40), st.sampled_from(["interface", "address"]))
-def test_partial_syncs_leave_the_kernel_equal_to_a_scratch_build(base, events, mode):
+@settings(max_examples=300, deadline=None)
+@given(populated, st.lists(st.tuples(event, st.booleans()), max_size=40), st.sampled_from(["interface", "address"]),
+       st.sampled_from(["nftables", "iptables"]))
+def test_partial_syncs_leave_the_kernel_equal_to_a_scratch_build(base, events, mode, backend):
     """Element deltas, whole-set rebuilds and chain rewrites, synced after random subsets of
     events: the (fake) kernel must end equal to a fresh agent's first sync, and a full
     resync (reading the kernel back with its elements) must then find nothing to do."""
@@ -184,14 +186,14 @@ def test_partial_syncs_leave_the_kernel_equal_to_a_scratch_build(base, events, m
     c = Compiler("node-1")
     for ev in base:
         apply(c, ev)
-    s = _syncer(c, DispatchMode(mode))
+    s = _syncer(c, DispatchMode(mode), backend)
     s.sync()
     for ev, sync_now in events:
         apply(c, ev)
         if sync_now:
             s.sync()
     s.sync()
-    fresh = _syncer(scratch(c), DispatchMode(mode))
+    fresh = _syncer(scratch(c), DispatchMode(mode), backend)
     fresh.sync()
     assert s.backend.read().same_as(fresh.backend.read())
     assert s.sync(full=True).ops == 0

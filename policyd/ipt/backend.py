@@ -1,0 +1,137 @@
+"""The legacy iptables stack and ipset, in the calling process's network namespace.
+
+Batches go through `iptables-legacy-restore --noflush` / `ip6tables-legacy-restore` and
+`ipset restore` (one process per step; see `restore.py` for the order). That is how
+kube-proxy and Calico drive iptables too: legacy iptables replaces the whole table at
+COMMIT, so a per-rule library (python-iptables over libiptc) would do the same table swap
+once per call, without the atomic batch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from ..compile.engine import SetDelta
+from ..dataplane.backend import ApplyError
+from ..dataplane.config import RenderConfig
+from ..dataplane.objects import Elem, Ruleset, Touched
+from .render import IptRenderer, Names
+from .restore import FAMILIES, IptTransaction, Saved, diff, parse_ipset_save, parse_save, to_ruleset
+
+SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
+RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
+TOOLS = (*SAVE.values(), *RESTORE.values(), "ipset")
+
+
+def missing_tools() -> list[str]:
+    return [t for t in TOOLS if shutil.which(t) is None]
+
+
+def max_sets() -> int:
+    """How many ipsets the kernel allows per network namespace (`ip_set.max_sets`)."""
+    try:
+        with open("/sys/module/ip_set/parameters/max_sets") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 256  # CONFIG_IP_SET_MAX's default
+
+
+class IptBackend:
+    """Chains prefixed `<TABLE>-` in the filter tables of iptables and ip6tables (legacy),
+    ipsets prefixed `<table>-`."""
+
+    def __init__(self, table: str = "policyd", check_tools: bool = True) -> None:
+        self.table = table
+        self.names = Names(table)
+        missing = missing_tools() if check_tools else []
+        if missing:
+            raise RuntimeError(f"the iptables backend needs {', '.join(missing)}: install the iptables and ipset packages")
+        self._last_read: tuple[Ruleset, dict[int, set[str]]] | None = None
+
+    def renderer(self, cfg: RenderConfig) -> IptRenderer:
+        return IptRenderer(cfg)
+
+    def describe(self) -> str:
+        return f"iptables-legacy chains {self.names.chain_prefix}* and ipsets {self.names.set_prefix}*"
+
+    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
+             deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:
+        jumps = self._last_read[1] if self._last_read is not None and self._last_read[0] is actual else None
+        if actual is None:
+            jumps = {f: set() for f in FAMILIES}
+        return diff(actual, desired, self.names, touched, deltas, jumps)
+
+    # --- kernel calls ----------------------------------------------------------------------
+
+    def _run(self, argv: list[str], text: str | None = None) -> str:
+        p = subprocess.run(argv, input=text, capture_output=True, text=True)
+        if p.returncode != 0:
+            err = p.stderr.strip() or f"exit {p.returncode}"
+            if "maximal number of sets" in err.lower() or "max_sets" in err:
+                err += (f" (the kernel allows {max_sets()} ipsets per network namespace; each distinct peer selector needs"
+                        " one per address family: raise ip_set.max_sets or use the nftables backend)")
+            raise ApplyError(f"{argv[0]}: {err}")
+        return p.stdout
+
+    def _saved(self) -> dict[int, Saved]:
+        return {f: parse_save(self._run([SAVE[f], "-t", "filter"]), self.names) for f in FAMILIES}
+
+    def read(self, elements: bool = True) -> Ruleset | None:
+        """Without `elements` the sets come from `ipset list -t` (headers only)."""
+        saved = self._saved()
+        sets = parse_ipset_save(self._run(["ipset", "save"] if elements else ["ipset", "list", "-t"]), self.names, elements)
+        if not sets and not saved[4].chains and not saved[6].chains:
+            self._last_read = None
+            return None
+        rs = to_ruleset(saved, sets, self.names.dispatch_maps())
+        self._last_read = (rs, {f: saved[f].jumps for f in FAMILIES})
+        return rs
+
+    def apply(self, tx: IptTransaction) -> None:  # type: ignore[override]
+        self._last_read = None
+        if not tx:
+            return
+        if tx.ipset_before:
+            self._run(["ipset", "restore"], "\n".join(tx.ipset_before) + "\n")
+        for fam in FAMILIES:
+            text = tx.restore_text(fam)
+            if text:
+                self._run([RESTORE[fam], "-w", "5", "--noflush"], text)
+        if tx.ipset_after:
+            try:
+                self._run(["ipset", "restore"], "\n".join(tx.ipset_after) + "\n")
+            except ApplyError as e:
+                raise ApplyError(f"{e} [{self._references(tx.ipset_after)}]") from None
+
+    def _references(self, lines: list[str]) -> str:
+        """Who still refers to the sets a failed destroy named (for the error message)."""
+        names = [line.split()[1] for line in lines if line.startswith("destroy ")]
+        terse = self._run(["ipset", "list", "-t"])
+        refs = {}
+        for block in terse.split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+            if fields.get("Name") in names:
+                refs[fields["Name"]] = fields.get("References", "?")
+        rules = [line for f in FAMILIES for line in self._run([SAVE[f], "-t", "filter"]).splitlines()
+                 if any(f"--match-set {n} " in line for n in names)]
+        return f"kernel references {refs}; rules naming them: {rules or 'none'}"
+
+    def delete_table(self) -> bool:
+        """Unhook, flush and delete our chains in both families, then destroy our sets."""
+        saved = self._saved()
+        found = False
+        for fam in FAMILIES:
+            s = saved[fam]
+            if not s.chains:
+                continue
+            found = True
+            lines = ["-D" + line[2:] for line in s.jump_rules]
+            lines += [f":{n} - [0:0]" for n in sorted(s.chains)] + [f"-X {n}" for n in sorted(s.chains)]
+            self._run([RESTORE[fam], "-w", "5", "--noflush"], "*filter\n" + "\n".join(lines) + "\nCOMMIT\n")
+        sets = parse_ipset_save(self._run(["ipset", "list", "-t"]), self.names, elements=False)
+        if sets:
+            found = True
+            self._run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in sorted(sets)))
+        self._last_read = None
+        return found
