@@ -9,8 +9,10 @@ once per call, without the atomic batch.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
+import time
 
 from ..compile.engine import SetDelta
 from ..dataplane.backend import ApplyError
@@ -19,6 +21,7 @@ from ..dataplane.objects import Elem, Ruleset, Touched
 from .render import IptRenderer, Names
 from .restore import FAMILIES, IptTransaction, Saved, diff, parse_ipset_save, parse_save, to_ruleset
 
+log = logging.getLogger("policyd.ipt")
 SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
 RESTORE = {4: "iptables-legacy-restore", 6: "ip6tables-legacy-restore"}
 TOOLS = (*SAVE.values(), *RESTORE.values(), "ipset")
@@ -48,6 +51,7 @@ class IptBackend:
         if missing:
             raise RuntimeError(f"the iptables backend needs {', '.join(missing)}: install the iptables and ipset packages")
         self._last_read: tuple[Ruleset, dict[int, set[str]]] | None = None
+        self.leftover_sets = 0  # destroys the kernel refused with "in use" (see _destroy)
 
     def renderer(self, cfg: RenderConfig) -> IptRenderer:
         return IptRenderer(cfg)
@@ -99,10 +103,29 @@ class IptBackend:
             if text:
                 self._run([RESTORE[fam], "-w", "5", "--noflush"], text)
         if tx.ipset_after:
+            self._destroy(tx.ipset_after)
+
+    def _destroy(self, lines: list[str]) -> None:
+        """Step 3. The kernel may refuse to destroy a set that no rule names any more ("in
+        use by a kernel component": its references are dropped a moment after the table
+        swap, or held by a listing in progress). The rules are already right, so that is not
+        a failed sync: retry briefly, then leave the set, say so, and let the next full
+        resync (which finds a set we do not want) destroy it."""
+        remaining = list(lines)
+        for attempt in range(4):
             try:
-                self._run(["ipset", "restore"], "\n".join(tx.ipset_after) + "\n")
+                self._run(["ipset", "-exist", "restore"], "\n".join(remaining) + "\n")
+                return
             except ApplyError as e:
-                raise ApplyError(f"{e} [{self._references(tx.ipset_after)}]") from None
+                if "in use" not in str(e):
+                    raise
+                present = set(parse_ipset_save(self._run(["ipset", "list", "-t"]), self.names, elements=False))
+                remaining = [line for line in remaining if line.split()[1] in present]
+                if not remaining:
+                    return
+                time.sleep(0.05 * (attempt + 1))
+        log.warning("ipsets left for the next full resync to remove: %s", self._references(remaining))
+        self.leftover_sets += len(remaining)
 
     def _references(self, lines: list[str]) -> str:
         """Who still refers to the sets a failed destroy named (for the error message)."""
@@ -115,7 +138,7 @@ class IptBackend:
                 refs[fields["Name"]] = fields.get("References", "?")
         rules = [line for f in FAMILIES for line in self._run([SAVE[f], "-t", "filter"]).splitlines()
                  if any(f"--match-set {n} " in line for n in names)]
-        return f"kernel references {refs}; rules naming them: {rules or 'none'}"
+        return f"{', '.join(names)} (kernel reference counts {refs}; our rules naming them: {rules or 'none'})"
 
     def delete_table(self) -> bool:
         """Unhook, flush and delete our chains in both families, then destroy our sets."""

@@ -29,14 +29,18 @@ class FakeIptKernel:
     def __init__(self) -> None:
         self.sets: dict[str, tuple[str, str, dict[str, str]]] = {}  # name → (type, family, key → entry)
         self.tables: dict[int, dict[str, list[str]]] = {f: {c: [] for c in BUILTIN_CHAINS} for f in (4, 6)}
+        self.busy: set[str] = set()  # sets the kernel still counts a reference to (a listing, a late release)
 
     # --- ipset --------------------------------------------------------------------------
 
     def _in_use(self, name: str) -> bool:
         return any(f"--match-set {name} " in r for t in self.tables.values() for rules in t.values() for r in rules)
 
-    def ipset_line(self, line: str) -> None:
+    def ipset_line(self, line: str, exist: bool = False) -> None:
+        """`exist`: ipset's -exist, which ignores creating what exists and removing what does not."""
         verb, name, *rest = line.split(" ", 2)
+        if exist and ((verb == "create" and name in self.sets) or (verb in ("destroy", "del") and name not in self.sets)):
+            return
         if verb == "create":
             if name in self.sets:
                 raise Refused(f"set {name} already exists")
@@ -45,7 +49,7 @@ class FakeIptKernel:
         elif verb == "destroy":
             if name not in self.sets:
                 raise Refused(f"set {name} does not exist")
-            if self._in_use(name):
+            if self._in_use(name) or name in self.busy:
                 raise Refused(f"set {name} is in use by a kernel component")
             del self.sets[name]
         elif verb in ("add", "del"):
@@ -134,7 +138,7 @@ class FakeIptKernel:
             if argv[1:3] == ["list", "-t"]:
                 return self.ipset_terse()
             for line in (text or "").splitlines():  # not atomic, like the real one
-                self.ipset_line(line)
+                self.ipset_line(line, exist="-exist" in argv)
             return ""
         family = 6 if tool.startswith("ip6") else 4
         if tool.endswith("-save"):

@@ -121,3 +121,20 @@ def test_cleanup_removes_only_ours():
     assert k.tables[4] == {"INPUT": [], "FORWARD": ["-j OTHER"], "OUTPUT": [], "OTHER": []}
     assert k.tables[6] == {"INPUT": [], "FORWARD": [], "OUTPUT": []}
     assert b.read() is None and not b.delete_table()
+
+
+def test_a_set_the_kernel_still_holds_is_destroyed_by_the_next_full_resync(synced, caplog):
+    """The rules no longer name it, so the sync succeeds; the set is left and reported."""
+    _, c, s = synced
+    k = s.backend.kernel
+    before = set(k.sets)
+    c.delete_policy("default/allow-from-namespace")
+    k.busy = set(before)
+    assert s.sync().ops > 0, "the sync itself succeeds"
+    gone = before - set(s.desired.ruleset.sets)
+    assert gone and gone <= set(k.sets), "the kernel refused: the sets are still there"
+    assert s.backend.leftover_sets == len(gone) and "left for the next full resync" in caplog.text
+    k.busy = set()
+    r = s.sync(full=True)
+    assert r.ops == len(gone) and not gone & set(k.sets)
+    assert s.sync(full=True).ops == 0
