@@ -7,7 +7,8 @@ into docs/first-packet.png.
     scripts/setup.sh --bench && .venv/bin/python bench/run.py [--quick] [--write]
 
 --quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 3 minutes on 2 CPUs;
-the full run about 14. `--replot` redraws docs/first-packet.png from the table in
+the full run about 19. `--only backends` runs only the nftables/iptables comparison and
+replaces its section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
 
