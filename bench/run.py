@@ -22,7 +22,6 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

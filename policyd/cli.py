@@ -8,6 +8,7 @@ import json
 import sys
 
 from . import __version__, report
+from .backends import KINDS
 from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, endpoint
 from .model.problems import InvalidInput
@@ -143,7 +144,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="policyd", description="Kubernetes NetworkPolicy enforcement with nftables.")
+    parser = argparse.ArgumentParser(prog="policyd", description="Kubernetes NetworkPolicy enforcement with nftables (or iptables + ipset).")
     parser.add_argument("--version", action="version", version=f"policyd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -165,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="node whose pods get chains")
     p.add_argument("-o", "--output", choices=["nft", "json"], default="nft",
                    help="nftables backend: nft, the readable ruleset; json, the libnftables transaction that would build it")
-    p.add_argument("--backend", choices=["nftables", "iptables"], default="nftables",
+    p.add_argument("--backend", choices=KINDS, default="nftables",
                    help="iptables: the ipset and iptables-legacy-restore input that would build it")
     p.add_argument("--mode", choices=["interface", "address"], default="interface",
                    help="dispatch by host-side interface (routed CNIs) or by pod address (bridging CNIs)")
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cleanup", help="remove what policyd owns in the kernel (and nothing else) from this network namespace")
     p.add_argument("--table", default="policyd")
-    p.add_argument("--backend", choices=["nftables", "iptables"], default="nftables",
+    p.add_argument("--backend", choices=KINDS, default="nftables",
                    help="nftables: the table inet <table>; iptables: chains <TABLE>-* (both families) and ipsets <table>-*")
     p.set_defaults(func=cmd_cleanup)
     return parser

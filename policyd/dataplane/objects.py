@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Union
+from typing import AbstractSet, Union
 
 from ..compile.engine import SetChangeLog
 

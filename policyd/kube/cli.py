@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..backends import resolve
+from ..backends import CHOICES, resolve
 from ..dataplane.config import DispatchMode
 from .settings import CNI_DIR, AgentSettings, FailMode, detect_dispatch
 
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fail-mode", choices=[m.value for m in FailMode], default=env("FAIL_MODE", "open"),
                    help="open: a pod interface not programmed yet passes traffic; closed: it is dropped (interface dispatch)")
     p.add_argument("--table", default=env("TABLE", "policyd"))
-    p.add_argument("--backend", choices=["nftables", "iptables", "auto"], default=env("BACKEND", "nftables"),
+    p.add_argument("--backend", choices=CHOICES, default=env("BACKEND", "nftables"),
                    help="nftables (default); iptables: legacy iptables + ipset, for nodes whose kernel or tools lack "
                         "nftables; auto: nftables where usable, else iptables")
     p.add_argument("--metrics-address", default=env("METRICS_ADDRESS", "0.0.0.0"))

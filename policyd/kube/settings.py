@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from ..backends import KINDS
 from ..dataplane.config import DispatchMode
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
@@ -96,7 +97,7 @@ class AgentSettings:
             out.append("--fail-mode closed needs interface dispatch (it drops unprogrammed pod interfaces by prefix)")
         if self.fail_mode is FailMode.CLOSED and self.dispatch_mode is DispatchMode.INTERFACE and not self.interface_prefixes:
             out.append("--fail-mode closed needs --interface-prefix (which interfaces are pods')")
-        if self.backend not in ("nftables", "iptables"):
+        if self.backend not in KINDS:
             out.append("--backend is nftables, iptables or auto")
         elif self.backend == "iptables":
             from ..ipt.render import TABLE_RE

@@ -20,7 +20,7 @@ import signal
 import time
 from pathlib import Path
 
-from ..backends import make_backend
+from ..backends import KINDS, make_backend
 from ..compile.engine import Compiler
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.interfaces import RouteInterfaces
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--node", required=True)
     ap.add_argument("--mode", choices=[m.value for m in DispatchMode], required=True)
     ap.add_argument("--table", default="policyd")
-    ap.add_argument("--backend", choices=["nftables", "iptables"], default="nftables")
+    ap.add_argument("--backend", choices=KINDS, default="nftables")
     ap.add_argument("--interval", type=float, default=0.01)
     ap.add_argument("--resync", type=float, default=30.0)
     args = ap.parse_args(argv)

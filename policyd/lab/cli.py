@@ -7,6 +7,7 @@ import json
 import sys
 
 from .. import report
+from ..backends import CHOICES
 from .lab import Lab, LabError
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
@@ -126,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="routed: cali* veths, /32 routes, interface dispatch; bridge: veth* on cni0, address dispatch")
     p.add_argument("--cluster-cidr", default="10.244.0.0/16")
     p.add_argument("--node-prefix", type=int, default=24)
-    p.add_argument("--backend", choices=["nftables", "iptables", "auto"], default="nftables",
+    p.add_argument("--backend", choices=CHOICES, default="nftables",
                    help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
 
     add("down", cmd_down, "remove the lab: processes, namespaces, state")
@@ -159,7 +160,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(name="demo")
     p.add_argument("--topology", choices=["routed", "bridge"], default="routed")
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
-    p.add_argument("--backend", choices=["nftables", "iptables", "auto"], default="nftables",
+    p.add_argument("--backend", choices=CHOICES, default="nftables",
                    help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
 
 
