@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Callable, Iterable, Protocol
 
-from ..compile.plan import Entry, PodPlan, SetSpec
+from ..compile.plan import DirectionPlan, Entry, PodPlan, SetSpec
+from ..model.objects import Direction, IPAddress
+from .config import DispatchMode, RenderConfig, valid_ifname
 from .objects import ChainDef, Elem, MapDef, SetDef
 
 
@@ -31,3 +33,39 @@ class Renderer(Protocol):
     def set_defs(self, spec: SetSpec, entries: Iterable[Entry]) -> list[SetDef]: ...
 
     def elements(self, spec: SetSpec, entries: Iterable[Entry], family: int) -> frozenset[Elem]: ...
+
+
+def drop_reason(pod_key: str, direction: Direction, plan: DirectionPlan) -> str:
+    """The comment of a pod chain's final drop: whose chain, and why it drops."""
+    n = len(plan.policies)
+    return f"{pod_key} {direction.value}: isolated by {n} polic{'y' if n == 1 else 'ies'}, no rule allows"
+
+
+def pod_objects(
+    plan: PodPlan,
+    cfg: RenderConfig,
+    ifname: str | None,
+    chain: Callable[[str, Direction, DirectionPlan], ChainDef],
+    dispatch: Callable[[Direction, str], str],
+    spoof: Callable[[str, tuple[IPAddress, ...]], list[tuple[str, Elem]]],
+) -> PodObjects:
+    """One local pod's contribution, the same for every backend: a chain per isolated
+    direction, a dispatch entry per chain (keyed by the host-side interface, or by each
+    address in address mode, in the map `dispatch(direction, "if" | "v4" | "v6")`), and the
+    anti-spoofing entries `spoof(interface, addresses)` (interface mode)."""
+    chains: list[ChainDef] = []
+    entries: list[tuple[str, str, str]] = []
+    iface = ifname if cfg.mode is DispatchMode.INTERFACE and valid_ifname(ifname) else None
+    for direction in Direction:
+        dp = plan.direction(direction)
+        if dp is None:
+            continue
+        c = chain(plan.pod, direction, dp)
+        chains.append(c)
+        if cfg.mode is DispatchMode.INTERFACE:
+            if iface is not None:
+                entries.append((dispatch(direction, "if"), iface, c.name))
+        else:
+            entries.extend((dispatch(direction, f"v{ip.version}"), str(ip), c.name) for ip in plan.ips)
+    spoofed = spoof(iface, plan.ips) if iface is not None else []
+    return PodObjects(tuple(chains), tuple(entries), tuple(spoofed))

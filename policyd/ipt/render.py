@@ -31,10 +31,10 @@ import re
 from typing import Iterable
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec
-from ..dataplane.config import IFPREFIX_RE, DispatchMode, RenderConfig, family_sets, valid_ifname
+from ..dataplane.config import IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
-from ..dataplane.renderer import PodObjects
-from ..model.objects import Direction
+from ..dataplane.renderer import PodObjects, drop_reason, pod_objects
+from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
 from ..nft.render import addr_text
 
@@ -213,36 +213,21 @@ class IptRenderer:
         rules: list[dict] = []
         for r in plan.rules:
             rules.extend(self.allow_rules(r))
-        n = len(plan.policies)
-        why = f"{pod_key} {direction.value}: isolated by {n} polic{'y' if n == 1 else 'ies'}, no rule allows"
-        rules.append(rule("", "DROP", why))
+        rules.append(rule("", "DROP", drop_reason(pod_key, direction, plan)))
         return ChainDef.build(self.names.pod_chain(pod_key, direction), rules)
 
     def pod(self, plan: PodPlan, ifname: str | None) -> PodObjects:
-        cfg = self.cfg
-        chains: list[ChainDef] = []
-        entries: list[tuple[str, str, str]] = []
-        spoof: list[tuple[str, Elem]] = []
-        iface = ifname if cfg.mode is DispatchMode.INTERFACE and valid_ifname(ifname) else None
-        for direction in Direction:
-            dp = plan.direction(direction)
-            if dp is None:
-                continue
-            chain = self.direction_chain(plan.pod, direction, dp)
-            chains.append(chain)
-            if cfg.mode is DispatchMode.INTERFACE:
-                if iface is not None:
-                    entries.append((self.names.dispatch(direction, "if"), iface, chain.name))
-            else:
-                for ip in plan.ips:
-                    entries.append((self.names.dispatch(direction, f"v{ip.version}"), str(ip), chain.name))
-        if iface is not None and cfg.anti_spoof:
-            for ip in plan.ips:
-                spoof.append((self.names.addrs(ip.version), f"{ip},{iface}"))
-        if iface is not None and cfg.tracks_ifaces:
-            for fam in (4, 6):
-                spoof.extend((self.names.ifaces(fam), f"{half},{iface}") for half in HALVES[fam])
-        return PodObjects(tuple(chains), tuple(entries), tuple(spoof))
+        cfg, n = self.cfg, self.names
+
+        def spoof(iface: str, ips: tuple[IPAddress, ...]) -> list[tuple[str, Elem]]:
+            out: list[tuple[str, Elem]] = []
+            if cfg.anti_spoof:
+                out += [(n.addrs(ip.version), f"{ip},{iface}") for ip in ips]
+            if cfg.tracks_ifaces:
+                out += [(n.ifaces(fam), f"{half},{iface}") for fam in (4, 6) for half in HALVES[fam]]
+            return out
+
+        return pod_objects(plan, cfg, ifname, self.direction_chain, n.dispatch, spoof)
 
     # skeleton
 

@@ -23,9 +23,9 @@ from typing import Any, Iterable
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
-from ..dataplane.config import FAMILIES, IFPREFIX_RE, DispatchMode, RenderConfig, family_sets, valid_ifname
+from ..dataplane.config import FAMILIES, IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
-from ..dataplane.renderer import PodObjects
+from ..dataplane.renderer import PodObjects, drop_reason, pod_objects
 
 # --- names ------------------------------------------------------------------------------
 
@@ -160,8 +160,7 @@ def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPl
     rules: list[dict] = []
     for r in plan.rules:
         rules.extend(allow_rules(r))
-    why = f"{pod_key} {direction.value}: isolated by {len(plan.policies)} polic{'y' if len(plan.policies) == 1 else 'ies'}, no rule allows"
-    rules.append({"expr": [{"drop": None}], "comment": why[:COMMENT_MAX]})
+    rules.append({"expr": [{"drop": None}], "comment": drop_reason(pod_key, direction, plan)[:COMMENT_MAX]})
     return ChainDef.build(pod_chain_name(pod_key, direction), rules)
 
 
@@ -170,28 +169,16 @@ def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPl
 
 def render_pod(plan: PodPlan, cfg: RenderConfig, ifname: str | None) -> PodObjects:
     """`ifname` is the pod's host-side interface (interface mode only)."""
-    chains: list[ChainDef] = []
-    entries: list[tuple[str, str, str]] = []
-    spoof: list[tuple[str, Elem]] = []
-    iface = ifname if cfg.mode is DispatchMode.INTERFACE and valid_ifname(ifname) else None
-    for direction in Direction:
-        dp = plan.direction(direction)
-        if dp is None:
-            continue
-        chain = render_direction_chain(plan.pod, direction, dp)
-        chains.append(chain)
-        if cfg.mode is DispatchMode.INTERFACE:
-            if iface is not None:
-                entries.append((map_name(direction, "if"), iface, chain.name))
-        else:
-            for ip in plan.ips:
-                entries.append((map_name(direction, f"v{ip.version}"), str(ip), chain.name))
-    if iface is not None and cfg.anti_spoof:
-        for ip in plan.ips:
-            spoof.append((f"pod-addr-v{ip.version}", ("concat", iface, str(ip))))
-    if iface is not None and cfg.tracks_ifaces:
-        spoof.append(("pod-ifaces", iface))
-    return PodObjects(tuple(chains), tuple(entries), tuple(spoof))
+
+    def spoof(iface: str, ips: tuple[IPAddress, ...]) -> list[tuple[str, Elem]]:
+        out: list[tuple[str, Elem]] = []
+        if cfg.anti_spoof:
+            out += [(f"pod-addr-v{ip.version}", ("concat", iface, str(ip))) for ip in ips]
+        if cfg.tracks_ifaces:
+            out.append(("pod-ifaces", iface))
+        return out
+
+    return pod_objects(plan, cfg, ifname, render_direction_chain, map_name, spoof)
 
 
 # --- the static skeleton ------------------------------------------------------------------
