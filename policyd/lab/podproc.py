@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import itertools
 import json
 import os
 import socket
@@ -43,6 +45,25 @@ class UdpProbe(asyncio.DatagramProtocol):
             self.reply.set_exception(exc)
 
 
+# UDP probes take their source ports in turn from this range instead of the kernel's random
+# choice: a random port can repeat a 5-tuple whose conntrack entry (30 s for UDP) is still
+# "established" from an earlier probe, and an established flow passes any later isolation
+# (NetworkPolicy governs new connections). That was the lab's rare "UDP probe answered,
+# engine says denied". 40,000 ports per pod are far more than a test probes in 30 s.
+UDP_PORTS = itertools.cycle(range(20_000, 60_000))
+
+
+async def udp_endpoint(loop: asyncio.AbstractEventLoop, family: int, host: str, port: int):  # type: ignore[no-untyped-def]
+    for _ in range(100):
+        local = ("::" if family == socket.AF_INET6 else "0.0.0.0", next(UDP_PORTS))
+        try:
+            return await loop.create_datagram_endpoint(UdpProbe, family=family, local_addr=local, remote_addr=(host, port))
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, "no free UDP source port for the probe")
+
+
 async def probe(req: dict) -> dict:
     proto, host, timeout = req["protocol"], req["host"], float(req.get("timeout", 1.0))
     try:
@@ -54,7 +75,7 @@ async def probe(req: dict) -> dict:
         if proto == "UDP":
             loop = asyncio.get_running_loop()
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            transport, proto_ = await loop.create_datagram_endpoint(UdpProbe, family=family, remote_addr=(host, req["port"]))
+            transport, proto_ = await udp_endpoint(loop, family, host, req["port"])
             try:
                 transport.sendto(b"probe")
                 reply = await asyncio.wait_for(proto_.reply, timeout)
