@@ -31,15 +31,6 @@ def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
 
 
-def max_sets() -> int:
-    """How many ipsets the kernel allows per network namespace (`ip_set.max_sets`)."""
-    try:
-        with open("/sys/module/ip_set/parameters/max_sets") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 256  # CONFIG_IP_SET_MAX's default
-
-
 class IptBackend:
     """Chains prefixed `<TABLE>-` in the filter tables of iptables and ip6tables (legacy),
     ipsets prefixed `<table>-`."""
@@ -72,9 +63,6 @@ class IptBackend:
         p = subprocess.run(argv, input=text, capture_output=True, text=True)
         if p.returncode != 0:
             err = p.stderr.strip() or f"exit {p.returncode}"
-            if "maximal number of sets" in err.lower() or "max_sets" in err:
-                err += (f" (the kernel allows {max_sets()} ipsets per network namespace; each distinct peer selector needs"
-                        " one per address family: raise ip_set.max_sets or use the nftables backend)")
             raise ApplyError(f"{argv[0]}: {err}")
         return p.stdout
 
