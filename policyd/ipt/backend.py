@@ -52,6 +52,9 @@ class IptBackend:
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
              deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:
+        # Jumps from FORWARD/INPUT are per family, which a Ruleset cannot say: when `actual`
+        # is the listing we just read, pass what each family holds; otherwise (a partial
+        # sync from what we believe) the diff trusts `actual`'s hooks.
         jumps = self._last_read[1] if self._last_read is not None and self._last_read[0] is actual else None
         if actual is None:
             jumps = {f: set() for f in FAMILIES}
@@ -77,7 +80,7 @@ class IptBackend:
             self._last_read = None
             return None
         rs = to_ruleset(saved, sets, self.names.dispatch_maps())
-        self._last_read = (rs, {f: saved[f].jumps for f in FAMILIES})
+        self._last_read = (rs, {f: set(saved[f].hooks) for f in FAMILIES})
         return rs
 
     def apply(self, tx: IptTransaction) -> None:  # type: ignore[override]
@@ -137,7 +140,7 @@ class IptBackend:
             if not s.chains:
                 continue
             found = True
-            lines = ["-D" + line[2:] for line in s.jump_rules]
+            lines = ["-D" + line[2:] for line in s.jump_rules]  # as saved, whatever else the rule matches
             lines += [f":{n} - [0:0]" for n in sorted(s.chains)] + [f"-X {n}" for n in sorted(s.chains)]
             self._run([RESTORE[fam], "-w", "5", "--noflush"], "*filter\n" + "\n".join(lines) + "\nCOMMIT\n")
         sets = parse_ipset_save(self._run(["ipset", "list", "-t"]), self.names, elements=False)

@@ -174,8 +174,7 @@ class Saved:
     """One family's `iptables-save -t filter`, reduced to what policyd owns."""
 
     chains: dict[str, list[str]] = field(default_factory=dict)  # our chain → its rule lines
-    jumps: set[str] = field(default_factory=set)  # our chains jumped to from FORWARD/INPUT
-    hooks: dict[str, str] = field(default_factory=dict)  # our chain → the builtin chain's hook
+    hooks: dict[str, str] = field(default_factory=dict)  # our chain jumped to from FORWARD/INPUT → that hook
     jump_rules: list[str] = field(default_factory=list)  # those jumps as saved (`-A FORWARD …`)
 
 
@@ -193,7 +192,6 @@ def parse_save(text: str, names: Names) -> Saved:
             elif chain in builtin_hook:
                 target = line.rsplit(" -j ", 1)[-1].strip()
                 if target.startswith(prefix):
-                    out.jumps.add(target)
                     out.hooks[target] = builtin_hook[chain]
                     out.jump_rules.append(line)
     return out
