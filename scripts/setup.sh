@@ -4,11 +4,30 @@
 #   scripts/setup.sh           runtime (agent, lab, CLI)
 #   scripts/setup.sh --test    plus test tools
 #   scripts/setup.sh --bench   plus test tools and the benchmark's plotting (matplotlib)
+#   scripts/setup.sh --cluster plus what the real cluster needs (etcd, containerd, runc, the
+#                              CNI plugins, image tools); combine with --test or --bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
+extras="agent"
+cluster=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) extras="agent,test" ;;
+    --bench) extras="agent,test,bench" ;;
+    --cluster) cluster=1 ;;
+    *) echo "setup.sh: unknown option $arg (--test, --bench, --cluster)" >&2; exit 2 ;;
+  esac
+done
+
 APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping iptables ipset conntrack iperf3 python3 python3-venv)
+if [ $cluster = 1 ]; then
+  # The real cluster (realcluster/): Kubernetes itself is built from its Go module by
+  # scripts/k8s-build.sh; the rest comes from Debian.
+  APT_PACKAGES+=(etcd-server containerd runc containernetworking-plugins umoci skopeo debootstrap
+                 busybox-static gcc libc6-dev openssl util-linux)
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -27,9 +46,6 @@ if [ ! -x .venv/bin/python ]; then
   say "creating virtualenv .venv with $($PY --version)"
   $PY -m venv .venv
 fi
-extras="agent"
-[ "${1:-}" = "--test" ] && extras="agent,test"
-[ "${1:-}" = "--bench" ] && extras="agent,test,bench"
 say "installing policyd[$extras] into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
 say "ready: $(.venv/bin/policyd --version 2>/dev/null || echo policyd) in .venv"

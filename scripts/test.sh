@@ -4,8 +4,11 @@
 # prefix and remove them even when a test fails. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --test
+scripts/setup.sh --test --cluster
 scripts/kube-tools.sh
+scripts/k8s-build.sh
+echo "==> images for the real cluster"
+.venv/bin/python -m realcluster images
 echo "==> import layers (import-linter)"
 .venv/bin/lint-imports
 echo "==> pytest $*"

@@ -85,10 +85,13 @@ def test_values_reach_the_agent():
     assert "xtables-lock" not in {m["name"] for m in c["volumeMounts"]}
 
 
-def test_iptables_backend_shares_the_hosts_xtables_lock():
+def test_iptables_backend_shares_the_hosts_xtables_lock_and_gets_net_raw():
+    """Legacy iptables opens a raw socket (without CAP_NET_RAW: 'Permission denied (you must
+    be root)', seen on the real cluster); nftables does not need it and does not get it."""
     pod = render("backend=iptables")["DaemonSet"]["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert {e["name"]: e.get("value") for e in c["env"]}["POLICYD_BACKEND"] == "iptables"
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
     assert {"name": "xtables-lock", "mountPath": "/run/xtables.lock"} in c["volumeMounts"]
     assert {"name": "xtables-lock", "hostPath": {"path": "/run/xtables.lock", "type": "FileOrCreate"}} in pod["volumes"]
 

@@ -1,0 +1,95 @@
+"""scripts/cluster.sh: a real Kubernetes cluster on this machine, in network namespaces.
+
+    cluster.sh images                         (build what is missing: pause, testbox, policyd)
+    cluster.sh up [--name N] [--cni bridge|ptp] [--proxy-mode iptables|nftables] [--workers 2]
+    cluster.sh status [--name N] [-o json]
+    cluster.sh kubectl [--name N] ARGS...     (kubectl inside the cluster's fabric namespace)
+    cluster.sh helm [--name N] ARGS...
+    cluster.sh logs [--name N]                (the last lines of every component's log)
+    cluster.sh walkthrough [--name N] [--backend nftables|iptables] [--keep]
+    cluster.sh down [--name N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .cluster import Cluster, ClusterError, down
+from .layout import CNI_STYLES, PROXY_MODES, Layout
+from .paths import HELM
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("kubectl", "helm"):  # everything after [--name N] is theirs
+        name, rest = ("pdc", argv[1:]) if argv[1:2] != ["--name"] else (argv[2], argv[3:])
+        try:
+            cluster = Cluster.existing(name)
+        except ClusterError as e:
+            print(f"cluster.sh: {e}", file=sys.stderr)
+            return 1
+        return _passthrough(cluster, ["kubectl" if argv[0] == "kubectl" else str(HELM), *rest])
+    parser = argparse.ArgumentParser(prog="cluster.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    if argv[:1] == ["images"]:
+        from .images import build_all
+
+        for image in build_all(lambda s: print(f"==> {s}", flush=True)):
+            print(f"==> image {image.name}: {image.archive} ({image.archive.stat().st_size / 2**20:.0f} MiB)")
+        return 0
+    for verb in ("up", "down", "status", "logs", "walkthrough"):
+        p = sub.add_parser(verb)
+        p.add_argument("--name", default="pdc", help="cluster name, 1-8 of [a-z0-9] (default pdc)")
+        if verb == "up":
+            p.add_argument("--cni", choices=CNI_STYLES, default="bridge")
+            p.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
+            p.add_argument("--workers", type=int, default=2)
+        if verb == "status":
+            p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        if verb == "walkthrough":
+            p.add_argument("--backend", choices=("nftables", "iptables"), default="nftables")
+            p.add_argument("--keep", action="store_true", help="leave the chart and the demo pods installed")
+    args = parser.parse_args(argv)
+    try:
+        if args.verb == "up":
+            Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers)).up()
+        elif args.verb == "down":
+            down(Layout(args.name))
+        else:
+            cluster = Cluster.existing(args.name)
+            if args.verb == "status":
+                st = cluster.status()
+                if args.output == "json":
+                    print(json.dumps(st, indent=2))
+                else:
+                    for k, v in st.items():
+                        print(f"{k}: {v}" if not isinstance(v, dict) else f"{k}:\n" + "\n".join(f"  {a}: {b}" for a, b in v.items()))
+            elif args.verb == "logs":
+                print(cluster.log_tails(40))
+            elif args.verb == "walkthrough":
+                from .walkthrough import walkthrough
+
+                return 0 if walkthrough(cluster, args.backend, keep=args.keep) else 1
+    except (ClusterError, ValueError, RuntimeError) as e:
+        print(f"cluster.sh: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _passthrough(cluster: Cluster, argv: list[str]) -> int:
+    """Run kubectl or helm in the fabric namespace with the terminal attached."""
+    import os
+    import subprocess
+
+    from .paths import k8s_bin
+
+    if argv[0] == "kubectl":
+        argv[0] = str(k8s_bin("kubectl"))
+    env = {**os.environ, "KUBECONFIG": str(cluster.layout.kubeconfig)}
+    return subprocess.call(["nsenter", f"--net=/run/netns/{cluster.layout.fabric}", "--", *argv], env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

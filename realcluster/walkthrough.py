@@ -1,0 +1,182 @@
+"""The README's walkthrough on the real cluster: `helm install` the chart with the local
+image, the frontend/backend/unallowed Deployments (one pod of each per node) and a backend
+Service, then `kubectl exec` probes — TCP to port 80 and ping — from every client pod to
+every backend pod (same node and across nodes) and to the Service's ClusterIP, before the
+policy, with `allow-frontend-to-backend` applied, and after it is deleted. Then
+`helm uninstall` and `policyd cleanup` on every node.
+
+The expectation is written here from the policy's text, not computed by policyd's engine:
+without the policy everything answers; with it, only frontend → backend on TCP 80.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from .cluster import Cluster, ClusterError
+from .images import POLICYD
+from .paths import HELM, ROOT
+
+Say = Callable[[str], None]
+WORKLOADS = ROOT / "realcluster" / "manifests" / "walkthrough.yaml"
+POLICY = ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml"
+CHART = ROOT / "charts" / "policyd"
+RELEASE, RELEASE_NS = "policyd", "kube-system"
+PROBE_TIMEOUT = 2  # seconds a denied probe waits
+
+
+@dataclass(frozen=True)
+class Probe:
+    source: str  # pod name
+    source_app: str
+    source_node: str
+    target: str  # "pod <name>" or "service backend"
+    target_node: str  # "" for the Service
+    address: str
+    protocol: str  # TCP (port 80) or ICMP
+
+    def describe(self) -> str:
+        where = "" if not self.target_node else (" same node" if self.target_node == self.source_node else " across nodes")
+        return f"{self.source_app} ({self.source_node}) → {self.target} {self.address}{where} {self.protocol}"
+
+
+def install_chart(cluster: Cluster, backend: str, say: Say) -> None:
+    repo, tag = POLICYD.rsplit(":", 1)
+    say(f"helm install {RELEASE} charts/policyd -n {RELEASE_NS} --set backend={backend} (image {POLICYD}, pullPolicy Never)")
+    cluster.run_in_fabric([str(HELM), "install", RELEASE, str(CHART), "-n", RELEASE_NS,
+                           "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+                           "--set", "image.pullPolicy=Never", "--set", f"backend={backend}"])
+    rollout(cluster, f"daemonset/{RELEASE}", RELEASE_NS, say)
+
+
+def uninstall_chart(cluster: Cluster, backend: str, say: Say) -> None:
+    """`helm uninstall` leaves each node's ruleset (pods stay isolated); `policyd cleanup`
+    run on each node as the README says (kubectl debug node/…, host network) removes it."""
+    say(f"helm uninstall {RELEASE}, then policyd cleanup --backend {backend} on every node (kubectl debug node/…)")
+    cluster.run_in_fabric([str(HELM), "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "60s"])
+    for node in cluster.layout.nodes:
+        debug_pod = cleanup_node(cluster, node.name, backend)
+        if not kernel_is_clean(cluster, node.netns, backend):
+            raise ClusterError(f"{node.name}: policyd's objects are still in the kernel after cleanup ({debug_pod})")
+
+
+def cleanup_node(cluster: Cluster, node: str, backend: str) -> str:
+    out = cluster.kubectl("debug", f"node/{node}", "--profile=sysadmin", f"--image={POLICYD}",
+                          "--image-pull-policy=Never", "-q", "--", "policyd", "cleanup", "--backend", backend).stdout
+    pod = next((w for w in out.split() if w.startswith("node-debugger-")), "")
+    if not pod:  # kubectl -q prints nothing: find the pod by its node
+        pods = json.loads(cluster.kubectl("get", "pods", "-o", "json").stdout)["items"]
+        pod = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"].startswith(f"node-debugger-{node}-"))
+    deadline = time.monotonic() + 60
+    while True:
+        phase = cluster.kubectl("get", "pod", pod, "-o", "jsonpath={.status.phase}").stdout
+        if phase in ("Succeeded", "Failed"):
+            break
+        if time.monotonic() > deadline:
+            raise ClusterError(f"policyd cleanup on {node} did not finish within 60 s (pod {pod}: {phase})")
+        time.sleep(0.5)
+    log = cluster.kubectl("logs", pod, check=False).stdout.strip()
+    cluster.kubectl("delete", "pod", pod, "--wait=false")
+    if phase != "Succeeded":
+        raise ClusterError(f"policyd cleanup on {node} failed: {log}")
+    return log
+
+
+def kernel_is_clean(cluster: Cluster, netns: str, backend: str) -> bool:
+    import subprocess
+
+    if backend == "nftables":
+        proc = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "table", "inet", "policyd"], capture_output=True)
+        return proc.returncode != 0
+    save = subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy-save"], capture_output=True, text=True).stdout
+    sets = subprocess.run(["ip", "netns", "exec", netns, "ipset", "list", "-n"], capture_output=True, text=True).stdout
+    return "POLICYD" not in save and "policyd" not in sets
+
+
+def rollout(cluster: Cluster, what: str, namespace: str, say: Say, timeout: int = 120) -> None:
+    proc = cluster.kubectl("rollout", "status", what, "-n", namespace, f"--timeout={timeout}s", check=False,
+                           timeout=timeout + 10)
+    if proc.returncode != 0:
+        pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        events = cluster.kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False).stdout[-3000:]
+        raise ClusterError(f"{what} not rolled out: {proc.stderr.strip() or proc.stdout.strip()}\n{pods}\n{events}")
+    say(f"{what}: rolled out")
+
+
+def pods_of(cluster: Cluster, namespace: str = "default") -> list[dict[str, str]]:
+    items = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
+    return [{"name": p["metadata"]["name"], "app": p["metadata"].get("labels", {}).get("app", ""),
+             "node": p["spec"].get("nodeName", ""), "ip": p["status"].get("podIP", "")}
+            for p in items if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+
+
+def plan_probes(cluster: Cluster) -> list[Probe]:
+    pods = pods_of(cluster)
+    service_ip = cluster.kubectl("get", "service", "backend", "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
+    backends = [p for p in pods if p["app"] == "backend"]
+    probes = []
+    for src in (p for p in pods if p["app"] in ("frontend", "unallowed")):
+        for proto in ("TCP", "ICMP"):
+            for dst in backends:
+                probes.append(Probe(src["name"], src["app"], src["node"], f"pod {dst['name']}", dst["node"], dst["ip"], proto))
+        probes.append(Probe(src["name"], src["app"], src["node"], "service backend", "", service_ip, "TCP"))
+    return probes
+
+
+def probe(cluster: Cluster, p: Probe) -> bool:
+    """True when the target answered: an HTTP reply on TCP 80, an echo reply for ICMP."""
+    if p.protocol == "TCP":
+        cmd = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {PROBE_TIMEOUT} {p.address} 80"
+        proc = cluster.kubectl("exec", p.source, "--", "sh", "-c", cmd, check=False, timeout=30)
+        return "HTTP/1." in proc.stdout
+    proc = cluster.kubectl("exec", p.source, "--", "ping", "-c", "1", "-W", str(PROBE_TIMEOUT), p.address, check=False, timeout=30)
+    return proc.returncode == 0
+
+
+def check_phase(cluster: Cluster, name: str, expect: Callable[[Probe], bool], say: Say, attempts: int = 3) -> list[str]:
+    """Probe everything; a probe that disagrees is retried (a policy takes a moment to
+    reach the kernel), and what still disagrees is returned."""
+    probes = plan_probes(cluster)
+    if len(probes) < 20:
+        raise ClusterError(f"expected 2 pods per app over 2 nodes, found {len(pods_of(cluster))} running pods")
+    wrong = probes
+    for attempt in range(attempts):
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answered = dict(zip(wrong, pool.map(lambda p: probe(cluster, p), wrong)))
+        wrong = [p for p, ok in answered.items() if ok != expect(p)]
+        if not wrong:
+            break
+        time.sleep(1)
+    allowed = sum(1 for p in probes if expect(p))
+    say(f"{name}: {len(probes)} probes, {allowed} expected to answer, {len(probes) - allowed} to time out: "
+        + ("all as expected" if not wrong else f"{len(wrong)} NOT as expected"))
+    return [f"{name}: {p.describe()}: {'answered' if not expect(p) else 'timed out'}, expected the opposite" for p in wrong]
+
+
+def walkthrough(cluster: Cluster, backend: str = "nftables", say: Say = print, keep: bool = False) -> bool:
+    started = time.monotonic()
+    install_chart(cluster, backend, say)
+    say("kubectl apply -f realcluster/manifests/walkthrough.yaml (frontend, backend, unallowed; 2 pods each)")
+    cluster.kubectl("apply", "-f", str(WORKLOADS))
+    for app in ("backend", "frontend", "unallowed"):
+        rollout(cluster, f"deployment/{app}", "default", say)
+    failures = check_phase(cluster, "no policy", lambda p: True, say)
+    say("kubectl apply -f examples/policies/allow-frontend-to-backend.yaml")
+    cluster.kubectl("apply", "-f", str(POLICY))
+    failures += check_phase(cluster, "allow-frontend-to-backend",
+                            lambda p: p.source_app == "frontend" and p.protocol == "TCP", say)
+    say("kubectl delete -f examples/policies/allow-frontend-to-backend.yaml")
+    cluster.kubectl("delete", "-f", str(POLICY))
+    failures += check_phase(cluster, "policy deleted", lambda p: True, say)
+    if not keep:
+        cluster.kubectl("delete", "-f", str(WORKLOADS), "--wait=true", timeout=120)
+        uninstall_chart(cluster, backend, say)
+    for f in failures:
+        say(f"  {f}")
+    say(f"walkthrough ({cluster.layout.cni} CNI, {backend}): {'PASSED' if not failures else 'FAILED'} "
+        f"in {time.monotonic() - started:.0f} s")
+    return not failures
