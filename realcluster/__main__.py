@@ -7,6 +7,8 @@
     cluster.sh helm [--name N] ARGS...
     cluster.sh logs [--name N]                (the last lines of every component's log)
     cluster.sh walkthrough [--name N] [--backend nftables|iptables] [--keep]
+    cluster.sh demo [--cni bridge|ptp] [--backend nftables|iptables] [--keep]
+                                              (up, walkthrough, down; --keep leaves it all up)
     cluster.sh down [--name N]
 """
 
@@ -39,22 +41,24 @@ def main(argv: list[str] | None = None) -> int:
         for image in build_all(lambda s: print(f"==> {s}", flush=True)):
             print(f"==> image {image.name}: {image.archive} ({image.archive.stat().st_size / 2**20:.0f} MiB)")
         return 0
-    for verb in ("up", "down", "status", "logs", "walkthrough"):
+    for verb in ("up", "down", "status", "logs", "walkthrough", "demo"):
         p = sub.add_parser(verb)
         p.add_argument("--name", default="pdc", help="cluster name, 1-8 of [a-z0-9] (default pdc)")
-        if verb == "up":
+        if verb in ("up", "demo"):
             p.add_argument("--cni", choices=CNI_STYLES, default="bridge")
             p.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
             p.add_argument("--workers", type=int, default=2)
         if verb == "status":
             p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-        if verb == "walkthrough":
+        if verb in ("walkthrough", "demo"):
             p.add_argument("--backend", choices=("nftables", "iptables"), default="nftables")
             p.add_argument("--keep", action="store_true", help="leave the chart and the demo pods installed")
     args = parser.parse_args(argv)
     try:
         if args.verb == "up":
             Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers)).up()
+        elif args.verb == "demo":
+            return demo(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.keep)
         elif args.verb == "down":
             down(Layout(args.name))
         else:
@@ -76,6 +80,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster.sh: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def demo(layout: Layout, backend: str, keep: bool) -> int:
+    """The README's third command: a cluster, the walkthrough, and (unless --keep) nothing left."""
+    from .walkthrough import walkthrough
+
+    cluster = Cluster(layout)
+    cluster.up()
+    try:
+        ok = walkthrough(cluster, backend, keep=keep)
+    finally:
+        if keep:
+            print(f"kept: scripts/cluster.sh kubectl --name {layout.name} get pods -A -o wide; "
+                  f"scripts/cluster.sh down --name {layout.name} removes it")
+        else:
+            cluster.down()
+    return 0 if ok else 1
 
 
 def _passthrough(cluster: Cluster, argv: list[str]) -> int:

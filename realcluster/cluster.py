@@ -40,6 +40,11 @@ class Cluster:
         self.layout = layout
         self.pki_dir = layout.state / "pki"
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's record of every write (JSON lines, audit.k8s.io/v1 Events)."""
+        return self.layout.control_plane.state / "logs" / "audit.log"
+
     @classmethod
     def existing(cls, name: str) -> "Cluster":
         """The cluster `name` as `up` recorded it (its CNI style, proxy mode, node count)."""
@@ -70,12 +75,12 @@ class Cluster:
                 say(f"{node.name} ({node.ip}, {lay.cni} CNI): containerd, images, kubelet, kube-proxy ({lay.proxy_mode})")
                 self._node(node, binaries, images)
             self._wait_ready(say)
-        except BaseException:
-            say("up failed: taking down what was started (logs stay in the error below)")
+        except BaseException as e:
+            say("up failed: taking down what was started")
             logs = self.log_tails()
-            self.down(say=lambda s: None, keep_logs=True)
-            if logs:
-                say(logs)
+            self.down(say=lambda s: None)
+            if isinstance(e, ClusterError) and logs:
+                raise ClusterError(f"{e}\n{logs}") from None
             raise
         say(f"cluster {lay.name!r} up in {time.monotonic() - started:.1f} s; kubeconfig {lay.kubeconfig} "
             f"(use it inside {lay.fabric}: scripts/cluster.sh kubectl ...)")
@@ -133,7 +138,9 @@ class Cluster:
         processes.in_mount_ns(cp.mount_ns, "mount", "-t", "tmpfs", "-o", "mode=0700,size=1g", "tmpfs", str(etcd_dir))
         logs = cp.state / "logs"
         self._start(cp, "etcd", ["etcd", *config.etcd_args(etcd_dir / "data")], logs)
-        self._start(cp, "kube-apiserver", [bins["kube-apiserver"], *config.apiserver_args(pki)], logs)
+        audit_policy = cp.state / "audit-policy.yaml"
+        audit_policy.write_text(config.AUDIT_POLICY)
+        self._start(cp, "kube-apiserver", [bins["kube-apiserver"], *config.apiserver_args(pki, audit_policy, self.audit_log)], logs)
         self._wait("kube-apiserver /readyz", lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, 90)
         self._start(cp, "kube-controller-manager",
                     [bins["kube-controller-manager"], *config.controller_manager_args(pki, pki / "controller-manager.kubeconfig")], logs)
@@ -250,15 +257,15 @@ class Cluster:
 
     def log_tails(self, lines: int = 15) -> str:
         out = []
-        for log in sorted(self.layout.state.glob("*/logs/*.log")):
+        for log in sorted(p for p in self.layout.state.glob("*/logs/*.log") if p.name != "audit.log"):
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {log.parent.parent.name}/{log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
         return "\n".join(out)
 
     # --- down ----------------------------------------------------------------------------
 
-    def down(self, say: Say = print, keep_logs: bool = False) -> None:
-        down(self.layout, say, keep_logs)
+    def down(self, say: Say = print) -> None:
+        down(self.layout, say)
 
 
 def _zombie(pid: int) -> bool:
@@ -268,7 +275,7 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def down(layout: Layout, say: Say = print, keep_logs: bool = False) -> None:
+def down(layout: Layout, say: Say = print) -> None:
     """Remove everything of cluster `layout.name`, from what the kernel shows."""
     lay = layout
     netns = {i for n in list_namespaces(lay.prefix + ".") if (i := processes.ns_inode(f"/run/netns/{n}"))}
@@ -288,12 +295,6 @@ def down(layout: Layout, say: Say = print, keep_logs: bool = False) -> None:
     for point in processes.mounts_under(lay.state):
         subprocess.run(["umount", "-l", point], capture_output=True)
     delete_namespaces(lay.prefix + ".")
-    logs = lay.state.parent / f"{lay.name}-logs"
-    if keep_logs and lay.state.is_dir():
-        shutil.rmtree(logs, ignore_errors=True)
-        for log in lay.state.glob("*/logs/*.log"):
-            (logs / log.parent.parent.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(log, logs / log.parent.parent.name / log.name)
     if lay.state.exists():
         shutil.rmtree(lay.state)
     _remove_made_dirs(lay.state.parent)

@@ -95,8 +95,21 @@ def etcd_args(data_dir: Path) -> list[str]:
             "--initial-cluster=cp=http://127.0.0.1:2380", "--log-level=warn"]
 
 
-def apiserver_args(pki: Path) -> list[str]:
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  # Every write, by anyone: what the tests check the agent never does (it may only post
+  # Events). Reads are not recorded.
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+  - level: None
+"""
+
+
+def apiserver_args(pki: Path, audit_policy: Path, audit_log: Path) -> list[str]:
     return [
+        f"--audit-policy-file={audit_policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json",
         f"--advertise-address={API_ADDR}", "--bind-address=0.0.0.0", f"--secure-port={API_PORT}",
         "--etcd-servers=http://127.0.0.1:2379", f"--service-cluster-ip-range={SERVICE_CIDR}",
         f"--client-ca-file={pki}/ca.crt", f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",

@@ -57,7 +57,15 @@ def uninstall_chart(cluster: Cluster, backend: str, say: Say) -> None:
     """`helm uninstall` leaves each node's ruleset (pods stay isolated); `policyd cleanup`
     run on each node as the README says (kubectl debug node/…, host network) removes it."""
     say(f"helm uninstall {RELEASE}, then policyd cleanup --backend {backend} on every node (kubectl debug node/…)")
+    helm_uninstall(cluster)
+    cleanup_nodes(cluster, backend)
+
+
+def helm_uninstall(cluster: Cluster) -> None:
     cluster.run_in_fabric([str(HELM), "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "60s"])
+
+
+def cleanup_nodes(cluster: Cluster, backend: str) -> None:
     for node in cluster.layout.nodes:
         debug_pod = cleanup_node(cluster, node.name, backend)
         if not kernel_is_clean(cluster, node.netns, backend):

@@ -38,6 +38,7 @@ from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.interfaces import RouteInterfaces
 from ..reconcile.runner import SyncRunner
 from ..reconcile.syncer import Syncer
+from .events import EventPoster
 from .feed import KINDS, ClusterFeed, Finding, WatchKind, ref_of
 from .metrics import AgentMetrics
 from .settings import AgentSettings, FailMode
@@ -70,10 +71,13 @@ class ClusterAgent:
         self.wake = asyncio.Event()
         self.arrivals: list[float] = []  # monotonic arrival times of events not yet committed
         self.posted: set[tuple[str, int | None, str]] = set()
+        self.events = EventPoster(settings.node_name, settings.kubeconfig)
         self.relist_at: dict[WatchKind, float] = {}
         self.next_relist = time.monotonic() + settings.relist_every
         self.heartbeat = time.monotonic()
         self.froze_after_relist = False
+        self.last_watch_event: dict[WatchKind, float] = {}
+        self.last_relist_ok: float | None = None
 
     # --- from the handlers ----------------------------------------------------------------
 
@@ -86,6 +90,7 @@ class ClusterAgent:
             # kind for deletions.
             self.schedule_relist(self.settings.relist_grace)
         self.metrics.events.labels(kind).inc()
+        self.last_watch_event[kind] = time.monotonic()
         if feed.observe(kind, typ, raw) is not None:
             self.arrivals.append(time.monotonic())
             self.runner.request()
@@ -172,6 +177,7 @@ class ClusterAgent:
             except Exception as e:  # noqa: BLE001 - try again at the next relist
                 log.warning("relist of %s failed: %s", kind, e)
                 continue
+            self.last_relist_ok = time.monotonic()
             events = self.feed.relisted(kind, present, rv)
             if events:
                 self.metrics.relist_deletes.inc(len(events))
@@ -236,9 +242,15 @@ class ClusterAgent:
 
         async def readyz(_: web.Request) -> web.Response:
             s = self.runner.stats
+            now = time.monotonic()
+            # Readiness is about enforcement (lists in, kernel in step); the watches are
+            # reported, not judged: a quiet cluster sends no events, and kopf re-opens a
+            # broken watch by itself (relisting after a 410, which the relist repair follows).
             doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, "syncs": s.syncs,
                    "consecutive_failures": s.consecutive_failures, "last_error": s.last_error,
-                   "local_pods": len(self.compiler.plans), "pending_interfaces": sorted(self.syncer.pending)}
+                   "local_pods": len(self.compiler.plans), "pending_interfaces": sorted(self.syncer.pending),
+                   "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
+                   "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1)}
             return web.json_response(doc, status=200 if self.ready else 503)
 
         app = web.Application()
@@ -270,9 +282,9 @@ def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
     for kind, (group, version, plural) in RESOURCES.items():
         resource = (group, version, plural) if group else (version, plural)
 
-        async def on_event(event: dict, body: Any, _kind: WatchKind = kind, **_: Any) -> None:
+        async def on_event(event: dict, _kind: WatchKind = kind, **_: Any) -> None:
             for f in agent.observe(_kind, event.get("type"), event["object"]):
-                kopf.warn(body, reason=f.reason, message=f.message)
+                await agent.events.post(f, event["object"])
             return None  # a returned value would be patched into the object
 
         kopf.on.event(*resource, id=f"policyd_observe_{plural}", registry=registry)(on_event)
@@ -300,8 +312,7 @@ def operator_settings() -> kopf.OperatorSettings:
     s.peering.standalone = True
     s.scanning.disabled = True
     s.persistence.finalizer = FINALIZER
-    s.posting.reporting_component = "policyd"
-    s.posting.level = logging.WARNING  # only our explicit warnings become Events
+    s.posting.enabled = False  # our Events are posted by EventPoster (node, action, no repeats)
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
     s.watching.connect_timeout = 10

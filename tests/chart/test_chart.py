@@ -67,7 +67,7 @@ def test_default_render_is_valid_and_safe():
     # RBAC: read-only on pods, namespaces and policies; events are the only writes.
     for rule in objs["ClusterRole"]["rules"]:
         if "events" in rule["resources"]:
-            assert set(rule["verbs"]) == {"create", "patch"}
+            assert set(rule["verbs"]) == {"create", "list"}
         else:
             assert set(rule["verbs"]) == {"get", "list", "watch"}
     assert objs["ClusterRoleBinding"]["subjects"][0]["name"] == objs["ServiceAccount"]["metadata"]["name"]

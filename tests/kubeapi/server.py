@@ -5,13 +5,20 @@ Events:
 * `/version`, discovery (`/api`, `/apis`, group versions), a stub OpenAPI v3 document that
   declares the `fieldValidation` parameter, so kubectl sends `fieldValidation=Strict` and
   this server checks the top-level fields (deeper schema checks are the real server's job);
-* list (with `limit`/`continue` and `labelSelector` equality terms) and watch with
+* list (with `labelSelector` equality terms, and `limit`/`continue` as the real server
+  pages: every page comes from the snapshot the first page saw, the token continues after
+  the last key served, and a token older than the compaction floor answers `410 Expired`)
+  and watch with
   resourceVersion semantics: chunked JSON-lines streams, replay from a resourceVersion,
   bookmarks, `sendInitialEvents`, `timeoutSeconds`, and an ERROR event with `410 Gone` for a
   resourceVersion older than the compaction floor;
 * create / get / update (optimistic concurrency) / patch (JSON merge, strategic merge with
   the merge keys of these kinds, JSON patch) / delete, the Pod `status` subresource;
-  deleting a Namespace deletes its objects.
+* deletion as the real server does it where an agent sees the difference: a Pod bound to
+  a node first gets `deletionTimestamp` (MODIFIED) and goes (DELETED) when its grace period
+  ends (capped at `grace_cap` seconds, standing in for the kubelet's confirmation; 0 or an
+  unbound pod: at once); a Namespace turns `Terminating` (MODIFIED), its objects are deleted
+  that way, and it goes once it is empty.
 
 Test controls: `drop_watches()` closes every open watch stream; `compact()` forgets the
 history so that resuming watches get 410; `requests` logs every request (method, path,
@@ -19,13 +26,14 @@ query) so a test can assert that an agent never wrote to an object.
 
 Deliberate differences from the real server: no authentication or admission, status given
 on create is kept (tests place pods by writing it, as a kubelet would through the status
-subresource), deletion is immediate (no finalizers, no grace period).
+subresource), no finalizers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import copy
 import json
 import socket
@@ -185,11 +193,26 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def fields_match(selector: str, obj: dict) -> bool:
+    """Field selector terms `a.b=v`, `a.b==v`, `a.b!=v` on the object's dotted paths (the real
+    server allows a few fields per kind; the agent uses metadata.name and Event fields)."""
+    for term in filter(None, selector.split(",")):
+        negate = "!=" in term
+        path, _, want = term.replace("!=", "=").replace("==", "=").partition("=")
+        value: Any = obj
+        for part in path.strip().split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if (str(value if value is not None else "") == want.strip()) == negate:
+            return False
+    return True
+
+
 @dataclass(eq=False)
 class Watch:
     kind: Kind
     namespace: str | None
     selector: str
+    fields: str = ""
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     closed: bool = False  # dropped: takes no more events
 
@@ -220,7 +243,9 @@ class Request:
 class KubeAPI:
     """The server's state and handlers; `serve()` runs it on a background thread."""
 
-    def __init__(self, bookmark_every: float = 1.0) -> None:
+    def __init__(self, bookmark_every: float = 1.0, grace_cap: float = 0.3) -> None:
+        self.grace_cap = grace_cap
+        self.snapshots: dict[tuple[Kind, int], tuple[list[tuple[str, str]], list[dict]]] = {}
         self.objects: dict[tuple[Kind, str, str], dict] = {}
         self._sorted: dict[Kind, tuple[int, list[tuple[str, dict]]]] = {}
         self.history: list[tuple[int, Kind, str, dict]] = []  # (rv, kind, type, object)
@@ -313,7 +338,7 @@ class KubeAPI:
     def _visible(w: Watch, kind: Kind, ns: str, obj: dict) -> bool:
         if w.kind != kind or (w.namespace is not None and w.namespace != ns):
             return False
-        return selector_matches(w.selector, obj.get("metadata", {}).get("labels") or {})
+        return selector_matches(w.selector, obj.get("metadata", {}).get("labels") or {}) and fields_match(w.fields, obj)
 
     # --- routing --------------------------------------------------------------------------
 
@@ -424,7 +449,10 @@ class KubeAPI:
             obj = self.objects.get(key)
             return web.json_response(obj) if obj else self._not_found(kind, name)
         if m == "DELETE":
-            return self.delete(kind, ns or "", name)
+            grace = request.query.get("gracePeriodSeconds")
+            if grace is None and request.can_read_body:
+                grace = (await self._body(request) or {}).get("gracePeriodSeconds")
+            return self.delete(kind, ns or "", name, None if grace is None else int(grace))
         if m in ("PUT", "PATCH"):
             return await self.modify(request, kind, ns or "", name, sub)
         return status(405, "MethodNotAllowed", m)
@@ -447,22 +475,48 @@ class KubeAPI:
         return [o for o in items if selector_matches(selector, o.get("metadata", {}).get("labels") or {})]
 
     def list(self, request: web.Request, kind: Kind, ns: str | None) -> web.Response:
-        items = self._select(kind, ns, request.query.get("labelSelector", ""))
-        start, list_rv = 0, str(self.rv)
-        if request.query.get("continue"):
-            tok = json.loads(base64.b64decode(request.query["continue"]))
-            start, list_rv = tok["offset"], tok["rv"]
-        limit = int(request.query.get("limit") or 0)
-        page = items[start:start + limit] if limit else items[start:]
-        cont = ""
-        if limit and start + limit < len(items):
-            cont = base64.b64encode(json.dumps({"offset": start + limit, "rv": list_rv}).encode()).decode()
+        q = request.query
+        after: tuple[str, str] | None = None
+        if q.get("continue"):
+            try:
+                tok = json.loads(base64.urlsafe_b64decode(q["continue"]))
+                list_rv, after = int(tok["rv"]), (tok["start"][0], tok["start"][1])
+            except (ValueError, KeyError, TypeError, IndexError):
+                return status(400, "BadRequest", "continue key is not valid")
+            snapshot = self.snapshots.get((kind, list_rv))
+            if snapshot is None or list_rv < self.floor:
+                return status(410, "Expired", "The provided continue parameter is too old to display a consistent list "
+                              "result. You can start a new list without the continue parameter.")
+        else:
+            list_rv = self.rv
+            # What the first page saw: later pages read it, whatever changes meanwhile
+            # (objects are replaced on every change, never edited in place).
+            entries = sorted(((n, nm), o) for (k, n, nm), o in self.objects.items() if k == kind)
+            snapshot = ([key for key, _ in entries], [o for _, o in entries])
+            self.snapshots[(kind, list_rv)] = snapshot
+            while len(self.snapshots) > 32:
+                del self.snapshots[next(iter(self.snapshots))]
+        selector = q.get("labelSelector", "")
+        keys, objs = snapshot
+        start = 0 if after is None else bisect.bisect_right(keys, after)
+        limit = int(q.get("limit") or 0)
+        page: list[dict] = []
+        last: tuple[str, str] | None = None
+        for i in range(start, len(keys)):
+            if limit and len(page) == limit:
+                break
+            last = keys[i]
+            if ((ns is None or last[0] == ns) and selector_matches(selector, objs[i].get("metadata", {}).get("labels") or {})
+                    and fields_match(q.get("fieldSelector", ""), objs[i])):
+                page.append(objs[i])
+        more = last is not None and last < keys[-1]
+        cont = base64.urlsafe_b64encode(json.dumps({"rv": list_rv, "start": list(last)}).encode()).decode() if more and limit else ""
         return web.json_response({"kind": f"{kind.kind}List", "apiVersion": kind.group_version,
-                                  "metadata": {"resourceVersion": list_rv, "continue": cont}, "items": page})
+                                  "metadata": {"resourceVersion": str(list_rv), "continue": cont}, "items": page})
 
     async def watch(self, request: web.Request, kind: Kind, ns: str | None) -> web.StreamResponse:
         q = request.query
-        w = Watch(kind, ns, q.get("labelSelector", ""))
+        w = Watch(kind, ns, q.get("labelSelector", ""), q.get("fieldSelector", ""))
         since = q.get("resourceVersion", "")
         bookmarks = q.get("allowWatchBookmarks") == "true"
         timeout = float(q.get("timeoutSeconds") or 1800)
@@ -481,7 +535,8 @@ class KubeAPI:
                 return resp
             if not since or since == "0" or q.get("sendInitialEvents") == "true":
                 for obj in self._select(kind, ns, w.selector):
-                    await send("ADDED", obj)
+                    if fields_match(w.fields, obj):
+                        await send("ADDED", obj)
                 if q.get("sendInitialEvents") == "true":
                     await send("BOOKMARK", {"kind": kind.kind, "apiVersion": kind.group_version, "metadata": {
                         "resourceVersion": str(self.rv), "annotations": {"k8s.io/initial-events-end": "true"}}})
@@ -588,15 +643,64 @@ class KubeAPI:
             return web.json_response(new)
         return web.json_response(self._store(kind, ns, new, "MODIFIED"))
 
-    def delete(self, kind: Kind, ns: str, name: str) -> web.Response:
+    def delete(self, kind: Kind, ns: str, name: str, grace: int | None = None) -> web.Response:
         obj = self.objects.get((kind, ns, name))
         if obj is None:
             return self._not_found(kind, name)
         if kind.kind == "Namespace":
-            for (k, n, nm) in [key for key in self.objects if key[1] == name and key[0].namespaced]:
+            return web.json_response(self._terminate_namespace(name))
+        if kind.kind == "Pod":
+            if grace is None:
+                grace = int((obj.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            if grace > 0 and (obj.get("spec") or {}).get("nodeName"):
+                return web.json_response(self._delete_gracefully(kind, ns, name, grace))
+        return web.json_response(self._store(kind, ns, copy.deepcopy(obj), "DELETED"))
+
+    def _delete_gracefully(self, kind: Kind, ns: str, name: str, grace: int) -> dict:
+        """deletionTimestamp now (MODIFIED); DELETED when the (capped) grace period ends."""
+        obj = self.objects[(kind, ns, name)]
+        if obj["metadata"].get("deletionTimestamp"):
+            return obj
+        marked = copy.deepcopy(obj)
+        marked["metadata"]["deletionTimestamp"] = now()
+        marked["metadata"]["deletionGracePeriodSeconds"] = grace
+        marked = self._store(kind, ns, marked, "MODIFIED")
+        uid = marked["metadata"]["uid"]
+
+        def finish() -> None:
+            current = self.objects.get((kind, ns, name))
+            if current is not None and current["metadata"]["uid"] == uid:
+                self._store(kind, ns, copy.deepcopy(current), "DELETED")
+
+        asyncio.get_running_loop().call_later(min(grace, self.grace_cap), finish)
+        return marked
+
+    def _terminate_namespace(self, name: str) -> dict:
+        """Terminating (MODIFIED) → its objects deleted (pods gracefully) → DELETED once empty."""
+        kind = KINDS[0]
+        ns_obj = copy.deepcopy(self.objects[(kind, "", name)])
+        if not ns_obj["metadata"].get("deletionTimestamp"):
+            ns_obj["metadata"]["deletionTimestamp"] = now()
+            ns_obj["status"] = {"phase": "Terminating"}
+            ns_obj = self._store(kind, "", ns_obj, "MODIFIED")
+        for (k, n, nm) in [key for key in self.objects if key[1] == name and key[0].namespaced]:
+            if k.kind == "Pod":
+                pod = self.objects[(k, n, nm)]
+                self._delete_gracefully(k, n, nm, int((pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30))) \
+                    if (pod.get("spec") or {}).get("nodeName") else self._store(k, n, copy.deepcopy(pod), "DELETED")
+            else:
                 self._store(k, n, copy.deepcopy(self.objects[(k, n, nm)]), "DELETED")
-        gone = self._store(kind, ns, copy.deepcopy(obj), "DELETED")
-        return web.json_response(gone)
+
+        def finish() -> None:
+            if (kind, "", name) not in self.objects:
+                return
+            if any(key[1] == name and key[0].namespaced for key in self.objects):
+                asyncio.get_running_loop().call_later(0.05, finish)
+                return
+            self._store(kind, "", copy.deepcopy(self.objects[(kind, "", name)]), "DELETED")
+
+        asyncio.get_running_loop().call_later(0, finish)
+        return ns_obj
 
     # --- running --------------------------------------------------------------------------
 

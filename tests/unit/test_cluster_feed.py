@@ -180,7 +180,8 @@ def test_api_server_watch_semantics_through_the_kubernetes_client():
         core.delete_namespace("x")
         seen = [(e["type"], e["object"].metadata.name) for e in
                 watch.Watch().stream(core.list_namespace, resource_version=rv, timeout_seconds=1)]
-        assert seen == [("ADDED", "x"), ("MODIFIED", "x"), ("DELETED", "x")]
+        # A deleted namespace turns Terminating (MODIFIED) before it goes, as on a real server.
+        assert seen == [("ADDED", "x"), ("MODIFIED", "x"), ("MODIFIED", "x"), ("DELETED", "x")]
         api.compact()
         with pytest.raises(client.exceptions.ApiException) as e:
             list(watch.Watch().stream(core.list_namespace, resource_version=rv, timeout_seconds=1))
@@ -223,3 +224,29 @@ def test_live_matrix_and_explain_read_the_cluster(tmp_path, capsys):
         assert {r.method for r in api.requests[before:]} == {"GET"}  # the what-if tools only read
     finally:
         api.stop()
+
+
+def test_events_name_the_node_and_the_action_and_are_not_repeated():
+    """An Event says which node found what and what policyd did; a restarted agent finds
+    its own earlier Event for the same policy version and does not post it again, while a
+    new version, another node or another message is a new Event."""
+    import datetime
+
+    from policyd.kube.events import already_posted, event_body
+    from policyd.kube.feed import Finding
+
+    raw = policy("named", rv=3, port="metrics")
+    raw["metadata"]["uid"] = "u-1"
+    f = Finding("default/named", "NamedPortUnresolved", "ingress[0].ports[0]: no container port named 'metrics'")
+    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    body = event_body(f, raw, "node-1", now)
+    assert body["reportingInstance"] == "node-1" and body["source"]["host"] == "node-1"
+    assert body["action"] == "AllowNothingOnPort" and body["reportingComponent"] == "policyd"
+    assert body["involvedObject"]["uid"] == "u-1" and body["involvedObject"]["resourceVersion"] == "3"
+    assert already_posted([body], event_body(f, raw, "node-1", now + datetime.timedelta(hours=1)))
+    assert not already_posted([body], event_body(f, raw, "node-2", now))
+    newer = policy("named", rv=4, port="metrics")
+    newer["metadata"]["uid"] = "u-1"
+    assert not already_posted([body], event_body(f, newer, "node-1", now))
+    assert not already_posted([body], event_body(Finding(f.policy, f.reason, "other"), raw, "node-1", now))
+    assert event_body(Finding(f.policy, "PolicyInvalid", "x"), raw, "n", now)["action"] == "IsolateAllowingNothing"

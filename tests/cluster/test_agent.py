@@ -1,0 +1,117 @@
+"""The cluster agent on a real cluster (the chart's DaemonSet, watching a real
+kube-apiserver through its ServiceAccount): relabelling moves a pod in and out of a
+policy, a named port that resolves nowhere gives one Warning Event per node (naming the
+node and the action), a restart of every agent posts none again, the agent's only writes
+are Events (the API server's audit log says so), metrics and readiness are served on the
+host network, and `helm uninstall` leaves the ruleset enforcing.
+
+The fault the real server cannot be made to produce on demand (a watch lost while an object
+is deleted and the history compacted) stays in tests/e2e/test_cluster_agent.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from policyd.lab.netns import http_get
+from realcluster.cluster import Cluster
+from realcluster.walkthrough import (POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_nodes, helm_uninstall, install_chart,
+                                     pods_of, rollout)
+
+pytestmark = pytest.mark.cluster
+
+AGENT_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}"
+SERIES = [  # what the metrics endpoint must serve
+    "policyd_event_to_programmed_seconds_bucket", "policyd_sync_duration_seconds_count{kind=\"partial\"}",
+    "policyd_sync_duration_seconds_count{kind=\"full\"}", "policyd_transaction_operations_total",
+    "policyd_apply_errors_total", "policyd_local_pods_enforced", "policyd_policies", "policyd_sets",
+    "policyd_set_elements", "policyd_invalid_policies", "policyd_ready",
+]
+
+
+def tcp(cluster: Cluster, source: str, address: str) -> bool:
+    cmd = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {address} 80"
+    return "HTTP/1." in cluster.kubectl("exec", source, "--", "sh", "-c", cmd, check=False, timeout=30).stdout
+
+
+def eventually(check, want: bool, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while check() != want:
+        assert time.monotonic() < deadline, f"{what}: still {not want} after {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def warning_events(cluster: Cluster, reason: str) -> list[dict]:
+    items = json.loads(cluster.kubectl("get", "events", "-n", "default", "-o", "json").stdout)["items"]
+    return [e for e in items if e.get("reason") == reason]
+
+
+def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
+    c = cluster
+    say: list[str] = []
+    install_chart(c, "nftables", say.append)
+    c.kubectl("apply", "-f", str(WORKLOADS))
+    for app in ("backend", "frontend", "unallowed"):
+        rollout(c, f"deployment/{app}", "default", say.append)
+    walker = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "walker", "namespace": "default", "labels": {"app": "unallowed"}},
+              "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 1, "containers": [
+                  {"name": "c", "image": "localhost/policyd/testbox:1", "imagePullPolicy": "Never", "command": ["sleep", "2147483647"]}]}}
+    c.kubectl("apply", "-f", "-", input=json.dumps(walker))
+    c.kubectl("wait", "--for=condition=Ready", "pod/walker", "--timeout=60s")
+    backend = next(p for p in pods_of(c) if p["app"] == "backend" and p["node"] == "node-2")
+
+    c.kubectl("apply", "-f", str(POLICY))
+    eventually(lambda: tcp(c, "walker", backend["ip"]), False, "unallowed walker → backend after the policy")
+
+    # Relabelled with kubectl: the pod moves into the allowed set, and out again.
+    c.kubectl("label", "pod", "walker", "app=frontend", "--overwrite")
+    eventually(lambda: tcp(c, "walker", backend["ip"]), True, "walker relabelled frontend → backend")
+    c.kubectl("label", "pod", "walker", "app=unallowed", "--overwrite")
+    eventually(lambda: tcp(c, "walker", backend["ip"]), False, "walker relabelled back → backend")
+
+    # A named port no backend pod declares: isolated, nothing allowed, one Event per node
+    # that runs backend pods, naming the node and the action.
+    named = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "metrics-port", "namespace": "default"},
+             "spec": {"podSelector": {"matchLabels": {"app": "backend"}}, "ingress": [{"ports": [{"port": "metrics"}]}]}}
+    c.kubectl("apply", "-f", "-", input=yaml.safe_dump(named))
+    eventually(lambda: len(warning_events(c, "NamedPortUnresolved")) >= 2, True, "NamedPortUnresolved Events from both nodes")
+    events = warning_events(c, "NamedPortUnresolved")
+    assert sorted(e["reportingInstance"] for e in events) == ["node-1", "node-2"], events
+    for e in events:
+        assert e["action"] == "AllowNothingOnPort" and e["reportingComponent"] == "policyd"
+        assert e["involvedObject"]["name"] == "metrics-port" and "default/backend" in e["message"]
+
+    # Every agent restarted: the unchanged finding is not posted again.
+    c.kubectl("delete", "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/name=policyd", "--wait=true")
+    rollout(c, f"daemonset/{RELEASE}", RELEASE_NS, say.append)
+    time.sleep(5)
+    assert len(warning_events(c, "NamedPortUnresolved")) == 2, warning_events(c, "NamedPortUnresolved")
+
+    # Metrics and readiness on the node's address (host network).
+    node = c.layout.nodes[1]
+    code, text = http_get(c.layout.fabric, f"http://{node.ip}:9808/metrics")
+    assert code == 200 and all(s in text for s in SERIES), [s for s in SERIES if s not in text]
+    assert "policyd_ready 1.0" in text
+    code, body = http_get(c.layout.fabric, f"http://{node.ip}:9808/readyz")
+    doc = json.loads(body)
+    assert code == 200 and doc["ready"] and doc["initial_lists_complete"] and "Pod" in doc["seconds_since_watch_event"]
+
+    # `helm uninstall` leaves the ruleset: backend stays isolated without any agent, until
+    # `policyd cleanup` on each node removes it.
+    frontend = next(p for p in pods_of(c) if p["app"] == "frontend")
+    helm_uninstall(c)
+    assert not tcp(c, "walker", backend["ip"]) and tcp(c, frontend["name"], backend["ip"])
+    cleanup_nodes(c, "nftables")
+    assert tcp(c, "walker", backend["ip"])
+    c.kubectl("delete", "-f", str(WORKLOADS), "--wait=false")
+    c.kubectl("delete", "-f", str(POLICY), "--wait=false")
+    c.kubectl("delete", "pod", "walker", "--wait=false")
+
+    # The agents' only writes were Events (every write is in the API server's audit log).
+    writes = [json.loads(line) for line in c.audit_log.read_text().splitlines() if line.strip()]
+    mine = [w for w in writes if w["user"]["username"] == AGENT_USER]
+    assert mine, "the audit log shows no write by the agent at all (not even its Events)"
+    assert {(w["verb"], w["objectRef"]["resource"]) for w in mine} == {("create", "events")}, mine
