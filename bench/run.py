@@ -4,11 +4,13 @@
 namespaces. Prints a Markdown report; `--write` puts it into docs/benchmarks.md and the plot
 into docs/first-packet.png.
 
-    scripts/setup.sh --bench && .venv/bin/python bench/run.py [--quick] [--write]
+    scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh \
+        && .venv/bin/python bench/run.py [--quick] [--write]
 
---quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 3 minutes on 2 CPUs;
-the full run about 19. `--only backends` runs only the nftables/iptables comparison and
-replaces its section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
+--quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 6 minutes on 2 CPUs;
+the full run about 22. `--only backends` runs only the nftables/iptables comparison,
+`--only realcluster` only the real-cluster latencies (bench/realcluster.py, about 4 minutes);
+each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
 
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import agent_scenarios  # noqa: E402
 import backends  # noqa: E402
 import firstpacket  # noqa: E402
+import realcluster  # noqa: E402
 import synthetic  # noqa: E402
 from cluster import BenchCluster  # noqa: E402
 from backends import relabelled, timed  # noqa: E402
@@ -239,7 +242,10 @@ def cold_starts(args) -> list[str]:
     ]
 
 
-BACKENDS_START, BACKENDS_END = "<!-- section: backends -->", "<!-- end of section: backends -->"
+SECTIONS = {  # --only NAME: (title, the function that measures it)
+    "backends": ("nftables and iptables side by side", backends.compare),
+    "realcluster": ("On a real cluster: policy create and pod create to enforcement", realcluster.measure),
+}
 
 
 def cpu_times() -> list[int]:
@@ -256,7 +262,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, shorter runs, no 100k-pod cold start (~3 min)")
     ap.add_argument("--write", action="store_true", help="write docs/benchmarks.md and docs/first-packet.png")
     ap.add_argument("--replot", action="store_true", help="only redraw docs/first-packet.png from docs/benchmarks.md")
-    ap.add_argument("--only", choices=["backends"],
+    ap.add_argument("--only", choices=sorted(SECTIONS),
                     help="run one section and replace just that section of docs/benchmarks.md (with --write)")
     args = ap.parse_args()
     docs = Path(__file__).resolve().parents[1] / "docs"
@@ -265,29 +271,34 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    cmd = ("scripts/setup.sh --bench && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
+    setup = ("scripts/setup.sh --bench" if args.only == "backends" else
+             "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh")
+    cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
            + (f" --only {args.only}" if args.only else "") + " --write")
 
     def step(name: str, fn):
         print(f"bench: {name} … ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
         return fn(args)
 
-    def backends_section(lines: list[str], own_header: bool) -> list[str]:
+    def section(name: str, lines: list[str], own_header: bool) -> list[str]:
+        """A section that `--only NAME` can rewrite alone, between its markers."""
         head = [f"Produced by `{cmd}` on {time.strftime('%Y-%m-%d')} in {(time.monotonic() - started) / 60:.1f} min, "
                 f"{steal_share(steal_before, cpu_times()):.1%} CPU stolen by the hypervisor.", ""] if own_header else []
-        return [BACKENDS_START, "## nftables and iptables side by side", "", *head, *lines, BACKENDS_END]
+        return [f"<!-- section: {name} -->", f"## {SECTIONS[name][0]}", "", *head, *lines, f"<!-- end of section: {name} -->"]
 
-    if args.only == "backends":
-        section = "\n".join(backends_section(step("nftables and iptables", backends.compare), True))
-        print(section)
+    if args.only:
+        title, fn = SECTIONS[args.only]
+        text_of_section = "\n".join(section(args.only, step(title, fn), True))
+        print(text_of_section)
         if args.write:
             path = docs / "benchmarks.md"
             text = path.read_text()
-            if BACKENDS_START in text:
-                text = text[: text.index(BACKENDS_START)] + section + text[text.index(BACKENDS_END) + len(BACKENDS_END):]
+            start, end = f"<!-- section: {args.only} -->", f"<!-- end of section: {args.only} -->"
+            if start in text:
+                text = text[: text.index(start)] + text_of_section + text[text.index(end) + len(end):]
             else:
                 at = text.index("## Where targets are missed")
-                text = text[:at] + section + "\n\n" + text[at:]
+                text = text[:at] + text_of_section + "\n\n" + text[at:]
             path.write_text(text)
         return
 
@@ -298,6 +309,7 @@ def main() -> None:
     start_lines = step("cold start", cold_starts)
     fp = step("first packet and established flows", firstpacket.measure)
     backend_lines = step("nftables and iptables", backends.compare)
+    real_lines = step("real cluster", realcluster.measure)
     if args.write:
         firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())
@@ -346,7 +358,9 @@ def main() -> None:
         "",
         *firstpacket.established_lines(fp),
         "",
-        *backends_section(backend_lines, False),
+        *section("backends", backend_lines, False),
+        "",
+        *section("realcluster", real_lines, False),
         "",
         "## Where targets are missed, and why",
         "",

@@ -1,7 +1,7 @@
 """Real-cluster tests: Kubernetes built from its module (scripts/k8s-build.sh), etcd,
 containerd, runc and the CNI plugins from Debian, nodes as network namespaces with their
-own mount namespaces (realcluster/). One cluster per CNI style for the module that asks for
-it; every test run uses fresh names, and teardown asserts that nothing is left: no
+own mount namespaces (realcluster/). One cluster per CNI style for the whole session; every
+test run uses fresh names, and teardown asserts that nothing is left: no
 process, mount, cgroup, network namespace or state directory."""
 
 from __future__ import annotations
@@ -43,10 +43,11 @@ def fresh_layout(cni: str) -> Layout:
     return Layout(f"t{uuid.uuid4().hex[:6]}", cni=cni)
 
 
-@pytest.fixture(scope="module", params=["bridge", "ptp"])
+@pytest.fixture(scope="session", params=["bridge", "ptp"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """A two-node cluster in each CNI style: bridge (address dispatch), ptp (routed,
-    interface dispatch). Tests that take it run once per style."""
+    interface dispatch), shared by every test of the session that takes it (pytest groups
+    them by style, so each style is brought up once). Tests leave it as they found it."""
     layout = fresh_layout(request.param)
     cluster = Cluster(layout)
     try:
