@@ -221,7 +221,8 @@ def check_port_name(ctx: Context, path: str, raw: Any) -> bool:
         or "--" in raw
         or not re.search(r"[a-z]", raw)
     ):
-        ctx.error(path, f"{raw!r} is not a valid port name (IANA_SVC_NAME: at most 15 of [a-z0-9-], at least one letter)")
+        hint = " (a port number is an integer: write it without quotes)" if isinstance(raw, str) and raw.isdigit() else ""
+        ctx.error(path, f"{raw!r} is not a valid port name (IANA_SVC_NAME: at most 15 of [a-z0-9-], at least one letter){hint}")
         return False
     return True
 
@@ -281,8 +282,8 @@ def parse_policy_port(ctx: Context, path: str, raw: Any) -> PolicyPort | None:
     proto = parse_protocol(ctx, f"{path}.protocol", raw.get("protocol"))
     port = raw.get("port")
     end = raw.get("endPort")
-    if isinstance(port, str) and port.isdigit():
-        port = int(port)  # an IntOrString given as a numeric string
+    # An IntOrString given as a string is a port name, even "80": the API server rejects a
+    # numeric string (not an IANA_SVC_NAME), so policyd does too (check_port_name says so).
     if port is not None:
         if isinstance(port, int) and not isinstance(port, bool):
             check_port_number(ctx, f"{path}.port", port)
@@ -323,6 +324,9 @@ def parse_peer(ctx: Context, path: str, raw: Any) -> Peer | None:
     if not isinstance(raw, dict):
         ctx.error(path, "must be an object with podSelector, namespaceSelector or ipBlock")
         return None
+    # A field given as null is absent, as the API server reads a nil pointer: a null
+    # namespaceSelector means "this namespace", never "every namespace".
+    raw = {k: v for k, v in raw.items() if v is not None}
     has_sel = "podSelector" in raw or "namespaceSelector" in raw
     has_block = "ipBlock" in raw
     if has_sel and has_block:
@@ -379,8 +383,8 @@ def parse_policy(ctx: Context, obj: dict) -> NetworkPolicy:
     if not isinstance(spec, dict):
         ctx.error("spec", "required")
         spec = {}
-    if "podSelector" not in spec:
-        ctx.error("spec.podSelector", "required (use {} to select every pod in the namespace)")
+    # podSelector is a struct, not a pointer: absent or null it is the empty selector, every
+    # pod of the namespace (the API server accepts both).
     pod_sel = parse_selector(ctx, "spec.podSelector", spec.get("podSelector"))
     ingress = parse_rules(ctx, "spec.ingress", spec.get("ingress"), "from")
     egress = parse_rules(ctx, "spec.egress", spec.get("egress"), "to")

@@ -295,3 +295,16 @@ status: {podIPs: [{ip: 10.244.0.250}, {ip: "fd00::250"}]}
     assert c.set_entries(rule.peer) == frozenset(map(ipaddress.ip_address, ["10.244.0.250", "fd00::250"]))
     ev = Evaluator(c)
     assert ev.verdict(Endpoint(ipaddress.ip_address("fd00::250"), w.find_pod("y/ds")), endpoint(w.find_pod("x/a"))).allowed
+
+
+def test_null_fields_read_as_absent(check):
+    """`namespaceSelector:` with no value is null, which the API server reads as absent: the
+    peer is the policy's own namespace, never every namespace. A null podSelector beside a
+    namespaceSelector is every pod of those namespaces; a missing spec.podSelector selects
+    every pod of the namespace."""
+    a = check(policy("  podSelector: {}\n  ingress:\n  - from:\n    - podSelector: {matchLabels: {pod: b}}\n      namespaceSelector:"))
+    assert a("x/b", "x/a") and not a("y/b", "x/a") and not a("z/b", "x/a")
+    a = check(policy("  podSelector: {}\n  ingress:\n  - from:\n    - podSelector:\n      namespaceSelector: {matchLabels: {ns: y}}"))
+    assert a("y/c", "x/a") and not a("x/b", "x/a")
+    a = check(policy("  policyTypes: [Ingress]"))
+    assert not a("x/b", "x/a") and not a("y/a", "x/c")

@@ -111,7 +111,9 @@ def test_cli_lists_all_problems_and_exits_2(tmp_path, capsys):
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{ports: [{containerPort: 80, name: a}, {containerPort: 81, name: a}]}]}", "spec.containers[0].ports[1].name"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nstatus: {podIPs: [{ip: 300.1.1.1}]}", "status.podIPs[0].ip"),
         ("apiVersion: v1\nkind: Service\nmetadata: {name: s}", "kind"),
-        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}", "spec.podSelector"),
+        # null is absent (the API server's nil pointer): a peer of nulls names no peer at all
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {ingress: [{from: [{namespaceSelector: null}]}]}", "spec.ingress[0].from[0]"),
+        ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {ingress: [{ports: [{port: '80'}]}]}", "spec.ingress[0].ports[0].port"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}, egress: [{to: [{ipBlock: {cidr: 'fd00::/64', except: ['10.0.0.0/8']}}]}]}", "spec.egress[0].to[0].ipBlock.except[0]"),
         ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}, ingress: [{from: [], bogus: 1}]}", "spec.ingress[0].bogus"),
     ],
