@@ -77,7 +77,8 @@ def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[P
         items, _ = list_raw(api, kind)  # type: ignore[arg-type]
         for item in items:
             meta = item.get("metadata") or {}
-            obj, probs = parse_object(item, f"{kind} {meta.get('namespace', '')}/{meta.get('name', '')}".replace(" /", " "), None)
+            obj, probs = parse_object(item, f"{kind} {meta.get('namespace', '')}/{meta.get('name', '')}".replace(" /", " "), None,
+                                      live=True)
             if obj is not None and (not probs or isinstance(obj, NetworkPolicy)):
                 out[kind].append(obj)
             else:

@@ -25,6 +25,7 @@ COMPONENT = "policyd"
 ACTIONS = {
     "PolicyInvalid": "IsolateAllowingNothing",  # its pods are isolated, no rule of it allows
     "NamedPortUnresolved": "AllowNothingOnPort",  # that rule allows nothing to those pods
+    "PolicyReadLeniently": "EnforceAsStored",  # an old object read as the API server read it
 }
 
 

@@ -97,7 +97,7 @@ class ClusterFeed:
             rv, known = rv_int(body), self.versions.get(ref)
             if rv is not None and known is not None and rv <= known:
                 return None  # seen already (both lists hold it), or older than what we hold
-            obj, problems = parse_object(body, f"{kind} {ref[1]}", None)
+            obj, problems = parse_object(body, f"{kind} {ref[1]}", None, live=True)
             if obj is None or (problems and not isinstance(obj, NetworkPolicy)):
                 # The API server accepted it, so this is our stricter reading: keep what we had.
                 self.stats.rejected += 1
@@ -157,7 +157,7 @@ class ClusterFeed:
         if policy.invalid:
             return [Finding(policy.key, "PolicyInvalid",
                             "not enforceable as written, so its pods are isolated and it allows nothing: " + "; ".join(policy.invalid))]
-        out = []
+        out = [Finding(policy.key, "PolicyReadLeniently", note) for note in policy.notes]
         for i, rule in enumerate(policy.ingress if Direction.INGRESS in policy.policy_types else ()):
             for j, port in enumerate(rule.ports):
                 if not isinstance(port.port, str):

@@ -121,6 +121,9 @@ class NetworkPolicy:
     policy_types: frozenset[Direction] = frozenset({Direction.INGRESS})
     # A policy that failed validation: it isolates what it selects and allows nothing.
     invalid: tuple[str, ...] = ()
+    # How a live object was read where today's validation would refuse it but an older API
+    # server stored it (e.g. host bits in an ipBlock CIDR): enforced as read, and reported.
+    notes: tuple[str, ...] = ()
 
     @property
     def key(self) -> PolicyKey:

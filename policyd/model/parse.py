@@ -45,6 +45,11 @@ class Context:
     kind: str = ""
     name: str = ""
     problems: list[Problem] = field(default_factory=list)
+    # Read an object the API server is serving (it was valid when stored) rather than one
+    # about to be created: validation that newer API servers added only for new objects
+    # ("ratcheting") becomes a note instead of a problem.
+    live: bool = False
+    notes: list[str] = field(default_factory=list)
 
     def error(self, path: str, message: str) -> None:
         self.problems.append(Problem(self.source, self.doc, path, message, self.kind, self.name))
@@ -184,8 +189,16 @@ def parse_cidr(ctx: Context, path: str, raw: Any) -> ipaddress.IPv4Network | ipa
     except ValueError:
         ctx.error(path, f"{raw!r} is not a valid CIDR")
         return None
-    if "/" not in raw or str(net) != raw:
-        ctx.error(path, f"{raw!r} must be in canonical form ({str(net)!r})")
+    if "/" not in raw:
+        ctx.error(path, f"{raw!r} has no prefix length (write {str(net)!r})")
+        return None
+    if str(net) != raw:
+        if ctx.live and ipaddress.ip_network(raw.split("/")[0] + "/" + str(net.prefixlen), strict=False) == net:
+            # Stored before the API server refused host bits (Kubernetes < 1.33 took
+            # 10.0.0.1/24 as 10.0.0.0/24, as Go's net.ParseCIDR does): read it that way.
+            ctx.notes.append(f"{path}: {raw!r} has host bits set; read as {str(net)!r}, as the API server did when it stored it")
+            return net
+        ctx.error(path, f"{raw!r} must be in canonical form ({str(net)!r}): it must not have bits set beyond the prefix length")
         return None
     return net
 
@@ -419,6 +432,7 @@ def parse_policy(ctx: Context, obj: dict) -> NetworkPolicy:
         egress=egress,
         policy_types=frozenset(types),
         invalid=invalid,
+        notes=tuple(ctx.notes),
     )
 
 
@@ -430,9 +444,10 @@ KINDS = {
 }
 
 
-def parse_object(obj: Any, source: str, doc: int | None) -> tuple[object | None, list[Problem]]:
-    """One API object → (value, problems). Unsupported kinds are a problem, not ignored."""
-    ctx = Context(source, doc)
+def parse_object(obj: Any, source: str, doc: int | None, live: bool = False) -> tuple[object | None, list[Problem]]:
+    """One API object → (value, problems). Unsupported kinds are a problem, not ignored.
+    `live`: an object the API server serves (see Context.live), not a manifest to create."""
+    ctx = Context(source, doc, live=live)
     if not isinstance(obj, dict):
         ctx.error("", "document is not a Kubernetes object")
         return None, ctx.problems

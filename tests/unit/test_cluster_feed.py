@@ -250,3 +250,31 @@ def test_events_name_the_node_and_the_action_and_are_not_repeated():
     assert not already_posted([body], event_body(f, newer, "node-1", now))
     assert not already_posted([body], event_body(Finding(f.policy, f.reason, "other"), raw, "node-1", now))
     assert event_body(Finding(f.policy, "PolicyInvalid", "x"), raw, "n", now)["action"] == "IsolateAllowingNothing"
+
+
+def test_a_stored_cidr_with_host_bits_is_read_as_the_api_server_did():
+    """Kubernetes 1.33+ refuses `10.0.0.1/24` in a new policy (and so does policyd for a
+    manifest), but an object stored earlier keeps it and is still served: the agent reads
+    it as the API server did then (10.0.0.0/24) and says so, instead of isolating with a
+    deny-all."""
+    import ipaddress
+
+    from policyd.kube.feed import ClusterFeed
+    from policyd.model.parse import parse_object
+
+    raw = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": "old", "namespace": "default", "resourceVersion": "7"},
+           "spec": {"podSelector": {"matchLabels": {"app": "b"}},
+                    "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.1/24", "except": ["10.0.0.129/25"]}}]}]}}
+    _, problems = parse_object(raw, "file.yaml", 0)
+    assert [p.path for p in problems] == ["spec.ingress[0].from[0].ipBlock.cidr", "spec.ingress[0].from[0].ipBlock.except[0]"]
+    live, problems = parse_object(raw, "NetworkPolicy default/old", None, live=True)
+    assert not problems and not live.invalid
+    block = live.ingress[0].peers[0].ip_block
+    assert block.cidr == ipaddress.ip_network("10.0.0.0/24") and block.excepts == (ipaddress.ip_network("10.0.0.128/25"),)
+    feed = ClusterFeed(Compiler("n1"))
+    feed.observe("Pod", None, pod("b1", "b"))
+    feed.observe("NetworkPolicy", None, raw)
+    findings = feed.findings(feed.compiler.store.policies[live.key])
+    assert [f.reason for f in findings] == ["PolicyReadLeniently", "PolicyReadLeniently"]
+    assert "read as '10.0.0.0/24'" in findings[0].message
