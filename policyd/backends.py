@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 from .dataplane.backend import Backend
 
 KINDS = ("nftables", "iptables")
 CHOICES = (*KINDS, "auto")
+NFT_TABLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def table_problem(kind: str, table: str) -> str | None:
+    """Why `table` cannot be the name policyd owns with backend `kind` (None: it can)."""
+    if kind == "iptables":
+        from .ipt.render import TABLE_RE
+
+        if not TABLE_RE.match(table):
+            return f"--table {table!r}: the iptables backend needs 1-8 characters of [a-z0-9], starting with a letter"
+    elif not NFT_TABLE_RE.match(table):
+        return f"--table {table!r}: an nftables table name of 1-32 characters of [a-z0-9_], starting with a letter"
+    return None
 
 
 def nftables_usable() -> str | None:
@@ -38,7 +53,11 @@ def resolve(kind: str) -> str:
 
 def make_backend(kind: str, table: str) -> Backend:
     """A backend of `kind` (resolved: nftables or iptables) owning `table`."""
-    if resolve(kind) == "iptables":
+    kind = resolve(kind)
+    why = table_problem(kind, table)
+    if why:
+        raise ValueError(why)
+    if kind == "iptables":
         from .ipt.backend import IptBackend
 
         return IptBackend(table)

@@ -104,8 +104,15 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .nft.text import ruleset_text
     from .reconcile.interfaces import calico_interface
 
+    from .backends import table_problem
+    from .dataplane.config import IFPREFIX_RE
+
     if args.backend == "iptables" and args.output == "json":
         raise UsageError("-o json is the libnftables transaction; the iptables backend prints restore text")
+    if (why := table_problem(args.backend, args.table)) is not None:
+        raise UsageError(why)
+    if args.mode == "interface" and not IFPREFIX_RE.match(args.interface_prefix):
+        raise UsageError(f"--interface-prefix {args.interface_prefix!r}: 1-14 of [A-Za-z0-9_.-]")
     w = world_from(args)
     if args.node not in w.node_cidrs:
         raise UsageError(f"no node {args.node!r} in the manifests (nodes: {', '.join(sorted(w.node_cidrs))})")
@@ -132,11 +139,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from .backends import make_backend
 
+    from .dataplane.backend import NotOwned
+
     try:
         backend = make_backend(args.backend, args.table)
-    except (ValueError, RuntimeError) as e:
+        removed = backend.delete_table()
+    except (ValueError, RuntimeError, NotOwned) as e:
         raise UsageError(str(e)) from e
-    if backend.delete_table():
+    if removed:
         print(f"removed {backend.describe()}")
     else:
         print(f"nothing to remove: no {backend.describe()}")

@@ -14,6 +14,16 @@ class ApplyError(Exception):
     """The kernel refused a transaction; nothing of it was applied."""
 
 
+class NotOwned(Exception):
+    """A table or chain of that name exists but does not carry policyd's mark: another
+    program's, which policyd never removes."""
+
+
+# policyd's ownership mark, on everything `policyd cleanup` may remove: the nftables table's
+# comment; in iptables, the comment of the first rule of policyd's base chains.
+OWNER_MARK = "managed by policyd, policyd cleanup removes it"
+
+
 class Transaction(Protocol):
     """One batch for the kernel. `ops` counts commands and elements, the unit of kernel work;
     an empty transaction is falsy."""
@@ -41,7 +51,8 @@ class Backend(Protocol):
         """Run the transaction atomically, or raise ApplyError having changed nothing."""
 
     def delete_table(self) -> bool:
-        """Remove what policyd owns (and nothing else); False when there was nothing."""
+        """Remove what policyd owns (and nothing else); False when there was nothing. Raises
+        NotOwned, removing nothing, when objects of that name lack policyd's mark."""
 
     def describe(self) -> str:
         """What policyd owns, for humans: `table inet policyd`."""

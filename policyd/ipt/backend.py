@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from ..compile.engine import SetDelta
-from ..dataplane.backend import ApplyError
+from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.objects import Elem, Ruleset, Touched
 from .render import IptRenderer, Names
@@ -134,6 +134,12 @@ class IptBackend:
     def delete_table(self) -> bool:
         """Unhook, flush and delete our chains in both families, then destroy our sets."""
         saved = self._saved()
+        for fam in FAMILIES:
+            ours = [n for n in saved[fam].chains if n in (self.names.base("forward"), self.names.base("input"))]
+            marked = any(OWNER_MARK in (saved[fam].chains[n] or [""])[0] for n in ours)
+            if saved[fam].chains and not marked:
+                raise NotOwned(f"chains {self.names.chain_prefix}* exist in {RESTORE[fam].split('-')[0]} but policyd's base "
+                               f"chains there do not carry its mark ({OWNER_MARK!r}): not removing anything")
         found = False
         for fam in FAMILIES:
             s = saved[fam]

@@ -31,6 +31,7 @@ import re
 from typing import Iterable
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec
+from ..dataplane.backend import OWNER_MARK
 from ..dataplane.config import IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
 from ..dataplane.renderer import PodObjects, drop_reason, pod_objects
@@ -234,7 +235,8 @@ class IptRenderer:
     def base_rules(self, hook: str) -> list[dict]:
         cfg, n = self.cfg, self.names
         rules = [
-            rule("-m conntrack --ctstate RELATED,ESTABLISHED", "ACCEPT", "replies and related traffic of allowed connections"),
+            # First rule of a base chain: its comment carries the ownership mark.
+            rule("-m conntrack --ctstate RELATED,ESTABLISHED", "ACCEPT", f"replies and related traffic of allowed connections, {OWNER_MARK}"),
             rule("-m conntrack --ctstate INVALID", "DROP", "conntrack invalid"),
             *(rule(f"-p ipv6-icmp -m icmp6 --icmpv6-type {t}", "ACCEPT", "ICMPv6 neighbour discovery", 6) for t in ND_TYPES),
         ]

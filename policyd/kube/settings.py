@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ..backends import KINDS
+from ..backends import KINDS, table_problem
 from ..dataplane.config import DispatchMode
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
@@ -99,11 +99,8 @@ class AgentSettings:
             out.append("--fail-mode closed needs --interface-prefix (which interfaces are pods')")
         if self.backend not in KINDS:
             out.append("--backend is nftables, iptables or auto")
-        elif self.backend == "iptables":
-            from ..ipt.render import TABLE_RE
-
-            if not TABLE_RE.match(self.table):
-                out.append(f"--table {self.table!r}: the iptables backend needs 1-8 characters of [a-z0-9], starting with a letter")
+        elif (why := table_problem(self.backend, self.table)) is not None:
+            out.append(why)
         if self.log_format not in ("text", "json"):
             out.append("--log-format is text or json")
         return out

@@ -13,7 +13,7 @@ import json
 import threading
 
 from ..compile.engine import SetDelta
-from ..dataplane.backend import ApplyError
+from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.objects import Elem, Ruleset, Touched
 from .diff import Transaction, diff
@@ -51,9 +51,10 @@ class Libnftables:
         lib.nft_ctx_buffer_error(self.ctx)
         self.lock = threading.Lock()
 
-    def run(self, command: str, terse: bool = False) -> tuple[int, str, str]:
+    def run(self, command: str, terse: bool = False, json_output: bool = True) -> tuple[int, str, str]:
+        """`json_output` False: text output (what libnftables 1.0.6 prints table comments in)."""
         with self.lock:
-            flags = NFT_CTX_OUTPUT_JSON | (NFT_CTX_OUTPUT_TERSE if terse else 0)
+            flags = (NFT_CTX_OUTPUT_JSON if json_output else 0) | (NFT_CTX_OUTPUT_TERSE if terse else 0)
             self.lib.nft_ctx_output_set_flags(self.ctx, flags)
             rc = self.lib.nft_run_cmd_from_buffer(self.ctx, command.encode())
             out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
@@ -102,11 +103,33 @@ class NftBackend(NftDialect):
     def apply(self, tx: Transaction) -> None:  # type: ignore[override]
         if not tx:
             return
+        if any("table" in c.get("add", {}) for c in tx.commands):
+            # The ownership mark: libnftables 1.0.6 JSON carries no table comment, so the
+            # table is created (or left as it is, if it exists) by a text command first.
+            rc, _, err = self.nft.run(f'add table inet {self.table} {{ comment "{OWNER_MARK}" ; }}')
+            if rc != 0:
+                raise ApplyError(err.strip())
         rc, _, err = self.nft.run(tx.to_json())
         if rc != 0:
             raise ApplyError(err.strip() or f"libnftables returned {rc}")
 
+    def owned(self) -> bool | None:
+        """None: no such table; else whether it carries policyd's mark."""
+        rc, out, err = self.nft.run(f"list table inet {self.table}", terse=True, json_output=False)
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise ApplyError(err.strip())
+        lines = out.splitlines()  # the table's comment, if any, is printed first
+        return len(lines) > 1 and lines[1].strip() == f'comment "{OWNER_MARK}"'
+
     def delete_table(self) -> bool:
+        owned = self.owned()
+        if owned is None:
+            return False
+        if not owned:
+            raise NotOwned(f"table inet {self.table} exists but was not made by policyd (its comment is not "
+                           f"{OWNER_MARK!r}); not removing it")
         rc, _, err = self.nft.run(f"delete table inet {self.table}")
         if rc != 0 and "No such file or directory" not in err:
             raise ApplyError(err.strip())

@@ -135,3 +135,26 @@ def test_cleanup_removes_what_policyd_owns_only(cluster):
     assert cluster.can("u1", "b1"), "cleanup lifted the isolation"
     out = sh(sys.executable, "-m", "policyd", "cleanup", "--backend", cluster.backend, ns=node).stdout
     assert out.startswith("nothing to remove"), out
+
+
+def test_cleanup_refuses_what_policyd_did_not_make(cluster):
+    """`--table NAME` names what to remove, but only what carries policyd's mark goes:
+    another program's table or chains of that name stay, with a clear refusal (exit 2)."""
+    import subprocess
+    import sys
+
+    node = cluster.agent.netns
+    if cluster.backend == "iptables":
+        sh("iptables-legacy", "-N", "KUBE-FORWARD", ns=node)
+        sh("iptables-legacy", "-A", "KUBE-FORWARD", "-j", "ACCEPT", ns=node)
+        args, listing = ["--backend", "iptables", "--table", "kube"], ["iptables-legacy-save"]
+    else:
+        sh("nft", "add", "table", "inet", "filter", ns=node)
+        args, listing = ["--table", "filter"], ["nft", "list", "tables"]
+    proc = subprocess.run(["ip", "netns", "exec", node, sys.executable, "-m", "policyd", "cleanup", *args],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "not removing" in proc.stderr, (proc.returncode, proc.stderr)
+    after = sh(*listing, ns=node).stdout
+    assert ("KUBE-FORWARD" in after) if cluster.backend == "iptables" else ("table inet filter" in after)
+    bad = subprocess.run([sys.executable, "-m", "policyd", "cleanup", "--table", "x y"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--table 'x y'" in bad.stderr

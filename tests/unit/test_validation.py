@@ -3,6 +3,8 @@ problems at once — and an invalid policy never widens access."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from policyd.cli import main
@@ -139,3 +141,18 @@ def test_load_world_raises_with_all_problems(tmp_path):
     with pytest.raises(InvalidInput) as e:
         load_world([f])
     assert len(e.value.problems) >= 20
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--interface-prefix", ""], "--interface-prefix ''"),
+    (["--interface-prefix", 'ca"li'], "--interface-prefix 'ca\"li'"),
+    (["--table", "a b"], "--table 'a b'"),
+    (["--backend", "iptables", "--table", "toolongname"], "--table 'toolongname'"),
+])
+def test_render_refuses_names_the_kernel_would_not_take(args, message, capsys):
+    """Names from the command line never reach nft or iptables text unchecked."""
+    from policyd.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    assert main(["render", "-f", str(root / "examples" / "cluster"), "--node", "node-1", *args]) == 2
+    assert message in capsys.readouterr().err
