@@ -9,7 +9,7 @@ into docs/first-packet.png.
 
 --quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 6 minutes on 2 CPUs;
 the full run about 22. `--only backends` runs only the nftables/iptables comparison,
-`--only realcluster` only the real-cluster latencies (bench/realcluster.py, about 4 minutes);
+`--only realcluster` only the real-cluster latencies (bench/cluster_latency.py, about 4 minutes);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import agent_scenarios  # noqa: E402
 import backends  # noqa: E402
 import firstpacket  # noqa: E402
-import realcluster  # noqa: E402
+import cluster_latency  # noqa: E402
 import synthetic  # noqa: E402
 from cluster import BenchCluster  # noqa: E402
 from backends import relabelled, timed  # noqa: E402
@@ -244,7 +244,7 @@ def cold_starts(args) -> list[str]:
 
 SECTIONS = {  # --only NAME: (title, the function that measures it)
     "backends": ("nftables and iptables side by side", backends.compare),
-    "realcluster": ("On a real cluster: policy create and pod create to enforcement", realcluster.measure),
+    "realcluster": ("On a real cluster: policy create and pod create to enforcement", cluster_latency.measure),
 }
 
 
@@ -309,7 +309,7 @@ def main() -> None:
     start_lines = step("cold start", cold_starts)
     fp = step("first packet and established flows", firstpacket.measure)
     backend_lines = step("nftables and iptables", backends.compare)
-    real_lines = step("real cluster", realcluster.measure)
+    real_lines = step("real cluster", cluster_latency.measure)
     if args.write:
         firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())

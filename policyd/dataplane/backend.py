@@ -6,7 +6,8 @@ from typing import Protocol
 
 from ..compile.engine import SetDelta
 from .config import RenderConfig
-from .objects import Elem, Ruleset, Touched
+from .drift import Drift
+from .objects import ChainDef, Elem, Ruleset, Touched
 from .renderer import Renderer
 
 
@@ -47,8 +48,19 @@ class Backend(Protocol):
         """What the kernel holds of ours; None when there is nothing. Without `elements`,
         sets and maps may come back empty (a terse listing)."""
 
+    def check(self, believed: Ruleset) -> list[Drift]:
+        """How the kernel differs from what policyd last wrote, found cheaply (no elements;
+        rule counts or digests): the frequent drift check, which triggers a full sync."""
+
+    def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
+        """Whether chain `have` (believed, or read from the kernel) is `want`, rule by rule
+        where the kernel's rules were read."""
+
     def apply(self, tx: Transaction) -> None:
-        """Run the transaction atomically, or raise ApplyError having changed nothing."""
+        """Run the transaction atomically, or raise ApplyError having changed nothing.
+        A backend that needs more than one kernel batch (iptables: ipset, then each family)
+        may leave the earlier batches applied when a later one fails; the caller then
+        knows nothing of the kernel and reads it all back (the next sync is full)."""
 
     def delete_table(self) -> bool:
         """Remove what policyd owns (and nothing else); False when there was nothing. Raises

@@ -1,9 +1,11 @@
 """The dataplane's objects as plain immutable data, the same for every backend.
 
 A `Ruleset` is what policyd owns in the kernel: sets (with elements), dispatch maps (key →
-chain, with elements) and chains. Chains are compared by a digest of their rules, stored
-in the comment of the chain's last rule, because kernels read rules back in a normalised
-form that differs from what was sent; sets and maps are compared element by element.
+chain, with elements) and chains. Chains carry a digest of their rules, stored in the
+comment of the chain's last rule: what we believe the kernel holds is compared by digest;
+what the kernel lists is compared rule by rule too (kernels read rules back in a normalised
+form, so each backend puts its desired rules into that form first); sets and maps are
+compared element by element.
 What a rule body or an element *is* belongs to the backend's renderer (libnftables JSON
 for nftables, iptables arguments and ipset entries for iptables).
 """
@@ -14,7 +16,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import AbstractSet, Union
+from typing import AbstractSet, Any, Union
 
 from ..compile.engine import SetChangeLog
 
@@ -59,6 +61,10 @@ class ChainDef:
     rules: tuple[dict, ...] = ()  # libnftables JSON rule bodies ({"expr": [...], "comment": ...})
     hook: Hook | None = None
     digest: str = ""
+    # Read back from the kernel: its rules as listed, in the backend's canonical form, so a
+    # rule inserted, changed or removed anywhere in the chain is seen, not only the digest
+    # in the last rule's comment. None for chains we built (desired, believed).
+    listed: tuple[Any, ...] | None = None
 
     @staticmethod
     def build(name: str, rules: list[dict], hook: Hook | None = None) -> "ChainDef":

@@ -17,9 +17,10 @@ import time
 from ..compile.engine import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
-from ..dataplane.objects import Elem, Ruleset, Touched
+from ..dataplane.drift import Drift, find_drift
+from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
 from .render import IptRenderer, Names
-from .restore import FAMILIES, IptTransaction, Saved, diff, parse_ipset_save, parse_save, to_ruleset
+from .restore import FAMILIES, IptTransaction, Saved, chain_lines, diff, parse_ipset_save, parse_save, to_ruleset
 
 log = logging.getLogger("policyd.ipt")
 SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
@@ -49,6 +50,19 @@ class IptBackend:
 
     def describe(self) -> str:
         return f"iptables-legacy chains {self.names.chain_prefix}* and ipsets {self.names.set_prefix}*"
+
+    def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
+        """By digest and hook (a jump missing in a family reads back without its hook), and,
+        when read from the kernel, line by line in both families."""
+        if have.digest != want.digest or have.hook != want.hook:
+            return False
+        return have.listed is None or chain_lines(have) == chain_lines(want)
+
+    def check(self, believed: Ruleset) -> list[Drift]:
+        """iptables-save of both families and ipset headers (three processes)."""
+        actual = self.read(elements=False)
+        self._last_read = None  # a check's listing must not stand in for a sync's
+        return find_drift(believed, actual, self.chain_holds, False, self.describe())
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
              deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:

@@ -42,7 +42,9 @@ from ..nft.render import addr_text
 TABLE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MULTIPORT_SLOTS = 15  # xt_multiport: 15 ports, a range counts twice
 MAXELEM = 1 << 20  # ipset's default of 65,536 is too small for a cluster-wide selector
-ND_TYPES = ("router-solicitation", "router-advertisement", "neighbour-solicitation", "neighbour-advertisement")
+# Numeric, as ip6tables-save lists them (router solicitation, router advertisement, neighbour
+# solicitation, neighbour advertisement).
+ND_TYPES = ("133", "134", "135", "136")
 HALVES = {4: ("0.0.0.0/1", "128.0.0.0/1"), 6: ("::/1", "8000::/1")}  # hash:net cannot hold a /0
 
 
@@ -173,7 +175,8 @@ def port_matches(ports: tuple[PortMatch, ...]) -> list[str]:
             slots += cost
         chunks.append(chunk)
         for c in chunks:
-            out.append(f"-p {p} --dport {c[0]}" if len(c) == 1 else f"-p {p} -m multiport --dports {','.join(c)}")
+            # `-m {p}` written out, as iptables-save lists it back: read-back compares lines
+            out.append(f"-p {p} -m {p} --dport {c[0]}" if len(c) == 1 else f"-p {p} -m multiport --dports {','.join(c)}")
     return out
 
 

@@ -57,6 +57,14 @@ class IptTransaction:
         return "\n".join(parts)
 
 
+def chain_lines(c: ChainDef) -> tuple[tuple[int, str], ...]:
+    """The chain as `iptables-save` of each family lists it back (the renderer writes the
+    matches the way iptables-save prints them), for comparing rule by rule."""
+    if c.listed is not None:
+        return tuple(c.listed)
+    return tuple((f, rule_line(c.name, r)) for f in FAMILIES for r in c.rules if r["family"] in (0, f))
+
+
 def rule_line(chain: str, r: dict) -> str:
     parts = ["-A", chain]
     if r["match"]:
@@ -113,7 +121,8 @@ def diff(
     fill: dict[int, list[str]] = {4: [], 6: []}
     for n in chain_names:
         have_c, want_c = actual.chains.get(n), desired.chains.get(n)
-        if want_c is None or (have_c is not None and have_c.digest == want_c.digest):
+        if want_c is None or (have_c is not None and have_c.digest == want_c.digest
+                              and (have_c.listed is None or chain_lines(have_c) == chain_lines(want_c))):
             continue
         for fam in FAMILIES:
             declare[fam].append(f":{n} - [0:0]")
@@ -272,5 +281,6 @@ def to_ruleset(saved: dict[int, Saved], sets: dict[str, SetDef], desired_maps: d
         digest = digests.pop() if len(digests) == 1 else ""
         hooked = [saved[f].hooks[n] for f in FAMILIES if n in saved[f].hooks]  # which family lacks it: `jumps`
         hook = Hook(hooked[0], 0) if hooked else None
-        rs.chains[n] = ChainDef(n, (), hook, digest or "")
+        listed = tuple((f, line.strip()) for f, lines in zip(FAMILIES, per_fam) for line in lines or ())
+        rs.chains[n] = ChainDef(n, (), hook, digest or "", listed)
     return rs

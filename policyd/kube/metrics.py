@@ -22,6 +22,8 @@ class AgentMetrics:
         self.operations = Counter("policyd_transaction_operations", "nftables operations committed", registry=r)
         self.apply_errors = Counter("policyd_apply_errors", "Syncs that failed (the next one is a full resync)", registry=r)
         self.events = Counter("policyd_watch_events", "Watch events received", ["kind"], registry=r)
+        self.drift_repairs = Counter("policyd_drift_repairs", "Kernel objects found changed behind policyd's back and rewritten",
+                                     ["kind"], registry=r)
         self.relist_deletes = Counter("policyd_relist_deletes", "Objects found deleted by a relist after a lost watch", registry=r)
         self.local_pods = Gauge("policyd_local_pods", "Pods on this node known to the agent", registry=r)
         self.local_pods_enforced = Gauge("policyd_local_pods_enforced", "Local pods isolated by at least one policy", registry=r)

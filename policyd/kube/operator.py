@@ -141,7 +141,8 @@ class ClusterAgent:
     @property
     def ready(self) -> bool:
         s = self.runner.stats
-        return self.feed.ready and s.syncs > 0 and s.consecutive_failures == 0
+        # Not ready while the kernel lacks what we wrote (drift seen, repair not yet done).
+        return self.feed.ready and s.syncs > 0 and s.consecutive_failures == 0 and not s.drift_seen
 
     def schedule_relist(self, delay: float) -> None:
         """Relist every kind `delay` s from now. Each call moves the time: a listing of
@@ -204,6 +205,8 @@ class ClusterAgent:
             m.event_to_programmed.observe(done - t)
         m.sync_duration.labels("full" if result.full else "partial").observe(result.seconds)
         m.operations.inc(result.ops)
+        for d in result.drift:
+            m.drift_repairs.labels(d.kind).inc()
         if result.ops:
             oldest = (done - min(batch)) * 1e3 if batch else 0.0
             log.info("%s sync: %d operations in %.1f ms for %d events (oldest waited %.1f ms)",
@@ -248,7 +251,7 @@ class ClusterAgent:
             # broken watch by itself (relisting after a 410, which the relist repair follows).
             doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, "syncs": s.syncs,
                    "consecutive_failures": s.consecutive_failures, "last_error": s.last_error,
-                   "local_pods": len(self.compiler.plans), "pending_interfaces": sorted(self.syncer.pending),
+                   "drift": s.drift_seen, "local_pods": len(self.compiler.plans), "pending_interfaces": sorted(self.syncer.pending),
                    "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
                    "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1)}
             return web.json_response(doc, status=200 if self.ready else 503)

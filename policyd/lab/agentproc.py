@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     last_write = 0.0
     log.info("agent for %s: dispatch by %s, %s", args.node, args.mode, syncer.backend.describe())
 
+    repairs: dict[str, int] = {}
     while not stop:
         events = source.poll()
         generation = source.generation
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         if events:
             runner.request()
         result = runner.run_once()
+        for d in result.drift if result is not None else ():
+            repairs[d.kind] = repairs.get(d.kind, 0) + 1
         if result is not None and result.ops:
             log.info("%s sync: %d operations in %.1f ms", "full" if result.full else "partial", result.ops, result.seconds * 1e3)
         if runner.stats.consecutive_failures == 0 and not runner.requested and not syncer.pending:
@@ -86,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
             "node": args.node,
             "pid": os.getpid(),
             "started": started,
-            "healthy": s.consecutive_failures == 0 and s.syncs > 0,
+            "healthy": s.consecutive_failures == 0 and s.syncs > 0 and not s.drift_seen,
+            "drift": s.drift_seen,
+            "drift_repairs": repairs,
             "generation": applied_generation,
             "syncs": s.syncs,
             "full_syncs": s.full_syncs,

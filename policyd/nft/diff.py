@@ -17,6 +17,7 @@ from typing import Any
 from ..compile.engine import SetDelta
 from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
 from .ruleset import (
+    canonical_rule,
     chain_json,
     elements_json,
     map_elements_json,
@@ -42,6 +43,31 @@ class Transaction:
 
     def to_json(self) -> str:
         return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *self.commands]})
+
+
+_CANONICAL: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+
+
+def canonical_chain(c: ChainDef) -> tuple[tuple[str, str], ...]:
+    """The chain's rules in the kernel's normal form, once per chain version (a chain's
+    digest names its rules), so a full resync does not re-encode 12,000 unchanged rules."""
+    key = (c.name, c.digest)
+    got = _CANONICAL.get(key)
+    if got is None:
+        if len(_CANONICAL) > 200_000:
+            _CANONICAL.clear()
+        got = _CANONICAL[key] = tuple(canonical_rule(r) for r in c.rules)
+    return got
+
+
+def chain_holds(have: ChainDef, want: ChainDef) -> bool:
+    """Whether the chain `have` (believed, or listed by the kernel) is `want`."""
+    if have.digest != want.digest or have.hook != want.hook:
+        return False
+    if have.listed is None:
+        return True
+    wanted = want.listed if want.listed is not None else canonical_chain(want)
+    return tuple(have.listed) == tuple(wanted)
 
 
 def _names(a: dict[str, Any], b: dict[str, Any], only: set[str] | None) -> list[str]:
@@ -85,11 +111,12 @@ def diff(
         if want_c is not None and n not in actual.chains:
             tx.add("add", chain_json(table, want_c))
 
-    # 2. chain contents: flush and refill when the digest differs
+    # 2. chain contents: flush and refill when the digest differs, or (read from the
+    #    kernel) when any rule differs from what we want
     for n in chain_names:
         want_c = desired.chains.get(n)
         have_c = actual.chains.get(n)
-        if want_c is None or (have_c is not None and have_c.digest == want_c.digest and have_c.hook == want_c.hook):
+        if want_c is None or (have_c is not None and chain_holds(have_c, want_c)):
             continue
         if have_c is not None:
             if have_c.hook != want_c.hook:

@@ -13,10 +13,11 @@ import re
 from dataclasses import replace
 
 from ..dataplane.backend import ApplyError
+from ..dataplane.drift import Census
 from ..dataplane.objects import ChainDef, DIGEST_RE, Hook, MapDef, Ruleset, SetDef
 from .backend import NftDialect
 from .diff import Transaction
-from .ruleset import elem_from_json
+from .ruleset import canonical_rule, elem_from_json
 
 
 class FakeBackend(NftDialect):
@@ -39,8 +40,15 @@ class FakeBackend(NftDialect):
         for name, chain in rs.chains.items():
             rules = self.rules.get(name, [])
             m = DIGEST_RE.search(rules[-1].get("comment", "")) if rules else None
-            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "")
+            # Listed as the kernel would: in libnftables' normal form.
+            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(canonical_rule(r) for r in rules))
         return rs
+
+    def census(self) -> Census | None:
+        if self.ruleset is None:
+            return None
+        return Census({n: len(self.rules.get(n, [])) for n in self.ruleset.chains}, frozenset(self.ruleset.sets),
+                      frozenset(self.ruleset.maps))
 
     def delete_table(self) -> bool:
         had = self.ruleset is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..dataplane.objects import COMMENT_MAX, DIGEST_RE, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef
@@ -65,14 +66,78 @@ def map_elements_json(table: str, name: str, elems: list[tuple[str, str]]) -> di
     return {"element": {"family": "inet", "table": table, "name": name, "elem": [[k, {"jump": {"target": c}}] for k, c in elems]}}
 
 
+# --- the kernel's normal form of a rule --------------------------------------------------
+
+
+def _sorted_sets(x: Any) -> Any:
+    """Anonymous sets in a fixed order (the kernel lists them sorted by value)."""
+    if isinstance(x, dict):
+        out = {k: _sorted_sets(v) for k, v in x.items()}
+        if isinstance(out.get("set"), list):
+            out["set"] = sorted(out["set"], key=lambda e: json.dumps(e, sort_keys=True))
+        return out
+    if isinstance(x, list):
+        return [_sorted_sets(v) for v in x]
+    return x
+
+
+def _payload_protocols(x: Any) -> set[str]:
+    if isinstance(x, dict):
+        found = {x["payload"]["protocol"]} if isinstance(x.get("payload"), dict) and "protocol" in x["payload"] else set()
+        return found.union(*(_payload_protocols(v) for v in x.values()))
+    if isinstance(x, list):
+        return set().union(*(_payload_protocols(v) for v in x))
+    return set()
+
+
+def _meta_match(e: dict, key: str) -> Any:
+    m = e.get("match")
+    if isinstance(m, dict) and m.get("op") == "==" and m.get("left") == {"meta": {"key": key}}:
+        return m.get("right")
+    return None
+
+
+def canonical_rule(rule: dict) -> tuple[str, str]:
+    """A rule as libnftables lists it back, for comparing what we want with what the kernel
+    holds: the dependencies libnftables folds away are folded here too (`meta nfproto ipv4`
+    implied by an `ip` payload, `meta l4proto tcp` + `th dport` listed as `tcp dport`,
+    `meta l4proto ipv6-icmp` implied by `icmpv6 type`), sets sorted. Kernel tests hold this
+    to the kernel: a table read back right after it was written shows no drift."""
+    exprs = list(rule.get("expr", []))
+    out: list[Any] = []
+    for i, e in enumerate(exprs):
+        later = _payload_protocols(exprs[i + 1:])
+        nfproto = _meta_match(e, "nfproto")
+        if (nfproto == "ipv4" and "ip" in later) or (nfproto == "ipv6" and "ip6" in later):
+            continue
+        l4 = _meta_match(e, "l4proto")
+        nxt = exprs[i + 1] if i + 1 < len(exprs) else None
+        left = nxt.get("match", {}).get("left", {}) if isinstance(nxt, dict) else {}
+        payload = left.get("payload") if isinstance(left, dict) else None
+        if l4 is not None and isinstance(payload, dict):
+            if payload.get("protocol") == "th" and l4 in ("tcp", "udp", "sctp", "udplite", "dccp"):
+                exprs[i + 1] = {"match": {**nxt["match"], "left": {"payload": {**payload, "protocol": l4}}}}  # type: ignore[index]
+                continue
+            if (l4, payload.get("protocol")) in (("ipv6-icmp", "icmpv6"), ("icmp", "icmp")):
+                continue
+        out.append(e)
+    return json.dumps(_sorted_sets(out), sort_keys=True), rule.get("comment", "")
+
+
+def listed_rule(rule: dict) -> tuple[str, str]:
+    """A rule from the kernel's listing, in the same form as canonical_rule's."""
+    return json.dumps(_sorted_sets(rule.get("expr", [])), sort_keys=True), rule.get("comment", "")
+
+
 # --- reading the kernel's JSON back ------------------------------------------------------
 
 
 def parse_listing(doc: dict, table: str) -> Ruleset:
     """A JSON listing (of the table or the whole ruleset) → our table's Ruleset (chains carry
-    digests, not rules)."""
+    their digest and their rules as listed)."""
     rs = Ruleset()
     last_comment: dict[str, str] = {}
+    listed: dict[str, list[tuple[str, str]]] = {}
     for item in doc.get("nftables", []):
         body = next(iter(item.values()))
         if not isinstance(body, dict) or body.get("family") != "inet" or body.get("table") != table:
@@ -93,7 +158,8 @@ def parse_listing(doc: dict, table: str) -> Ruleset:
         elif "rule" in item:
             r = item["rule"]
             last_comment[r["chain"]] = r.get("comment", "")
+            listed.setdefault(r["chain"], []).append(listed_rule(r))
     for name, chain in rs.chains.items():
         m = DIGEST_RE.search(last_comment.get(name, ""))
-        rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "")
+        rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(listed.get(name, ())))
     return rs

@@ -4,11 +4,13 @@ Partial syncs by default: only names touched since the last sync are compared. A
 reads the table back and compares everything, which adopts a table left by a previous run
 and repairs drift:
 
-* first sync and after any failure: the listing includes set and map elements, since we do
-  not know what the kernel holds;
-* requested (periodic) resyncs: a terse listing (chains with their digests, set and map
-  definitions, no elements), which stays cheap with 100k-element sets; elements are taken
-  as believed. Anything unknown in the kernel falls back to the complete listing.
+* a full sync reads everything (elements too) and compares chains rule by rule, in the
+  kernel's normal form, so any rule inserted, changed or removed, any element added or
+  removed, any object added or deleted is repaired; what differs from what we believed is
+  reported as drift (`SyncResult.drift`);
+* `check()` is the cheap look between syncs (names and rule counts from a terse listing for
+  nftables, digests for iptables): the runner calls it every second and asks for a full
+  sync when it finds drift.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..compile.engine import Compiler
 from ..dataplane.backend import ApplyError, Backend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..dataplane.desired import DesiredState
+from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import Ruleset, Touched
 from .interfaces import RouteInterfaces
 
@@ -33,6 +36,7 @@ class SyncResult:
     ops: int
     seconds: float
     pending_interfaces: int = 0
+    drift: tuple[Drift, ...] = ()  # what a full resync found changed behind our back (and repaired)
 
 
 class Syncer:
@@ -78,36 +82,26 @@ class Syncer:
         for key in changes.pods | set(self.pending):
             self.touched.update(self.desired.update_pod(key, self.compiler, self._interface))
 
-    def _read_terse(self) -> Ruleset | None:
-        """The kernel's table without elements, completed with the believed elements; None
-        when the kernel holds a set or map we do not know (then read it all)."""
-        assert self.believed is not None
-        rs = self.backend.read(elements=False)
-        if rs is None:
-            return None
-        for name, s in rs.sets.items():
-            b = self.believed.sets.get(name)
-            if b is None or b.header() != s.header():
-                return None
-            rs.sets[name] = b
-        for name, m in rs.maps.items():
-            bm = self.believed.maps.get(name)
-            if bm is None or bm.type != m.type:
-                return None
-            rs.maps[name] = bm
-        return rs
+    def check(self) -> list[Drift]:
+        """The frequent, cheap drift check (names and rule counts, or digests): what differs
+        from what we last wrote. Nothing when we do not know (the next sync is full anyway)."""
+        if self.believed is None:
+            return []
+        return self.backend.check(self.believed)
 
     def sync(self, full: bool = False) -> SyncResult:
         start = time.perf_counter()
         self.absorb()
         full = full or self.believed is None
+        drift: list[Drift] = []
         if full:
-            actual = self._read_terse() if self.believed is not None else None
-            if actual is None:
-                actual = self.backend.read()
-                tx = self.backend.diff(actual, self.desired.ruleset, deltas={})
-            else:
-                tx = self.backend.diff(actual, self.desired.ruleset, deltas=self.touched.deltas)
+            # Everything, elements too, compared rule by rule: repairs any drift. What we
+            # believed is compared first, to say what changed behind our back.
+            actual = self.backend.read()
+            if self.believed is not None:
+                drift = find_drift(self.believed, actual, self.backend.chain_holds, True, self.backend.describe(),
+                                   pending=set(self.touched.sets))
+            tx = self.backend.diff(actual, self.desired.ruleset, deltas={})
         else:
             if not self.touched:
                 return SyncResult(False, 0, time.perf_counter() - start, len(self.pending))
@@ -119,7 +113,9 @@ class Syncer:
             raise
         self.believed = self.desired.ruleset.copy()
         self.touched = Touched()
-        result = SyncResult(full, tx.ops, time.perf_counter() - start, len(self.pending))
+        result = SyncResult(full, tx.ops, time.perf_counter() - start, len(self.pending), tuple(drift))
+        for d in drift:
+            log.warning("drift repaired: %s (changed in the kernel behind policyd's back)", d)
         if tx.ops:
             log.debug("sync %s: %d operations in %.1f ms", "full" if full else "partial", tx.ops, result.seconds * 1e3)
         return result

@@ -69,14 +69,16 @@ def test_failure_keeps_state_and_forces_full_sync(agent):
     assert r.full and r.ops > 0 and s.backend.read().same_as(s.desired.ruleset)
 
 
-def test_resync_never_lists_elements_once_the_kernel_is_known(agent):
+def test_resync_lists_everything_and_the_check_lists_no_elements(agent):
+    """A full resync reads elements too (element drift is repaired); the frequent check
+    looks only at names and rule counts."""
     _, c, s = agent
     assert s.backend.reads == [True], "the first sync must list everything"
-    assert s.sync(full=True).ops == 0
-    assert s.backend.reads[-1] is False
+    assert s.sync(full=True).ops == 0 and s.backend.reads[-1] is True
+    assert s.check() == [] and s.backend.reads[-1] is True, "the check does not read() at all"
 
 
-def test_terse_resync_repairs_chain_drift_and_takes_pending_deltas(agent):
+def test_resync_repairs_chain_drift_and_takes_pending_changes(agent):
     w, c, s = agent
     fb = s.backend
     victim = next(n for n in fb.ruleset.chains if n.startswith("pod-in-"))
@@ -84,20 +86,60 @@ def test_terse_resync_repairs_chain_drift_and_takes_pending_deltas(agent):
     pod = next(p for p in w.pods if p.name.startswith("frontend"))
     c.upsert_pod(replace(pod, name="frontend-extra", ips=(ipaddress.ip_address("10.244.1.99"),)))
     r = s.sync(full=True)
-    assert r.full and fb.reads[-1] is False
+    assert r.full and [(d.kind, d.name) for d in r.drift] == [("rules-changed", victim)]
     assert fb.read().same_as(s.desired.ruleset)
     assert fb.rules[victim][-1]["comment"].endswith("]"), "the chain was rewritten"
     assert s.sync(full=True).ops == 0
 
 
-def test_unknown_set_in_the_kernel_falls_back_to_a_complete_listing(agent):
-    _, _, s = agent
-    from policyd.dataplane.objects import SetDef
+@pytest.mark.parametrize("tamper,kind", [
+    ("insert", "rules-changed"), ("replace", "rules-changed"), ("append", "rules-changed"), ("flush", "chain-flushed"),
+    ("drop-element", "set-elements"), ("add-element", "set-elements"), ("foreign-set", "foreign-set"),
+    ("foreign-chain", "foreign-chain"), ("delete-chain", "chain-missing"), ("delete-table", "table-missing"),
+])
+def test_every_kind_of_drift_is_found_and_repaired(agent, tamper, kind):
+    """A rule inserted at the top of a chain (the digest in the last rule's comment still
+    matches), one changed in place, elements removed or added, objects added or deleted:
+    the resync names the drift and repairs it, and the cheap check sees the structural
+    kinds at once."""
+    from policyd.dataplane.objects import ChainDef, SetDef
 
-    s.backend.ruleset.sets["stranger"] = SetDef("stranger", ("ipv4_addr",), elements=frozenset({"1.2.3.4"}))
+    _, _, s = agent
+    fb = s.backend
+    victim = next(n for n in fb.ruleset.chains if n.startswith("pod-in-"))
+    sel = next(n for n, st in fb.ruleset.sets.items() if n.startswith("sel-") and st.elements)
+    intruder = {"expr": [{"accept": None}], "comment": "intruder"}
+    if tamper == "insert":
+        fb.rules[victim].insert(0, intruder)
+    elif tamper == "replace":
+        fb.rules[victim][0] = {**fb.rules[victim][0], "expr": [{"accept": None}]}
+    elif tamper == "append":
+        fb.rules[victim].append(intruder)
+    elif tamper == "flush":
+        fb.rules[victim] = []
+    elif tamper == "drop-element":
+        st = fb.ruleset.sets[sel]
+        fb.ruleset.sets[sel] = replace(st, elements=frozenset(sorted(st.elements, key=str)[1:]))
+    elif tamper == "add-element":
+        st = fb.ruleset.sets[sel]
+        fb.ruleset.sets[sel] = replace(st, elements=st.elements | {"10.99.99.99"})
+    elif tamper == "foreign-set":
+        fb.ruleset.sets["stranger"] = SetDef("stranger", ("ipv4_addr",), elements=frozenset({"1.2.3.4"}))
+    elif tamper == "foreign-chain":
+        fb.ruleset.chains["stranger"] = ChainDef("stranger")
+        fb.rules["stranger"] = [intruder]
+    elif tamper == "delete-chain":
+        del fb.ruleset.chains[victim]
+        fb.rules.pop(victim)
+        for m, md in list(fb.ruleset.maps.items()):
+            fb.ruleset.maps[m] = replace(md, elements=tuple(e for e in md.elements if e[1] != victim))
+    elif tamper == "delete-table":
+        fb.delete_table()
+    structural = tamper not in ("replace", "drop-element", "add-element")  # what names and counts show
+    assert bool(s.check()) == structural, s.check()
     r = s.sync(full=True)
-    assert s.backend.reads[-2:] == [False, True]
-    assert "stranger" not in s.backend.ruleset.sets and r.ops == 1
+    assert kind in {d.kind for d in r.drift}, r.drift
+    assert fb.read().same_as(s.desired.ruleset) and s.sync(full=True).ops == 0 and s.check() == []
 
 
 def test_fake_refuses_what_the_kernel_refuses():

@@ -31,9 +31,9 @@ def test_ipblock_except_becomes_nomatch_and_a_slash_zero_two_halves():
 
 
 def test_ports_use_multiport_within_its_fifteen_slots():
-    assert port_matches((PortMatch("TCP", 80, 80, 0),)) == ["-p tcp --dport 80"]
+    assert port_matches((PortMatch("TCP", 80, 80, 0),)) == ["-p tcp -m tcp --dport 80"]
     assert port_matches((PortMatch("UDP", None, None, 0), PortMatch("UDP", 53, 53, 1))) == ["-p udp"], "the whole protocol wins"
-    assert port_matches((PortMatch("TCP", 80, 90, 0), PortMatch("SCTP", 7, 7, 1))) == ["-p sctp --dport 7", "-p tcp --dport 80:90"]
+    assert port_matches((PortMatch("TCP", 80, 90, 0), PortMatch("SCTP", 7, 7, 1))) == ["-p sctp -m sctp --dport 7", "-p tcp -m tcp --dport 80:90"]
     many = tuple(PortMatch("TCP", p, p, i) for i, p in enumerate(range(1000, 1020)))
     out = port_matches(many)
     assert out == ["-p tcp -m multiport --dports " + ",".join(str(p) for p in range(1000, 1015)),

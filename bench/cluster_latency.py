@@ -146,15 +146,16 @@ def policy_create(cluster: Cluster, api: Any, server_ip: str, client_uid: str, c
 
 
 # Each attempt is a new connection in the background; the first that succeeds records the
-# wall clock (busybox adjtimex: microseconds) in /tmp/reached. Printed: start reached.
+# wall clock (busybox adjtimex: microseconds) in /tmp/reached (mkdir: only the first
+# successful attempt writes). Printed: start reached.
 NEW_POD_SCRIPT = """
 now() { adjtimex | awk '/tv_sec/ {s=$2} /tv_usec/ {u=$2} END {printf "%d.%06d", s, u}'; }
 start=$(now)
 while [ ! -s /tmp/reached ]; do
-  (nc -w 2 SERVER 80 </dev/null >/dev/null 2>&1 && now > /tmp/reached.$$ && mv /tmp/reached.$$ /tmp/reached) &
+  (nc -w 2 SERVER 80 </dev/null >/dev/null 2>&1 && mkdir /tmp/won 2>/dev/null && now > /tmp/t && mv /tmp/t /tmp/reached) &
   usleep 20000
 done
-echo "$start $(cat /tmp/reached)"
+echo "reached $start $(cat /tmp/reached)"
 sleep 3600
 """
 
@@ -178,12 +179,13 @@ def pod_create(api: Any, server_ip: str, count: int, parallel: int = 4) -> tuple
                 line = core.read_namespaced_pod_log(name, NS).strip()
             except client.exceptions.ApiException:
                 line = ""
+            line = next((x for x in line.splitlines() if x.startswith("reached ")), "")
             if line:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"pod {name} did not reach the server within 60 s")
             time.sleep(0.2)
-        start, reached = (float(x) for x in line.split())
+        start, reached = (float(x) for x in line.split()[1:3])
         with lock:
             from_create.append(reached - t_create)
             from_start.append(reached - start)
