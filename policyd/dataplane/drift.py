@@ -12,7 +12,7 @@ from .objects import ChainDef, Ruleset
 ChainHolds = Callable[[ChainDef, ChainDef], bool]
 
 # Every kind of drift, the label of policyd_drift_repairs_total{kind}.
-KINDS = ("table-missing", "chain-missing", "chain-flushed", "rules-changed",
+KINDS = ("table-missing", "chain-missing", "jump-missing", "chain-flushed", "rules-changed",
          "foreign-chain", "set-missing", "foreign-set", "set-elements", "map-missing", "foreign-map", "map-elements")
 
 
@@ -84,7 +84,7 @@ def census_drift(believed: Ruleset, census: Census | None, table: str) -> list[D
             out.append(Drift("chain-missing", n))
         elif count != len(want.rules):
             out.append(Drift("chain-flushed" if count == 0 else "rules-changed", n))
-    out += [Drift("chain-missing", f"jump to {n}") for n in census.hooks_missing]
+    out += [Drift("jump-missing", n) for n in census.hooks_missing]
     out += [Drift("foreign-chain", n) for n in sorted(set(census.chains) - set(believed.chains))]
     out += [Drift("set-missing", n) for n in sorted(set(believed.sets) - census.sets)]
     out += [Drift("foreign-set", n) for n in sorted(census.sets - set(believed.sets))]

@@ -61,8 +61,14 @@ class IptBackend:
     def check(self, believed: Ruleset) -> list[Drift]:
         """iptables-save of both families and ipset headers (three processes)."""
         actual = self.read(elements=False)
+        jumps = self._last_read[1] if self._last_read is not None else {f: set() for f in FAMILIES}
         self._last_read = None  # a check's listing must not stand in for a sync's
-        return find_drift(believed, actual, self.chain_holds, False, self.describe())
+        found = find_drift(believed, actual, self.chain_holds, False, self.describe())
+        # A jump from FORWARD/INPUT removed in one family: the chain still reads back hooked
+        # (the other family's jump), so say it here.
+        found += [Drift("jump-missing", f"{n} (IPv{f})") for n, c in sorted(believed.chains.items())
+                  if c.hook is not None and actual is not None for f in FAMILIES if n not in jumps[f]]
+        return found
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
              deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:

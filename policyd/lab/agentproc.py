@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--table", default="policyd")
     ap.add_argument("--backend", choices=KINDS, default="nftables")
     ap.add_argument("--interval", type=float, default=0.01)
-    ap.add_argument("--resync", type=float, default=30.0)
+    ap.add_argument("--resync", type=float, default=float(os.environ.get("POLICYD_LAB_RESYNC", "30")),
+                    help="seconds between full resyncs (env POLICYD_LAB_RESYNC; default 30)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

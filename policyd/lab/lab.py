@@ -590,6 +590,7 @@ class Lab:
                 "last_sync_ms": st.get("last_sync_ms"), "last_ops": st.get("last_ops"),
                 "syncs": st.get("syncs"), "failures": st.get("failures"), "last_error": st.get("last_error") or None,
                 "local_pods": st.get("local_pods"), "pending_interfaces": st.get("pending_interfaces"),
+                "drift": st.get("drift") or [], "drift_repairs": st.get("drift_repairs") or {},
             }
         gen_path = self.manifests / "generation"
         return {

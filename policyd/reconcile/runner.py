@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from ..dataplane.drift import Drift
 from .syncer import Syncer, SyncResult
 
 log = logging.getLogger("policyd.runner")
@@ -79,10 +80,12 @@ class SyncRunner:
         if not self.due(now):
             return None
         full = now >= self.next_full
+        seen: list[Drift] = []
         if not full and not self.stats.consecutive_failures and self.check_every > 0 and now >= self.next_check:
             self.next_check = now + self.check_every
-            full = self._drifted()
-            if not full and not (self.requested or self.syncer.pending) or now - self.last_at < self.min_interval:
+            seen = self._drifted()
+            full = bool(seen) or self.stats.drift_seen != []
+            if not full and (not (self.requested or self.syncer.pending) or now - self.last_at < self.min_interval):
                 return None
         self.requested = False
         self.last_at = now
@@ -108,18 +111,21 @@ class SyncRunner:
         if result.full:
             self.next_full = now + self.resync_every
             self.stats.drift_seen = []
+            if seen:  # what the check saw is what this sync repaired, whether or not its listing names it
+                result = replace(result, drift=tuple(dict.fromkeys((*result.drift, *seen))))
+                s.last_result = result
         return result
 
-    def _drifted(self) -> bool:
-        """Run the cheap check; True when the kernel no longer holds what we wrote."""
+    def _drifted(self) -> list[Drift]:
+        """Run the cheap check: what no longer holds what we wrote (a failed look counts as
+        a reason to look properly)."""
         self.stats.checks += 1
         try:
             found = self.syncer.check()
-        except Exception as e:  # noqa: BLE001 - a failed look is a reason to look properly
-            found = []
+        except Exception as e:  # noqa: BLE001
             self.stats.drift_seen = [f"check failed: {e}"]
-            return True
+            return []
         self.stats.drift_seen = [str(d) for d in found]
         if found:
             log.warning("drift: %s; full sync now", ", ".join(self.stats.drift_seen[:5]))
-        return bool(found)
+        return found
