@@ -9,7 +9,8 @@ into docs/first-packet.png.
 
 --quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 6 minutes on 2 CPUs;
 the full run about 22. `--only backends` runs only the nftables/iptables comparison,
-`--only realcluster` only the real-cluster latencies (bench/cluster_latency.py, about 4 minutes);
+`--only realcluster` only the real-cluster latencies (bench/cluster_latency.py, about 2 minutes),
+`--only drift` only the drift repair times (bench/drift.py, about 2 minutes);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -33,6 +34,7 @@ import agent_scenarios  # noqa: E402
 import backends  # noqa: E402
 import firstpacket  # noqa: E402
 import cluster_latency  # noqa: E402
+import drift  # noqa: E402
 import synthetic  # noqa: E402
 from cluster import BenchCluster  # noqa: E402
 from backends import relabelled, timed  # noqa: E402
@@ -245,6 +247,7 @@ def cold_starts(args) -> list[str]:
 SECTIONS = {  # --only NAME: (title, the function that measures it)
     "backends": ("nftables and iptables side by side", backends.compare),
     "realcluster": ("On a real cluster: policy create and pod create to enforcement", cluster_latency.measure),
+    "drift": ("Drift repair", drift.measure),
 }
 
 
@@ -271,7 +274,7 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    setup = ("scripts/setup.sh --bench" if args.only == "backends" else
+    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift") else
              "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh")
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
            + (f" --only {args.only}" if args.only else "") + " --write")
@@ -310,6 +313,7 @@ def main() -> None:
     fp = step("first packet and established flows", firstpacket.measure)
     backend_lines = step("nftables and iptables", backends.compare)
     real_lines = step("real cluster", cluster_latency.measure)
+    drift_lines = step("drift repair", drift.measure)
     if args.write:
         firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())
@@ -361,6 +365,8 @@ def main() -> None:
         *section("backends", backend_lines, False),
         "",
         *section("realcluster", real_lines, False),
+        "",
+        *section("drift", drift_lines, False),
         "",
         "## Where targets are missed, and why",
         "",

@@ -1,0 +1,100 @@
+"""Ways to tamper with what policyd owns in a node's kernel, each with the drift kind the
+agent must report: used by tests/e2e/test_drift.py and bench/drift.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from policyd.lab.lab import Lab
+
+def nft(netns: str, *cmds: dict) -> None:
+    doc = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]})
+    subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-f", "-"], input=doc, text=True, check=True)
+
+
+def sh(netns: str, *argv: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns, *argv], check=True, capture_output=True)
+
+
+def names(netns: str, backend: str) -> tuple[str, str]:
+    """(a pod ingress chain, a selector set with elements) of policyd's in that node."""
+    if backend == "nftables":
+        doc = json.loads(subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "table", "inet", "policyd"],
+                                        capture_output=True, text=True, check=True).stdout)
+        chain = next(i["chain"]["name"] for i in doc["nftables"] if "chain" in i and i["chain"]["name"].startswith("pod-in-"))
+        sset = next(i["set"]["name"] for i in doc["nftables"] if "set" in i and i["set"]["name"].startswith("sel-") and i["set"].get("elem"))
+        return chain, sset
+    save = subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy-save"], capture_output=True, text=True, check=True).stdout
+    chain = next(line[1:].split()[0] for line in save.splitlines() if line.startswith(":POLICYD-IN-"))
+    sets = subprocess.run(["ip", "netns", "exec", netns, "ipset", "list", "-n"], capture_output=True, text=True).stdout.split()
+    sset = next(s for s in sets if s.startswith("policyd-sel-") and s.endswith("-4"))
+    return chain, sset
+
+
+def tampers(backend: str, netns: str, chain: str, sset: str, member: str) -> list[tuple[str, str, Callable[[], None]]]:
+    """(what is done, the drift kind the agent must report, how)."""
+    t = "policyd"
+    if backend == "nftables":
+        accept = {"expr": [{"accept": None}]}
+        return [
+            ("rule inserted at the top of the forward hook", "rules-changed",
+             lambda: nft(netns, {"insert": {"rule": {"family": "inet", "table": t, "chain": "forward-hook", **accept}}})),
+            ("rule appended to a pod chain", "rules-changed",
+             lambda: nft(netns, {"add": {"rule": {"family": "inet", "table": t, "chain": chain, **accept}}})),
+            ("pod chain flushed", "chain-flushed", lambda: nft(netns, {"flush": {"chain": {"family": "inet", "table": t, "name": chain}}})),
+            ("foreign chain", "foreign-chain", lambda: nft(netns, {"add": {"chain": {"family": "inet", "table": t, "name": "intruder"}}})),
+            ("foreign set", "foreign-set",
+             lambda: nft(netns, {"add": {"set": {"family": "inet", "table": t, "name": "intruder", "type": "ipv4_addr"}}})),
+            ("set element removed", "set-elements",
+             lambda: nft(netns, {"delete": {"element": {"family": "inet", "table": t, "name": sset, "elem": [member]}}})),
+            ("set element added", "set-elements",
+             lambda: nft(netns, {"add": {"element": {"family": "inet", "table": t, "name": sset, "elem": ["10.99.99.99"]}}})),
+            ("table deleted", "table-missing", lambda: nft(netns, {"delete": {"table": {"family": "inet", "name": t}}})),
+        ]
+    return [
+        ("rule inserted at the top of the forward chain", "rules-changed",
+         lambda: sh(netns, "iptables-legacy", "-I", "POLICYD-FORWARD", "1", "-j", "ACCEPT")),
+        ("rule appended to a pod chain", "rules-changed", lambda: sh(netns, "iptables-legacy", "-A", chain, "-j", "ACCEPT")),
+        # IPv4's copy only: the chain still has its IPv6 rules, so its rules changed
+        ("pod chain flushed (IPv4)", "rules-changed", lambda: sh(netns, "iptables-legacy", "-F", chain)),
+        ("jump from FORWARD removed", "jump-missing", lambda: sh(netns, "iptables-legacy", "-D", "FORWARD", "-j", "POLICYD-FORWARD")),
+        ("foreign chain", "foreign-chain", lambda: sh(netns, "iptables-legacy", "-N", "POLICYD-INTRUDER")),
+        ("foreign set", "foreign-set", lambda: sh(netns, "ipset", "create", "policyd-intruder", "hash:ip")),
+        ("set element removed", "set-elements", lambda: sh(netns, "ipset", "del", sset, member)),
+        ("set element added", "set-elements", lambda: sh(netns, "ipset", "add", sset, "10.99.99.99")),
+    ]
+
+
+def repair_times(lab: "Lab", backend: str, resync: float,
+                 after_each: Callable[[dict, dict], None] | None = None) -> list[tuple[str, str, float]]:
+    """Tamper in turn (on the node of a backend pod) and time each repair: from the tamper
+    to the agent's status counting a repair of that kind. (what, kind, seconds)."""
+    import time
+
+    st = lab.status()
+    backend_pod = next(p for p in st["pods"] if "/backend-" in p["pod"])
+    node = next(n for n in st["nodes"] if n["name"] == backend_pod["node"])
+    frontend = next(p for p in st["pods"] if "/frontend-" in p["pod"])
+    chain, sset = names(node["netns"], backend)
+
+    def repairs() -> dict[str, int]:
+        agent = next(n for n in lab.status()["nodes"] if n["name"] == node["name"])["agent"]
+        return dict(agent["drift_repairs"])
+
+    out = []
+    for what, kind, tamper in tampers(backend, node["netns"], chain, sset, frontend["ips"][0]):
+        before = repairs().get(kind, 0)
+        started = time.monotonic()
+        tamper()
+        limit = resync + 5 if kind == "set-elements" else 5.0
+        while repairs().get(kind, 0) <= before:
+            if time.monotonic() - started > limit:
+                raise AssertionError(f"{backend}: {what} not repaired within {limit:.0f} s ({repairs()})")
+            time.sleep(0.02)
+        out.append((what, kind, time.monotonic() - started))
+        if after_each is not None:
+            after_each(st, backend_pod)
+    return out
