@@ -35,7 +35,7 @@ import yaml
 from ..compile.matrix import Matrix, compute
 from ..model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from ..model.events import key_of, kind_of
-from ..model.manifests import RawObject, iter_files, raw_documents
+from ..model.manifests import RawObject, iter_files, raw_documents, read_text
 from ..model.objects import Namespace, NetworkPolicy, Node, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
@@ -613,12 +613,9 @@ def read_raw(paths: list[str]) -> list[RawObject]:
     problems: list[Problem] = []
     out: list[RawObject] = []
     for f in iter_files(paths):
-        try:
-            text = f.read_text()
-        except OSError as e:
-            problems.append(Problem(str(f), None, "", f"cannot read: {e.strerror}"))
-            continue
-        out += raw_documents(str(f), text, problems)
+        text = read_text(f, problems)
+        if text is not None:
+            out += raw_documents(str(f), text, problems)
     if problems:
         raise InvalidInput(problems)
     if not out:

@@ -52,27 +52,85 @@ def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield p
 
 
-def expand_deployment(obj: dict) -> list[dict]:
-    """apps/v1 Deployment → its pods: names `<deploy>-<hash5>`, labels from the template."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    template = spec.get("template") or {}
+MAX_REPLICAS = 10_000  # pods one Deployment may expand into (each becomes an object here)
+MAX_TEXT = 16 * 2**20  # bytes in one manifest file (the API server takes 3 MiB per object)
+MAX_NODES = 1_000_000  # YAML nodes in one document once aliases are expanded
+
+
+def expand_deployment(obj: dict, problems: list[Problem], source: str, index: int) -> list[dict]:
+    """apps/v1 Deployment → its pods: names `<deploy>-<hash5>`, labels from the template.
+    `replicas` as the API server takes it (an integer ≥ 0, default 1), at most MAX_REPLICAS."""
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
     replicas = spec.get("replicas", 1)
+    where = (source, index, "spec.replicas")
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+        problems.append(Problem(*where, f"{replicas!r} must be a non-negative integer", "Deployment", str(meta.get("name"))))
+        return []
+    if replicas > MAX_REPLICAS:
+        problems.append(Problem(*where, f"{replicas} replicas: policyd expands at most {MAX_REPLICAS} pods per Deployment",
+                                "Deployment", str(meta.get("name"))))
+        return []
     pods = []
-    for i in range(int(replicas)):
+    for i in range(replicas):
         name = f"{meta.get('name')}-{stable_hash(str(meta.get('name')), str(i), length=5)}"
-        pod_meta = copy.deepcopy(template.get("metadata") or {})
+        pod_meta = copy.deepcopy(template.get("metadata") if isinstance(template.get("metadata"), dict) else {})
         pod_meta.update({"name": name, "namespace": meta.get("namespace") or "default"})
-        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": copy.deepcopy(template.get("spec") or {})})
+        pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta,
+                     "spec": copy.deepcopy(template.get("spec") if isinstance(template.get("spec"), dict) else {})})
     return pods
 
 
-def flatten(doc: Any) -> list[Any]:
+def flatten(doc: Any, problems: list[Problem], source: str, index: int, depth: int = 0) -> list[Any]:
     if isinstance(doc, dict) and doc.get("kind") == "List":
-        return [x for item in doc.get("items") or [] for x in flatten(item)]
+        items = doc.get("items")
+        if not isinstance(items, list) or depth > 8:
+            problems.append(Problem(source, index, "items", "must be a list of objects (Lists nest at most 8 deep)"))
+            return []
+        return [x for item in items for x in flatten(item, problems, source, index, depth + 1)]
     if isinstance(doc, dict) and doc.get("kind") == "Deployment" and doc.get("apiVersion") == "apps/v1":
-        return expand_deployment(doc)
+        return expand_deployment(doc, problems, source, index)
     return [doc]
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """YAML nodes in `node` with every alias expanded (memoised: a bomb is counted, not built)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_NODES + 1  # a cycle counts as too big
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, MAX_NODES + 1)
+    return memo[key]
+
+
+def load_yaml(text: str) -> list[Any]:
+    """Every document, refusing what would cost more than any real manifest: files over
+    MAX_TEXT, documents over MAX_NODES nodes once aliases are expanded (a "billion laughs"
+    of a few hundred bytes is refused before it is built)."""
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"{len(text)} bytes: larger than the {MAX_TEXT // 2**20} MiB policyd reads in one file")
+    loader = yaml.SafeLoader(text)
+    try:
+        docs = []
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            if _expanded_size(node, {}) > MAX_NODES:
+                raise ValueError(f"document {len(docs)} expands to more than {MAX_NODES} YAML nodes (aliases); refused")
+            docs.append(loader.construct_document(node))
+        return docs
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 @dataclass(frozen=True)
@@ -86,11 +144,15 @@ class RawObject:
 
 def raw_documents(source: str, text: str, problems: list[Problem]) -> list[RawObject]:
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = load_yaml(text)
     except yaml.YAMLError as e:
         problems.append(Problem(source, None, "", f"not valid YAML: {e}"))
         return []
-    return [RawObject(source, i, obj) for i, doc in enumerate(docs) if doc is not None for obj in flatten(doc)]
+    except ValueError as e:
+        problems.append(Problem(source, None, "", str(e)))
+        return []
+    return [RawObject(source, i, obj) for i, doc in enumerate(docs) if doc is not None
+            for obj in flatten(doc, problems, source, i)]
 
 
 def load_documents(source: str, text: str, into: Manifests) -> None:
@@ -101,16 +163,24 @@ def load_documents(source: str, text: str, into: Manifests) -> None:
             into.add(value)
 
 
+def read_text(f: Path, problems: list[Problem]) -> str | None:
+    """A manifest file's text, or None with the reason added to `problems`."""
+    try:
+        return f.read_text(encoding="utf-8")
+    except OSError as e:
+        problems.append(Problem(str(f), None, "", f"cannot read: {e.strerror}"))
+    except UnicodeDecodeError as e:
+        problems.append(Problem(str(f), None, "", f"not UTF-8 text (byte {e.start}): manifests are UTF-8"))
+    return None
+
+
 def load(paths: Iterable[str | Path]) -> Manifests:
     """Read every manifest under `paths`; all problems are collected, none raised."""
     out = Manifests()
     for f in iter_files(paths):
-        try:
-            text = f.read_text()
-        except OSError as e:
-            out.problems.append(Problem(str(f), None, "", f"cannot read: {e.strerror}"))
-            continue
-        load_documents(str(f), text, out)
+        text = read_text(f, out.problems)
+        if text is not None:
+            load_documents(str(f), text, out)
     check_duplicates(out)
     return out.with_implicit_namespaces()
 

@@ -156,3 +156,39 @@ def test_render_refuses_names_the_kernel_would_not_take(args, message, capsys):
     root = Path(__file__).resolve().parents[2]
     assert main(["render", "-f", str(root / "examples" / "cluster"), "--node", "node-1", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def _bomb() -> str:
+    """A "billion laughs": 9 levels of 9 aliases, 9^9 strings once expanded, ~400 bytes."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, c in zip("abcdefgh", "bcdefghi"):
+        lines.append(f"{c}: &{c} [{', '.join(['*' + prev] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+BOMB = _bomb()
+
+
+@pytest.mark.parametrize("text,message", [
+    (BOMB, "expands to more than 1000000 YAML nodes"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 100000000}\n", "at most 10000 pods"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: -1}\n", "non-negative integer"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: 1.5}\n", "non-negative integer"),
+    ("apiVersion: v1\nkind: List\nitems: 3\n", "must be a list of objects"),
+])
+def test_input_that_would_cost_too_much_is_refused_quickly(tmp_path, text, message):
+    """A few hundred bytes must not take gigabytes or minutes: alias bombs, huge or odd
+    replica counts are problems with a clear message (exit 2), found in well under a second."""
+    import time
+
+    path = tmp_path / "in.yaml"
+    path.write_text(text)
+    started = time.monotonic()
+    m = load([path])
+    assert time.monotonic() - started < 1.0
+    assert any(message in p.message for p in m.problems), m.problems
+
+
+def test_non_utf8_file_is_a_problem(tmp_path):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    assert "not UTF-8" in load([tmp_path / "bin.yaml"]).problems[0].message
