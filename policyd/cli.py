@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import sys
 
 from . import __version__, report
@@ -17,6 +18,7 @@ from .lab.lab import LabError
 from .world import World, load_world
 
 EXIT_OK, EXIT_DENIED, EXIT_INVALID = 0, 1, 2
+EXIT_INTERNAL = 3  # a bug of ours: never 1, which explain uses for DENIED
 
 
 class UsageError(Exception):
@@ -219,6 +221,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         print(f"policyd: {len(e.problems)} problem(s) in the input; nothing was done", file=sys.stderr)
         return EXIT_INVALID
+    except Exception as e:  # noqa: BLE001 - a bug of ours, never to be mistaken for a verdict
+        where = e.__traceback__
+        while where is not None and where.tb_next is not None:
+            where = where.tb_next
+        at = f" at {where.tb_frame.f_code.co_filename.rsplit('/', 2)[-2:][-1]}:{where.tb_lineno}" if where else ""
+        print(f"policyd: internal error{at}: {type(e).__name__}: {e} (please report it; POLICYD_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        if os.environ.get("POLICYD_DEBUG"):
+            raise
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

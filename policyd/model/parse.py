@@ -55,6 +55,36 @@ class Context:
         self.problems.append(Problem(self.source, self.doc, path, message, self.kind, self.name))
 
 
+# --- shapes --------------------------------------------------------------------------------
+
+
+def as_dict(ctx: Context, path: str, raw: Any) -> dict:
+    """An object field: absent or null is empty; any other non-object is a problem (and
+    empty), so no later step ever meets a value of the wrong type."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        ctx.error(path, f"must be an object, not {type(raw).__name__}")
+        return {}
+    return raw
+
+
+def as_list(ctx: Context, path: str, raw: Any) -> list:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        ctx.error(path, f"must be a list, not {type(raw).__name__}")
+        return []
+    return raw
+
+
+def as_str(ctx: Context, path: str, raw: Any) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    ctx.error(path, f"must be a string, not {type(raw).__name__}")
+    return None
+
+
 # --- names and labels ------------------------------------------------------------------
 
 
@@ -157,6 +187,12 @@ def parse_metadata(ctx: Context, obj: dict, namespaced: bool) -> tuple[str, str,
         return "default", "", {}
     name = meta.get("name")
     ns = (meta.get("namespace") or "default") if namespaced else ""
+    if not isinstance(ns, str):
+        ctx.error("metadata.namespace", f"must be a string, not {type(ns).__name__}")
+        ns = str(ns)
+    if name is not None and not isinstance(name, str):
+        ctx.error("metadata.name", f"must be a string, not {type(name).__name__}")
+        name = str(name)
     ctx.name = f"{ns}/{name}" if namespaced else str(name)
     if name is None:
         ctx.error("metadata.name", "required")
@@ -242,36 +278,41 @@ def check_port_name(ctx: Context, path: str, raw: Any) -> bool:
 
 def parse_pod(ctx: Context, obj: dict) -> Pod:
     ns, name, labels = parse_metadata(ctx, obj, namespaced=True)
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
+    spec = as_dict(ctx, "spec", obj.get("spec"))
+    status = as_dict(ctx, "status", obj.get("status"))
     ports: list[ContainerPort] = []
     seen_names: set[str] = set()
-    for ci, c in enumerate(spec.get("containers") or []):
-        for pi, p in enumerate((c or {}).get("ports") or []):
+    for ci, c in enumerate(as_list(ctx, "spec.containers", spec.get("containers"))):
+        container = as_dict(ctx, f"spec.containers[{ci}]", c)
+        for pi, p in enumerate(as_list(ctx, f"spec.containers[{ci}].ports", container.get("ports"))):
             path = f"spec.containers[{ci}].ports[{pi}]"
+            p = as_dict(ctx, path, p)
             number = p.get("containerPort")
             ok = check_port_number(ctx, f"{path}.containerPort", number)
             proto = parse_protocol(ctx, f"{path}.protocol", p.get("protocol"))
             pname = p.get("name")
             if pname is not None:
                 ok &= check_port_name(ctx, f"{path}.name", pname)
-                if pname in seen_names:
+                if isinstance(pname, str) and pname in seen_names:
                     ctx.error(f"{path}.name", f"duplicate port name {pname!r}")
-                seen_names.add(pname)
+                if isinstance(pname, str):
+                    seen_names.add(pname)
             if ok:
                 ports.append(ContainerPort(number, proto, pname))
-    raw_ips = [e.get("ip") for e in status.get("podIPs") or [] if isinstance(e, dict)]
-    if not raw_ips and status.get("podIP"):
+    raw_ips = [as_dict(ctx, f"status.podIPs[{i}]", e).get("ip") for i, e in enumerate(as_list(ctx, "status.podIPs", status.get("podIPs")))]
+    if not raw_ips and status.get("podIP") is not None:
         raw_ips = [status["podIP"]]
     ips = []
     for i, raw in enumerate(raw_ips):
         try:
+            if not isinstance(raw, str):  # the API server's podIP is a string (an integer is refused)
+                raise ValueError
             ips.append(ipaddress.ip_address(raw))
         except ValueError:
             ctx.error(f"status.podIPs[{i}].ip", f"{raw!r} is not a valid IP address")
     node = spec.get("nodeName")
-    if node is not None:
-        check_dns_subdomain(ctx, "spec.nodeName", node)
+    if node is not None and not check_dns_subdomain(ctx, "spec.nodeName", node):
+        node = None
     return Pod(
         namespace=ns,
         name=name,
@@ -279,8 +320,8 @@ def parse_pod(ctx: Context, obj: dict) -> Pod:
         node=node,
         ips=tuple(ips),
         ports=tuple(ports),
-        host_network=bool(spec.get("hostNetwork", False)),
-        phase=status.get("phase") or "Running",
+        host_network=spec.get("hostNetwork") is True,
+        phase=as_str(ctx, "status.phase", status.get("phase")) or "Running",
     )
 
 
@@ -376,10 +417,11 @@ def parse_rules(ctx: Context, path: str, raw: Any, peer_field: str) -> tuple[Pol
         if not isinstance(r, dict):
             ctx.error(rp, "must be an object")
             continue
-        for k in sorted(set(r) - {peer_field, "ports"}):
+        for k in sorted(map(str, set(r) - {peer_field, "ports"})):
             ctx.error(f"{rp}.{k}", f"unknown field (expected {peer_field} and ports)")
-        peers = [parse_peer(ctx, f"{rp}.{peer_field}[{j}]", p) for j, p in enumerate(r.get(peer_field) or [])]
-        ports = [parse_policy_port(ctx, f"{rp}.ports[{j}]", p) for j, p in enumerate(r.get("ports") or [])]
+        peers = [parse_peer(ctx, f"{rp}.{peer_field}[{j}]", p)
+                 for j, p in enumerate(as_list(ctx, f"{rp}.{peer_field}", r.get(peer_field)))]
+        ports = [parse_policy_port(ctx, f"{rp}.ports[{j}]", p) for j, p in enumerate(as_list(ctx, f"{rp}.ports", r.get("ports")))]
         rules.append(
             PolicyRule(
                 tuple(p for p in peers if p is not None),
@@ -453,7 +495,7 @@ def parse_object(obj: Any, source: str, doc: int | None, live: bool = False) -> 
         return None, ctx.problems
     kind, api = obj.get("kind"), obj.get("apiVersion")
     ctx.kind = str(kind)
-    parser = KINDS.get((api, kind))
+    parser = KINDS.get((api, kind)) if isinstance(kind, str) and isinstance(api, str) else None
     if parser is None:
         known = ", ".join(f"{k} ({a})" for a, k in KINDS)
         ctx.error("kind", f"unsupported {api}/{kind}; policyd reads {known}")
