@@ -167,6 +167,10 @@ def check_phase(cluster: Cluster, name: str, expect: Callable[[Probe], bool], sa
 
 def walkthrough(cluster: Cluster, backend: str = "nftables", say: Say = print, keep: bool = False) -> bool:
     started = time.monotonic()
+    # The expectations assume no NetworkPolicy in `default` but the walkthrough's own.
+    left = cluster.kubectl("get", "networkpolicies", "-n", "default", "-o", "name").stdout.split()
+    if left:
+        raise ClusterError(f"the walkthrough needs `default` without NetworkPolicies; found {', '.join(left)}")
     install_chart(cluster, backend, say)
     say("kubectl apply -f realcluster/manifests/walkthrough.yaml (frontend, backend, unallowed; 2 pods each)")
     cluster.kubectl("apply", "-f", str(WORKLOADS))

@@ -80,8 +80,13 @@ def allocate(
                     Problem("<lab>", None, "status.podIPs", f"{', '.join(map(str, pod.ips))} is outside node {pod.node}'s pod CIDR {net}", "Pod", pod.key)
                 )
         elif not pod.host_network and net is not None:
-            ip = next(h for h in free[pod.node] if h not in used)  # type: ignore[index]
-            used.add(ip)
-            pod = replace(pod, ips=(ip,))
+            ip = next((h for h in free[pod.node] if h not in used), None)  # type: ignore[index]
+            if ip is None:
+                problems.append(Problem("<allocator>", None, "status.podIPs",
+                                        f"node {pod.node}'s pod CIDR {net} has no free address left for it: give pods "
+                                        "status.podIPs, more nodes, or a shorter --node-prefix", "Pod", pod.key))
+            else:
+                used.add(ip)
+                pod = replace(pod, ips=(ip,))
         out.append(pod)
     return Allocation(cidrs, out, problems)

@@ -241,8 +241,8 @@ def parse_cidr(ctx: Context, path: str, raw: Any) -> ipaddress.IPv4Network | ipa
 
 def parse_node(ctx: Context, obj: dict) -> Node:
     _, name, _ = parse_metadata(ctx, obj, namespaced=False)
-    spec = obj.get("spec") or {}
-    raw = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    spec = as_dict(ctx, "spec", obj.get("spec"))
+    raw = as_list(ctx, "spec.podCIDRs", spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     cidrs = tuple(c for i, r in enumerate(raw) if (c := parse_cidr(ctx, f"spec.podCIDRs[{i}]", r)))
     return Node(name, cidrs)
 
@@ -361,7 +361,7 @@ def parse_ip_block(ctx: Context, path: str, raw: Any) -> IPBlock | None:
         return None
     cidr = parse_cidr(ctx, f"{path}.cidr", raw.get("cidr"))
     excepts = []
-    for i, e in enumerate(raw.get("except") or []):
+    for i, e in enumerate(as_list(ctx, f"{path}.except", raw.get("except"))):
         net = parse_cidr(ctx, f"{path}.except[{i}]", e)
         if net is None or cidr is None:
             continue

@@ -101,14 +101,16 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
 
     # `helm uninstall` leaves the ruleset: backend stays isolated without any agent, until
     # `policyd cleanup` on each node removes it.
+    c.kubectl("delete", "networkpolicy", "metrics-port")
+    eventually(lambda: tcp(c, "walker", backend["ip"]), False, "allow-frontend-to-backend alone")
     frontend = next(p for p in pods_of(c) if p["app"] == "frontend")
     helm_uninstall(c)
     assert not tcp(c, "walker", backend["ip"]) and tcp(c, frontend["name"], backend["ip"])
     cleanup_nodes(c, "nftables")
     assert tcp(c, "walker", backend["ip"])
-    c.kubectl("delete", "-f", str(WORKLOADS), "--wait=false")
-    c.kubectl("delete", "-f", str(POLICY), "--wait=false")
-    c.kubectl("delete", "pod", "walker", "--wait=false")
+    c.kubectl("delete", "-f", str(POLICY))
+    c.kubectl("delete", "pod", "walker")
+    c.kubectl("delete", "-f", str(WORKLOADS), "--wait=true", timeout=120)
 
     # The agents' only writes were Events (every write is in the API server's audit log).
     writes = [json.loads(line) for line in c.audit_log.read_text().splitlines() if line.strip()]
