@@ -177,3 +177,15 @@ def test_runner_resyncs_periodically():
 ])
 def test_probe_selector_syntax(text, labels, ok):
     assert parse_pod_selector(text).matches(labels) is ok
+
+
+@pytest.mark.parametrize("text", ["kind: [Pod]\n", "apiVersion: v1\nkind: Pod\nmetadata: {name: [x]}\n",
+                                  "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: 3}\n", "- a\n- b\n"])
+def test_source_never_dies_on_a_malformed_file(tmp_path, text):
+    """A malformed manifest in the lab's directory (one that crashed every lab agent, and
+    again on restart) is a problem of that file; the rest is read, the agent goes on."""
+    src = ManifestDirSource(tmp_path)
+    write(tmp_path / "a.yaml", POD.format(name="a", app="web", ip="10.244.0.2"))
+    write(tmp_path / "bad.yaml", text)
+    events = src.poll()
+    assert [e.obj.name for e in events] == ["a"] and "bad.yaml" in src.problems
