@@ -152,7 +152,7 @@ def check_phase(cluster: Cluster, name: str, expect: Callable[[Probe], bool], sa
     if len(probes) < 20:
         raise ClusterError(f"expected 2 pods per app over 2 nodes, found {len(pods_of(cluster))} running pods")
     wrong = probes
-    for attempt in range(attempts):
+    for _ in range(attempts):
         with ThreadPoolExecutor(max_workers=8) as pool:
             answered = dict(zip(wrong, pool.map(lambda p: probe(cluster, p), wrong)))
         wrong = [p for p, ok in answered.items() if ok != expect(p)]
