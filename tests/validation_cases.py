@@ -12,6 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 ALL = {"podSelector": {}}
+ABSENT = "<no spec>"  # a case whose object has no `spec` at all
+
+
+def policy_object(name: str, spec: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                           "metadata": {"name": name, "namespace": "default"}}
+    if spec != ABSENT:
+        obj["spec"] = spec
+    return obj
 
 
 def peer_rule(peer: Any, ports: Any = None) -> dict[str, Any]:
@@ -28,6 +37,9 @@ def port_rule(*ports: Any) -> dict[str, Any]:
 # (id, spec, accepted by the API server on create)
 CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("empty podSelector", ALL, True),
+    ("spec absent", ABSENT, True),
+    ("spec null", None, True),
+    ("spec empty", {}, True),
     ("podSelector null", {"podSelector": None}, True),
     ("podSelector missing", {"ingress": []}, True),
     ("ingress null", {"podSelector": {}, "ingress": None}, True),

@@ -44,6 +44,11 @@ class NodeAgent:
         with entered(self.netns):
             return self.syncer.sync(full)
 
+    def check(self) -> list:
+        """The one-second drift check, in the node's namespace."""
+        with entered(self.netns):
+            return self.syncer.check()
+
     def remove_all(self) -> bool:
         """What `policyd cleanup` does: remove everything policyd owns in the namespace."""
         with entered(self.netns):

@@ -36,7 +36,7 @@ from ..compile.matrix import Matrix, compute
 from ..model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from ..model.events import key_of, kind_of
 from ..model.manifests import RawObject, iter_files, raw_documents, read_text
-from ..model.objects import Namespace, NetworkPolicy, Node, Pod
+from ..model.objects import NetworkPolicy, Node, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
 from ..model.selectors import LabelSelector, Requirement
@@ -453,28 +453,27 @@ class Lab:
         """Delete the objects named in the files (a namespace takes its pods and policies
         with it). Returns the number of objects that were not found."""
         rec = self.load()
-        parsed = validate(read_raw(paths))
         missing = 0
         gone_pods: list[str] = []
-        for obj, _ in parsed:
-            kind, key = kind_of(obj), key_of(obj)
-            if isinstance(obj, Node):
-                raise LabError(f"node {obj.name}: the lab's nodes are fixed at `lab up`")
+        for kind, key in identities(read_raw(paths)):  # like kubectl delete -f: names only
+            name = key.rpartition("/")[2]
+            if kind == "Node":
+                raise LabError(f"node {name}: the lab's nodes are fixed at `lab up`")
             if not self.remove_object(kind, key):
-                say(f"{kind.lower()}/{obj.name} not found")
+                say(f"{kind.lower()}/{name} not found")
                 missing += 1
                 continue
-            say(f"{kind.lower()}/{obj.name} deleted")
-            if isinstance(obj, Pod):
+            say(f"{kind.lower()}/{name} deleted")
+            if kind == "Pod":
                 gone_pods.append(key)
-            if isinstance(obj, Namespace):
+            if kind == "Namespace":
                 for f in list(self.manifests.glob("*.yaml")):
                     kind_part, ns_part, rest = f.name.split(".", 2)  # namespaces have no dots
-                    if ns_part != obj.name:
+                    if ns_part != name:
                         continue
                     f.unlink()
                     if kind_part == "pod":
-                        gone_pods.append(f"{obj.name}/{rest[: -len('.yaml')]}")
+                        gone_pods.append(f"{name}/{rest[: -len('.yaml')]}")
         gen = self.bump_generation()
         self.wait_agents(rec, gen)
         topo = self.topology(rec)
@@ -620,6 +619,27 @@ def read_raw(paths: list[str]) -> list[RawObject]:
         raise InvalidInput(problems)
     if not out:
         raise LabError(f"no objects in {', '.join(paths)}")
+    return out
+
+
+def identities(raws: list[RawObject]) -> list[tuple[str, str]]:
+    """(kind, key) of each object, from apiVersion, kind and metadata alone: deleting needs
+    no more (kubectl delete -f takes a manifest of just those)."""
+    problems: list[Problem] = []
+    out = []
+    for r in raws:
+        obj = r.raw if isinstance(r.raw, dict) else {}
+        kind, api = obj.get("kind"), obj.get("apiVersion")
+        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        name, ns = meta.get("name"), meta.get("namespace") or "default"
+        if (api, kind) not in {("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node"), ("networking.k8s.io/v1", "NetworkPolicy")}:
+            problems.append(Problem(r.source, r.index, "kind", f"cannot delete {api}/{kind}: the lab holds Pods, Namespaces and NetworkPolicies"))
+        elif not isinstance(name, str) or not name or not isinstance(ns, str):
+            problems.append(Problem(r.source, r.index, "metadata.name", "required: which object to delete", str(kind)))
+        else:
+            out.append((str(kind), name if kind in ("Namespace", "Node") else f"{ns}/{name}"))
+    if problems:
+        raise InvalidInput(problems)
     return out
 
 

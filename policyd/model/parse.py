@@ -434,10 +434,9 @@ def parse_rules(ctx: Context, path: str, raw: Any, peer_field: str) -> tuple[Pol
 def parse_policy(ctx: Context, obj: dict) -> NetworkPolicy:
     ns, name, _ = parse_metadata(ctx, obj, namespaced=True)
     before = len(ctx.problems)
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        ctx.error("spec", "required")
-        spec = {}
+    # spec is a struct: absent or null it is its zero value (every pod of the namespace,
+    # isolated for ingress), which the API server accepts.
+    spec = as_dict(ctx, "spec", obj.get("spec"))
     # podSelector is a struct, not a pointer: absent or null it is the empty selector, every
     # pod of the namespace (the API server accepts both).
     pod_sel = parse_selector(ctx, "spec.podSelector", spec.get("podSelector"))

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from realcluster.cluster import Cluster
-from tests.validation_cases import CASES
+from tests.validation_cases import CASES, policy_object
 
 pytestmark = pytest.mark.cluster
 
@@ -19,8 +19,7 @@ def test_the_table_is_what_the_api_server_does(cluster: Cluster) -> None:
         pytest.skip("validation does not depend on the CNI: checked once, on the bridge cluster")
     wrong = []
     for i, (name, spec, accepted) in enumerate(CASES):
-        obj = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-               "metadata": {"name": f"case-{i}", "namespace": "default"}, "spec": spec}
+        obj = policy_object(f"case-{i}", spec)
         proc = cluster.kubectl("create", "--dry-run=server", "-f", "-", "-o", "name", input=json.dumps(obj), check=False)
         if (proc.returncode == 0) != accepted:
             wrong.append(f"{name}: API server {'accepted' if proc.returncode == 0 else 'rejected'} "

@@ -7,12 +7,10 @@ from __future__ import annotations
 import pytest
 
 from policyd.model.parse import parse_object
-from tests.validation_cases import CASES
+from tests.validation_cases import CASES, policy_object
 
 
 @pytest.mark.parametrize("spec,accepted", [(s, a) for _, s, a in CASES], ids=[c[0] for c in CASES])
 def test_policyd_accepts_what_the_api_server_accepts(spec, accepted):
-    obj = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-           "metadata": {"name": "p", "namespace": "default"}, "spec": spec}
-    _, problems = parse_object(obj, "case.yaml", 0)
+    _, problems = parse_object(policy_object("p", spec), "case.yaml", 0)
     assert (not problems) == accepted, problems
