@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model.events import Delete, Event, KubeObject, Upsert, key_of, kind_of
-from ..model.manifests import SUFFIXES, Manifests, load_documents
+from ..model.manifests import SUFFIXES, Manifests, load_documents, read_text
 from ..model.problems import Problem
 
 Stamp = tuple[int, int, int]  # size, mtime_ns, inode
@@ -45,11 +45,11 @@ class ManifestDirSource:
 
     def _read(self, name: str) -> dict[tuple[str, str], KubeObject] | None:
         m = Manifests()
-        try:
-            text = (self.path / name).read_text()
-        except FileNotFoundError:
+        if not (self.path / name).exists():
             return {}
-        load_documents(name, text, m)
+        text = read_text(self.path / name, m.problems)
+        if text is not None:
+            load_documents(name, text, m)
         if m.problems:
             self.problems[name] = m.problems
             return None
@@ -58,7 +58,11 @@ class ManifestDirSource:
         return {(kind_of(o), key_of(o)): o for o in objs}
 
     def poll(self) -> list[Event]:
-        """Events for everything that changed since the last poll (all objects at first)."""
+        """Events for everything that changed since the last poll (all objects at first).
+        The generation is read before the directory: `lab apply` writes its files, then bumps
+        the generation, so every file of the generation read is in this scan (read after
+        the scan, a bump could be reported for files the scan missed)."""
+        generation = self._generation_now()
         now = self._scan()
         before: dict[tuple[str, str], KubeObject] = {k: o for _, objs in self.files.values() for k, o in objs.items()}
         changed = False
@@ -76,7 +80,8 @@ class ManifestDirSource:
                 continue
             self.files[name] = (stamp, objs)
             changed = True
-        self._read_generation()
+        if generation is not None:
+            self.generation = generation
         if not changed:
             return []
         after: dict[tuple[str, str], KubeObject] = {k: o for _, objs in self.files.values() for k, o in objs.items()}
@@ -84,8 +89,8 @@ class ManifestDirSource:
         events += [Upsert(o) for k, o in sorted(after.items()) if before.get(k) != o]
         return events
 
-    def _read_generation(self) -> None:
+    def _generation_now(self) -> int | None:
         try:
-            self.generation = int((self.path / "generation").read_text().strip() or 0)
+            return int((self.path / "generation").read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
-            pass
+            return None

@@ -189,3 +189,31 @@ def test_source_never_dies_on_a_malformed_file(tmp_path, text):
     write(tmp_path / "bad.yaml", text)
     events = src.poll()
     assert [e.obj.name for e in events] == ["a"] and "bad.yaml" in src.problems
+
+
+def test_the_generation_reported_never_runs_ahead_of_the_files(tmp_path, monkeypatch):
+    """The race: `lab apply` writes a file and bumps the generation between the agent's
+    directory scan and its read of the generation. The agent must not report the new
+    generation for a scan that missed the file (lab apply would return before enforcement)."""
+    src = ManifestDirSource(tmp_path)
+    (tmp_path / "generation").write_text("1")
+    assert src.poll() == [] and src.generation == 1
+    real_scan = src._scan
+
+    def scan_then_apply():
+        seen = real_scan()
+        write(tmp_path / "a.yaml", POD.format(name="a", app="web", ip="10.244.0.2"))  # lab apply, just after
+        (tmp_path / "generation").write_text("2")
+        return seen
+
+    monkeypatch.setattr(src, "_scan", scan_then_apply)
+    assert src.poll() == [] and src.generation == 1, "generation 2's file was not in this scan"
+    monkeypatch.setattr(src, "_scan", real_scan)
+    (ev,) = src.poll()
+    assert ev.obj.name == "a" and src.generation == 2
+
+
+def test_source_survives_a_non_utf8_file(tmp_path):
+    src = ManifestDirSource(tmp_path)
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe\x00")
+    assert src.poll() == [] and "not UTF-8" in str(src.problems["bad.yaml"][0])
