@@ -45,6 +45,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_restart_agent(args: argparse.Namespace) -> int:
+    pid = Lab(args.name).restart_agent(args.node)
+    print(f"agent of {args.node} running (pid {pid}) and in step with the lab")
+    return EXIT_OK
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     lab = Lab(args.name)
     m = lab.probe(args.src, args.dst, args.protocol, args.port, args.timeout, progress=err)
@@ -141,6 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", metavar="NAME", help="pod as NAME or NS/NAME; namespace as NAME")
     p.add_argument("pairs", nargs="+", metavar="k=v|k-")
     p.add_argument("-n", "--namespace", default="default")
+
+    p = add("restart-agent", cmd_restart_agent, "start a node's agent again (stopping it first if it runs); waits until it is in step")
+    p.add_argument("node", metavar="NODE")
 
     for name, func, help in (("probe", cmd_probe, "real probes between pods; JSON like policyd matrix"),
                              ("check", cmd_check, "probe and compare with policyd matrix; exit 1 on any mismatch")):

@@ -357,6 +357,15 @@ class Lab:
         log.close()
         return proc.pid
 
+    def require_agents(self, rec: LabRecord) -> None:
+        """Refuse a change before writing anything when an agent is not running: the change
+        could not be confirmed as enforced, and would land unconfirmed."""
+        dead = sorted(n for n, r in rec.nodes.items() if not alive(r.agent_pid))
+        if dead:
+            raise LabError(f"the agent of {', '.join(dead)} is not running; nothing was changed "
+                           f"(`policyd lab restart-agent {dead[0]} --name {self.name}` starts it again; its log: "
+                           f"{self.agents_dir / (dead[0] + '.log')})")
+
     def restart_agent(self, node: str, downtime: float = 0.0) -> int:
         """Stop a node's agent (SIGTERM: the ruleset stays), wait `downtime`, start a new
         one; returns when the new agent has adopted the table and applied the current
@@ -388,6 +397,7 @@ class Lab:
     def apply(self, paths: list[str], say: Say = print) -> float:
         """Create or update objects; returns the seconds until every agent applied them."""
         rec = self.load()
+        self.require_agents(rec)
         parsed = validate(read_raw(paths))
         topo = self.topology(rec)
         new_pods = []
@@ -453,6 +463,7 @@ class Lab:
         """Delete the objects named in the files (a namespace takes its pods and policies
         with it). Returns the number of objects that were not found."""
         rec = self.load()
+        self.require_agents(rec)
         missing = 0
         gone_pods: list[str] = []
         for kind, key in identities(read_raw(paths)):  # like kubectl delete -f: names only
@@ -487,6 +498,7 @@ class Lab:
     def label(self, kind: str, ref: str, pairs: list[str], namespace: str = "default", say: Say = print) -> float:
         """`k=v` sets, `k-` removes, like kubectl label --overwrite."""
         rec = self.load()
+        self.require_agents(rec)
         kind = {"pod": "Pod", "pods": "Pod", "ns": "Namespace", "namespace": "Namespace"}.get(kind.lower(), "")
         if not kind:
             raise LabError("label what? pod or ns")

@@ -16,3 +16,26 @@ def test_delete_by_identity_alone(make_lab, tmp_path):
     bare.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-frontend-to-backend}\n")
     assert lab.delete([str(bare)], say=lambda s: None) == 0
     assert all(lab.probe(src, dst, "TCP", 80, 0.4).allowed.values()), "deleting it reopens backend"
+
+
+def test_a_dead_agent_stops_changes_before_they_are_written(make_lab):
+    """`lab label` (and apply, delete) with an agent down writes nothing and says how to
+    recover; `lab restart-agent` brings the agent back and the change then goes through."""
+    import os
+    import signal
+
+    import pytest
+
+    from policyd.lab.cli import LabError
+
+    lab = make_lab(["examples/cluster/demo.yaml"], "routed")
+    rec = lab.load()
+    node, pod = "node-1", next(k for k, p in rec.pods.items() if p.node == "node-1")
+    os.kill(rec.nodes[node].agent_pid, signal.SIGKILL)
+    before = lab.read_object("Pod", pod)
+    with pytest.raises(LabError, match=f"restart-agent {node}"):
+        lab.label("pod", pod, ["extra=1"], say=lambda s: None)
+    assert lab.read_object("Pod", pod) == before, "nothing was written"
+    lab.restart_agent(node)
+    lab.label("pod", pod, ["extra=1"], say=lambda s: None)
+    assert lab.read_object("Pod", pod)["metadata"]["labels"]["extra"] == "1"
