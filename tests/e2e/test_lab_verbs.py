@@ -32,6 +32,13 @@ def test_a_dead_agent_stops_changes_before_they_are_written(make_lab):
     rec = lab.load()
     node, pod = "node-1", next(k for k, p in rec.pods.items() if p.node == "node-1")
     os.kill(rec.nodes[node].agent_pid, signal.SIGKILL)
+    import time
+
+    from policyd.lab.lab import alive
+
+    deadline = time.monotonic() + 5
+    while alive(rec.nodes[node].agent_pid) and time.monotonic() < deadline:  # SIGKILL takes a moment
+        time.sleep(0.01)
     before = lab.read_object("Pod", pod)
     with pytest.raises(LabError, match=f"restart-agent {node}"):
         lab.label("pod", pod, ["extra=1"], say=lambda s: None)
