@@ -31,6 +31,11 @@ def _chain_drift(have: ChainDef, want: ChainDef) -> str:
     return "rules-changed"  # a rule inserted, changed, appended or removed
 
 
+def _foreign(what: str, believed: AbstractSet[str], actual: AbstractSet[str]) -> list[Drift]:
+    """Objects in our namespace that policyd did not write."""
+    return [Drift(f"foreign-{what}", n) for n in sorted(set(actual) - set(believed))]
+
+
 def find_drift(believed: Ruleset, actual: Ruleset | None, holds: ChainHolds, elements: bool, table: str,
                pending: AbstractSet[str] = frozenset()) -> list[Drift]:
     """`elements`: the listing includes set and map elements (else only their definitions).
@@ -45,21 +50,21 @@ def find_drift(believed: Ruleset, actual: Ruleset | None, holds: ChainHolds, ele
             out.append(Drift("chain-missing", n))
         elif not holds(have, want):
             out.append(Drift(_chain_drift(have, want), n))
-    out += [Drift("foreign-chain", n) for n in sorted(set(actual.chains) - set(believed.chains))]
+    out += _foreign("chain", believed.chains.keys(), actual.chains.keys())
     for n, s in sorted(believed.sets.items()):
         got = actual.sets.get(n)
         if got is None or got.header() != s.header():
             out.append(Drift("set-missing", n))
         elif elements and n not in pending and got.elements != s.elements:
             out.append(Drift("set-elements", n))
-    out += [Drift("foreign-set", n) for n in sorted(set(actual.sets) - set(believed.sets))]
+    out += _foreign("set", believed.sets.keys(), actual.sets.keys())
     for n, m in sorted(believed.maps.items()):
         gm = actual.maps.get(n)
         if gm is None or gm.type != m.type:
             out.append(Drift("map-missing", n))
         elif elements and gm.elements != m.elements:
             out.append(Drift("map-elements", n))
-    out += [Drift("foreign-map", n) for n in sorted(set(actual.maps) - set(believed.maps))]
+    out += _foreign("map", believed.maps.keys(), actual.maps.keys())
     return out
 
 
@@ -71,7 +76,6 @@ class Census:
     chains: dict[str, int]  # chain → number of rules
     sets: frozenset[str]
     maps: frozenset[str]
-    hooks_missing: tuple[str, ...] = ()  # base chains the kernel's hooks no longer reach (iptables)
 
 
 def census_drift(believed: Ruleset, census: Census | None, table: str) -> list[Drift]:
@@ -84,10 +88,9 @@ def census_drift(believed: Ruleset, census: Census | None, table: str) -> list[D
             out.append(Drift("chain-missing", n))
         elif count != len(want.rules):
             out.append(Drift("chain-flushed" if count == 0 else "rules-changed", n))
-    out += [Drift("jump-missing", n) for n in census.hooks_missing]
-    out += [Drift("foreign-chain", n) for n in sorted(set(census.chains) - set(believed.chains))]
+    out += _foreign("chain", believed.chains.keys(), census.chains.keys())
     out += [Drift("set-missing", n) for n in sorted(set(believed.sets) - census.sets)]
-    out += [Drift("foreign-set", n) for n in sorted(census.sets - set(believed.sets))]
+    out += _foreign("set", believed.sets.keys(), census.sets)
     out += [Drift("map-missing", n) for n in sorted(set(believed.maps) - census.maps)]
-    out += [Drift("foreign-map", n) for n in sorted(census.maps - set(believed.maps))]
+    out += _foreign("map", believed.maps.keys(), census.maps)
     return out
