@@ -10,7 +10,8 @@ into docs/first-packet.png.
 --quick (fewer repeats, shorter runs, no 100k-pod cold start) takes about 6 minutes on 2 CPUs;
 the full run about 22. `--only backends` runs only the nftables/iptables comparison,
 `--only realcluster` only the real-cluster latencies (bench/cluster_latency.py, about 2 minutes),
-`--only drift` only the drift repair times (bench/drift.py, about 2 minutes);
+`--only drift` only the drift repair times (bench/drift.py, about 2 minutes),
+`--only dataplane` only the nftables dataplane and large sets (about 5 minutes), `--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -35,6 +36,7 @@ import backends  # noqa: E402
 import firstpacket  # noqa: E402
 import cluster_latency  # noqa: E402
 import drift  # noqa: E402
+import matrix  # noqa: E402
 import synthetic  # noqa: E402
 from cluster import BenchCluster  # noqa: E402
 from backends import relabelled, timed  # noqa: E402
@@ -244,10 +246,16 @@ def cold_starts(args) -> list[str]:
     ]
 
 
+def dataplane_section(args) -> list[str]:
+    return [*dataplane(args), "", "### Large peer sets (scenario 7)", "", *large_sets(args)]
+
+
 SECTIONS = {  # --only NAME: (title, the function that measures it)
+    "dataplane": ("nftables dataplane, in process (scenarios 4 and 7)", dataplane_section),
     "backends": ("nftables and iptables side by side", backends.compare),
     "realcluster": ("On a real cluster: policy create and pod create to enforcement", cluster_latency.measure),
     "drift": ("Drift repair", drift.measure),
+    "matrix": ("policyd matrix at scale", matrix.measure),
 }
 
 
@@ -274,7 +282,7 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift") else
+    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane") else
              "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh")
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
            + (f" --only {args.only}" if args.only else "") + " --write")
@@ -306,14 +314,14 @@ def main() -> None:
         return
 
     engine_lines = step("engine", engine)
-    dataplane_lines = step("dataplane", dataplane)
-    large_lines = step("large sets", large_sets)
+    dataplane_lines = step("dataplane and large sets", dataplane_section)
     agent_lines = step("agent events", agent_events)
     start_lines = step("cold start", cold_starts)
     fp = step("first packet and established flows", firstpacket.measure)
     backend_lines = step("nftables and iptables", backends.compare)
     real_lines = step("real cluster", cluster_latency.measure)
     drift_lines = step("drift repair", drift.measure)
+    matrix_lines = step("policyd matrix at scale", matrix.measure)
     if args.write:
         firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())
@@ -332,13 +340,7 @@ def main() -> None:
         "",
         *engine_lines,
         "",
-        "## nftables dataplane, in process (scenarios 4 and 7)",
-        "",
-        *dataplane_lines,
-        "",
-        "### Large peer sets (scenario 7)",
-        "",
-        *large_lines,
+        *section("dataplane", dataplane_lines, False),
         "",
         "## The running agent (scenarios 1, 2, 8)",
         "",
@@ -367,6 +369,8 @@ def main() -> None:
         *section("realcluster", real_lines, False),
         "",
         *section("drift", drift_lines, False),
+        "",
+        *section("matrix", matrix_lines, False),
         "",
         "## Where targets are missed, and why",
         "",

@@ -11,7 +11,7 @@ import sys
 from . import __version__, report
 from .backends import KINDS
 from .compile.evaluate import Endpoint, Evaluator
-from .compile.matrix import compute, endpoint
+from .compile.matrix import compute, compute_grouped, endpoint, pairs
 from .model.problems import InvalidInput
 from .kube.cli import RunError
 from .lab.lab import LabError
@@ -62,11 +62,14 @@ def world_from(args: argparse.Namespace) -> World:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     w = world_from(args)
-    m = compute(w.compile(), w.pods, args.protocol, args.port)
-    if args.output == "json":
-        print(json.dumps(m.to_json(), indent=2))
+    if args.by == "profile":
+        g = compute_grouped(w.compile(), w.pods, args.protocol, args.port)
+        print(json.dumps(g.to_json(), indent=2) if args.output == "json" else report.grouped_table(g), end="\n" if args.output == "json" else "")
+    elif args.output == "json":
+        keys, rows = pairs(w.compile(), w.pods, args.protocol, args.port)
+        report.write_pairs_json(sys.stdout, args.protocol, args.port if args.protocol != "ICMP" else None, keys, rows)
     else:
-        print(report.matrix_table(m), end="")
+        print(report.matrix_table(compute(w.compile(), w.pods, args.protocol, args.port)), end="")
     return EXIT_OK
 
 
@@ -164,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_input(p)
     add_service(p, icmp=True)
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.add_argument("--by", choices=["profile", "pod"], default="profile",
+                   help="profile (default): one row per group of pods that every pod treats alike; pod: every pair")
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("explain", help="verdict for one connection and the rule that decides it (exit 0 allowed, 1 denied)")

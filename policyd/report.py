@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from typing import Iterable, TextIO
+
 from .compile.evaluate import SideVerdict, Verdict
-from .compile.matrix import Matrix
+from .compile.matrix import GroupedMatrix, Matrix
 from .compile.plan import AllowRule, PortMatch
 
 YES, NO = "✓", "✗"
@@ -15,24 +18,50 @@ def service(protocol: str, port: int | None) -> str:
 
 def matrix_table(m: Matrix, title: str = "") -> str:
     """A ✓/✗ grid: rows are sources, columns destinations, numbered to stay narrow."""
-    n = len(m.pods)
     head = title or f"Reachability for {service(m.protocol, m.port)}"
     targets = set(m.targets if m.targets is not None else m.pods)
     dots = ", · not probed" if targets != set(m.pods) else ""
-    lines = [f"{head}  ({YES} allowed, {NO} denied{dots}; row = from, column = to)"]
+    rows = [(src, [(YES if dst in allowed else NO) if dst in targets else "·" for dst in m.pods])
+            for src in m.pods if src in m.allowed for allowed in [set(m.allowed[src])]]
+    return grid(f"{head}  ({YES} allowed, {NO} denied{dots}; row = from, column = to)", m.pods, rows)
+
+
+def grouped_table(m: GroupedMatrix) -> str:
+    """The grid between groups of pods that every pod treats alike, then who is in which group."""
+    n = m.pod_count
+    head = (f"Reachability for {service(m.protocol, m.port)}  ({YES} allowed, {NO} denied; row = from, column = to; "
+            f"{n} pod{'s' * (n != 1)} in {len(m.groups)} group{'s' * (len(m.groups) != 1)} of pods that every pod treats alike; "
+            "a pod always reaches itself)")
+    labels = [f"{name}  {pods[0]}" + (f" +{len(pods) - 1} more" if len(pods) > 1 else "") for name, pods in m.groups.items()]
+    rows = [(label, [YES if dst in allowed else NO for dst in m.groups])
+            for label, name in zip(labels, m.groups) for allowed in [set(m.allowed[name])]]
+    text = grid(head, labels, rows, numbered=False)
+    members = [f"  {name}: {', '.join(pods)}" for name, pods in m.groups.items() if len(pods) > 1]
+    return text + ("Groups of more than one pod:\n" + "\n".join(members) + "\n" if members else "")
+
+
+def write_pairs_json(out: TextIO, protocol: str, port: int | None, pods: list[str], rows: Iterable[tuple[str, list[str]]]) -> None:
+    """Matrix.to_json() of every pair, one source per line, written as it is computed."""
+    out.write(f'{{"protocol": {json.dumps(protocol)}, "port": {json.dumps(port)},\n "pods": {json.dumps(pods)},\n "allowed": {{')
+    for n, (src, allowed) in enumerate(rows):
+        out.write(f'{"," if n else ""}\n  {json.dumps(src)}: {json.dumps(allowed)}')
+    out.write("\n }\n}\n")
+
+
+def grid(head: str, names: list[str], rows: list[tuple[str, list[str]]], numbered: bool = True) -> str:
+    n = len(names)
+    lines = [head]
     if not n:
-        return lines[0] + "\n(no pods)\n"
+        return head + "\n(no pods)\n"
     width = len(str(n))
-    label_w = max(len(p) for p in m.pods) + width + 2
+    label_w = max(len(x) for x in names) + (width + 2 if numbered else 0)
     for digit in range(width):
         cells = " ".join(str(i + 1).rjust(width)[digit] for i in range(n))
         lines.append(" " * label_w + " " + cells)
-    for i, src in enumerate(m.pods):
-        if src not in m.allowed:
-            continue
-        allowed = set(m.allowed[src])
-        cells = " ".join((YES if dst in allowed else NO) if dst in targets else "·" for dst in m.pods)
-        lines.append(f"{str(i + 1).rjust(width)}  {src}".ljust(label_w) + " " + cells)
+    index = {x: i for i, x in enumerate(names)}
+    for label, cells in rows:
+        prefix = f"{str(index[label] + 1).rjust(width)}  " if numbered else ""
+        lines.append(f"{prefix}{label}".ljust(label_w) + " " + " ".join(cells))
     return "\n".join(lines) + "\n"
 
 

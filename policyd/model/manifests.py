@@ -116,7 +116,7 @@ def load_yaml(text: str) -> list[Any]:
     of a few hundred bytes is refused before it is built)."""
     if len(text) > MAX_TEXT:
         raise ValueError(f"{len(text)} bytes: larger than the {MAX_TEXT // 2**20} MiB policyd reads in one file")
-    loader = yaml.SafeLoader(text)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml: ~10x faster, same documents
     try:
         docs = []
         while loader.check_node():

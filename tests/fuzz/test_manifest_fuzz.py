@@ -75,6 +75,7 @@ def run(argv: list[str]) -> int:
 
 COMMANDS = [
     ["matrix"],
+    ["matrix", "--by", "pod", "-o", "json"],
     ["explain", "--from", "default/frontend-36f03", "--to", "default/backend-17fb8"],
     ["render", "--node", "node-1"],
     ["render", "--node", "node-1", "--backend", "iptables"],
@@ -86,7 +87,7 @@ COMMANDS = [
 @given(mutations=st.lists(st.tuples(st.integers(0, 10**6), ODD, st.integers(0, 3)), min_size=1, max_size=3),
        command=st.sampled_from(COMMANDS))
 def test_mutated_manifests_never_crash(tmp_path_factory, mutations, command):
-    """Each input goes through one command (all four parse it the same way)."""
+    """Each input goes through one command (all parse it the same way)."""
     docs = BASE
     for choice, value, op in mutations:
         docs = mutate(docs, choice, value, op)

@@ -216,7 +216,7 @@ def test_live_matrix_and_explain_read_the_cluster(tmp_path, capsys):
         assert main(["explain", "--kubeconfig", str(kc), "--from", "default/fe", "--to", "default/be"]) == 0
         assert main(["explain", "--kubeconfig", str(kc), "--from", "default/un", "--to", "default/be"]) == 1
         capsys.readouterr()
-        assert main(["matrix", "--kubeconfig", str(kc), "-o", "json"]) == 0
+        assert main(["matrix", "--kubeconfig", str(kc), "-o", "json", "--by", "pod"]) == 0
         m = json.loads(capsys.readouterr().out)
         assert m["allowed"]["default/fe"] == ["default/be", "default/fe", "default/un"]
         assert "default/be" not in m["allowed"]["default/un"]

@@ -4,6 +4,7 @@ DESIGN.md, checked through the engine's evaluator (the same plan the dataplane r
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
@@ -256,6 +257,27 @@ def test_matrix_json_shape(world):
     assert m["protocol"] == "TCP" and m["port"] == 80 and len(m["pods"]) == 9
     assert "x/a" in m["allowed"]["x/a"], "a pod reaches itself over its own loopback"
     assert "x/a" not in m["allowed"]["y/b"]
+
+
+def test_matrix_cli_groups_by_profile_and_prints_every_pair_on_request(world, tmp_path, capsys):
+    """x/a is isolated (only x/b may reach it); every other pod is treated alike by all."""
+    from policyd.cli import main
+
+    w = world(CLUSTER, policy("  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]"))
+    assert main(["matrix", "-f", str(tmp_path), "-o", "json"]) == 0
+    g = json.loads(capsys.readouterr().out)
+    assert sorted(map(sorted, g["groups"].values())) == [["x/a"], ["x/b"], sorted(p.key for p in w.pods if p.key not in ("x/a", "x/b"))]
+    name = {p: k for k, v in g["groups"].items() for p in v}
+    assert g["allowed"][name["x/b"]] == sorted(set(name.values()), key=lambda k: int(k[1:]))
+    assert name["x/a"] not in g["allowed"][name["y/a"]] and name["x/a"] in g["allowed"][name["x/b"]]
+    assert g["note"] == "every pod also reaches itself"
+
+    assert main(["matrix", "-f", str(tmp_path), "-o", "json", "--by", "pod"]) == 0
+    assert json.loads(capsys.readouterr().out) == compute(w.compile(), w.pods).to_json()
+
+    assert main(["matrix", "-f", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "9 pods in 3 groups" in table and "Groups of more than one pod:" in table
 
 
 def test_finished_and_host_network_pods_are_in_no_set(world):
