@@ -9,6 +9,9 @@
     cluster.sh walkthrough [--name N] [--backend nftables|iptables] [--keep]
     cluster.sh demo [--cni bridge|ptp] [--backend nftables|iptables] [--keep]
                                               (up, walkthrough, down; --keep leaves it all up)
+    cluster.sh conformance [--cni bridge|ptp] [--backend nftables|iptables] [--proxy-mode M] [--procs 4]
+                           [--write] [--keep]
+                                              (up, the chart, the upstream Netpol e2e suite, down)
     cluster.sh down [--name N]
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from .cluster import Cluster, ClusterError, down
 from .layout import CNI_STYLES, PROXY_MODES, Layout
@@ -41,22 +45,28 @@ def main(argv: list[str] | None = None) -> int:
         for image in build_all(lambda s: print(f"==> {s}", flush=True)):
             print(f"==> image {image.name}: {image.archive} ({image.archive.stat().st_size / 2**20:.0f} MiB)")
         return 0
-    for verb in ("up", "down", "status", "logs", "walkthrough", "demo"):
+    for verb in ("up", "down", "status", "logs", "walkthrough", "demo", "conformance"):
         p = sub.add_parser(verb)
         p.add_argument("--name", default="pdc", help="cluster name, 1-8 of [a-z0-9] (default pdc)")
-        if verb in ("up", "demo"):
+        if verb in ("up", "demo", "conformance"):
             p.add_argument("--cni", choices=CNI_STYLES, default="bridge")
             p.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
             p.add_argument("--workers", type=int, default=2)
         if verb == "status":
             p.add_argument("-o", "--output", choices=("text", "json"), default="text")
-        if verb in ("walkthrough", "demo"):
+        if verb in ("walkthrough", "demo", "conformance"):
             p.add_argument("--backend", choices=("nftables", "iptables"), default="nftables")
-            p.add_argument("--keep", action="store_true", help="leave the chart and the demo pods installed")
+            p.add_argument("--keep", action="store_true", help="leave the chart and the demo pods installed (conformance: the cluster)")
+        if verb == "conformance":
+            p.add_argument("--procs", type=int, default=4, help="parallel ginkgo processes (default 4)")
+            p.add_argument("--write", action="store_true", help="record the result in docs/conformance.md")
     args = parser.parse_args(argv)
     try:
         if args.verb == "up":
             Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers)).up()
+        elif args.verb == "conformance":
+            return conformance(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.procs,
+                               args.write, args.keep)
         elif args.verb == "demo":
             return demo(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.keep)
         elif args.verb == "down":
@@ -97,6 +107,34 @@ def demo(layout: Layout, backend: str, keep: bool) -> int:
         else:
             cluster.down()
     return 0 if ok else 1
+
+
+def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: bool) -> int:
+    """scripts/conformance.sh: a cluster, the chart, the upstream Netpol specs, the report."""
+    from . import conformance as c
+    from .paths import TOOLS
+    from .walkthrough import install_chart, uninstall_chart
+
+    started = time.monotonic()
+    cluster = Cluster(layout)
+    cluster.up()
+    try:
+        install_chart(cluster, backend, print)
+        out = TOOLS / "conformance" / f"{layout.cni}-{backend}-{layout.proxy_mode}"
+        report = c.run_suite(cluster, backend, out, c.command_line(layout.cni, backend, layout.proxy_mode), procs=procs)
+        print(f"==> report: {out / 'result.json'} (ginkgo's own: {out / 'report.json'}, log {out / 'ginkgo.log'})")
+        if write:
+            c.record(report)
+            print(f"==> recorded in {c.DOC.relative_to(c.ROOT)}")
+        if not keep:
+            uninstall_chart(cluster, backend, print)
+    finally:
+        if keep:
+            print(f"kept: scripts/cluster.sh kubectl --name {layout.name} get pods -A; scripts/cluster.sh down --name {layout.name}")
+        else:
+            cluster.down()
+    print(f"==> {'PASSED' if report.ok else 'FAILED'}: {report.summary()}; {time.monotonic() - started:.0f} s in all")
+    return 0 if report.ok else 1
 
 
 def _passthrough(cluster: Cluster, argv: list[str]) -> int:

@@ -2,6 +2,8 @@
 
 * `pause`: the pod sandbox, a static C program (images/pause.c) built with gcc.
 * `testbox`: Debian's busybox-static (nc, httpd, ping, sh) for the walkthrough's pods.
+* `agnhost`: the e2e suite's test image, from the agnhost binary scripts/k8s-build.sh built
+  from the pinned Kubernetes module, named exactly as that release's e2e framework expects.
 * `policyd`: built from the project's `Dockerfile` itself, so the image CI tests and the
   image a user builds with Docker come from one definition. `FROM debian:12-slim` becomes a
   `debootstrap --variant=minbase bookworm` root file system; WORKDIR, COPY, RUN (in a
@@ -27,12 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .paths import IMAGE_CACHE, ROOT
+from .paths import IMAGE_CACHE, ROOT, k8s_bin
 
 Say = Callable[[str], None]
 
 PAUSE = "localhost/policyd/pause:1"
 TESTBOX = "localhost/policyd/testbox:1"
+AGNHOST_REPOSITORY = "registry.k8s.io/e2e-test-images/agnhost"  # test/utils/image: PromoterE2eRegistry
 POLICYD = "localhost/policyd/policyd:dev"
 BASES = {"debian:12-slim": "bookworm"}  # FROM → debootstrap suite
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -125,29 +128,65 @@ def build_pause(say: Say) -> Image:
     return Image(PAUSE, out)
 
 
-def build_testbox(say: Say) -> Image:
+def _busybox() -> tuple[Path, str]:
     busybox = Path("/bin/busybox")
     version = run(busybox, "--help").stdout.splitlines()[0] if busybox.exists() else ""
     if "BusyBox" not in version:
         raise RuntimeError("/bin/busybox is not Debian's busybox-static: apt-get install busybox-static")
+    return busybox, version.split("(")[0].strip()
+
+
+def _busybox_rootfs(rootfs: Path, busybox: Path) -> None:
+    """A minimal root: busybox and its applets in /bin, root and nobody, a sticky /tmp."""
+    for d in ("bin", "etc", "tmp", "proc", "sys", "dev"):
+        (rootfs / d).mkdir(parents=True)
+    (rootfs / "tmp").chmod(0o1777)
+    shutil.copy2(busybox, rootfs / "bin" / "busybox")
+    for applet in run(busybox, "--list").stdout.split():
+        if applet != "busybox":
+            (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+    (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+
+
+def build_testbox(say: Say) -> Image:
+    busybox, version = _busybox()
     out = _cached("testbox", _digest(busybox.read_bytes(), TESTBOX.encode()))
     if not out.exists():
-        say(f"building image {TESTBOX} ({version.split('(')[0].strip()}: sh, nc, httpd, ping)")
+        say(f"building image {TESTBOX} ({version}: sh, nc, httpd, ping)")
         with tempfile.TemporaryDirectory(prefix="pdbox-") as tmp:
             rootfs = Path(tmp) / "rootfs"
-            for d in ("bin", "etc", "tmp", "www", "proc", "sys", "dev"):
-                (rootfs / d).mkdir(parents=True)
-            (rootfs / "tmp").chmod(0o1777)
-            shutil.copy2(busybox, rootfs / "bin" / "busybox")
-            for applet in run(busybox, "--list").stdout.split():
-                if applet != "busybox":
-                    (rootfs / "bin" / applet).symlink_to("busybox")
-            (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
-            (rootfs / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+            _busybox_rootfs(rootfs, busybox)
+            (rootfs / "www").mkdir()
             (rootfs / "www" / "index.html").write_text("policyd testbox\n")
             pack(rootfs, TESTBOX, ImageConfig(entrypoint=["/bin/sh"], env={"PATH": "/bin"}), out)
         _drop_stale("testbox", out)
     return Image(TESTBOX, out)
+
+
+def agnhost_name() -> str:
+    """The exact name and tag the e2e framework of the pinned release asks for (nothing is
+    pulled: pods find it in containerd under this name)."""
+    return f"{AGNHOST_REPOSITORY}:{k8s_bin('agnhost.version').read_text().strip()}"
+
+
+def build_agnhost(say: Say) -> Image:
+    """agnhost, the e2e suite's all-purpose test binary, built by scripts/k8s-build.sh from
+    the pinned module, on busybox (upstream's image is Alpine; the specs we run exec only
+    /agnhost)."""
+    name = agnhost_name()
+    binary = k8s_bin("agnhost")
+    busybox, version = _busybox()
+    out = _cached("agnhost", _digest(binary.read_bytes(), busybox.read_bytes(), name.encode()))
+    if not out.exists():
+        say(f"building image {name} (agnhost from the Kubernetes module, {version})")
+        with tempfile.TemporaryDirectory(prefix="pdagn-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            _busybox_rootfs(rootfs, busybox)
+            shutil.copy2(binary, rootfs / "agnhost")
+            pack(rootfs, name, ImageConfig(entrypoint=["/agnhost"], cmd=["pause"], env={"PATH": "/bin"}), out)
+        _drop_stale("agnhost", out)
+    return Image(name, out)
 
 
 # --- the policyd image, from the Dockerfile ----------------------------------------------
@@ -316,4 +355,4 @@ def _run_in_chroot(rootfs: Path, command: str, config: ImageConfig) -> None:
 
 
 def build_all(say: Say) -> list[Image]:
-    return [build_pause(say), build_testbox(say), build_policyd(say)]
+    return [build_pause(say), build_testbox(say), build_agnhost(say), build_policyd(say)]

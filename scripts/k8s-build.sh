@@ -2,18 +2,22 @@
 # Build Kubernetes from its official Go module, at the release pinned in realcluster/k8s/go.mod,
 # into .tools/k8s/<version>/ (ignored by git; nothing of Kubernetes is committed).
 # Cached by version: a machine that has every binary of that version builds nothing.
-#   scripts/k8s-build.sh          the control plane, kubelet, kube-proxy, kubectl
-# A cold build takes ~15 min on 2 cores (kube-apiserver is the longest); Go's module and
-# build caches make a second version cheaper.
+#   scripts/k8s-build.sh   the control plane, kubelet, kube-proxy, kubectl, the e2e test
+#                          binary (e2e.test, `go test -c k8s.io/kubernetes/test/e2e`) and agnhost
+#                          (the e2e suite's test image, packed by `scripts/cluster.sh images`,
+#                          its tag in agnhost.version) and ginkgo (runs e2e.test in parallel)
+# A cold build takes ~8 min on 2 cores, module downloads included; Go's module and build
+# caches make a second version cheaper.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOD=realcluster/k8s
 VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$MOD/go.mod")
 [ -n "$VERSION" ] || { echo "k8s-build: no 'require k8s.io/kubernetes' line in $MOD/go.mod" >&2; exit 1; }
 OUT=$PWD/.tools/k8s/$VERSION
-BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
+BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost ginkgo e2e.test)
 missing=()
 for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || missing+=("$b"); done
+[ -s "$OUT/agnhost.version" ] || [[ " ${missing[*]} " == *" agnhost "* ]] || missing+=(agnhost)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "==> Kubernetes $VERSION binaries present in $OUT"
   exit 0
@@ -25,9 +29,27 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $p.gitVersion=$VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
 done
 pkgs=()
-for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
-echo "==> building Kubernetes $VERSION from its Go module: ${missing[*]} (cold: ~15 min on 2 cores)"
+for b in "${missing[@]}"; do
+  case $b in
+    e2e.test) ;;
+    agnhost) pkgs+=("k8s.io/kubernetes/test/images/agnhost") ;;
+    ginkgo) pkgs+=("github.com/onsi/ginkgo/v2/ginkgo") ;;  # the runner of e2e.test's parallel processes, same version
+    *) pkgs+=("k8s.io/kubernetes/cmd/$b") ;;
+  esac
+done
+echo "==> building Kubernetes $VERSION from its Go module: ${missing[*]} (cold: ~8 min on 2 cores)"
 mkdir -p "$OUT"
 start=$SECONDS
-(cd "$MOD" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$OUT/" "${pkgs[@]}")
+export CGO_ENABLED=0
+if [ ${#pkgs[@]} -gt 0 ]; then
+  (cd "$MOD" && go build -trimpath -ldflags "$ldflags" -o "$OUT/" "${pkgs[@]}")
+fi
+if [ ! -s "$OUT/agnhost.version" ]; then
+  dir=$(cd "$MOD" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+  cp "$dir/test/images/agnhost/VERSION" "$OUT/agnhost.version"
+fi
+if [ ! -x "$OUT/e2e.test" ]; then
+  (cd "$MOD" && go test -c -trimpath -ldflags "$ldflags" -o "$OUT/e2e.test.partial" k8s.io/kubernetes/test/e2e) \
+    && mv "$OUT/e2e.test.partial" "$OUT/e2e.test"
+fi
 echo "==> built ${missing[*]} in $((SECONDS - start)) s: $("$OUT/kubectl" version --client 2>/dev/null | head -1)"

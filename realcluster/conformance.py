@@ -1,0 +1,221 @@
+"""The upstream NetworkPolicy e2e specs (`[sig-network] Netpol`, test/e2e/network/netpol of
+the pinned Kubernetes release), run unchanged against policyd on the real cluster.
+
+e2e.test and ginkgo are built from the same module as the cluster (scripts/k8s-build.sh);
+the specs' only image, agnhost, is built from it too and loaded under the exact name the
+framework asks for. The suite runs from the fabric namespace (where the API server is) with
+parallel ginkgo processes; its probes are `kubectl exec`-style API execs of `agnhost
+connect` to Service ClusterIPs, so kube-proxy's DNAT runs before policyd's hook.
+
+Every spec that matches FOCUS runs, except those matched by SKIPS, each skip with the reason
+this machine cannot run it; a skipped spec is reported as skipped, never as passed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .cluster import Cluster, ClusterError
+from .paths import ROOT, k8s_bin, k8s_version
+
+Say = Callable[[str], None]
+
+FOCUS = r"\[sig-network\] Netpol"
+# Spec text (regular expression) → why this machine cannot run it. Nothing else is skipped.
+SKIPS = {
+    r"\[Feature:SCTPConnectivity\]": "SCTP connectivity: this kernel has no SCTP sockets, so agnhost can neither serve nor "
+                                     "connect over SCTP (the two Netpol specs about SCTP policies without SCTP traffic do run)",
+}
+PROCS = 4  # ginkgo processes: on 2 cores the specs mostly wait (pods starting, probe timeouts)
+TIMEOUT = "40m"
+
+
+@dataclass(frozen=True)
+class SpecResult:
+    name: str  # the full spec text as ginkgo prints it
+    state: str  # passed | failed | skipped (ginkgo's states; panicked, timedout, … count as failed)
+    seconds: float
+    reason: str = ""  # why it was skipped, or the failure message's first line
+
+
+@dataclass
+class Report:
+    config: str  # e.g. bridge-nftables
+    cni: str
+    backend: str
+    proxy_mode: str
+    kubernetes: str
+    command: str
+    date: str
+    seconds: float  # the suite's wall time (ginkgo), not counting cluster up and chart install
+    procs: int
+    specs: list[SpecResult] = field(default_factory=list)
+
+    def count(self, state: str) -> int:
+        return sum(s.state == state for s in self.specs)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0 and self.count("passed") > 0
+
+    def summary(self) -> str:
+        return (f"{self.config}: {self.count('passed')} passed, {self.count('failed')} failed, "
+                f"{self.count('skipped')} skipped in {self.seconds:.0f} s (Kubernetes {self.kubernetes}, kube-proxy {self.proxy_mode})")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "Report":
+        d = json.loads(text)
+        d["specs"] = [SpecResult(**s) for s in d["specs"]]
+        return cls(**d)
+
+
+def spec_name(spec: dict) -> str:
+    return " ".join([*(spec.get("ContainerHierarchyTexts") or []), spec.get("LeafNodeText", "")]).strip()
+
+
+def results(ginkgo_report: list[dict]) -> list[SpecResult]:
+    """Every spec the focus selects, from ginkgo's JSON report, with our skip reasons."""
+    out = []
+    for suite in ginkgo_report:
+        for spec in suite.get("SpecReports") or []:
+            name = spec_name(spec)
+            if spec.get("LeafNodeType") != "It" or not re.search(FOCUS, name):
+                continue
+            skip = next((why for pattern, why in SKIPS.items() if re.search(pattern, name)), "")
+            state = spec["State"]
+            if state == "skipped" and not skip:
+                state, reason = "failed", "skipped, but it is on no skip list: every other Netpol spec must run"
+            elif state == "skipped":
+                reason = skip
+            elif state == "passed":
+                reason = ""
+            else:
+                message = ((spec.get("Failure") or {}).get("Message") or "").strip()
+                reason = f"{state}: {message.splitlines()[0]}" if message else state
+                state = "failed"
+            out.append(SpecResult(name, state, spec.get("RunTime", 0) / 1e9, reason))
+    return sorted(out, key=lambda s: s.name)
+
+
+def run_suite(cluster: Cluster, backend: str, out_dir: Path, command: str, say: Say = print,
+              procs: int = PROCS) -> Report:
+    """The suite against the cluster as it is (the chart installed by the caller)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lay = cluster.layout
+    log = out_dir / "ginkgo.log"
+    skip = "|".join(SKIPS)
+    argv = [str(k8s_bin("ginkgo")), "--no-color", "--silence-skips", "-p", f"--procs={procs}", f"--timeout={TIMEOUT}",
+            f"--focus={FOCUS}", f"--skip={skip}", "--json-report=report.json", f"--output-dir={out_dir}",
+            str(k8s_bin("e2e.test")), "--",
+            f"--kubeconfig={lay.kubeconfig}", "--provider=local", f"--kubectl-path={k8s_bin('kubectl')}",
+            "--disable-log-dump", "--dump-logs-on-failure=false", f"--e2e-output-dir={out_dir}"]
+    say(f"e2e: {procs} ginkgo processes, focus {FOCUS!r}, skip {skip!r}; log {log}")
+    started = time.monotonic()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{lay.fabric}", "--", *argv], stdout=f, stderr=subprocess.STDOUT)
+        last = started
+        while proc.poll() is None:
+            time.sleep(1)
+            if time.monotonic() - last >= 30:
+                done = log.read_text(errors="replace").count("•")
+                say(f"e2e: {done} specs done ({time.monotonic() - started:.0f} s)")
+                last = time.monotonic()
+    seconds = time.monotonic() - started
+    report_file = out_dir / "report.json"
+    if not report_file.exists():
+        tail = log.read_text(errors="replace")[-3000:]
+        raise ClusterError(f"the e2e suite wrote no report (ginkgo exit {proc.returncode}):\n{tail}")
+    report = Report(config=f"{lay.cni}-{backend}", cni=lay.cni, backend=backend, proxy_mode=lay.proxy_mode,
+                    kubernetes=k8s_version(), command=command, date=time.strftime("%Y-%m-%d"), seconds=round(seconds, 1),
+                    procs=procs, specs=results(json.loads(report_file.read_text())))
+    (out_dir / "result.json").write_text(report.to_json())
+    for s in report.specs:
+        if s.state == "failed":
+            say(f"e2e: FAILED {s.name}: {s.reason}")
+    say(f"e2e: {report.summary()}")
+    return report
+
+
+def command_line(cni: str, backend: str, proxy_mode: str) -> str:
+    args = ["scripts/conformance.sh", "--cni", cni, "--backend", backend]
+    if proxy_mode != "iptables":
+        args += ["--proxy-mode", proxy_mode]
+    return shlex.join(args)
+
+
+# --- the report in docs/ -------------------------------------------------------------------
+
+CONFIGS = [("bridge", "nftables"), ("bridge", "iptables"), ("ptp", "nftables"), ("ptp", "iptables")]
+RESULTS_DIR = ROOT / "docs" / "conformance"
+DOC = ROOT / "docs" / "conformance.md"
+MARK = {"passed": "✓ passed", "failed": "✗ FAILED", "skipped": "skipped"}
+
+
+def record(report: Report) -> None:
+    """Keep this configuration's latest result and regenerate docs/conformance.md from all."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stem = report.config if report.proxy_mode == "iptables" else f"{report.config}-proxy-{report.proxy_mode}"
+    (RESULTS_DIR / f"{stem}.json").write_text(report.to_json())
+    DOC.write_text(document([Report.from_json(f.read_text()) for f in sorted(RESULTS_DIR.glob("*.json"))]))
+
+
+def document(reports: list[Report]) -> str:
+    order = {f"{c}-{b}": i for i, (c, b) in enumerate(CONFIGS)}
+    reports = sorted(reports, key=lambda r: (order.get(r.config, 99), r.config, r.proxy_mode))
+    lines = [
+        "# Conformance: the upstream NetworkPolicy e2e suite",
+        "",
+        "The Kubernetes e2e specs for NetworkPolicy (`[sig-network] Netpol`, `test/e2e/network/netpol` of the pinned",
+        "release), run unchanged against policyd installed by its Helm chart on the real two-node cluster of",
+        "`scripts/cluster.sh` (kube-apiserver, kubelet, kube-proxy and containerd with the real CNI plugins, in network",
+        "namespaces of this machine). `e2e.test`, `ginkgo` and the specs' test image `agnhost` are built from the same",
+        "pinned Go module as the cluster (`scripts/k8s-build.sh`); nothing is pulled. The specs create their pods in",
+        "random namespaces on both nodes and probe with `agnhost connect` through API execs, mostly to Service",
+        "ClusterIPs, so cross-node traffic and kube-proxy's DNAT are part of every run.",
+        "",
+        "One configuration, from a fresh machine (it sets everything up, brings a cluster up, installs the chart, runs",
+        "the suite, takes the cluster down, and with `--write` records the result here):",
+        "",
+        "    scripts/conformance.sh --cni bridge|ptp --backend nftables|iptables [--proxy-mode iptables|nftables] [--write]",
+        "",
+        "CI runs bridge/nftables and ptp/iptables as part of the README's test command (tests/cluster/test_conformance.py).",
+        "",
+        "Skipped, and why (every other spec the focus selects runs; a skipped spec is never counted as passed):",
+        "",
+        *[f"* `{pattern}`: {why}" for pattern, why in SKIPS.items()],
+        "",
+        "## Summary",
+        "",
+        "| configuration | kube-proxy | passed | failed | skipped | suite wall time | ginkgo processes | Kubernetes | date | command |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(f"| {r.cni} CNI, {r.backend} backend | {r.proxy_mode} | {r.count('passed')} | {r.count('failed')} | "
+                     f"{r.count('skipped')} | {r.seconds:.0f} s | {r.procs} | {r.kubernetes} | {r.date} | `{r.command} --write` |")
+    names = sorted({s.name for r in reports for s in r.specs})
+    by = [{s.name: s for s in r.specs} for r in reports]
+    lines += ["", "## Every spec", "",
+              "Result and the spec's own run time in each configuration.", "",
+              "| spec | " + " | ".join(f"{r.cni}/{r.backend}" + (f" (kube-proxy {r.proxy_mode})" if r.proxy_mode != "iptables" else "")
+                                for r in reports) + " |",
+              "|---|" + "---|" * len(reports)]
+    for name in names:
+        cells = []
+        for got in by:
+            s = got.get(name)
+            cells.append("—" if s is None else MARK[s.state] + (f" {s.seconds:.0f} s" if s.state != "skipped" else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    failures = [(r, s) for r in reports for s in r.specs if s.state == "failed"]
+    if failures:
+        lines += ["", "## Failures", ""] + [f"* {r.config}: {s.name}: {s.reason}" for r, s in failures]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The upstream NetworkPolicy e2e suite (Kubernetes' `[sig-network] Netpol` specs, unchanged)
+# against policyd on a real two-node cluster of this machine; see docs/conformance.md.
+#   scripts/conformance.sh [--cni bridge|ptp] [--backend nftables|iptables]
+#                          [--proxy-mode iptables|nftables] [--procs 4] [--write] [--keep]
+# Sets a fresh machine up first (packages, virtualenv, Kubernetes, e2e.test, images), like the
+# test command. --write records the result in docs/conformance.md. Needs root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test --cluster
+scripts/kube-tools.sh
+scripts/k8s-build.sh
+.venv/bin/python -m realcluster images
+exec .venv/bin/python -m realcluster conformance --name conf "$@"
