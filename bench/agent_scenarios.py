@@ -10,8 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from cluster import (APPS, NODE, POD, POLICY, PROBE_PORT0, REMOTE_BASE, SERVER_IP, BenchCluster, delta, latency,
-                     pod_doc, policy_doc, probe_policy)
+from cluster import APPS, NODE, POD, POLICY, PROBE_PORT0, REMOTE_BASE, SERVER_IP, BenchCluster, delta, latency, pod_doc, policy_doc, probe_policy
 
 EVENTS = "policyd_event_to_programmed_seconds_count"
 PARTIAL_SYNCS = 'policyd_sync_duration_seconds_count{kind="partial"}'
@@ -49,7 +48,7 @@ def policy_create(c: BenchCluster, exe: str, count: int, rate: float, probe_ms: 
     except subprocess.TimeoutExpired:
         prober.kill()
         out, _ = prober.communicate()
-        raise RuntimeError(f"only {len(out.splitlines())} of {count} new policies were observed enforced within 30 s")
+        raise RuntimeError(f"only {len(out.splitlines())} of {count} new policies were observed enforced within 30 s") from None
     seen = {int(k): float(t) for k, t in (line.split() for line in out.splitlines())}
     observed = [seen[k] - created[k] for k in range(count)]
     if min(observed) < 0:
@@ -229,4 +228,4 @@ def udp_rcvbuf_errors(c: BenchCluster) -> int:
     receiver was not scheduled in time): lost, but not by any firewall."""
     lines = [line.split() for line in subprocess.run(netns_cmd(c, "server", "cat", "/proc/net/snmp"), capture_output=True,
                                                       text=True, check=True).stdout.splitlines() if line.startswith("Udp:")]
-    return int(dict(zip(lines[0][1:], lines[1][1:]))["RcvbufErrors"])
+    return int(dict(zip(lines[0][1:], lines[1][1:], strict=True))["RcvbufErrors"])

@@ -103,7 +103,7 @@ def node_figures(args, backend: str) -> NodeFigures:
             r = agent.sync()
             inits.append(time.perf_counter() - t)
         for i in range(100 if args.quick else 500):
-            events.append(timed(lambda: agent.compiler.upsert_pod(relabelled(pods, i)), agent.sync))
+            events.append(timed(lambda i=i: agent.compiler.upsert_pod(relabelled(pods, i)), agent.sync))
         for _ in range(50):
             noops.append(timed(lambda: unchanged_sync(agent)))
         resyncs, cpus, listed = timed_noop_resyncs(agent, 5)

@@ -28,20 +28,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import histogram_quantile  # noqa: E402
+
 from policyd.lab.netns import delete_namespaces, entered, http_get, sh  # noqa: E402
 from policyd.lab.topology import FABRIC_NET, Topology  # noqa: E402
 from policyd.model.objects import ContainerPort, Pod  # noqa: E402
 from policyd.reconcile.interfaces import calico_interface  # noqa: E402
 from tests.kubeapi.server import KINDS, KubeAPI  # noqa: E402
 
-from report import histogram_quantile  # noqa: E402
-
 NODE = "node-0"
 POD_CIDR = ipaddress.ip_network("10.64.0.0/24")
 CLIENT_IP, SERVER_IP = "10.64.0.2", "10.64.0.3"
 REMOTE_BASE = ipaddress.ip_address("10.96.0.0")  # a /12: room for a million remote pods
 SLOT_BASE = 200  # 10.64.0.200+: host interfaces for pods that come and go (churn)
-METRICS_PORT = 9808
+METRICS_PORT, HEALTH_PORT = 9808, 9809
 APPS = [f"app{i}" for i in range(20)]
 TEAMS = ["a", "b", "c", "d", "e"]
 NAMESPACE, POD, POLICY = (next(k for k in KINDS if k.kind == n) for n in ("Namespace", "Pod", "NetworkPolicy"))
@@ -171,7 +171,7 @@ class BenchCluster:
         sh("nft", "delete", "table", "inet", "policyd", ns=self.node.netns, check=False)
         log = open(self.tmp / "agent.log", "ab")
         args = [sys.executable, "-m", "policyd", "run", "--node-name", NODE, "--kubeconfig", str(self.kubeconfig),
-                "--dispatch-mode", "interface", "--interface-prefix", "cali", "--metrics-port", str(METRICS_PORT),
+                "--dispatch-mode", "interface", "--interface-prefix", "cali", "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT),
                 "--resync", str(self.resync)]
         t0 = time.monotonic()
         self.agent = subprocess.Popen(["ip", "netns", "exec", self.node.netns, *args], stdout=log, stderr=subprocess.STDOUT,
@@ -223,7 +223,8 @@ class BenchCluster:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def http(self, path: str) -> tuple[int, str]:
-        return http_get(self.topo.fabric, f"http://{self.node.fabric_ip}:{METRICS_PORT}{path}")
+        port = METRICS_PORT if path == "/metrics" else HEALTH_PORT
+        return http_get(self.topo.fabric, f"http://{self.node.fabric_ip}:{port}{path}")
 
     def metrics(self) -> dict[str, float]:
         code, text = self.http("/metrics")

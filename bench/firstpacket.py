@@ -24,13 +24,13 @@ from pathlib import Path
 import synthetic
 from report import spread, table
 
-from policyd.lab.agent import NodeAgent
+from policyd.dataplane.config import DispatchMode
 from policyd.ipt.backend import IptBackend
+from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import delete_namespaces, entered, sh
 from policyd.lab.topology import Topology
 from policyd.model.objects import ContainerPort, Direction, Namespace, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule
 from policyd.model.selectors import LabelSelector
-from policyd.dataplane.config import DispatchMode
 
 HERE = Path(__file__).resolve().parent
 SCALES = (100, 1_000, 10_000)

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import report
 import synthetic
+import yaml
 
 from policyd.model.objects import NetworkPolicy, Peer, PolicyRule
 from policyd.model.selectors import LabelSelector

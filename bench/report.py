@@ -4,7 +4,7 @@ where there are many samples) over repeated runs, never a single lucky run."""
 from __future__ import annotations
 
 import statistics
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def quantile(xs: Sequence[float], q: float) -> float:

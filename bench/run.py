@@ -11,7 +11,8 @@ into docs/first-packet.png.
 the full run about 22. `--only backends` runs only the nftables/iptables comparison,
 `--only realcluster` only the real-cluster latencies (bench/cluster_latency.py, about 2 minutes),
 `--only drift` only the drift repair times (bench/drift.py, about 2 minutes),
-`--only dataplane` only the nftables dataplane and large sets (about 5 minutes), `--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute);
+`--only dataplane` only the nftables dataplane and large sets (about 5 minutes),
+`--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -33,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import agent_scenarios  # noqa: E402
 import backends  # noqa: E402
-import firstpacket  # noqa: E402
 import cluster_latency  # noqa: E402
 import drift  # noqa: E402
+import firstpacket  # noqa: E402
 import matrix  # noqa: E402
 import synthetic  # noqa: E402
-from cluster import BenchCluster  # noqa: E402
 from backends import relabelled, timed  # noqa: E402
+from cluster import BenchCluster  # noqa: E402
 from report import ms, spread, table  # noqa: E402
 
 from policyd.compile.engine import Compiler, compile_all  # noqa: E402
@@ -68,11 +69,12 @@ def engine(args) -> list[str]:
     adds, relabels = [], []
     events = 200 if args.quick else 1000
     for i in range(events):
-        adds.append(timed(lambda: c.upsert_pod(synthetic.pod(n_pods + i, n_ns, n_nodes)), c.take_changes))
-        relabels.append(timed(lambda: c.upsert_pod(relabelled(pods, i)), c.take_changes))
+        adds.append(timed(lambda i=i: c.upsert_pod(synthetic.pod(n_pods + i, n_ns, n_nodes)), c.take_changes))
+        relabels.append(timed(lambda i=i: c.upsert_pod(relabelled(pods, i)), c.take_changes))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figure_table(
-        f"Synthetic cluster: {n_pods:,} pods in {n_ns} namespaces on {n_nodes} nodes, {n_pol:,} policies; compiled for node-0 ({len(c.plans)} local pods, {len(c.sets)} shared sets).", [
+        f"Synthetic cluster: {n_pods:,} pods in {n_ns} namespaces on {n_nodes} nodes, {n_pol:,} policies; "
+        f"compiled for node-0 ({len(c.plans)} local pods, {len(c.sets)} shared sets).", [
         f"| full compile for one node | {ms(fulls)} | ≤ 1 s |",
         f"| one pod added, incremental | {ms(adds)} | ≤ 2 ms median |",
         f"| one pod relabelled, incremental | {ms(relabels)} | ≤ 2 ms median |",
@@ -89,11 +91,11 @@ def dataplane(args) -> list[str]:
 
 def large_sets(args) -> list[str]:
     """One policy whose peer set holds every pod of a 100k-pod cluster: element churn."""
+    from policyd.dataplane.config import DispatchMode
     from policyd.lab.agent import NodeAgent
     from policyd.lab.netns import add_namespace, delete_namespaces
     from policyd.model.objects import NetworkPolicy, Peer, PolicyRule
     from policyd.model.selectors import MATCH_ALL
-    from policyd.dataplane.config import DispatchMode
 
     prefix = f"pdb{uuid.uuid4().hex[:6]}"
     ns = f"{prefix}-node"
@@ -119,10 +121,11 @@ def large_sets(args) -> list[str]:
         adds, dels = [], []
         for i in range(100 if args.quick else 500):
             p = synthetic.pod(n_pods + i, n_ns, n_nodes)
-            adds.append(timed(lambda: agent.compiler.upsert_pod(p), agent.sync))
-            dels.append(timed(lambda: agent.compiler.delete_pod(p.key), agent.sync))
+            adds.append(timed(lambda p=p: agent.compiler.upsert_pod(p), agent.sync))
+            dels.append(timed(lambda p=p: agent.compiler.delete_pod(p.key), agent.sync))
         return figure_table(
-            f"{n_pods:,} pods on {n_nodes:,} nodes; every namespace has a policy allowing ingress from all pods, so one shared peer set holds {n_pods:,} addresses. Real kernel, throwaway namespace.", [
+            f"{n_pods:,} pods on {n_nodes:,} nodes; every namespace has a policy allowing ingress from all pods, "
+            f"so one shared peer set holds {n_pods:,} addresses. Real kernel, throwaway namespace.", [
             f"| compile {n_pods - 10_000:,} pod events (engine only) | {compile_s * 1e3:.0f} ms | — |",
             f"| load them: render + diff + one transaction of {r.ops:,} operations | {load * 1e3:.0f} ms | ≤ 400 ms |",
             f"| a batch of 10,000 more pods: render + diff + transaction ({batch.ops:,} operations) | {batch_s * 1e3:.0f} ms | ≤ 40 ms |",
@@ -264,7 +267,7 @@ def cpu_times() -> list[int]:
 
 
 def steal_share(before: list[int], after: list[int]) -> float:
-    d = [b - a for a, b in zip(before, after)]
+    d = [b - a for a, b in zip(before, after, strict=True)]
     return d[7] / max(sum(d), 1)  # the 8th field of the cpu line is steal
 
 

@@ -20,8 +20,9 @@ def namespaces(n: int) -> list[Namespace]:
 def pod(i: int, n_ns: int, n_nodes: int, app: str | None = None) -> Pod:
     node = i % n_nodes
     ip = ipaddress.ip_address(f"10.{(node >> 8) + 64}.{node & 255}.0") + 2 + i // n_nodes
+    labels = {"app": app or APPS[(i + i // n_nodes) % len(APPS)], "tier": "web" if (i // n_nodes) % 3 else "db"}
     return Pod(
-        f"ns{(i + i // n_nodes) % n_ns}", f"pod{i}", {"app": app or APPS[(i + i // n_nodes) % len(APPS)], "tier": "web" if (i // n_nodes) % 3 else "db"}, f"node-{node}", (ip,),
+        f"ns{(i + i // n_nodes) % n_ns}", f"pod{i}", labels, f"node-{node}", (ip,),
         (ContainerPort(8080 if i % 2 else 80, "TCP", "http"), ContainerPort(53, "UDP", "dns")),
     )
 

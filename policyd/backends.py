@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .dataplane.backend import Backend
+from .dataplane.backend import AnyBackend
 
 KINDS = ("nftables", "iptables")
 CHOICES = (*KINDS, "auto")
@@ -51,7 +51,7 @@ def resolve(kind: str) -> str:
     return "iptables"
 
 
-def make_backend(kind: str, table: str) -> Backend:
+def make_backend(kind: str, table: str) -> AnyBackend:
     """A backend of `kind` (resolved: nftables or iptables) owning `table`."""
     kind = resolve(kind)
     why = table_problem(kind, table)

@@ -7,15 +7,19 @@ import ipaddress
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__, report
 from .backends import KINDS
 from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, compute_grouped, endpoint, pairs
-from .model.problems import InvalidInput
 from .kube.cli import RunError
 from .lab.lab import LabError
+from .model.problems import InvalidInput
 from .world import World, load_world
+
+if TYPE_CHECKING:
+    from .dataplane.config import RenderConfig
 
 EXIT_OK, EXIT_DENIED, EXIT_INVALID = 0, 1, 2
 EXIT_INTERNAL = 3  # a bug of ours: never 1, which explain uses for DENIED
@@ -94,13 +98,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if v.allowed else EXIT_DENIED
 
 
-def render_config(args: argparse.Namespace):
+def render_config(args: argparse.Namespace) -> RenderConfig:
     from .dataplane.config import DispatchMode, RenderConfig
 
     return RenderConfig(table=args.table, mode=DispatchMode(args.mode))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .backends import table_problem
+    from .dataplane.config import IFPREFIX_RE
     from .dataplane.desired import DesiredState
     from .ipt.render import IptRenderer, Names
     from .ipt.restore import diff as ipt_diff
@@ -108,9 +114,6 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .nft.render import NftRenderer
     from .nft.text import ruleset_text
     from .reconcile.interfaces import calico_interface
-
-    from .backends import table_problem
-    from .dataplane.config import IFPREFIX_RE
 
     if args.backend == "iptables" and args.output == "json":
         raise UsageError("-o json is the libnftables transaction; the iptables backend prints restore text")
@@ -143,7 +146,6 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from .backends import make_backend
-
     from .dataplane.backend import NotOwned
 
     try:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Iterable, TextIO
+from collections.abc import Iterable
+from typing import TextIO
 
 from .compile.evaluate import SideVerdict, Verdict
 from .compile.matrix import GroupedMatrix, Matrix
@@ -34,7 +35,7 @@ def grouped_table(m: GroupedMatrix) -> str:
             "a pod always reaches itself)")
     labels = [f"{name}  {pods[0]}" + (f" +{len(pods) - 1} more" if len(pods) > 1 else "") for name, pods in m.groups.items()]
     rows = [(label, [YES if dst in allowed else NO for dst in m.groups])
-            for label, name in zip(labels, m.groups) for allowed in [set(m.allowed[name])]]
+            for label, name in zip(labels, m.groups, strict=True) for allowed in [set(m.allowed[name])]]
     text = grid(head, labels, rows, numbered=False)
     members = [f"  {name}: {', '.join(pods)}" for name, pods in m.groups.items() if len(pods) > 1]
     return text + ("Groups of more than one pod:\n" + "\n".join(members) + "\n" if members else "")
@@ -56,8 +57,7 @@ def grid(head: str, names: list[str], rows: list[tuple[str, list[str]]], numbere
     width = len(str(n))
     label_w = max(len(x) for x in names) + (width + 2 if numbered else 0)
     for digit in range(width):
-        cells = " ".join(str(i + 1).rjust(width)[digit] for i in range(n))
-        lines.append(" " * label_w + " " + cells)
+        lines.append(" " * label_w + " " + " ".join(str(i + 1).rjust(width)[digit] for i in range(n)))
     index = {x: i for i, x in enumerate(names)}
     for label, cells in rows:
         prefix = f"{str(index[label] + 1).rjust(width)}  " if numbered else ""

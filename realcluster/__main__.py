@@ -125,7 +125,7 @@ def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: boo
         print(f"==> report: {out / 'result.json'} (ginkgo's own: {out / 'report.json'}, log {out / 'ginkgo.log'})")
         if write:
             c.record(report)
-            print(f"==> recorded in {c.DOC.relative_to(c.ROOT)}")
+            print(f"==> recorded in {c.DOC}")
         if not keep:
             uninstall_chart(cluster, backend, print)
     finally:

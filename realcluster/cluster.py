@@ -16,9 +16,9 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from policyd.lab.netns import add_namespace, delete_namespaces, ip, list_namespaces, sysctl
 
@@ -46,7 +46,7 @@ class Cluster:
         return self.layout.control_plane.state / "logs" / "audit.log"
 
     @classmethod
-    def existing(cls, name: str) -> "Cluster":
+    def existing(cls, name: str) -> Cluster:
         """The cluster `name` as `up` recorded it (its CNI style, proxy mode, node count)."""
         record = STATE_ROOT / name / "cluster.json"
         if not record.exists():

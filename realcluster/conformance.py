@@ -18,9 +18,10 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from .cluster import Cluster, ClusterError
 from .paths import ROOT, k8s_bin, k8s_version
@@ -73,17 +74,17 @@ class Report:
         return json.dumps(asdict(self), indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "Report":
+    def from_json(cls, text: str) -> Report:
         d = json.loads(text)
         d["specs"] = [SpecResult(**s) for s in d["specs"]]
         return cls(**d)
 
 
-def spec_name(spec: dict) -> str:
+def spec_name(spec: dict[str, Any]) -> str:
     return " ".join([*(spec.get("ContainerHierarchyTexts") or []), spec.get("LeafNodeText", "")]).strip()
 
 
-def results(ginkgo_report: list[dict]) -> list[SpecResult]:
+def results(ginkgo_report: list[dict[str, Any]]) -> list[SpecResult]:
     """Every spec the focus selects, from ginkgo's JSON report, with our skip reasons."""
     out = []
     for suite in ginkgo_report:

@@ -25,9 +25,9 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .paths import IMAGE_CACHE, ROOT, k8s_bin
 
@@ -60,7 +60,7 @@ def run(*cmd: str | Path, **kw: object) -> subprocess.CompletedProcess[str]:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip()[-2000:]
         raise RuntimeError(f"{shlex.join(str(c) for c in cmd)} failed ({proc.returncode}):\n{tail}")
-    return proc
+    return proc  # type: ignore[no-any-return]  # (the overload taking **kw returns Any)
 
 
 def _digest(*parts: bytes) -> str:
@@ -297,7 +297,9 @@ def build_policyd(say: Say) -> Image:
 
 
 def _carry_out(step: Step, rootfs: Path, config: ImageConfig, say: Say) -> None:
-    inside = lambda p: rootfs / os.path.join(config.workdir, p).lstrip("/")  # noqa: E731
+    def inside(p: str) -> Path:
+        return rootfs / os.path.join(config.workdir, p).lstrip("/")
+
     if step.op == "WORKDIR":
         config.workdir = os.path.join(config.workdir, step.arg)
         inside(".").mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .paths import STATE_ROOT
 
-FABRIC_NET = ipaddress.ip_network("172.31.250.0/24")
+FABRIC_NET = ipaddress.IPv4Network("172.31.250.0/24")
 API_ADDR = FABRIC_NET.broadcast_address - 1  # the control plane's address on the fabric
 CLUSTER_CIDR = ipaddress.ip_network("10.244.0.0/16")
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
@@ -39,7 +39,7 @@ class Node:
 
     @property
     def pod_cidr(self) -> ipaddress.IPv4Network:
-        return ipaddress.ip_network(f"10.244.{self.index}.0/24")
+        return ipaddress.IPv4Network(f"10.244.{self.index}.0/24")
 
     @property
     def mount_ns(self) -> Path:

@@ -72,7 +72,9 @@ class PKI:
 
     def kubeconfig(self, path: Path, server: str, user: str, cert: Cert) -> Path:
         """A kubeconfig with everything embedded (so it can be copied anywhere)."""
-        b64 = lambda p: base64.b64encode(p.read_bytes()).decode()  # noqa: E731
+        def b64(p: Path) -> str:
+            return base64.b64encode(p.read_bytes()).decode()
+
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "policyd",
             "clusters": [{"name": "policyd", "cluster": {"server": server, "certificate-authority-data": b64(self.ca.cert)}}],

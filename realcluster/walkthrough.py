@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
 
 from .cluster import Cluster, ClusterError
 from .images import POLICYD
@@ -154,7 +154,7 @@ def check_phase(cluster: Cluster, name: str, expect: Callable[[Probe], bool], sa
     wrong = probes
     for _ in range(attempts):
         with ThreadPoolExecutor(max_workers=8) as pool:
-            answered = dict(zip(wrong, pool.map(lambda p: probe(cluster, p), wrong)))
+            answered = dict(zip(wrong, pool.map(lambda p: probe(cluster, p), wrong), strict=True))
         wrong = [p for p, ok in answered.items() if ok != expect(p)]
         if not wrong:
             break

@@ -9,6 +9,10 @@ scripts/kube-tools.sh
 scripts/k8s-build.sh
 echo "==> images for the real cluster"
 .venv/bin/python -m realcluster images
+echo "==> types (mypy: strict for model, state, compile, dataplane, nft, ipt)"
+.venv/bin/mypy
+echo "==> lint (ruff)"
+.venv/bin/ruff check .
 echo "==> import layers (import-linter)"
 .venv/bin/lint-imports
 echo "==> pytest $*"

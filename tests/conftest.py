@@ -1,4 +1,7 @@
-"""Shared helpers: build a world from inline YAML."""
+"""Shared helpers (a world from inline YAML) and the markers by directory: everything under
+tests/kernel, tests/e2e and tests/cluster needs root (network namespaces, nftables, real
+processes) and is marked `kernel`; tests/cluster is also marked `cluster`. The root-free lane
+is `pytest -m "not kernel"`."""
 
 from __future__ import annotations
 
@@ -8,6 +11,18 @@ from pathlib import Path
 import pytest
 
 from policyd.world import World, load_world
+
+ROOT_DIRS = {"kernel", "e2e", "cluster"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        top = Path(item.fspath).relative_to(tests).parts[0]
+        if top in ROOT_DIRS:
+            item.add_marker(pytest.mark.kernel)
+        if top == "cluster":
+            item.add_marker(pytest.mark.cluster)
 
 
 @pytest.fixture

@@ -16,15 +16,15 @@ recomputes only what it can affect:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, Iterable, TypeVar
+from typing import Generic, TypeVar
 
 from ..model.events import Event, Upsert
 from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
 from ..state.store import ClusterStore
 from .plan import BlockSetSpec, Entry, PodPlan, PodSetSpec, SetSpec
 from .pod import plan_pod
-
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ class SetChangeLog(Generic[K, T]):
         if key not in self.whole:
             self.deltas.setdefault(key, SetDelta()).note(added, removed)
 
-    def merge_sets(self, later: "SetChangeLog[K, T]") -> None:
+    def merge_sets(self, later: SetChangeLog[K, T]) -> None:
         self.sets |= later.sets
         for key in later.whole:
             self.set_replaced(key)

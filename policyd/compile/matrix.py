@@ -11,13 +11,14 @@ alike, as source and as destination — form one *profile*, the compact form of 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any
 
 from ..model.objects import Direction, IPAddress, Pod
 from .engine import Compiler
 from .evaluate import Endpoint
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, SetSpec
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, SetSpec, addresses, named_ports
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Matrix:
     allowed: dict[str, list[str]]  # from → every pod it may open a connection to
     targets: list[str] | None = None  # destinations considered (None: all of `pods`)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "port": self.port, "pods": self.pods, "allowed": self.allowed}
 
     def is_allowed(self, src: str, dst: str) -> bool:
@@ -46,7 +47,7 @@ class GroupedMatrix:
     groups: dict[str, list[str]]  # group name → its pods (sorted; groups in order of their first pod)
     allowed: dict[str, list[str]]  # group → every group its pods may open connections to
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "port": self.port, "groups": self.groups, "allowed": self.allowed,
                 "note": "every pod also reaches itself"}
 
@@ -108,7 +109,7 @@ class _Bitsets:
                 continue
             for i in _indices(bits):
                 admitted[i] |= members
-        return [o & a for o, a in zip(own, admitted)]
+        return [o & a for o, a in zip(own, admitted, strict=True)]
 
     def _plan(self, plan: DirectionPlan | None) -> int:
         if plan is None:
@@ -142,12 +143,12 @@ class _Bitsets:
         elif spec.port_name is not None:
             # Egress named port: (destination address, its port of that name).
             if spec.protocol == self.protocol and self.port is not None:
-                for entry in self.compiler.set_entries(spec):
-                    if entry[1] == self.port:  # type: ignore[index]
-                        got |= self.by_ip.get(entry[0], 0)  # type: ignore[index]
+                for ip, port in named_ports(self.compiler.set_entries(spec)):
+                    if port == self.port:
+                        got |= self.by_ip.get(ip, 0)
         else:
-            for entry in self.compiler.set_entries(spec):
-                got |= self.by_ip.get(entry, 0)  # type: ignore[arg-type]
+            for ip in addresses(self.compiler.set_entries(spec)):
+                got |= self.by_ip.get(ip, 0)
         self._spec_bits[spec] = got
         return got
 
@@ -163,7 +164,7 @@ def pairs(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int 
     port = port if protocol != "ICMP" else None
     reachable = _addressable(pods)
     b = _Bitsets(compiler, reachable, protocol, port)
-    keys = [p.key for p in reachable]
+    keys: list[str] = [p.key for p in reachable]
     return keys, ((keys[i], [keys[j] for j in _indices(row | (1 << i))]) for i, row in enumerate(b.rows))
 
 
@@ -182,7 +183,7 @@ def compute_grouped(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", 
     b = _Bitsets(compiler, reachable, protocol, port)
     first: dict[tuple[int, int], int] = {}  # profile → its group's number
     group_of: list[int] = []
-    for row, col in zip(b.rows, b.cols):
+    for row, col in zip(b.rows, b.cols, strict=True):
         group_of.append(first.setdefault((row, col), len(first)))
     names = [f"g{k + 1}" for k in range(len(first))]
     groups: dict[str, list[str]] = {name: [] for name in names}

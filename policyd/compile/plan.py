@@ -7,10 +7,10 @@ selectors in different policies give equal specs, hence one shared set.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Union
 
-from ..model.objects import Direction, IPAddress, IPBlock, PodKey, PolicyKey
+from ..model.objects import Direction, IPAddress, IPBlock, IPNetwork, PodKey, PolicyKey
 from ..model.selectors import LabelSelector, stable_hash
 
 
@@ -54,11 +54,11 @@ class BlockSetSpec:
     def digest(self) -> str:
         return stable_hash("block", self.canonical())
 
-    def intervals(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    def intervals(self) -> list[IPNetwork]:
         """cidr minus excepts as a minimal list of prefixes."""
-        nets = [self.block.cidr]
+        nets: list[IPNetwork] = [self.block.cidr]
         for e in self.block.excepts:
-            nxt = []
+            nxt: list[IPNetwork] = []
             for n in nets:
                 if e.subnet_of(n):  # type: ignore[arg-type]
                     nxt.extend(n.address_exclude(e))  # type: ignore[arg-type]
@@ -67,13 +67,25 @@ class BlockSetSpec:
                 else:
                     nxt.append(n)
             nets = nxt
-        return sorted(ipaddress.collapse_addresses(nets), key=lambda n: (n.network_address, n.prefixlen))  # type: ignore[arg-type]
+        collapsed: list[IPNetwork] = list(ipaddress.collapse_addresses(nets))  # type: ignore[type-var]  # one family: excepts match cidr's
+        return sorted(collapsed, key=lambda n: (int(n.network_address), n.prefixlen))
 
 
-SetSpec = Union[PodSetSpec, BlockSetSpec]
+SetSpec = PodSetSpec | BlockSetSpec
 
 # Entries of a PodSetSpec: an address, or (address, port) when the spec has a port name.
-Entry = Union[IPAddress, tuple[IPAddress, int]]
+NamedPortEntry = tuple[IPAddress, int]  # (a pod's address, its container port of that name)
+Entry = IPAddress | NamedPortEntry
+
+
+def addresses(entries: Iterable[Entry]) -> Iterator[IPAddress]:
+    """The entries of a set without a port name."""
+    return (e for e in entries if not isinstance(e, tuple))
+
+
+def named_ports(entries: Iterable[Entry]) -> Iterator[NamedPortEntry]:
+    """The entries of a set with a port name."""
+    return (e for e in entries if isinstance(e, tuple))
 
 
 @dataclass(frozen=True)

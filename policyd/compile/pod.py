@@ -50,7 +50,7 @@ def direction_rules(policy: NetworkPolicy, direction: Direction, pod: Pod) -> li
         # a non-empty list whose entries all resolve nowhere matches nothing.
         port_matches = None if not rule.ports else tuple(matches)
         targets: list[tuple[int | None, Peer | None]] = (
-            [(None, None)] if not rule.peers else list(enumerate(rule.peers))  # type: ignore[arg-type]
+            [(None, None)] if not rule.peers else list(enumerate(rule.peers))
         )
         for pi, peer in targets:
             spec = peer_spec(policy, peer) if peer is not None else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..compile.engine import SetDelta
 from .config import RenderConfig
@@ -34,14 +34,19 @@ class Transaction(Protocol):
     def __bool__(self) -> bool: ...
 
 
-class Backend(Protocol):
+Tx = TypeVar("Tx", bound=Transaction)
+
+
+class Backend(Protocol[Tx]):
+    """Generic over its own transaction type: only its `diff` makes what its `apply` takes."""
+
     table: str
 
     def renderer(self, cfg: RenderConfig) -> Renderer:
         """How this backend writes a plan down."""
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
-             deltas: dict[str, SetDelta[Elem]] | None = None) -> Transaction:
+             deltas: dict[str, SetDelta[Elem]] | None = None) -> Tx:
         """(what the kernel holds, what we want) → one batch (see nft.diff)."""
 
     def read(self, elements: bool = True) -> Ruleset | None:
@@ -56,7 +61,7 @@ class Backend(Protocol):
         """Whether chain `have` (believed, or read from the kernel) is `want`, rule by rule
         where the kernel's rules were read."""
 
-    def apply(self, tx: Transaction) -> None:
+    def apply(self, tx: Tx) -> None:
         """Run the transaction atomically, or raise ApplyError having changed nothing.
         A backend that needs more than one kernel batch (iptables: ipset, then each family)
         may leave the earlier batches applied when a later one fails; the caller then
@@ -68,5 +73,8 @@ class Backend(Protocol):
 
     def describe(self) -> str:
         """What policyd owns, for humans: `table inet policyd`."""
+
+
+AnyBackend = Backend[Any]  # a backend chosen at run time (nftables or iptables)
 
 

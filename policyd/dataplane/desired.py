@@ -8,16 +8,18 @@ only those.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from ..compile.engine import Compiler, SetDelta
 from ..compile.plan import Entry, SetSpec
+from ..model.objects import IPAddress, PodKey
 from .config import RenderConfig, family_sets
 from .objects import Elem, MapDef, Ruleset, Touched
 from .renderer import PodObjects, Renderer
 
-InterfaceOf = Callable[[str, tuple], "str | None"]
+InterfaceOf = Callable[[PodKey, tuple[IPAddress, ...]], "str | None"]  # pod → its host-side interface
 
 
 class DesiredState:
@@ -42,12 +44,12 @@ class DesiredState:
         the element set is updated in place. Otherwise the spec's sets are rebuilt whole."""
         t = Touched()
         if delta is not None and spec in self._spec_sets and spec in compiler.sets:
-            for fam, name in zip(family_sets(spec), self._spec_sets[spec]):
+            for fam, name in zip(family_sets(spec), self._spec_sets[spec], strict=True):
                 added, removed = self.renderer.elements(spec, delta.added, fam), self.renderer.elements(spec, delta.removed, fam)
                 if added or removed:
                     elems = self.ruleset.sets[name].elements
-                    elems -= removed  # type: ignore[operator]
-                    elems |= added  # type: ignore[operator]
+                    elems -= removed
+                    elems |= added
                     t.set_delta(name, added, removed)
             return t
         old = self._spec_sets.pop(spec, [])
@@ -56,7 +58,7 @@ class DesiredState:
             self._spec_sets[spec] = [d.name for d in defs]
             for d in defs:
                 # A mutable element set, owned by desired, so that deltas apply in place.
-                self.ruleset.sets[d.name] = replace(d, elements=set(d.elements))  # type: ignore[arg-type]
+                self.ruleset.sets[d.name] = replace(d, elements=set(d.elements))
                 t.set_replaced(d.name)
         for name in old:
             if name not in self._spec_sets.get(spec, []):
@@ -64,7 +66,7 @@ class DesiredState:
                 t.set_replaced(name)
         return t
 
-    def update_pod(self, key: str, compiler: Compiler, interface_of: InterfaceOf) -> Touched:
+    def update_pod(self, key: PodKey, compiler: Compiler, interface_of: InterfaceOf) -> Touched:
         t = Touched()
         old = self.pods.pop(key, None)
         plan = compiler.plans.get(key)

@@ -4,8 +4,9 @@ against what the kernel lists. Pure; each backend says when a listed chain holds
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import AbstractSet, Callable
 
 from .objects import ChainDef, Ruleset
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any, Union
+from typing import Any
 
 from ..compile.engine import SetChangeLog
 
 # Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
-Elem = Union[str, tuple]
+Elem = str | tuple[Any, ...]
 
 DIGEST_RE = re.compile(r"\[([0-9a-f]{12})\]$")
 COMMENT_MAX = 120  # nft caps comments at 128 bytes
@@ -36,7 +37,7 @@ class SetDef:
     # frozenset, except in DesiredState, which owns mutable sets so that deltas apply in place
     elements: AbstractSet[Elem] = frozenset()
 
-    def header(self) -> tuple:
+    def header(self) -> tuple[Any, ...]:
         return (self.type, self.interval)
 
 
@@ -58,7 +59,7 @@ class Hook:
 @dataclass(frozen=True)
 class ChainDef:
     name: str
-    rules: tuple[dict, ...] = ()  # libnftables JSON rule bodies ({"expr": [...], "comment": ...})
+    rules: tuple[dict[str, Any], ...] = ()  # libnftables JSON rule bodies ({"expr": [...], "comment": ...})
     hook: Hook | None = None
     digest: str = ""
     # Read back from the kernel: its rules as listed, in the backend's canonical form, so a
@@ -67,7 +68,7 @@ class ChainDef:
     listed: tuple[Any, ...] | None = None
 
     @staticmethod
-    def build(name: str, rules: list[dict], hook: Hook | None = None) -> "ChainDef":
+    def build(name: str, rules: list[dict[str, Any]], hook: Hook | None = None) -> ChainDef:
         """Seal the chain: the digest of its rules goes into the last rule's comment."""
         payload = json.dumps([name, hook and (hook.hook, hook.priority), rules], sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -87,10 +88,10 @@ class Ruleset:
     maps: dict[str, MapDef] = field(default_factory=dict)
     chains: dict[str, ChainDef] = field(default_factory=dict)
 
-    def copy(self) -> "Ruleset":
+    def copy(self) -> Ruleset:
         return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))
 
-    def same_as(self, other: "Ruleset") -> bool:
+    def same_as(self, other: Ruleset) -> bool:
         """Equal as the kernel sees it: chains by digest, sets and maps by content."""
         return (
             self.sets == other.sets
@@ -111,7 +112,18 @@ class Touched(SetChangeLog[str, Elem]):
     def __bool__(self) -> bool:
         return bool(self.sets or self.maps or self.chains)
 
-    def update(self, later: "Touched") -> None:
+    def update(self, later: Touched) -> None:
         self.maps |= later.maps
         self.chains |= later.chains
         self.merge_sets(later)
+
+
+def names_to_compare(actual: Ruleset, desired: Ruleset, touched: Touched | None) -> tuple[list[str], list[str], list[str]]:
+    """The sets, maps and chains a diff looks at: every name on either side (a full sync),
+    or only those `touched` since the last sync (a partial one: the rest is unchanged)."""
+    def pick(a: dict[str, Any], b: dict[str, Any], only: set[str] | None) -> list[str]:
+        return sorted(set(a) | set(b) if only is None else only)
+
+    if touched is None:
+        return pick(actual.sets, desired.sets, None), pick(actual.maps, desired.maps, None), pick(actual.chains, desired.chains, None)
+    return sorted(touched.sets), sorted(touched.maps), sorted(touched.chains)

@@ -103,7 +103,7 @@ class IptBackend:
         self._last_read = (rs, {f: set(saved[f].hooks) for f in FAMILIES})
         return rs
 
-    def apply(self, tx: IptTransaction) -> None:  # type: ignore[override]
+    def apply(self, tx: IptTransaction) -> None:
         self._last_read = None
         if not tx:
             return

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import copy
 import re
+from typing import Any
 
 from ..dataplane.backend import ApplyError
 from .backend import IptBackend
+from .restore import IptTransaction
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
 TARGETS = ("ACCEPT", "DROP", "RETURN", "REJECT")
@@ -151,7 +153,7 @@ class FakeIptBackend(IptBackend):
     def __init__(self, table: str = "policyd") -> None:
         super().__init__(table, check_tools=False)
         self.kernel = FakeIptKernel()
-        self.applied: list = []
+        self.applied: list[Any] = []
 
     def _run(self, argv: list[str], text: str | None = None) -> str:
         try:
@@ -159,6 +161,6 @@ class FakeIptBackend(IptBackend):
         except Refused as e:
             raise ApplyError(f"{argv[0]}: {e}") from None
 
-    def apply(self, tx) -> None:  # type: ignore[override]
+    def apply(self, tx: IptTransaction) -> None:
         self.applied.append(tx)
         super().apply(tx)

@@ -28,16 +28,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
-from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec
+from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, addresses, named_ports
 from ..dataplane.backend import OWNER_MARK
 from ..dataplane.config import IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
-from ..dataplane.renderer import PodObjects, drop_reason, pod_objects
+from ..dataplane.renderer import PodObjects, addr_text, drop_reason, pod_objects
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
-from ..nft.render import addr_text
 
 TABLE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MULTIPORT_SLOTS = 15  # xt_multiport: 15 ports, a range counts twice
@@ -105,7 +105,7 @@ def safe_comment(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./:,\[\]()+ -]", "_", text)[:COMMENT_MAX]
 
 
-def rule(match: str, target: str, comment: str = "", family: int = 0) -> dict:
+def rule(match: str, target: str, comment: str = "", family: int = 0) -> dict[str, Any]:
     return {"family": family, "match": match, "target": target, "comment": safe_comment(comment)}
 
 
@@ -143,8 +143,8 @@ def elements(spec: SetSpec, entries: Iterable[Entry], family: int) -> frozenset[
         return block_elements(spec) if spec.block.cidr.version == family else frozenset()
     if spec.port_name:
         proto = (spec.protocol or "TCP").lower()
-        return frozenset(f"{addr_text(ip)},{proto}:{port}" for ip, port in entries if ip.version == family)  # type: ignore[misc]
-    return frozenset(addr_text(ip) for ip in entries if ip.version == family)  # type: ignore[union-attr]
+        return frozenset(f"{addr_text(ip)},{proto}:{port}" for ip, port in named_ports(entries) if ip.version == family)
+    return frozenset(addr_text(ip) for ip in addresses(entries) if ip.version == family)
 
 
 # --- rules --------------------------------------------------------------------------------
@@ -158,11 +158,11 @@ def port_matches(ports: tuple[PortMatch, ...]) -> list[str]:
     out = []
     for proto in sorted(by_proto):
         entries = by_proto[proto]
-        p = proto.lower()
+        lower = proto.lower()
         if any(e.first is None for e in entries):
-            out.append(f"-p {p}")
+            out.append(f"-p {lower}")
             continue
-        items = sorted({(e.first, e.last) for e in entries})  # type: ignore[misc]
+        items = sorted({(e.first, e.last) for e in entries})
         chunk: list[str] = []
         slots = 0
         chunks: list[list[str]] = []
@@ -176,7 +176,7 @@ def port_matches(ports: tuple[PortMatch, ...]) -> list[str]:
         chunks.append(chunk)
         for c in chunks:
             # `-m {p}` written out, as iptables-save lists it back: read-back compares lines
-            out.append(f"-p {p} -m {p} --dport {c[0]}" if len(c) == 1 else f"-p {p} -m multiport --dports {','.join(c)}")
+            out.append(f"-p {lower} -m {lower} --dport {c[0]}" if len(c) == 1 else f"-p {lower} -m multiport --dports {','.join(c)}")
     return out
 
 
@@ -202,7 +202,7 @@ class IptRenderer:
 
     # pods
 
-    def allow_rules(self, r: AllowRule) -> list[dict]:
+    def allow_rules(self, r: AllowRule) -> list[dict[str, Any]]:
         """One AllowRule → rules that RETURN (allow) when they match."""
         side = "src" if r.direction is Direction.INGRESS else "dst"
         peers: list[tuple[int, str]] = [(0, "")]
@@ -214,7 +214,7 @@ class IptRenderer:
         return [rule(" ".join(x for x in (pm, peer) if x), "RETURN", r.label(), fam) for fam, peer in peers for pm in ports]
 
     def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> ChainDef:
-        rules: list[dict] = []
+        rules: list[dict[str, Any]] = []
         for r in plan.rules:
             rules.extend(self.allow_rules(r))
         rules.append(rule("", "DROP", drop_reason(pod_key, direction, plan)))
@@ -235,7 +235,7 @@ class IptRenderer:
 
     # skeleton
 
-    def base_rules(self, hook: str) -> list[dict]:
+    def base_rules(self, hook: str) -> list[dict[str, Any]]:
         cfg, n = self.cfg, self.names
         rules = [
             # First rule of a base chain: its comment carries the ownership mark.

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..compile.engine import SetDelta
-from ..dataplane.objects import DIGEST_RE, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef, Touched
+from ..dataplane.objects import DIGEST_RE, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef, Touched, names_to_compare
 from .render import MAXELEM, Names, dispatch_rules, map_families
 
 BUILTIN = {"forward": "FORWARD", "input": "INPUT"}
@@ -65,7 +67,7 @@ def chain_lines(c: ChainDef) -> tuple[tuple[int, str], ...]:
     return tuple((f, rule_line(c.name, r)) for f in FAMILIES for r in c.rules if r["family"] in (0, f))
 
 
-def rule_line(chain: str, r: dict) -> str:
+def rule_line(chain: str, r: dict[str, Any]) -> str:
     parts = ["-A", chain]
     if r["match"]:
         parts.append(r["match"])
@@ -90,12 +92,7 @@ def diff(
         deltas = touched.deltas if touched is not None else {}
     actual = actual or Ruleset()
 
-    def pick(a: dict, b: dict, only: set[str] | None) -> list[str]:
-        return sorted(set(a) | set(b) if only is None else only)
-
-    set_names = pick(actual.sets, desired.sets, touched and touched.sets)
-    map_names = pick(actual.maps, desired.maps, touched and touched.maps)
-    chain_names = pick(actual.chains, desired.chains, touched and touched.chains)
+    set_names, map_names, chain_names = names_to_compare(actual, desired, touched)
     before, after, rules = tx.ipset_before, tx.ipset_after, tx.rules
 
     # 1. sets: new ones whole, existing ones by delta
@@ -107,14 +104,16 @@ def diff(
             raise ValueError(f"ipset {n} changed its type; run `policyd cleanup --backend iptables` to re-create it")
         if have is None:
             before.append(f"create {n} {want.type[0]} family {want.type[1]} maxelem {MAXELEM}")
-            before.extend(f"add {n} {e}" for e in sorted(want.elements))  # type: ignore[type-var]
+            before.extend(f"add {n} {e}" for e in sorted(want.elements))
             continue
+        gone: AbstractSet[Elem]
+        new: AbstractSet[Elem]
         if n in deltas:
             gone, new = deltas[n].removed, deltas[n].added
         else:
             gone, new = have.elements - want.elements, want.elements - have.elements
-        before.extend(f"del {n} {e.removesuffix(' nomatch')}" for e in sorted(gone))  # type: ignore[union-attr, type-var]
-        before.extend(f"add {n} {e}" for e in sorted(new))  # type: ignore[type-var]
+        before.extend(f"del {n} {e.removesuffix(' nomatch')}" for e in sorted(gone))  # type: ignore[union-attr]
+        before.extend(f"add {n} {e}" for e in sorted(new))
 
     # 2. chains: declare (create or flush) what is new or changed, then fill
     declare: dict[int, list[str]] = {4: [], 6: []}
@@ -253,7 +252,7 @@ def parse_ipset_save(text: str, names: Names, elements: bool = True) -> dict[str
         elif line.startswith("Header: ") and name in sets:
             parts = line[8:].split()
             fam = parts[parts.index("family") + 1] if "family" in parts else "inet"
-            sets[name] = SetDef(name, (sets[name].type[0], fam))  # type: ignore[index]
+            sets[name] = SetDef(name, (sets[name].type[0], fam))
     if elements:
         for n, es in elems.items():
             sets[n] = SetDef(n, sets[n].type, elements=frozenset(es))
@@ -281,6 +280,6 @@ def to_ruleset(saved: dict[int, Saved], sets: dict[str, SetDef], desired_maps: d
         digest = digests.pop() if len(digests) == 1 else ""
         hooked = [saved[f].hooks[n] for f in FAMILIES if n in saved[f].hooks]  # which family lacks it: `jumps`
         hook = Hook(hooked[0], 0) if hooked else None
-        listed = tuple((f, line.strip()) for f, lines in zip(FAMILIES, per_fam) for line in lines or ())
+        listed = tuple((f, line.strip()) for f, lines in zip(FAMILIES, per_fam, strict=True) for line in lines or ())
         rs.chains[n] = ChainDef(n, (), hook, digest or "", listed)
     return rs

@@ -20,7 +20,11 @@ def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"POLICYD_{name}", default)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def env_or(name: str, default: str) -> str:
+    return os.environ.get(f"POLICYD_{name}", default)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="the node agent: watch the cluster (kopf, read-only) and enforce its policies on this node",
                        description="Every option also reads POLICYD_<OPTION> from the environment (e.g. POLICYD_FAIL_MODE).")
     p.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node (default: $NODE_NAME)")
@@ -29,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto: from the first CNI config in --cni-dir (Calico, Cilium → interface; bridge, flannel → address)")
     p.add_argument("--interface-prefix", action="append", default=None,
                    help="host-side pod interface prefix (repeatable; default from the CNI: cali, lxc, veth)")
-    p.add_argument("--cni-dir", type=Path, default=Path(env("CNI_DIR", str(CNI_DIR))))
+    p.add_argument("--cni-dir", type=Path, default=Path(env_or("CNI_DIR", str(CNI_DIR))))
     p.add_argument("--fail-mode", choices=[m.value for m in FailMode], default=env("FAIL_MODE", "open"),
                    help="open: a pod interface not programmed yet passes traffic; closed: it is dropped (interface dispatch)")
     p.add_argument("--table", default=env("TABLE", "policyd"))
@@ -37,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="nftables (default); iptables: legacy iptables + ipset, for nodes whose kernel or tools lack "
                         "nftables; auto: nftables where usable, else iptables")
     p.add_argument("--metrics-address", default=env("METRICS_ADDRESS", "0.0.0.0"))
-    p.add_argument("--metrics-port", type=int, default=int(env("METRICS_PORT", "9808") or 0),
-                   help="/metrics, /healthz, /readyz (0: off)")
+    p.add_argument("--metrics-port", type=int, default=int(env_or("METRICS_PORT", "9808") or 0), help="/metrics (0: off)")
+    p.add_argument("--health-port", type=int, default=int(env_or("HEALTH_PORT", "9809") or 0),
+                   help="/healthz (liveness) and /readyz (0: off; may equal --metrics-port)")
     p.add_argument("--log-format", choices=["text", "json"], default=env("LOG_FORMAT", "text"))
     p.add_argument("--min-interval", type=float, default=float(env("MIN_INTERVAL", "0") or 0),
                    help="seconds between syncs; events in between share one transaction")
@@ -69,7 +74,7 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
     st = AgentSettings(
         node_name=args.node_name, kubeconfig=args.kubeconfig, dispatch_mode=mode, interface_prefixes=prefixes,
         cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, backend=backend, metrics_address=args.metrics_address,
-        metrics_port=args.metrics_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
+        metrics_port=args.metrics_port, health_port=args.health_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
         relist_every=args.relist)
     problems = st.problems()
     if problems:

@@ -4,7 +4,8 @@ of the agent and the live what-if tools. Only `list` calls; the agent never writ
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ..model.objects import Namespace, NetworkPolicy, Pod
 from ..model.parse import parse_object
@@ -28,7 +29,7 @@ def api_client(kubeconfig: str | None = None) -> Any:
     return config.new_client_from_config(config_file=kubeconfig)
 
 
-def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[list[dict], int | None]]:
+def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
     """Every object of `kind` as the API serves it (with apiVersion/kind filled in, which
     list items omit), one page at a time, with the list's resourceVersion: a caller that
     folds each page in never holds a whole list of 100k pods."""
@@ -57,13 +58,14 @@ def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[lis
             return
 
 
-def list_raw(api: Any, kind: WatchKind, page: int = 500) -> tuple[list[dict], int | None]:
+def list_raw(api: Any, kind: WatchKind, page: int = 500) -> tuple[list[dict[str, Any]], int | None]:
     """The whole list at once (the what-if tools)."""
-    items: list[dict] = []
-    rv = None
+    items: list[dict[str, Any]] = []
+    version = None
     for chunk, rv in list_pages(api, kind, page):
         items += chunk
-    return items, rv
+        version = rv
+    return items, version
 
 
 def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy]]:
@@ -71,10 +73,10 @@ def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[P
     A policy that fails validation is kept (it isolates and allows nothing, as the agent
     enforces it); any other unreadable object is an error listing every problem."""
     api = api_client(kubeconfig)
-    out: dict[str, list] = {k: [] for k in API_VERSIONS}
+    out: dict[str, list[Any]] = {k: [] for k in API_VERSIONS}
     problems: list[Problem] = []
     for kind in ("Namespace", "Pod", "NetworkPolicy"):
-        items, _ = list_raw(api, kind)  # type: ignore[arg-type]
+        items, _ = list_raw(api, kind)
         for item in items:
             meta = item.get("metadata") or {}
             obj, probs = parse_object(item, f"{kind} {meta.get('namespace', '')}/{meta.get('name', '')}".replace(" /", " "), None,

@@ -84,7 +84,7 @@ class EventPoster:
         if self._api is None:
             self._api = api_client(self.kubeconfig)
         core = client.CoreV1Api(self._api)
-        body = event_body(finding, policy, self.node, datetime.datetime.now(datetime.timezone.utc))
+        body = event_body(finding, policy, self.node, datetime.datetime.now(datetime.UTC))
         ns = body["metadata"]["namespace"]
         selector = f"involvedObject.uid={body['involvedObject']['uid']},reason={finding.reason}"
         listed = json.loads(core.list_namespaced_event(ns, field_selector=selector, _preload_content=False).data)

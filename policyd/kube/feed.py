@@ -18,8 +18,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Any, Literal
 
 from ..compile.engine import Compiler
 from ..model.events import Delete, Event, Upsert
@@ -33,13 +34,13 @@ KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy")
 Ref = tuple[str, str]  # (kind, key)
 
 
-def ref_of(kind: str, body: dict) -> Ref:
+def ref_of(kind: str, body: dict[str, Any]) -> Ref:
     meta = body.get("metadata") or {}
     ns, name = meta.get("namespace"), meta.get("name", "")
     return (kind, f"{ns}/{name}" if kind != "Namespace" else name)
 
 
-def rv_int(body: dict) -> int | None:
+def rv_int(body: dict[str, Any]) -> int | None:
     """resourceVersions are opaque, but every real API server (etcd revisions) uses integers."""
     try:
         return int((body.get("metadata") or {}).get("resourceVersion", ""))
@@ -85,7 +86,7 @@ class ClusterFeed:
             log.info("initial lists complete: %d namespaces, %d pods, %d policies",
                      *(sum(1 for k, _ in self.versions if k == kind) for kind in KINDS))
 
-    def observe(self, kind: WatchKind, typ: str | None, body: dict) -> Event | None:
+    def observe(self, kind: WatchKind, typ: str | None, body: dict[str, Any]) -> Event | None:
         """One watch event; returns the model event applied to the compiler (None: nothing)."""
         self.stats.events += 1
         ref = ref_of(kind, body)
@@ -109,7 +110,7 @@ class ClusterFeed:
                 else:
                     self.invalid.pop(ref[1], None)
             self.versions[ref] = rv
-            event = Upsert(obj)  # type: ignore[arg-type]
+            event = Upsert(obj)
             self.compiler.apply(event)
             return event
         finally:

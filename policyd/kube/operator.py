@@ -14,8 +14,12 @@ writes are Kubernetes Events on policies that cannot be enforced as written.
 
 Handlers only update the cluster state and wake the sync loop; one coalescing
 `SyncRunner` compiles, diffs and applies (minimum interval, retries with backoff, a
-periodic full resync). One port serves /metrics, /healthz and /readyz. SIGTERM stops kopf
-and leaves the ruleset in place (`policyd cleanup` removes it).
+periodic full resync). The kernel work of a sync runs on a worker thread, so watches,
+/healthz and /readyz keep answering during a long commit; the compiler is shared under the
+syncer's lock (held by the handlers while they feed it, and by the sync while it takes the
+compiler's changes). /metrics is served on its port, /healthz and /readyz on the health
+port (the same port serves both when they are equal). SIGTERM stops kopf and leaves the
+ruleset in place (`policyd cleanup` removes it).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Any, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 import kopf
 from aiohttp import web
@@ -32,12 +37,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..backends import make_backend
 from ..compile.engine import Compiler
-from ..model.objects import NetworkPolicy
-from ..dataplane.backend import Backend
+from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
+from ..model.objects import NetworkPolicy
 from ..reconcile.interfaces import RouteInterfaces
 from ..reconcile.runner import SyncRunner
-from ..reconcile.syncer import Syncer
+from ..reconcile.syncer import Syncer, SyncResult
 from .events import EventPoster
 from .feed import KINDS, ClusterFeed, Finding, WatchKind, ref_of
 from .metrics import AgentMetrics
@@ -51,13 +56,13 @@ RESOURCES: dict[WatchKind, tuple[str, str, str]] = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
 FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
-Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict], int | None]]]  # pages and the list's resourceVersion
+Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict[str, Any]], int | None]]]  # pages and the list's resourceVersion
 
 
 class ClusterAgent:
     """Everything the handlers and the sync loop share; all of it lives on one event loop."""
 
-    def __init__(self, settings: AgentSettings, mode: DispatchMode, backend: Backend | None = None,
+    def __init__(self, settings: AgentSettings, mode: DispatchMode, backend: AnyBackend | None = None,
                  lister: Lister | None = None) -> None:
         self.settings = settings
         self.compiler = Compiler(settings.node_name)
@@ -78,10 +83,11 @@ class ClusterAgent:
         self.froze_after_relist = False
         self.last_watch_event: dict[WatchKind, float] = {}
         self.last_relist_ok: float | None = None
+        self.lock = self.syncer.lock  # around every change to the compiler (see the module's docstring)
 
     # --- from the handlers ----------------------------------------------------------------
 
-    def observe(self, kind: WatchKind, typ: str | None, raw: dict) -> list[Finding]:
+    def observe(self, kind: WatchKind, typ: str | None, raw: dict[str, Any]) -> list[Finding]:
         feed = self.feed
         if typ is None and feed.ready:
             # kopf lists at start (overlapping our own lists) and again after it lost a
@@ -91,7 +97,9 @@ class ClusterAgent:
             self.schedule_relist(self.settings.relist_grace)
         self.metrics.events.labels(kind).inc()
         self.last_watch_event[kind] = time.monotonic()
-        if feed.observe(kind, typ, raw) is not None:
+        with self.lock:
+            changed = feed.observe(kind, typ, raw) is not None
+        if changed:
             self.arrivals.append(time.monotonic())
             self.runner.request()
             self.wake.set()
@@ -111,9 +119,10 @@ class ClusterAgent:
                 refs: list[tuple[str, str]] = []
                 try:
                     async for items, _ in self.lister(kind):  # page by page: never a whole list in memory
-                        for item in items:
-                            self.feed.observe(kind, None, item)  # a retry re-observes: skipped by version
-                            refs.append(ref_of(kind, item))
+                        with self.lock:
+                            for item in items:
+                                self.feed.observe(kind, None, item)  # a retry re-observes: skipped by version
+                                refs.append(ref_of(kind, item))
                     break
                 except Exception as e:  # noqa: BLE001 - the API may not be reachable yet
                     log.warning("initial list of %s failed (%s); retrying in %.1f s", kind, e, delay)
@@ -121,12 +130,13 @@ class ClusterAgent:
                     delay = min(delay * 2, max_delay)
             listed += refs
             log.info("listed %d %s objects", len(refs), kind)
-        self.feed.open_gate(listed)
+        with self.lock:
+            self.feed.open_gate(listed)
         self.arrivals.append(time.monotonic())
         self.runner.request()
         self.wake.set()
 
-    def _new_findings(self, policy: NetworkPolicy, raw: dict) -> list[Finding]:
+    def _new_findings(self, policy: NetworkPolicy, raw: dict[str, Any]) -> list[Finding]:
         rv = (raw.get("metadata") or {}).get("resourceVersion")
         out = []
         for f in self.feed.findings(policy):
@@ -179,19 +189,33 @@ class ClusterAgent:
                 log.warning("relist of %s failed: %s", kind, e)
                 continue
             self.last_relist_ok = time.monotonic()
-            events = self.feed.relisted(kind, present, rv)
+            with self.lock:
+                events = self.feed.relisted(kind, present, rv)
             if events:
                 self.metrics.relist_deletes.inc(len(events))
                 self.arrivals.append(time.monotonic())
                 self.runner.request()
 
     def sync_once(self) -> None:
-        if not self.feed.ready:
-            return
-        stats = self.runner.stats
-        failures = stats.failures
+        """One sync on this thread (tests; the agent uses sync_in_worker)."""
+        if self.feed.ready:
+            failures, batch = self.runner.stats.failures, self._take_arrivals()
+            self._record(failures, batch, self.runner.run_once())
+
+    async def sync_in_worker(self) -> None:
+        """One sync with its kernel work (read, diff, apply) on a worker thread: the event
+        loop keeps serving the watches and the health endpoints during a long commit."""
+        if self.feed.ready:
+            failures, batch = self.runner.stats.failures, self._take_arrivals()
+            self._record(failures, batch, await asyncio.to_thread(self.runner.run_once))
+
+    def _take_arrivals(self) -> list[float]:
         batch, self.arrivals = self.arrivals, []
-        result = self.runner.run_once()
+        return batch
+
+    def _record(self, failures: int, batch: list[float], result: SyncResult | None) -> None:
+        """Metrics and logs of one sync attempt; events it did not commit wait for the next."""
+        stats = self.runner.stats
         m = self.metrics
         if stats.failures != failures:
             m.apply_errors.inc()
@@ -212,6 +236,10 @@ class ClusterAgent:
             log.info("%s sync: %d operations in %.1f ms for %d events (oldest waited %.1f ms)",
                      "full" if result.full else "partial", result.ops, result.seconds * 1e3, len(batch), oldest)
         c = self.compiler
+        with self.lock:
+            self._gauges(c, m)
+
+    def _gauges(self, c: Compiler, m: AgentMetrics) -> None:
         m.local_pods.set(len(c.plans))
         m.local_pods_enforced.set(sum(1 for p in c.plans.values() if p.ingress or p.egress))
         m.pending_interfaces.set(len(self.syncer.pending))
@@ -225,16 +253,18 @@ class ClusterAgent:
         while True:
             self.heartbeat = time.monotonic()
             await self.relist_due()
-            self.sync_once()
+            await self.sync_in_worker()
             try:
                 await asyncio.wait_for(self.wake.wait(), tick)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self.wake.clear()
 
     # --- http: /metrics, /healthz, /readyz ------------------------------------------------
 
-    def http_app(self) -> web.Application:
+    def http_apps(self) -> dict[int, web.Application]:
+        """port → the app serving it: /metrics on the metrics port, /healthz and /readyz on
+        the health port (one app when the ports are equal; a port of 0 serves nothing)."""
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -246,21 +276,26 @@ class ClusterAgent:
         async def readyz(_: web.Request) -> web.Response:
             s = self.runner.stats
             now = time.monotonic()
+            with self.lock:
+                pending = sorted(self.syncer.pending)
             # Readiness is about enforcement (lists in, kernel in step); the watches are
             # reported, not judged: a quiet cluster sends no events, and kopf re-opens a
             # broken watch by itself (relisting after a 410, which the relist repair follows).
             doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, "syncs": s.syncs,
                    "consecutive_failures": s.consecutive_failures, "last_error": s.last_error,
-                   "drift": s.drift_seen, "local_pods": len(self.compiler.plans), "pending_interfaces": sorted(self.syncer.pending),
+                   "drift": s.drift_seen, "local_pods": len(self.compiler.plans), "pending_interfaces": pending,
                    "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
                    "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1)}
             return web.json_response(doc, status=200 if self.ready else 503)
 
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        return app
+        apps: dict[int, web.Application] = {}
+        st = self.settings
+        for port, routes in ((st.metrics_port, {"/metrics": metrics}), (st.health_port, {"/healthz": healthz, "/readyz": readyz})):
+            if port:
+                app = apps.setdefault(port, web.Application())
+                for path, handler in routes.items():
+                    app.router.add_get(path, handler)
+        return apps
 
 
 def freeze_heap(why: str) -> None:
@@ -285,9 +320,10 @@ def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
     for kind, (group, version, plural) in RESOURCES.items():
         resource = (group, version, plural) if group else (version, plural)
 
-        async def on_event(event: dict, _kind: WatchKind = kind, **_: Any) -> None:
-            for f in agent.observe(_kind, event.get("type"), event["object"]):
-                await agent.events.post(f, event["object"])
+        async def on_event(*, event: kopf.RawEvent, _kind: WatchKind = kind, **_: Any) -> None:
+            body = cast("dict[str, Any]", event["object"])  # the object as the API server sent it
+            for f in agent.observe(_kind, event.get("type"), body):
+                await agent.events.post(f, body)
             return None  # a returned value would be patched into the object
 
         kopf.on.event(*resource, id=f"policyd_observe_{plural}", registry=registry)(on_event)
@@ -326,12 +362,14 @@ def operator_settings() -> kopf.OperatorSettings:
 async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
     """kopf, the sync loop and the HTTP endpoints until kopf stops (SIGTERM/SIGINT)."""
     st = agent.settings
-    runner = None
-    if st.metrics_port:
-        runner = web.AppRunner(agent.http_app(), access_log=None)
+    runners = []
+    for port, app in agent.http_apps().items():
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, st.metrics_address, st.metrics_port).start()
-        log.info("metrics, /healthz and /readyz on %s:%d", st.metrics_address, st.metrics_port)
+        await web.TCPSite(runner, st.metrics_address, port).start()
+        runners.append(runner)
+        log.info("%s on %s:%d", ", ".join(r.resource.canonical for r in app.router.routes() if r.resource is not None),
+                 st.metrics_address, port)
     sync = asyncio.create_task(agent.sync_loop(), name="policyd-sync")
     try:
         if agent.lister is not None:
@@ -343,7 +381,7 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
                             clusterwide=True, stop_flag=stop)
     finally:
         sync.cancel()
-        if runner is not None:
+        for runner in runners:
             await runner.cleanup()
     log.info("stopped; the ruleset stays in place (policyd cleanup removes it)")
 
@@ -354,7 +392,7 @@ def kube_lister(kubeconfig: str | None) -> Lister:
 
     api = None
 
-    async def lister(kind: WatchKind) -> AsyncIterator[tuple[list[dict], int | None]]:
+    async def lister(kind: WatchKind) -> AsyncIterator[tuple[list[dict[str, Any]], int | None]]:
         nonlocal api
         if api is None:
             api = await asyncio.to_thread(api_client, kubeconfig)

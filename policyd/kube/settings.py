@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from ..backends import KINDS, table_problem
 from ..dataplane.config import DispatchMode
@@ -37,7 +38,7 @@ ROUTED = {"calico": ("cali",), "cilium-cni": ("lxc",), "kube-router": ("veth",),
 BRIDGED = {"bridge", "flannel", "weave-net", "antrea"}
 
 
-def plugin_types(conf: dict) -> list[str]:
+def plugin_types(conf: dict[str, Any]) -> list[str]:
     """The plugin types of a .conf (one plugin) or .conflist (a chain), in order."""
     if isinstance(conf.get("plugins"), list):
         return [str(p.get("type", "")) for p in conf["plugins"] if isinstance(p, dict)]
@@ -80,8 +81,8 @@ class AgentSettings:
     table: str = "policyd"
     backend: str = "nftables"  # nftables | iptables (resolved from auto by the CLI)
     metrics_address: str = "0.0.0.0"
-    metrics_port: int = 9808  # 0: no metrics endpoint
-    health_port: int = 9809  # /healthz (liveness) and /readyz; 0: none
+    metrics_port: int = 9808  # /metrics; 0: none
+    health_port: int = 9809  # /healthz (liveness) and /readyz; 0: none (the chart's probes need it)
     log_format: str = "text"
     min_interval: float = 0.0
     resync_every: float = 300.0

@@ -4,11 +4,12 @@ call made from inside that namespace. Used by the kernel tests and the lab."""
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ..backends import resolve
 from ..compile.engine import Compiler
-from ..dataplane.backend import Backend
+from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..ipt.backend import IptBackend
 from ..model.objects import Namespace, NetworkPolicy, Pod
@@ -23,7 +24,7 @@ class NodeAgent:
         self.netns = netns
         self.kind = resolve(backend)
         self.compiler = Compiler(node)
-        self.backend: Backend
+        self.backend: AnyBackend
         if self.kind == "iptables":
             self.backend = IptBackend(table)  # its tools run as children of the syncing thread, in the namespace
         else:
@@ -44,7 +45,7 @@ class NodeAgent:
         with entered(self.netns):
             return self.syncer.sync(full)
 
-    def check(self) -> list:
+    def check(self) -> list[Any]:
         """The one-second drift check, in the node's namespace."""
         with entered(self.netns):
             return self.syncer.check()
@@ -64,4 +65,4 @@ class NodeAgent:
         return self.nft("list", "table", "inet", self.backend.table)
 
     def nft(self, *args: str) -> str:
-        return sh("nft", *args, ns=self.netns).stdout
+        return str(sh("nft", *args, ns=self.netns).stdout)

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from ..backends import KINDS, make_backend
 from ..compile.engine import Compiler
@@ -31,7 +32,7 @@ from ..sources.manifest_dir import ManifestDirSource
 log = logging.getLogger("policyd.lab.agent")
 
 
-def write_json(path: Path, doc: dict) -> None:
+def write_json(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, path)
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     status_path = args.state / "agents" / f"{args.node}.json"
     started = time.time()
     applied_generation = -1
-    reported: dict = {}
+    reported: dict[str, Any] = {}
     last_write = 0.0
     log.info("agent for %s: dispatch by %s, %s", args.node, args.mode, syncer.backend.describe())
 

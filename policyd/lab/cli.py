@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from .. import report
 from ..backends import CHOICES
@@ -61,7 +62,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, say=print) -> int:
+def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, say: Callable[[str], None] = print) -> int:
     """Probe every service and compare with the engine; returns the number of mismatches."""
     rec = lab.load()
     services = [(protocol, port if protocol != "ICMP" else None)] if protocol else lab.services(rec)
@@ -95,7 +96,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(st, indent=2))
         return EXIT_OK
-    print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, {st['backend']} backend, manifest generation {st['generation']}, state {st['state']}")
+    print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, {st['backend']} backend, "
+          f"manifest generation {st['generation']}, state {st['state']}")
     print("nodes:")
     for n in st["nodes"]:
         a = n["agent"]
@@ -116,12 +118,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.name, args.topology, keep=args.keep, backend=args.backend)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     lab = sub.add_parser("lab", help="a real-packet cluster in network namespaces, with the agent enforcing")
     lsub = lab.add_subparsers(dest="lab_command", required=True)
 
-    def add(name: str, func, help: str) -> argparse.ArgumentParser:  # noqa: A002
-        p = lsub.add_parser(name, help=help)
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:  # noqa: A002
+        p: argparse.ArgumentParser = lsub.add_parser(name, help=help)
         p.add_argument("--name", default="default", help="which lab (several may coexist)")
         p.set_defaults(func=func)
         return p

@@ -25,13 +25,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
+from ..backends import resolve
 from ..compile.matrix import Matrix, compute
 from ..model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from ..model.events import key_of, kind_of
@@ -42,8 +44,7 @@ from ..model.problems import InvalidInput, Problem
 from ..model.selectors import LabelSelector, Requirement
 from ..world import load_world
 from .netns import delete_namespaces
-from ..backends import resolve
-from .topology import Topology, probe_via
+from .topology import PodHandle, Topology, probe_via
 
 LAB_ROOT = Path(os.environ.get("POLICYD_LAB_ROOT", "/run/policyd/lab"))
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$")
@@ -91,7 +92,7 @@ class LabRecord:
         return "interface" if self.topology == "routed" else "address"
 
     @staticmethod
-    def from_json(doc: dict) -> "LabRecord":
+    def from_json(doc: dict[str, Any]) -> LabRecord:
         return LabRecord(
             doc["name"], doc["topology"],
             {k: NodeRecord(**v) for k, v in doc["nodes"].items()},
@@ -178,12 +179,12 @@ class Lab:
     def topology(self, rec: LabRecord) -> Topology:
         topo = Topology(self.prefix, rec.topology, state_dir=str(self.dir / "pods"), create=False)
         for n in sorted(rec.nodes.values(), key=lambda n: n.index):
-            topo.attach_node(n.name, n.index, ipaddress.ip_network(n.cidr))
+            topo.attach_node(n.name, n.index, ipaddress.IPv4Network(n.cidr))
         return topo
 
     # --- the manifest directory ---------------------------------------------------------
 
-    def write_object(self, kind: str, key: str, raw: dict) -> bool:
+    def write_object(self, kind: str, key: str, raw: dict[str, Any]) -> bool:
         """Write atomically; False when the file already held exactly this."""
         path = self.manifests / file_name(kind, key)
         text = yaml.safe_dump(raw, sort_keys=False)
@@ -194,7 +195,7 @@ class Lab:
         os.replace(tmp, path)
         return True
 
-    def read_object(self, kind: str, key: str) -> dict | None:
+    def read_object(self, kind: str, key: str) -> dict[str, Any] | None:
         path = self.manifests / file_name(kind, key)
         return yaml.safe_load(path.read_text()) if path.exists() else None
 
@@ -219,9 +220,10 @@ class Lab:
         except OSError:
             return "(no log)"
 
-    def agent_status(self, node: str) -> dict | None:
+    def agent_status(self, node: str) -> dict[str, Any] | None:
         try:
-            return json.loads((self.agents_dir / f"{node}.json").read_text())
+            status: dict[str, Any] = json.loads((self.agents_dir / f"{node}.json").read_text())
+            return status
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
@@ -289,7 +291,8 @@ class Lab:
                 cidr = alloc.nodes[name]
                 h = topo.add_node(name, cidr)  # type: ignore[arg-type]
                 rec.nodes[name] = NodeRecord(name, h.index, str(cidr), h.netns)
-                self.write_object("Node", name, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "spec": {"podCIDR": str(cidr), "podCIDRs": [str(cidr)]}})
+                self.write_object("Node", name, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                                                 "spec": {"podCIDR": str(cidr), "podCIDRs": [str(cidr)]}})
             self.save(rec)
             placed = {p.key: p for p in alloc.pods}
             for obj, raw in parsed:
@@ -298,13 +301,13 @@ class Lab:
                 if not isinstance(obj, Node):
                     self.write_object(kind_of(obj), key_of(obj), raw.raw)
             self._implicit_namespaces([o for o, _ in parsed])
-            handles = []
+            handles: list[PodHandle] = []
             for obj, raw in parsed:
                 if isinstance(obj, Pod):
                     handles.append(self._start_pod(topo, rec, placed[obj.key], raw.raw))
             topo.wait_ready(handles=handles)
-            for h in handles:
-                rec.pods[h.pod.key].pid = h.proc.pid if h.proc else None
+            for ph in handles:
+                rec.pods[ph.pod.key].pid = ph.proc.pid if ph.proc else None
             self.save(rec)
             gen = self.bump_generation()
             for name in node_names:
@@ -339,10 +342,11 @@ class Lab:
 
     # --- pods and agents ------------------------------------------------------------------
 
-    def _start_pod(self, topo: Topology, rec: LabRecord, pod: Pod, raw: dict):
+    def _start_pod(self, topo: Topology, rec: LabRecord, pod: Pod, raw: dict[str, Any]) -> PodHandle:
         tcp, udp, sctp = served_ports(pod)
         h = topo.add_pod(pod, tcp, udp)
-        rec.pods[pod.key] = PodRecord(pod.key, pod.node or "", h.netns, h.host_if, [str(i) for i in pod.ips], h.control, tcp, udp, sctp, h.proc.pid if h.proc else None)
+        rec.pods[pod.key] = PodRecord(pod.key, pod.node or "", h.netns, h.host_if, [str(i) for i in pod.ips], h.control, tcp, udp, sctp,
+                                      h.proc.pid if h.proc else None)
         self.save(rec)
         out = copy.deepcopy(raw)
         out.setdefault("spec", {})["nodeName"] = pod.node
@@ -419,7 +423,7 @@ class Lab:
             changed = self.write_object(kind, key, raw.raw)
             say(f"{kind.lower()}/{obj.name} {('configured' if existed else 'created') if changed else 'unchanged'}")
         self._implicit_namespaces([o for o, _ in parsed])
-        handles = []
+        handles: list[PodHandle] = []
         for obj, raw in new_pods:
             pod = self._place(rec, obj)
             handles.append(self._start_pod(topo, rec, pod, raw))
@@ -428,7 +432,7 @@ class Lab:
         gen = self.bump_generation()
         return self.wait_agents(rec, gen)
 
-    def _update_pod(self, rec: LabRecord, pod: Pod, raw: dict, old_raw: dict) -> str:
+    def _update_pod(self, rec: LabRecord, pod: Pod, raw: dict[str, Any], old_raw: dict[str, Any]) -> str:
         old, _ = parse_object(old_raw, "<lab>", 0)
         assert isinstance(old, Pod)
         if (pod.node and pod.node != old.node) or served_ports(pod) != served_ports(old) or (pod.ips and set(pod.ips) != set(old.ips)):
@@ -549,7 +553,7 @@ class Lab:
         rec = self.load()
         if protocol == "SCTP":
             raise LabError("this kernel has no SCTP sockets: SCTP cannot be probed (policyd matrix shows the verdicts)")
-        labels = {p.key: p.labels for p in self.objects() if isinstance(p, Pod)}
+        labels: dict[str, dict[str, str]] = {p.key: p.labels for p in self.objects() if isinstance(p, Pod)}
         sources, targets = self.select(rec, src, labels), self.select(rec, dst, labels)
         pairs = [(s, d) for s in sources for d in targets]
         results: dict[tuple[str, str], bool] = {}
@@ -586,7 +590,7 @@ class Lab:
 
     # --- status ----------------------------------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         rec = self.load()
         now = time.time()
         agents = {}
@@ -607,7 +611,8 @@ class Lab:
         return {
             "name": rec.name, "topology": rec.topology, "dispatch": rec.mode, "backend": rec.backend, "state": str(self.dir),
             "generation": int(gen_path.read_text()) if gen_path.exists() else 0,
-            "nodes": [{"name": n.name, "netns": n.netns, "podCIDR": n.cidr, "agent": agents[n.name]} for n in sorted(rec.nodes.values(), key=lambda n: n.index)],
+            "nodes": [{"name": n.name, "netns": n.netns, "podCIDR": n.cidr, "agent": agents[n.name]}
+                      for n in sorted(rec.nodes.values(), key=lambda n: n.index)],
             "pods": [{"pod": p.key, "node": p.node, "ips": p.ips, "interface": p.host_if, "netns": p.netns,
                       "tcp": p.tcp, "udp": p.udp, "sctp_not_served": p.sctp, "running": alive(p.pid)} for p in sorted(rec.pods.values(), key=lambda p: p.key)],
         }
@@ -642,7 +647,8 @@ def identities(raws: list[RawObject]) -> list[tuple[str, str]]:
     for r in raws:
         obj = r.raw if isinstance(r.raw, dict) else {}
         kind, api = obj.get("kind"), obj.get("apiVersion")
-        meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        meta = obj.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}
         name, ns = meta.get("name"), meta.get("namespace") or "default"
         if (api, kind) not in {("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node"), ("networking.k8s.io/v1", "NetworkPolicy")}:
             problems.append(Problem(r.source, r.index, "kind", f"cannot delete {api}/{kind}: the lab holds Pods, Namespaces and NetworkPolicies"))

@@ -7,13 +7,13 @@ import contextlib
 import ctypes
 import os
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def sh(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def sh(*args: str, ns: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if check and proc.returncode != 0:

@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import socket
+from typing import Any
 
 
 class UdpReply(asyncio.DatagramProtocol):
@@ -34,7 +35,7 @@ class UdpReply(asyncio.DatagramProtocol):
 
 class UdpProbe(asyncio.DatagramProtocol):
     def __init__(self) -> None:
-        self.reply: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
         if not self.reply.done():
@@ -64,7 +65,7 @@ async def udp_endpoint(loop: asyncio.AbstractEventLoop, family: int, host: str, 
     raise OSError(errno.EADDRINUSE, "no free UDP source port for the probe")
 
 
-async def probe(req: dict) -> dict:
+async def probe(req: dict[str, Any]) -> dict[str, Any]:
     proto, host, timeout = req["protocol"], req["host"], float(req.get("timeout", 1.0))
     try:
         if proto == "TCP":
@@ -91,7 +92,7 @@ async def probe(req: dict) -> dict:
         # A TCP reset or an ICMP port-unreachable came back: the policy let the packets
         # through both ways, only nothing listens on that port.
         return {"ok": True, "refused": True}
-    except (OSError, asyncio.TimeoutError) as e:
+    except (TimeoutError, OSError) as e:
         return {"ok": False, "error": type(e).__name__}
 
 

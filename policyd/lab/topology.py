@@ -29,7 +29,7 @@ from ..model.objects import Pod
 from ..reconcile.interfaces import calico_interface
 from .netns import add_namespace, delete_namespaces, ip, sysctl
 
-FABRIC_NET = ipaddress.ip_network("172.31.255.0/24")
+FABRIC_NET = ipaddress.IPv4Network("172.31.255.0/24")
 
 
 def v6_for(ip4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
@@ -44,7 +44,7 @@ class PodHandle:
     netns: str
     host_if: str
     control: str
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
 
 @dataclass
@@ -107,7 +107,8 @@ class Topology:
         ip("-6", "route", "add", "default", "via", "fd00:ffff::fe", ns=node.netns)
         ip("link", "set", f"n{idx}", "master", "fab", "up", ns=self.fabric)
         ip("route", "add", str(pod_cidr), "via", str(node.fabric_ip), ns=self.fabric)
-        ip("-6", "route", "add", str(ipaddress.ip_network(f"{v6_for(pod_cidr.network_address)}/64", strict=False)), "via", f"fd00:ffff::{idx + 1}", ns=self.fabric)
+        v6_net = ipaddress.ip_network(f"{v6_for(pod_cidr.network_address)}/64", strict=False)
+        ip("-6", "route", "add", str(v6_net), "via", f"fd00:ffff::{idx + 1}", ns=self.fabric)
         if self.mode == "bridge":
             gw = pod_cidr.network_address + 1
             ip("link", "add", "cni0", "type", "bridge", ns=node.netns)

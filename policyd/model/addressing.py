@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from .objects import IPNetwork, Node, Pod
+from .objects import IPAddress, IPNetwork, Node, Pod
 from .problems import Problem
 
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
@@ -34,14 +35,14 @@ def node_cidrs(nodes: list[Node], pods: list[Pod], cluster_cidr: str, node_prefi
     if not names:
         names = list(default_nodes)
     explicit = {n.name: n.pod_cidrs[0] for n in nodes if n.pod_cidrs}
-    subnets = ipaddress.ip_network(cluster_cidr).subnets(new_prefix=node_prefix)
+    subnets: Iterator[IPNetwork] = ipaddress.ip_network(cluster_cidr).subnets(new_prefix=node_prefix)
     out: dict[str, IPNetwork] = {}
     for name in names:
         out[name] = explicit.get(name) or next(subnets)
     return out
 
 
-def _hosts_from_2(net: IPNetwork):
+def _hosts_from_2(net: IPNetwork) -> Iterator[IPAddress]:
     gateway = net.network_address + 1
     return (h for h in net.hosts() if h != gateway)
 

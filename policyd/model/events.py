@@ -6,12 +6,11 @@ Sources (the manifest directory of the lab, the kopf watch of a cluster) produce
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
-from .objects import Namespace, NetworkPolicy, Node, Pod
+from .objects import KubeObject
 
 Kind = Literal["Namespace", "Pod", "NetworkPolicy", "Node"]
-KubeObject = Union[Namespace, Pod, NetworkPolicy, Node]
 
 
 def kind_of(obj: KubeObject) -> Kind:
@@ -20,7 +19,7 @@ def kind_of(obj: KubeObject) -> Kind:
 
 def key_of(obj: KubeObject) -> str:
     """`ns/name` for namespaced kinds, `name` otherwise."""
-    return getattr(obj, "key", None) or obj.name  # type: ignore[union-attr]
+    return getattr(obj, "key", None) or obj.name
 
 
 @dataclass(frozen=True)
@@ -34,4 +33,4 @@ class Delete:
     key: str
 
 
-Event = Union[Upsert, Delete]
+Event = Upsert | Delete

@@ -7,13 +7,14 @@ classic "frontend/backend deployments" examples can be read as they are written.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import yaml
 
-from .objects import Namespace, NetworkPolicy, Node, Pod
+from .objects import KubeObject, Namespace, NetworkPolicy, Node, Pod
 from .parse import Context, parse_namespace, parse_object
 from .problems import Problem
 from .selectors import stable_hash
@@ -29,15 +30,21 @@ class Manifests:
     nodes: list[Node] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
-    def add(self, obj: object) -> None:
-        bucket = {Namespace: self.namespaces, Pod: self.pods, NetworkPolicy: self.policies, Node: self.nodes}
-        bucket[type(obj)].append(obj)
+    def add(self, obj: KubeObject) -> None:
+        if isinstance(obj, Namespace):
+            self.namespaces.append(obj)
+        elif isinstance(obj, Pod):
+            self.pods.append(obj)
+        elif isinstance(obj, NetworkPolicy):
+            self.policies.append(obj)
+        else:
+            self.nodes.append(obj)
 
-    def with_implicit_namespaces(self) -> "Manifests":
+    def with_implicit_namespaces(self) -> Manifests:
         """Namespaces that pods or policies name but no manifest declares (e.g. `default`)
         exist implicitly, with the API server's `kubernetes.io/metadata.name` label."""
         known = {n.name for n in self.namespaces}
-        for name in sorted({o.namespace for o in [*self.pods, *self.policies]} - known):
+        for name in sorted(({p.namespace for p in self.pods} | {p.namespace for p in self.policies}) - known):
             ns = parse_namespace(Context("<implicit>", None, "Namespace"), {"metadata": {"name": name}})
             self.namespaces.append(ns)
         return self
@@ -57,12 +64,17 @@ MAX_TEXT = 16 * 2**20  # bytes in one manifest file (the API server takes 3 MiB 
 MAX_NODES = 1_000_000  # YAML nodes in one document once aliases are expanded
 
 
-def expand_deployment(obj: dict, problems: list[Problem], source: str, index: int) -> list[dict]:
+def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """parent[key] when it is a mapping, else empty (the parser reports the wrong shape)."""
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def expand_deployment(obj: dict[str, Any], problems: list[Problem], source: str, index: int) -> list[dict[str, Any]]:
     """apps/v1 Deployment → its pods: names `<deploy>-<hash5>`, labels from the template.
     `replicas` as the API server takes it (an integer ≥ 0, default 1), at most MAX_REPLICAS."""
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-    template = spec.get("template") if isinstance(spec.get("template"), dict) else {}
+    meta, spec = _mapping(obj, "metadata"), _mapping(obj, "spec")
+    template = _mapping(spec, "template")
     replicas = spec.get("replicas", 1)
     where = (source, index, "spec.replicas")
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
@@ -75,10 +87,10 @@ def expand_deployment(obj: dict, problems: list[Problem], source: str, index: in
     pods = []
     for i in range(replicas):
         name = f"{meta.get('name')}-{stable_hash(str(meta.get('name')), str(i), length=5)}"
-        pod_meta = copy.deepcopy(template.get("metadata") if isinstance(template.get("metadata"), dict) else {})
+        pod_meta = copy.deepcopy(_mapping(template, "metadata"))
         pod_meta.update({"name": name, "namespace": meta.get("namespace") or "default"})
         pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta,
-                     "spec": copy.deepcopy(template.get("spec") if isinstance(template.get("spec"), dict) else {})})
+                     "spec": copy.deepcopy(_mapping(template, "spec"))})
     return pods
 
 
@@ -118,7 +130,7 @@ def load_yaml(text: str) -> list[Any]:
         raise ValueError(f"{len(text)} bytes: larger than the {MAX_TEXT // 2**20} MiB policyd reads in one file")
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)  # libyaml: ~10x faster, same documents
     try:
-        docs = []
+        docs: list[Any] = []
         while loader.check_node():
             node = loader.get_node()
             if node is None:
@@ -186,10 +198,11 @@ def load(paths: Iterable[str | Path]) -> Manifests:
 
 
 def check_duplicates(m: Manifests) -> None:
-    for kind, objs in (("Namespace", m.namespaces), ("Pod", m.pods), ("NetworkPolicy", m.policies), ("Node", m.nodes)):
+    objects: list[tuple[str, list[Any]]] = [("Namespace", m.namespaces), ("Pod", m.pods), ("NetworkPolicy", m.policies), ("Node", m.nodes)]
+    for kind, objs in objects:
         seen: set[str] = set()
         for o in objs:
-            key = getattr(o, "key", None) or o.name  # type: ignore[attr-defined]
+            key = getattr(o, "key", None) or o.name
             if key in seen:
                 m.problems.append(Problem("<manifests>", None, "metadata.name", f"duplicate {kind} {key}", kind, key))
             seen.add(key)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NewType, Union
+from typing import NewType
 
 from .selectors import LabelSelector
 
 PodKey = NewType("PodKey", str)  # "namespace/name"
 PolicyKey = NewType("PolicyKey", str)  # "namespace/name"
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 
@@ -139,3 +139,7 @@ class NetworkPolicy:
 class Node:
     name: str
     pod_cidrs: tuple[IPNetwork, ...] = ()
+
+
+# Every kind policyd reads.
+KubeObject = Namespace | Pod | NetworkPolicy | Node

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from .objects import (
     ContainerPort,
     Direction,
     IPBlock,
+    KubeObject,
     Namespace,
     NetworkPolicy,
     Node,
@@ -58,7 +60,7 @@ class Context:
 # --- shapes --------------------------------------------------------------------------------
 
 
-def as_dict(ctx: Context, path: str, raw: Any) -> dict:
+def as_dict(ctx: Context, path: str, raw: Any) -> dict[str, Any]:
     """An object field: absent or null is empty; any other non-object is a problem (and
     empty), so no later step ever meets a value of the wrong type."""
     if raw is None:
@@ -69,7 +71,7 @@ def as_dict(ctx: Context, path: str, raw: Any) -> dict:
     return raw
 
 
-def as_list(ctx: Context, path: str, raw: Any) -> list:
+def as_list(ctx: Context, path: str, raw: Any) -> list[Any]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -180,7 +182,7 @@ def parse_selector(ctx: Context, path: str, raw: Any) -> LabelSelector | None:
     return LabelSelector.build(labels, exprs)
 
 
-def parse_metadata(ctx: Context, obj: dict, namespaced: bool) -> tuple[str, str, dict[str, str]]:
+def parse_metadata(ctx: Context, obj: dict[str, Any], namespaced: bool) -> tuple[str, str, dict[str, str]]:
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         ctx.error("metadata", "required")
@@ -209,7 +211,7 @@ def parse_metadata(ctx: Context, obj: dict, namespaced: bool) -> tuple[str, str,
 # --- Namespace, Node, Pod ------------------------------------------------------------------
 
 
-def parse_namespace(ctx: Context, obj: dict) -> Namespace:
+def parse_namespace(ctx: Context, obj: dict[str, Any]) -> Namespace:
     _, name, labels = parse_metadata(ctx, obj, namespaced=False)
     # The API server sets this immutable label on every namespace (Kubernetes ≥ 1.21).
     labels = {**labels, NAMESPACE_NAME_LABEL: name}
@@ -239,7 +241,7 @@ def parse_cidr(ctx: Context, path: str, raw: Any) -> ipaddress.IPv4Network | ipa
     return net
 
 
-def parse_node(ctx: Context, obj: dict) -> Node:
+def parse_node(ctx: Context, obj: dict[str, Any]) -> Node:
     _, name, _ = parse_metadata(ctx, obj, namespaced=False)
     spec = as_dict(ctx, "spec", obj.get("spec"))
     raw = as_list(ctx, "spec.podCIDRs", spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
@@ -276,7 +278,7 @@ def check_port_name(ctx: Context, path: str, raw: Any) -> bool:
     return True
 
 
-def parse_pod(ctx: Context, obj: dict) -> Pod:
+def parse_pod(ctx: Context, obj: dict[str, Any]) -> Pod:
     ns, name, labels = parse_metadata(ctx, obj, namespaced=True)
     spec = as_dict(ctx, "spec", obj.get("spec"))
     status = as_dict(ctx, "status", obj.get("status"))
@@ -287,7 +289,7 @@ def parse_pod(ctx: Context, obj: dict) -> Pod:
         for pi, p in enumerate(as_list(ctx, f"spec.containers[{ci}].ports", container.get("ports"))):
             path = f"spec.containers[{ci}].ports[{pi}]"
             p = as_dict(ctx, path, p)
-            number = p.get("containerPort")
+            number: Any = p.get("containerPort")  # checked just below
             ok = check_port_number(ctx, f"{path}.containerPort", number)
             proto = parse_protocol(ctx, f"{path}.protocol", p.get("protocol"))
             pname = p.get("name")
@@ -431,7 +433,7 @@ def parse_rules(ctx: Context, path: str, raw: Any, peer_field: str) -> tuple[Pol
     return tuple(rules)
 
 
-def parse_policy(ctx: Context, obj: dict) -> NetworkPolicy:
+def parse_policy(ctx: Context, obj: dict[str, Any]) -> NetworkPolicy:
     ns, name, _ = parse_metadata(ctx, obj, namespaced=True)
     before = len(ctx.problems)
     # spec is a struct: absent or null it is its zero value (every pod of the namespace,
@@ -477,7 +479,7 @@ def parse_policy(ctx: Context, obj: dict) -> NetworkPolicy:
     )
 
 
-KINDS = {
+KINDS: dict[tuple[str, str], Callable[[Context, dict[str, Any]], KubeObject]] = {
     ("v1", "Namespace"): parse_namespace,
     ("v1", "Pod"): parse_pod,
     ("v1", "Node"): parse_node,
@@ -485,7 +487,7 @@ KINDS = {
 }
 
 
-def parse_object(obj: Any, source: str, doc: int | None, live: bool = False) -> tuple[object | None, list[Problem]]:
+def parse_object(obj: Any, source: str, doc: int | None, live: bool = False) -> tuple[KubeObject | None, list[Problem]]:
     """One API object → (value, problems). Unsupported kinds are a problem, not ignored.
     `live`: an object the API server serves (see Context.live), not a manifest to create."""
     ctx = Context(source, doc, live=live)

@@ -7,8 +7,8 @@ matchExpressions are ANDed. An empty label selector matches all objects."
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 Labels = Mapping[str, str]
 
@@ -44,7 +44,7 @@ class LabelSelector:
     requirements: tuple[Requirement, ...] = ()
 
     @staticmethod
-    def build(match_labels: Labels | None, expressions: list[Requirement] | None) -> "LabelSelector":
+    def build(match_labels: Labels | None, expressions: list[Requirement] | None) -> LabelSelector:
         reqs = {Requirement(k, "In", (v,)) for k, v in (match_labels or {}).items()}
         for r in expressions or ():
             reqs.add(Requirement(r.key, r.operator, tuple(sorted(set(r.values)))))

@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import json
 import threading
+from typing import Any
 
 from ..compile.engine import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
@@ -63,7 +64,7 @@ class Libnftables:
         return rc, out, err
 
 
-def census_of(doc: dict, table: str) -> Census | None:
+def census_of(doc: dict[str, Any], table: str) -> Census | None:
     """Names and rule counts of our table in a JSON listing; None when the table is absent."""
     chains: dict[str, int] = {}
     sets, maps, found = set(), set(), False
@@ -140,7 +141,7 @@ class NftBackend(NftDialect):
             raise ApplyError(f"list ruleset: {err.strip()}")
         return census_of(json.loads(out), self.table)
 
-    def apply(self, tx: Transaction) -> None:  # type: ignore[override]
+    def apply(self, tx: Transaction) -> None:
         if not tx:
             return
         if any("table" in c.get("add", {}) for c in tx.commands):

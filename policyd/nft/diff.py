@@ -11,11 +11,12 @@ nothing. An unchanged state yields a transaction with zero operations.
 from __future__ import annotations
 
 import json
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..compile.engine import SetDelta
-from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
+from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched, names_to_compare
 from .ruleset import (
     canonical_rule,
     chain_json,
@@ -31,10 +32,10 @@ from .ruleset import (
 class Transaction:
     """One libnftables batch. `ops` counts commands and elements, the unit of kernel work."""
 
-    commands: list[dict] = field(default_factory=list)
+    commands: list[dict[str, Any]] = field(default_factory=list)
     ops: int = 0
 
-    def add(self, verb: str, obj: dict, weight: int = 1) -> None:
+    def add(self, verb: str, obj: dict[str, Any], weight: int = 1) -> None:
         self.commands.append({verb: obj})
         self.ops += weight
 
@@ -70,11 +71,6 @@ def chain_holds(have: ChainDef, want: ChainDef) -> bool:
     return tuple(have.listed) == tuple(wanted)
 
 
-def _names(a: dict[str, Any], b: dict[str, Any], only: set[str] | None) -> list[str]:
-    names = set(a) | set(b) if only is None else only
-    return sorted(names)
-
-
 def diff(
     actual: Ruleset | None,
     desired: Ruleset,
@@ -90,9 +86,7 @@ def diff(
     if actual is None:
         tx.add("add", {"table": {"family": "inet", "name": table}})
         actual = Ruleset()
-    set_names = _names(actual.sets, desired.sets, touched and touched.sets)
-    map_names = _names(actual.maps, desired.maps, touched and touched.maps)
-    chain_names = _names(actual.chains, desired.chains, touched and touched.chains)
+    set_names, map_names, chain_names = names_to_compare(actual, desired, touched)
 
     # 1. new (or redefined) sets and maps, new chains (empty, so jumps can refer to them)
     for n in set_names:
@@ -129,6 +123,8 @@ def diff(
         have, want = actual.sets.get(n), desired.sets.get(n)
         if have is None or want is None or have.header() != want.header():
             continue
+        gone: AbstractSet[Elem]
+        new: AbstractSet[Elem]
         if n in deltas:
             gone, new = deltas[n].removed, deltas[n].added
         else:

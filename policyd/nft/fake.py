@@ -11,10 +11,11 @@ import copy
 import json
 import re
 from dataclasses import replace
+from typing import Any
 
 from ..dataplane.backend import ApplyError
 from ..dataplane.drift import Census
-from ..dataplane.objects import ChainDef, DIGEST_RE, Hook, MapDef, Ruleset, SetDef
+from ..dataplane.objects import DIGEST_RE, ChainDef, Hook, MapDef, Ruleset, SetDef
 from .backend import NftDialect
 from .diff import Transaction
 from .ruleset import canonical_rule, elem_from_json
@@ -24,7 +25,7 @@ class FakeBackend(NftDialect):
     def __init__(self, table: str = "policyd") -> None:
         self.table = table
         self.ruleset: Ruleset | None = None
-        self.rules: dict[str, list[dict]] = {}
+        self.rules: dict[str, list[dict[str, Any]]] = {}
         self.transactions: list[Transaction] = []
         self.fail_next = False  # inject a failure into the next apply
         self.reads: list[bool] = []  # one entry per read: were elements listed?
@@ -76,7 +77,7 @@ class FakeBackend(NftDialect):
             raise ApplyError("No such file or directory: table")
         return self.ruleset
 
-    def _run(self, cmd: dict) -> None:
+    def _run(self, cmd: dict[str, Any]) -> None:
         (verb, obj), = cmd.items()
         (kind, body), = obj.items()
         if kind == "table":
@@ -122,7 +123,7 @@ class FakeBackend(NftDialect):
         else:
             raise ApplyError(f"fake backend: unsupported {verb} {kind}")
 
-    def _element(self, rs: Ruleset, verb: str, name: str, elems: list) -> None:
+    def _element(self, rs: Ruleset, verb: str, name: str, elems: list[Any]) -> None:
         if name in rs.maps:
             m = rs.maps[name]
             cur = dict(m.elements)
@@ -141,18 +142,18 @@ class FakeBackend(NftDialect):
             return
         self._need(rs.sets, name)
         s = rs.sets[name]
-        cur = set(s.elements)
+        members = set(s.elements)
         for e in map(elem_from_json, elems):
             if verb == "add":
-                cur.add(e)
-            elif e not in cur:
+                members.add(e)
+            elif e not in members:
                 raise ApplyError(f"No such file or directory: element {e} in set {name}")
             else:
-                cur.discard(e)
-        rs.sets[name] = SetDef(s.name, s.type, s.interval, s.comment, frozenset(cur))
+                members.discard(e)
+        rs.sets[name] = SetDef(s.name, s.type, s.interval, s.comment, frozenset(members))
 
     @staticmethod
-    def _need(d: dict, name: str) -> None:
+    def _need(d: dict[str, Any], name: str) -> None:
         if name not in d:
             raise ApplyError(f"No such file or directory: {name}")
 

@@ -34,7 +34,7 @@ def elem_from_json(j: Any) -> Elem:
     raise ValueError(f"unexpected set element {j!r}")
 
 
-def set_json(table: str, s: SetDef) -> dict:
+def set_json(table: str, s: SetDef) -> dict[str, Any]:
     body: dict[str, Any] = {"family": "inet", "table": table, "name": s.name, "type": s.type[0] if len(s.type) == 1 else list(s.type)}
     if s.interval:
         body["flags"] = ["interval"]
@@ -43,26 +43,26 @@ def set_json(table: str, s: SetDef) -> dict:
     return {"set": body}
 
 
-def map_json(table: str, m: MapDef) -> dict:
+def map_json(table: str, m: MapDef) -> dict[str, Any]:
     return {"map": {"family": "inet", "table": table, "name": m.name, "type": m.type, "map": "verdict"}}
 
 
-def chain_json(table: str, c: ChainDef) -> dict:
+def chain_json(table: str, c: ChainDef) -> dict[str, Any]:
     body: dict[str, Any] = {"family": "inet", "table": table, "name": c.name}
     if c.hook is not None:
         body.update({"type": "filter", "hook": c.hook.hook, "prio": c.hook.priority, "policy": "accept"})
     return {"chain": body}
 
 
-def rule_json(table: str, chain: str, rule: dict) -> dict:
+def rule_json(table: str, chain: str, rule: dict[str, Any]) -> dict[str, Any]:
     return {"rule": {"family": "inet", "table": table, "chain": chain, **rule}}
 
 
-def elements_json(table: str, name: str, elems: list[Elem]) -> dict:
+def elements_json(table: str, name: str, elems: list[Elem]) -> dict[str, Any]:
     return {"element": {"family": "inet", "table": table, "name": name, "elem": [elem_json(e) for e in elems]}}
 
 
-def map_elements_json(table: str, name: str, elems: list[tuple[str, str]]) -> dict:
+def map_elements_json(table: str, name: str, elems: list[tuple[str, str]]) -> dict[str, Any]:
     return {"element": {"family": "inet", "table": table, "name": name, "elem": [[k, {"jump": {"target": c}}] for k, c in elems]}}
 
 
@@ -90,14 +90,14 @@ def _payload_protocols(x: Any) -> set[str]:
     return set()
 
 
-def _meta_match(e: dict, key: str) -> Any:
+def _meta_match(e: dict[str, Any], key: str) -> Any:
     m = e.get("match")
     if isinstance(m, dict) and m.get("op") == "==" and m.get("left") == {"meta": {"key": key}}:
         return m.get("right")
     return None
 
 
-def canonical_rule(rule: dict) -> tuple[str, str]:
+def canonical_rule(rule: dict[str, Any]) -> tuple[str, str]:
     """A rule as libnftables lists it back, for comparing what we want with what the kernel
     holds: the dependencies libnftables folds away are folded here too (`meta nfproto ipv4`
     implied by an `ip` payload, `meta l4proto tcp` + `th dport` listed as `tcp dport`,
@@ -124,7 +124,7 @@ def canonical_rule(rule: dict) -> tuple[str, str]:
     return json.dumps(_sorted_sets(out), sort_keys=True), rule.get("comment", "")
 
 
-def listed_rule(rule: dict) -> tuple[str, str]:
+def listed_rule(rule: dict[str, Any]) -> tuple[str, str]:
     """A rule from the kernel's listing, in the same form as canonical_rule's."""
     return json.dumps(_sorted_sets(rule.get("expr", [])), sort_keys=True), rule.get("comment", "")
 
@@ -132,7 +132,7 @@ def listed_rule(rule: dict) -> tuple[str, str]:
 # --- reading the kernel's JSON back ------------------------------------------------------
 
 
-def parse_listing(doc: dict, table: str) -> Ruleset:
+def parse_listing(doc: dict[str, Any], table: str) -> Ruleset:
     """A JSON listing (of the table or the whole ruleset) → our table's Ruleset (chains carry
     their digest and their rules as listed)."""
     rs = Ruleset()
@@ -149,8 +149,8 @@ def parse_listing(doc: dict, table: str) -> Ruleset:
             rs.sets[s["name"]] = SetDef(s["name"], tuple(typ), "interval" in s.get("flags", []), s.get("comment", ""), elems)
         elif "map" in item:
             m = item["map"]
-            elems = tuple(sorted((str(k), v["jump"]["target"]) for k, v in m.get("elem", [])))
-            rs.maps[m["name"]] = MapDef(m["name"], m["type"], elems)
+            entries = tuple(sorted((str(k), v["jump"]["target"]) for k, v in m.get("elem", [])))
+            rs.maps[m["name"]] = MapDef(m["name"], m["type"], entries)
         elif "chain" in item:
             c = item["chain"]
             hook = Hook(c["hook"], c.get("prio", 0)) if "hook" in c else None

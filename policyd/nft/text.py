@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ruleset import ChainDef, Ruleset, elem_json
+from ..dataplane.objects import ChainDef, Ruleset
+from .ruleset import elem_json
 
 PRIORITY_NAMES = {0: "filter"}
 
@@ -32,7 +33,7 @@ def value(v: Any) -> str:
     return str(v)
 
 
-def expr(e: dict) -> str:
+def expr(e: dict[str, Any]) -> str:
     (kind, body), = e.items()
     if kind == "match":
         op = "" if body["op"] in ("==", "in") else body["op"] + " "
@@ -42,7 +43,7 @@ def expr(e: dict) -> str:
     return kind  # accept, drop, return
 
 
-def rule_text(r: dict) -> str:
+def rule_text(r: dict[str, Any]) -> str:
     text = " ".join(expr(e) for e in r["expr"])
     if r.get("comment"):
         text += f' comment "{r["comment"]}"'

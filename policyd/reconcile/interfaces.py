@@ -11,7 +11,9 @@ import hashlib
 import ipaddress
 import socket
 import struct
-from typing import Iterable
+from collections.abc import Iterable
+
+from ..model.objects import IPAddress
 
 
 def host_routes() -> dict[str, str]:
@@ -47,7 +49,7 @@ class RouteInterfaces:
     def refresh(self) -> None:
         self.routes = host_routes()
 
-    def __call__(self, pod_key: str, ips: Iterable) -> str | None:
+    def __call__(self, pod_key: str, ips: Iterable[IPAddress]) -> str | None:
         for ip in ips:
             dev = self.routes.get(str(ip))
             if dev is not None:

@@ -16,15 +16,18 @@ and repairs drift:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
 from ..compile.engine import Compiler
-from ..dataplane.backend import ApplyError, Backend
+from ..compile.plan import SetSpec
+from ..dataplane.backend import AnyBackend, ApplyError
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..dataplane.desired import DesiredState
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import Ruleset, Touched
+from ..model.objects import IPAddress, PodKey
 from .interfaces import RouteInterfaces
 
 log = logging.getLogger("policyd.sync")
@@ -40,22 +43,26 @@ class SyncResult:
 
 
 class Syncer:
-    def __init__(self, compiler: Compiler, backend: Backend, cfg: RenderConfig, interfaces: RouteInterfaces | None = None) -> None:
+    def __init__(self, compiler: Compiler, backend: AnyBackend, cfg: RenderConfig, interfaces: RouteInterfaces | None = None) -> None:
         self.compiler = compiler
         self.backend = backend
         self.cfg = cfg
         self.desired = DesiredState(cfg, backend.renderer(cfg))
         self.interfaces = interfaces or RouteInterfaces()
         self.believed: Ruleset | None = None  # None: unknown, the next sync is full
+        # Held while the compiler's changes are folded into desired state (absorb): whoever
+        # feeds the compiler from another thread holds it too. The kernel work after that
+        # (read, diff, apply) needs no lock: only sync() touches desired and believed.
+        self.lock = threading.Lock()
         self.touched = Touched()
         self.touched.update(self.desired.skeleton)
-        self.pending: set[str] = set()  # local pods whose interface is not known yet
+        self.pending: set[PodKey] = set()  # local pods whose interface is not known yet
         self._routes_fresh = False
         # Whatever the compiler already holds is new to us.
         compiler.take_changes()
-        self._seed = (set(compiler.plans), set(compiler.sets))
+        self._seed: tuple[set[PodKey], set[SetSpec]] | None = (set(compiler.plans), set(compiler.sets))
 
-    def _interface(self, key: str, ips: tuple) -> str | None:
+    def _interface(self, key: PodKey, ips: tuple[IPAddress, ...]) -> str | None:
         if self.cfg.mode is not DispatchMode.INTERFACE:
             return None
         if not self._routes_fresh:  # once per absorb: an address may now lead elsewhere
@@ -91,7 +98,8 @@ class Syncer:
 
     def sync(self, full: bool = False) -> SyncResult:
         start = time.perf_counter()
-        self.absorb()
+        with self.lock:
+            self.absorb()
         full = full or self.believed is None
         drift: list[Drift] = []
         if full:

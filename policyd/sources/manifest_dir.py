@@ -16,8 +16,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.events import Delete, Event, KubeObject, Upsert, key_of, kind_of
+from ..model.events import Delete, Event, Upsert, key_of, kind_of
 from ..model.manifests import SUFFIXES, Manifests, load_documents, read_text
+from ..model.objects import KubeObject
 from ..model.problems import Problem
 
 Stamp = tuple[int, int, int]  # size, mtime_ns, inode
@@ -54,7 +55,7 @@ class ManifestDirSource:
             self.problems[name] = m.problems
             return None
         self.problems.pop(name, None)
-        objs = [*m.namespaces, *m.pods, *m.policies, *m.nodes]
+        objs: list[KubeObject] = [*m.namespaces, *m.pods, *m.policies, *m.nodes]
         return {(kind_of(o), key_of(o)): o for o in objs}
 
     def poll(self) -> list[Event]:

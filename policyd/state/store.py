@@ -4,7 +4,7 @@ make "which pods of namespace N match selector S" cheap (no scan of every pod)."
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
 from ..model.selectors import LabelSelector

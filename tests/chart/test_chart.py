@@ -62,7 +62,10 @@ def test_default_render_is_valid_and_safe():
     env = {e["name"]: e for e in c["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["POLICYD_FAIL_MODE"]["value"] == "open" and env["POLICYD_DISPATCH_MODE"]["value"] == "auto"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"} and c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 9808, "health": 9809}, "the probes do not depend on the metrics port"
+    assert env["POLICYD_HEALTH_PORT"]["value"] == "9809" and env["POLICYD_METRICS_PORT"]["value"] == "9808"
     assert c["args"] == ["run"]
     # RBAC: read-only on pods, namespaces and policies; events are the only writes.
     for rule in objs["ClusterRole"]["rules"]:
@@ -104,10 +107,19 @@ def test_env_names_match_the_agent_options():
     c = render()["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
     for e in c["env"]:
         if e["name"].startswith("POLICYD_"):
-            assert f'env("{e["name"][len("POLICYD_"):]}"' in source, e["name"]
+            name = e["name"][len("POLICYD_"):]
+            assert f'env("{name}"' in source or f'env_or("{name}"' in source, e["name"]
 
 
-@pytest.mark.parametrize("bad", ["dispatchMode=bridge", "backend=ebpf", "failMode=maybe", "failMode=closed,dispatchMode=address", "logFormat=xml"])
+@pytest.mark.parametrize("bad", ["dispatchMode=bridge", "backend=ebpf", "failMode=maybe", "failMode=closed,dispatchMode=address", "logFormat=xml",
+                                 "healthPort=0"])
 def test_bad_values_are_refused(bad: str):
     r = helm("template", "pd", str(CHART), "--set", bad, check=False)
     assert r.returncode != 0 and ("must be" in r.stderr or "needs" in r.stderr), r.stderr
+
+
+def test_metrics_off_keeps_the_probes_and_one_port_may_serve_both():
+    c = render("metricsPort=0")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert [p["name"] for p in c["ports"]] == ["health"] and c["readinessProbe"]["httpGet"]["port"] == "health"
+    c = render("healthPort=9808")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert c["ports"] == [{"name": "health", "containerPort": 9808, "protocol": "TCP"}]

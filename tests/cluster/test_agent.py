@@ -13,15 +13,11 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 import yaml
 
 from policyd.lab.netns import http_get
 from realcluster.cluster import Cluster
-from realcluster.walkthrough import (POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_nodes, helm_uninstall, install_chart,
-                                     pods_of, rollout)
-
-pytestmark = pytest.mark.cluster
+from realcluster.walkthrough import POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_nodes, helm_uninstall, install_chart, pods_of, rollout
 
 AGENT_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}"
 SERIES = [  # what the metrics endpoint must serve
@@ -90,12 +86,12 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     time.sleep(5)
     assert len(warning_events(c, "NamedPortUnresolved")) == 2, warning_events(c, "NamedPortUnresolved")
 
-    # Metrics and readiness on the node's address (host network).
+    # Metrics and readiness on the node's address (host network), each on its own port.
     node = c.layout.nodes[1]
     code, text = http_get(c.layout.fabric, f"http://{node.ip}:9808/metrics")
     assert code == 200 and all(s in text for s in SERIES), [s for s in SERIES if s not in text]
     assert "policyd_ready 1.0" in text
-    code, body = http_get(c.layout.fabric, f"http://{node.ip}:9808/readyz")
+    code, body = http_get(c.layout.fabric, f"http://{node.ip}:9809/readyz")
     doc = json.loads(body)
     assert code == 200 and doc["ready"] and doc["initial_lists_complete"] and "Pod" in doc["seconds_since_watch_event"]
 

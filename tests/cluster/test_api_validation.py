@@ -11,8 +11,6 @@ import pytest
 from realcluster.cluster import Cluster
 from tests.validation_cases import CASES, policy_object
 
-pytestmark = pytest.mark.cluster
-
 
 def test_the_table_is_what_the_api_server_does(cluster: Cluster) -> None:
     if cluster.layout.cni != "bridge":

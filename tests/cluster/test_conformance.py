@@ -11,13 +11,9 @@ import re
 import tempfile
 from pathlib import Path
 
-import pytest
-
 from realcluster import conformance
 from realcluster.cluster import Cluster
 from realcluster.walkthrough import install_chart, uninstall_chart
-
-pytestmark = pytest.mark.cluster
 
 BACKEND = {"bridge": "nftables", "ptp": "iptables"}
 

@@ -3,14 +3,10 @@ server is held to (tests/unit/test_kubeapi_fake.py) is what the real one does.""
 
 from __future__ import annotations
 
-import pytest
-
 from policyd.lab.netns import entered
 from realcluster.cluster import Cluster
 from realcluster.images import TESTBOX
 from tests.kubeapi import behaviour
-
-pytestmark = pytest.mark.cluster
 
 
 def test_the_fake_matches_the_real_api_server(cluster: Cluster) -> None:

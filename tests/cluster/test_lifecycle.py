@@ -9,9 +9,6 @@ from realcluster import config
 from realcluster.cluster import Cluster, ClusterError, down
 from tests.cluster.conftest import fresh_layout, leftovers
 
-pytestmark = pytest.mark.cluster
-
-
 
 def test_failed_up_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """A kubelet that refuses its flags (a real kubelet, exiting) fails `up`, which then

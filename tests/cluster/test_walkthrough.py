@@ -12,9 +12,6 @@ import pytest
 from realcluster.cluster import Cluster
 from realcluster.walkthrough import walkthrough
 
-pytestmark = pytest.mark.cluster
-
-
 
 @pytest.mark.parametrize("backend", ["nftables", "iptables"])
 def test_walkthrough(cluster: Cluster, backend: str) -> None:

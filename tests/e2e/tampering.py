@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from policyd.lab.lab import Lab
@@ -68,7 +69,7 @@ def tampers(backend: str, netns: str, chain: str, sset: str, member: str) -> lis
     ]
 
 
-def repair_times(lab: "Lab", backend: str, resync: float,
+def repair_times(lab: Lab, backend: str, resync: float,
                  after_each: Callable[[dict, dict], None] | None = None) -> list[tuple[str, str, float]]:
     """Tamper in turn (on the node of a backend pod) and time each repair: from the tamper
     to the agent's status counting a repair of that kind. (what, kind, seconds)."""

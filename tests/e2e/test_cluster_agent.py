@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 POLICY = ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml"
 API_ADDR = str(FABRIC_NET.broadcast_address - 1)
-METRICS_PORT = 9808
+METRICS_PORT, HEALTH_PORT = 9808, 9809
 PODS = [  # name, app label, node, address
     ("frontend", "frontend", "node-1", "10.244.1.10"),
     ("unallowed", "unallowed", "node-1", "10.244.1.11"),
@@ -90,7 +90,7 @@ class Cluster:
     def start_agent(self, node: str) -> None:
         log = open(self.tmp / f"agent-{node}.log", "ab")
         args = [sys.executable, "-m", "policyd", "run", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
-                "--dispatch-mode", self.mode, "--metrics-port", str(METRICS_PORT), "--resync", "5",
+                "--dispatch-mode", self.mode, "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT), "--resync", "5",
                 "--backend", self.backend]
         if self.mode == "interface":
             args += ["--interface-prefix", "cali"]
@@ -99,7 +99,8 @@ class Cluster:
         log.close()
 
     def http(self, node: str, path: str) -> tuple[int, str]:
-        return http_get(self.topo.fabric, f"http://{self.topo.nodes[node].fabric_ip}:{METRICS_PORT}{path}", timeout=2)
+        port = METRICS_PORT if path == "/metrics" else HEALTH_PORT
+        return http_get(self.topo.fabric, f"http://{self.topo.nodes[node].fabric_ip}:{port}{path}", timeout=2)
 
     def wait_ready(self, node: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from policyd.backends import KINDS as BACKENDS
 from policyd.lab.cli import run_check
 from policyd.lab.demo import run_demo
-from pathlib import Path
-
 from policyd.lab.lab import Lab
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 import pytest
 
+from policyd.dataplane.config import DispatchMode
 from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import delete_namespaces
 from policyd.lab.topology import Topology, v6_for
 from policyd.model.manifests import Manifests, load_documents
-from policyd.dataplane.config import DispatchMode
 
 PODS = """
 apiVersion: v1

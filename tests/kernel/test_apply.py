@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from policyd.lab.agent import NodeAgent
-from policyd.lab.netns import sh
 from policyd.dataplane.backend import ApplyError
 from policyd.ipt.restore import IptTransaction
+from policyd.lab.agent import NodeAgent
+from policyd.lab.netns import sh
 from policyd.nft.diff import Transaction
 
-pytestmark = pytest.mark.kernel
 POLICY = (Path(__file__).parents[2] / "examples" / "policies" / "allow-frontend-to-backend.yaml").read_text()
 
 

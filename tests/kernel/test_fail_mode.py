@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
+from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.lab.agent import NodeAgent
 from policyd.lab.topology import Topology
 from policyd.model.objects import Namespace, Pod
-from policyd.dataplane.config import DispatchMode, RenderConfig
 
 
 def make_pod(name: str, last: int) -> Pod:

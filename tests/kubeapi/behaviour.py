@@ -10,7 +10,8 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 POLICY_API = "networking.k8s.io/v1"
 
@@ -59,7 +60,7 @@ def check_paged_list_is_a_snapshot(api: Any, ns: str) -> None:
     assert now == ["p0", "p1", "p2", "p3", "p9-late"], now
 
 
-def _watch(list_fn: Callable[..., Any], rv: str, out: "queue.Queue[tuple[str, dict[str, Any]]]", stop: threading.Event,
+def _watch(list_fn: Callable[..., Any], rv: str, out: queue.Queue[tuple[str, dict[str, Any]]], stop: threading.Event,
            **kw: Any) -> None:
     from kubernetes import watch
 
@@ -70,7 +71,7 @@ def _watch(list_fn: Callable[..., Any], rv: str, out: "queue.Queue[tuple[str, di
             w.stop()
 
 
-def _collect(out: "queue.Queue[tuple[str, dict[str, Any]]]", until: Callable[[str, dict[str, Any]], bool],
+def _collect(out: queue.Queue[tuple[str, dict[str, Any]]], until: Callable[[str, dict[str, Any]], bool],
              timeout: float) -> list[tuple[str, dict[str, Any]]]:
     seen: list[tuple[str, dict[str, Any]]] = []
     deadline = time.monotonic() + timeout

@@ -40,7 +40,7 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -82,7 +82,7 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def status(code: int, reason: str, message: str) -> web.Response:
@@ -552,7 +552,7 @@ class KubeAPI:
                     break
                 try:
                     item = await asyncio.wait_for(w.queue.get(), min(left, self.bookmark_every))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if bookmarks:
                         await send("BOOKMARK", {"kind": kind.kind, "apiVersion": kind.group_version,
                                                 "metadata": {"resourceVersion": str(self.rv)}})

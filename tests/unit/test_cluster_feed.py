@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from policyd.compile.engine import Compiler
+from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.kube.feed import ClusterFeed, ref_of
 from policyd.kube.settings import AgentSettings, FailMode, detect_dispatch
 from policyd.model.events import Delete
-from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.nft.render import render_skeleton
 from tests.kubeapi.server import KubeAPI, merge_patch, strategic_merge
 
@@ -66,6 +66,69 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
     findings = agent.observe("NetworkPolicy", None, policy("named", rv=3, port="metrics"))
     assert [f.reason for f in findings] == ["NamedPortUnresolved"]
     assert agent.observe("NetworkPolicy", None, policy("named", rv=3, port="metrics")) == []  # posted once
+
+
+def test_a_slow_commit_runs_off_the_event_loop_and_loses_no_event():
+    """The kernel work of a sync runs on a worker thread: while a commit takes a second, the
+    event loop (kopf's watches, /healthz, /readyz) keeps running, an event that arrives
+    meanwhile is taken in, and the next sync programs it."""
+    import asyncio
+    import threading
+    import time
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from policyd.kube.operator import ClusterAgent
+    from policyd.nft.fake import FakeBackend
+
+    class SlowBackend(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.committing = threading.Event()
+
+        def apply(self, tx) -> None:  # noqa: ANN001 - the fake's own transaction type
+            self.committing.set()
+            time.sleep(1.0)
+            super().apply(tx)
+            self.committing.clear()
+
+    async def lister(kind):
+        if kind == "Pod":
+            yield [pod("b1", "b")], 5
+
+    backend = SlowBackend()
+    agent = ClusterAgent(AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS), DispatchMode.ADDRESS,
+                         backend=backend, lister=lister)
+
+    async def scenario() -> tuple[float, int, bool]:
+        await agent.initial_lists()
+        readyz = agent.http_apps()[agent.settings.health_port].router
+        sync = asyncio.create_task(agent.sync_in_worker())
+        deadline = time.monotonic() + 5
+        while not backend.committing.is_set():
+            assert time.monotonic() < deadline and not sync.done(), "the event loop never ran while the commit was under way"
+            await asyncio.sleep(0.005)
+        gaps, last, answered = [], time.monotonic(), 0
+        while backend.committing.is_set():
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+            match = await readyz.resolve(make_mocked_request("GET", "/readyz"))
+            answered += (await match.handler(make_mocked_request("GET", "/readyz"))).status in (200, 503)
+            if len(gaps) == 5:  # an event in the middle of the commit
+                agent.observe("NetworkPolicy", "ADDED", policy("late", rv=6))
+        await sync
+        before = set(backend.read().chains)
+        agent.runner.min_interval = 0.0
+        await agent.sync_in_worker()
+        return max(gaps), answered, before
+
+    worst_gap, answered, before = asyncio.run(scenario())
+    assert worst_gap < 0.2, f"the event loop stalled for {worst_gap:.2f} s during the commit"
+    assert answered >= 20, "/readyz did not answer during the commit"
+    new = set(backend.read().chains) - before
+    assert any(name.startswith("pod-in") for name in new), f"the policy that came during the commit was not programmed next: {new}"
 
 
 def test_cni_detection_takes_the_first_file_in_lexical_order(tmp_path):
@@ -238,7 +301,7 @@ def test_events_name_the_node_and_the_action_and_are_not_repeated():
     raw = policy("named", rv=3, port="metrics")
     raw["metadata"]["uid"] = "u-1"
     f = Finding("default/named", "NamedPortUnresolved", "ingress[0].ports[0]: no container port named 'metrics'")
-    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
     body = event_body(f, raw, "node-1", now)
     assert body["reportingInstance"] == "node-1" and body["source"]["host"] == "node-1"
     assert body["action"] == "AllowNothingOnPort" and body["reportingComponent"] == "policyd"

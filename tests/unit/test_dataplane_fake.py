@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 from policyd.dataplane.backend import ApplyError
-from policyd.nft.fake import FakeBackend
 from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.nft.fake import FakeBackend
 from policyd.reconcile.syncer import Syncer
 from policyd.world import load_world
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from policyd.compile.engine import Compiler
+from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.lab.lab import parse_pod_selector
 from policyd.model.events import Delete, Upsert
 from policyd.nft.fake import FakeBackend
-from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.reconcile.runner import SyncRunner
 from policyd.reconcile.syncer import Syncer
 from policyd.sources.manifest_dir import ManifestDirSource

@@ -161,7 +161,7 @@ def test_render_refuses_names_the_kernel_would_not_take(args, message, capsys):
 def _bomb() -> str:
     """A "billion laughs": 9 levels of 9 aliases, 9^9 strings once expanded, ~400 bytes."""
     lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    for prev, c in zip("abcdefgh", "bcdefghi"):
+    for prev, c in zip("abcdefgh", "bcdefghi", strict=True):
         lines.append(f"{c}: &{c} [{', '.join(['*' + prev] * 9)}]")
     return "\n".join(lines) + "\n"
 
