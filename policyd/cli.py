@@ -14,7 +14,7 @@ from .backends import KINDS
 from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, compute_grouped, endpoint, pairs
 from .kube.cli import RunError
-from .lab.lab import LabError
+from .lab.records import LabError
 from .model.problems import InvalidInput
 from .world import World, load_world
 

@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import report
 from ..backends import CHOICES
-from .lab import Lab, LabError
+from .records import LabError
+
+if TYPE_CHECKING:
+    from .lab import Lab
 
 EXIT_OK, EXIT_MISMATCH = 0, 1
 
@@ -18,42 +22,49 @@ def err(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _lab(name: str) -> Lab:
+    """The lab library is loaded only by `policyd lab` itself (not by matrix or render)."""
+    from .lab import Lab
+
+    return Lab(name)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    Lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix, backend=args.backend)
+    _lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix, backend=args.backend)
     print(f"next: policyd lab probe --name {args.name} | policyd lab apply -f examples/policies/allow-frontend-to-backend.yaml --name {args.name}")
     return EXIT_OK
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    Lab(args.name).down()
+    _lab(args.name).down()
     return EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    secs = Lab(args.name).apply(args.paths)
+    secs = _lab(args.name).apply(args.paths)
     print(f"applied by every agent in {secs * 1e3:.0f} ms")
     return EXIT_OK
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
-    missing = Lab(args.name).delete(args.paths)
+    missing = _lab(args.name).delete(args.paths)
     return EXIT_MISMATCH if missing else EXIT_OK
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    secs = Lab(args.name).label(args.kind, args.target, args.pairs, args.namespace)
+    secs = _lab(args.name).label(args.kind, args.target, args.pairs, args.namespace)
     print(f"applied by every agent in {secs * 1e3:.0f} ms")
     return EXIT_OK
 
 
 def cmd_restart_agent(args: argparse.Namespace) -> int:
-    pid = Lab(args.name).restart_agent(args.node)
+    pid = _lab(args.name).restart_agent(args.node)
     print(f"agent of {args.node} running (pid {pid}) and in step with the lab")
     return EXIT_OK
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    lab = Lab(args.name)
+    lab = _lab(args.name)
     m = lab.probe(args.src, args.dst, args.protocol, args.port, args.timeout, progress=err)
     if args.output == "json":
         print(json.dumps(m.to_json(), indent=2))
@@ -62,37 +73,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, say: Callable[[str], None] = print) -> int:
-    """Probe every service and compare with the engine; returns the number of mismatches."""
-    rec = lab.load()
-    services = [(protocol, port if protocol != "ICMP" else None)] if protocol else lab.services(rec)
-    total = 0
-    for proto, prt in services:
-        observed = lab.probe(None, None, proto, prt, timeout, progress=err)
-        expected = lab.expected(proto, prt, list(observed.allowed), observed.targets or observed.pods)
-        bad = [
-            (s, d, expected.is_allowed(s, d))
-            for s in observed.allowed
-            for d in (observed.targets or observed.pods)
-            if observed.is_allowed(s, d) != expected.is_allowed(s, d)
-        ]
-        pairs = len(observed.allowed) * len(observed.targets or observed.pods)
-        say(f"{report.service(proto, prt):>8}: {pairs} pairs probed, {len(bad)} mismatch{'es' if len(bad) != 1 else ''}")
-        for s, d, exp in bad:
-            say(f"          {s} → {d}: engine says {'allowed' if exp else 'denied'}, probe {'answered' if not exp else 'got no answer'}")
-        total += len(bad)
-    return total
-
-
 def cmd_check(args: argparse.Namespace) -> int:
-    lab = Lab(args.name)
-    bad = run_check(lab, args.protocol, args.port, args.timeout)
+    lab = _lab(args.name)
+    from .probes import run_check
+
+    bad = run_check(lab, args.protocol, args.port, args.timeout, progress=err)
     print("lab check: every probe matches the policy engine" if not bad else f"lab check: {bad} mismatch(es)")
     return EXIT_MISMATCH if bad else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    st = Lab(args.name).status()
+    st = _lab(args.name).status()
     if args.output == "json":
         print(json.dumps(st, indent=2))
         return EXIT_OK

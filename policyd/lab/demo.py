@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from .. import report
-from .cli import run_check
 from .lab import Lab
+from .probes import run_check
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "examples" / "cluster" / "demo.yaml"

@@ -47,6 +47,12 @@ def _hosts_from_2(net: IPNetwork) -> Iterator[IPAddress]:
     return (h for h in net.hosts() if h != gateway)
 
 
+def first_free(net: IPNetwork, used: set[IPAddress]) -> IPAddress | None:
+    """The lowest address of a node's pod CIDR not in `used`, from .2 (.1 is the node's
+    gateway): the address `allocate` would give the next pod."""
+    return next((h for h in _hosts_from_2(net) if h not in used), None)
+
+
 def allocate(
     nodes: list[Node],
     pods: list[Pod],

@@ -88,3 +88,20 @@ def stable_hash(*parts: str, length: int = 16) -> str:
         h.update(len(p).to_bytes(4, "big"))
         h.update(p.encode())
     return h.hexdigest()[:length]
+
+
+def parse_selector_text(text: str) -> LabelSelector:
+    """`app=web,tier!=db,env,!legacy` (requirements ANDed), as kubectl's -l takes it."""
+    reqs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if "!=" in part:
+            k, v = part.split("!=", 1)
+            reqs.append(Requirement(k.strip(), "NotIn", (v.strip(),)))
+        elif "=" in part:
+            k, v = part.split("=", 1)
+            reqs.append(Requirement(k.strip().rstrip("="), "In", (v.strip(),)))
+        elif part.startswith("!"):
+            reqs.append(Requirement(part[1:], "DoesNotExist", ()))
+        else:
+            reqs.append(Requirement(part, "Exists", ()))
+    return LabelSelector.build({}, reqs)

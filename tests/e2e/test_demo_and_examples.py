@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from policyd.backends import KINDS as BACKENDS
-from policyd.lab.cli import run_check
 from policyd.lab.demo import run_demo
 from policyd.lab.lab import Lab
+from policyd.lab.probes import run_check
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import pytest
 
 from policyd.compile.engine import Compiler
 from policyd.dataplane.config import DispatchMode, RenderConfig
-from policyd.lab.lab import parse_pod_selector
 from policyd.model.events import Delete, Upsert
+from policyd.model.selectors import parse_selector_text as parse_pod_selector
 from policyd.nft.fake import FakeBackend
 from policyd.reconcile.runner import SyncRunner
 from policyd.reconcile.syncer import Syncer

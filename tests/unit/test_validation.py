@@ -192,3 +192,18 @@ def test_input_that_would_cost_too_much_is_refused_quickly(tmp_path, text, messa
 def test_non_utf8_file_is_a_problem(tmp_path):
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
     assert "not UTF-8" in load([tmp_path / "bin.yaml"]).problems[0].message
+
+
+def test_the_what_if_tools_load_neither_the_lab_library_nor_the_agent():
+    """`policyd matrix`/`explain`/`render` run on a machine without kopf or the lab's needs:
+    only the CLI registrations of `lab` and `run` are imported, not what they drive."""
+    import subprocess
+    import sys
+
+    code = ("import sys, io, contextlib\nfrom policyd.cli import main\n"
+            "for argv in (['matrix', '-f', 'examples'], ['render', '-f', 'examples', '--node', 'node-1']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n        assert main(argv) == 0\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'kubernetes', 'aiohttp') "
+            "or m.startswith(('policyd.lab.', 'policyd.kube.')))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert set(out) <= {"policyd.lab.cli", "policyd.lab.records", "policyd.kube.cli", "policyd.kube.settings"}, out

@@ -1,0 +1,101 @@
+"""Real probes between the lab's pods, what the policy engine expects of them, and the
+check that compares the two (`policyd lab probe`, `lab check`, the demo)."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import report
+from ..compile.matrix import Matrix, compute
+from ..model.objects import Pod
+from ..model.selectors import parse_selector_text
+from ..world import load_world
+from .records import LabError, LabRecord
+from .topology import probe_via
+
+if TYPE_CHECKING:
+    from .lab import Lab
+
+Say = Callable[[str], None]
+
+
+def select(rec: LabRecord, sel: str | None, labels: dict[str, dict[str, str]]) -> list[str]:
+    """Pod keys for `NS/POD`, a label selector, or (None) every pod; `labels` by pod key."""
+    keys = sorted(k for k in labels if k in rec.pods)
+    if not sel:
+        return keys
+    if "/" in sel:
+        if sel not in rec.pods:
+            raise LabError(f"no pod {sel} in lab {rec.name}")
+        return [sel]
+    selector = parse_selector_text(sel)
+    return [k for k in keys if selector.matches(labels[k])]
+
+
+def probe(rec: LabRecord, pods: list[Pod], src: str | None, dst: str | None, protocol: str, port: int | None,
+          timeout: float, progress: Say | None = None) -> Matrix:
+    """Real probes from every selected source to every selected destination (its first
+    address), concurrently. A TCP reset or an ICMP port-unreachable counts as reached:
+    the packets passed the policy, only no server listened."""
+    if protocol == "SCTP":
+        raise LabError("this kernel has no SCTP sockets: SCTP cannot be probed (policyd matrix shows the verdicts)")
+    labels: dict[str, dict[str, str]] = {p.key: p.labels for p in pods}
+    sources, targets = select(rec, src, labels), select(rec, dst, labels)
+    pairs = [(s, d) for s in sources for d in targets]
+    results: dict[tuple[str, str], bool] = {}
+    start = last = time.monotonic()
+
+    def one(pair: tuple[str, str]) -> tuple[tuple[str, str], bool]:
+        s, d = pair
+        ip = sorted(rec.pods[d].ips, key=lambda a: ipaddress.ip_address(a).version)[0]
+        return pair, probe_via(rec.pods[s].control, ip, protocol, port, timeout)
+
+    with ThreadPoolExecutor(max_workers=min(64, max(1, len(pairs)))) as ex:
+        for n, (pair, ok) in enumerate(ex.map(one, pairs), 1):
+            results[pair] = ok
+            if progress and time.monotonic() - last > 1.0:
+                progress(f"probed {n}/{len(pairs)} pairs ({time.monotonic() - start:.0f} s)")
+                last = time.monotonic()
+    allowed = {s: [d for d in targets if results[(s, d)]] for s in sources}
+    return Matrix(protocol, port if protocol != "ICMP" else None, sorted(set(sources) | set(targets)), allowed, targets=targets)
+
+
+def expected(manifests: Path, protocol: str, port: int | None, sources: list[str], targets: list[str]) -> Matrix:
+    """What the policy engine says for the lab's current manifests."""
+    w = load_world([manifests], strict_addresses=True)
+    m = compute(w.compile(), w.pods, protocol, port)
+    allowed = {s: [d for d in targets if d in m.allowed.get(s, ())] for s in sources}
+    return Matrix(protocol, m.port, sorted(set(sources) | set(targets)), allowed, targets=targets)
+
+
+def services(rec: LabRecord) -> list[tuple[str, int | None]]:
+    """ICMP and every TCP/UDP port a lab pod serves."""
+    out: set[tuple[str, int | None]] = set()
+    for p in rec.pods.values():
+        out |= {("TCP", x) for x in p.tcp} | {("UDP", x) for x in p.udp}
+    return [("ICMP", None), *sorted(out, key=lambda s: (s[0], s[1] or 0))]
+
+
+def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, say: Say = print,
+              progress: Say | None = None) -> int:
+    """Probe every service and compare with the engine; returns the number of mismatches."""
+    rec = lab.load()
+    wanted = [(protocol, port if protocol != "ICMP" else None)] if protocol else services(rec)
+    total = 0
+    for proto, prt in wanted:
+        observed = lab.probe(None, None, proto, prt, timeout, progress=progress)
+        targets = observed.targets or observed.pods
+        engine = lab.expected(proto, prt, list(observed.allowed), targets)
+        bad = [(s, d, engine.is_allowed(s, d)) for s in observed.allowed for d in targets
+               if observed.is_allowed(s, d) != engine.is_allowed(s, d)]
+        say(f"{report.service(proto, prt):>8}: {len(observed.allowed) * len(targets)} pairs probed, "
+            f"{len(bad)} mismatch{'es' if len(bad) != 1 else ''}")
+        for s, d, exp in bad:
+            say(f"          {s} → {d}: engine says {'allowed' if exp else 'denied'}, probe {'answered' if not exp else 'got no answer'}")
+        total += len(bad)
+    return total
