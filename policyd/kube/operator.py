@@ -40,9 +40,8 @@ from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..model.objects import NetworkPolicy
-from ..reconcile.interfaces import RouteInterfaces
-from ..reconcile.runner import SyncRunner
-from ..reconcile.syncer import Syncer, SyncResult
+from ..reconcile.core import AgentCore
+from ..reconcile.syncer import SyncResult
 from .events import EventPoster
 from .feed import KINDS, ClusterFeed, Finding, WatchKind, ref_of
 from .metrics import AgentMetrics
@@ -65,12 +64,12 @@ class ClusterAgent:
     def __init__(self, settings: AgentSettings, mode: DispatchMode, backend: AnyBackend | None = None,
                  lister: Lister | None = None) -> None:
         self.settings = settings
-        self.compiler = Compiler(settings.node_name)
-        self.feed = ClusterFeed(self.compiler)
         closed = settings.interface_prefixes if settings.fail_mode is FailMode.CLOSED else ()
         cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed)
-        self.syncer = Syncer(self.compiler, backend or make_backend(settings.backend, settings.table), cfg, RouteInterfaces())
-        self.runner = SyncRunner(self.syncer, min_interval=settings.min_interval, resync_every=settings.resync_every)
+        self.core = AgentCore(settings.node_name, backend or make_backend(settings.backend, settings.table), cfg,
+                              resync_every=settings.resync_every, min_interval=settings.min_interval)
+        self.compiler, self.syncer, self.runner = self.core.compiler, self.core.syncer, self.core.runner
+        self.feed = ClusterFeed(self.compiler)
         self.metrics = AgentMetrics()
         self.lister = lister
         self.wake = asyncio.Event()
@@ -83,7 +82,7 @@ class ClusterAgent:
         self.froze_after_relist = False
         self.last_watch_event: dict[WatchKind, float] = {}
         self.last_relist_ok: float | None = None
-        self.lock = self.syncer.lock  # around every change to the compiler (see the module's docstring)
+        self.lock = self.core.lock  # around every change to the compiler (see the module's docstring)
 
     # --- from the handlers ----------------------------------------------------------------
 
@@ -200,14 +199,14 @@ class ClusterAgent:
         """One sync on this thread (tests; the agent uses sync_in_worker)."""
         if self.feed.ready:
             failures, batch = self.runner.stats.failures, self._take_arrivals()
-            self._record(failures, batch, self.runner.run_once())
+            self._record(failures, batch, self.core.run_once())
 
     async def sync_in_worker(self) -> None:
         """One sync with its kernel work (read, diff, apply) on a worker thread: the event
         loop keeps serving the watches and the health endpoints during a long commit."""
         if self.feed.ready:
             failures, batch = self.runner.stats.failures, self._take_arrivals()
-            self._record(failures, batch, await asyncio.to_thread(self.runner.run_once))
+            self._record(failures, batch, await asyncio.to_thread(self.core.run_once))
 
     def _take_arrivals(self) -> list[float]:
         batch, self.arrivals = self.arrivals, []
@@ -274,16 +273,11 @@ class ClusterAgent:
             return web.json_response({"alive": ok, "sync_loop_seconds_ago": round(age, 3)}, status=200 if ok else 503)
 
         async def readyz(_: web.Request) -> web.Response:
-            s = self.runner.stats
             now = time.monotonic()
-            with self.lock:
-                pending = sorted(self.syncer.pending)
             # Readiness is about enforcement (lists in, kernel in step); the watches are
             # reported, not judged: a quiet cluster sends no events, and kopf re-opens a
             # broken watch by itself (relisting after a 410, which the relist repair follows).
-            doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, "syncs": s.syncs,
-                   "consecutive_failures": s.consecutive_failures, "last_error": s.last_error,
-                   "drift": s.drift_seen, "local_pods": len(self.compiler.plans), "pending_interfaces": pending,
+            doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, **self.core.status(),
                    "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
                    "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1)}
             return web.json_response(doc, status=200 if self.ready else 503)

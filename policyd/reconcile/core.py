@@ -1,0 +1,68 @@
+"""The agent core both agents share: compiler → syncer → runner, the lock that guards the
+compiler, and the status they report. The cluster agent (`kube.operator`: kopf watches in,
+/readyz and Prometheus out) and the lab's node agent (`lab.agentproc`: a manifest directory
+in, a JSON status file out) differ only in where events come from and where status goes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..compile.engine import Compiler
+from ..dataplane.backend import AnyBackend
+from ..dataplane.config import RenderConfig
+from ..model.events import Event
+from .interfaces import RouteInterfaces
+from .runner import SyncRunner
+from .syncer import Syncer, SyncResult
+
+
+class AgentCore:
+    def __init__(self, node: str, backend: AnyBackend, cfg: RenderConfig, resync_every: float = 300.0,
+                 min_interval: float = 0.0, interfaces: RouteInterfaces | None = None) -> None:
+        self.compiler = Compiler(node)
+        self.syncer = Syncer(self.compiler, backend, cfg, interfaces or RouteInterfaces())
+        self.runner = SyncRunner(self.syncer, min_interval=min_interval, resync_every=resync_every)
+        # Held by whoever changes the compiler, and by the sync while it takes the changes:
+        # the kernel work of a sync may run on another thread than the event source.
+        self.lock = self.syncer.lock
+        self.drift_repairs: dict[str, int] = {}
+
+    def apply(self, events: Iterable[Event]) -> bool:
+        """Feed events to the compiler; True (and a sync requested) when there were any."""
+        n = 0
+        with self.lock:
+            for ev in events:
+                self.compiler.apply(ev)
+                n += 1
+        if n:
+            self.runner.request()
+        return n > 0
+
+    def run_once(self) -> SyncResult | None:
+        """A sync if one is due (SyncRunner.run_once), counting the drift it repaired."""
+        result = self.runner.run_once()
+        for d in result.drift if result is not None else ():
+            self.drift_repairs[d.kind] = self.drift_repairs.get(d.kind, 0) + 1
+        return result
+
+    @property
+    def in_step(self) -> bool:
+        """Everything asked for is in the kernel: no failure, nothing requested or pending."""
+        return self.runner.stats.consecutive_failures == 0 and not self.runner.requested and not self.syncer.pending
+
+    def status(self) -> dict[str, Any]:
+        """What both agents report about their enforcement."""
+        s = self.runner.stats
+        with self.lock:
+            local_pods, pending = len(self.compiler.plans), sorted(self.syncer.pending)
+        return {
+            "healthy": s.consecutive_failures == 0 and s.syncs > 0 and not s.drift_seen,
+            "syncs": s.syncs, "full_syncs": s.full_syncs, "failures": s.failures,
+            "consecutive_failures": s.consecutive_failures, "last_error": s.last_error,
+            "drift": s.drift_seen, "drift_repairs": dict(self.drift_repairs),
+            "last_sync": s.last_sync_wall,
+            "last_sync_ms": round(s.last_result.seconds * 1e3, 2) if s.last_result else None,
+            "last_ops": s.last_result.ops if s.last_result else None,
+            "local_pods": local_pods, "pending_interfaces": pending,
+        }
