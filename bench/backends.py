@@ -17,7 +17,7 @@ from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import add_namespace, delete_namespaces
 
 SHAPE = (10_000, 100, 90, 1_000)  # pods, namespaces, nodes, policies: node-0 gets ~110 local pods
-KINDS = {"nftables": "policyd", "iptables": "policyd iptables"}  # backend → first-packet variant
+VARIANTS = {"nftables": "policyd", "iptables": "policyd iptables"}  # backend → first-packet variant
 
 
 @dataclass
@@ -140,14 +140,14 @@ def node_rows(f: NodeFigures) -> list[str]:
 
 
 def compare(args) -> list[str]:
-    nodes = {b: node_figures(args, b) for b in KINDS}
-    fp = firstpacket.measure(args, kinds=tuple(KINDS.values()))
+    nodes = {b: node_figures(args, b) for b in VARIANTS}
+    fp = firstpacket.measure(args, kinds=tuple(VARIANTS.values()))
     base = fp.conns[("no firewall", 0)]
     b50, b99, brate = (firstpacket.med([x[i] for x in base]) for i in range(3))
     n_pods, _, _, n_pol = SHAPE
 
     def both(label: str, fn) -> list[object]:
-        return [label, *(fn(nodes[b]) for b in KINDS)]
+        return [label, *(fn(nodes[b]) for b in VARIANTS)]
 
     p = lambda xs, q: sorted(xs)[min(len(xs) - 1, int(len(xs) * q))] * 1e3  # noqa: E731
     node_table = [
@@ -173,7 +173,7 @@ def compare(args) -> list[str]:
         name = "no firewall" if kind == "no firewall" else ("iptables" if kind == "policyd iptables" else "nftables")
         flow_rows.append([name, n or "—", spread(tcp, "{:.2f}"), f"{firstpacket.med(tcp) / btcp:.0%}", spread(udp, "{:,.0f}"),
                           f"{firstpacket.med(udp) / budp:.0%}"])
-    first = {k: {n: firstpacket.med([x[0] for x in fp.conns[(v, n)]]) for n in firstpacket.SCALES} for k, v in KINDS.items()}
+    first = {k: {n: firstpacket.med([x[0] for x in fp.conns[(v, n)]]) for n in firstpacket.SCALES} for k, v in VARIANTS.items()}
     lo, hi = firstpacket.SCALES[1], firstpacket.SCALES[-1]
     return [
         "The same compiled plan written by each backend: nftables (one libnftables transaction, verdict maps, interval and hash sets) "

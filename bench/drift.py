@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT))  # tests.e2e.tampering
 
 import report  # noqa: E402
 
-from policyd.backends import KINDS  # noqa: E402
+from policyd.backends import BACKENDS  # noqa: E402
 from policyd.lab.lab import Lab  # noqa: E402
 from tests.e2e.tampering import repair_times  # noqa: E402
 
@@ -25,7 +25,7 @@ REPEATS = 3
 def measure(args: Any) -> list[str]:
     os.environ["POLICYD_LAB_RESYNC"] = str(RESYNC)  # the lab's agents inherit it
     rows = []
-    for backend in KINDS:
+    for backend in BACKENDS:
         lab = Lab(f"drift{uuid.uuid4().hex[:4]}")
         lab.up([str(ROOT / "examples" / "cluster" / "demo.yaml"), str(ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml")],
                topology="routed", say=lambda s: None, backend=backend)

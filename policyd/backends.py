@@ -6,8 +6,8 @@ import re
 
 from .dataplane.backend import AnyBackend
 
-KINDS = ("nftables", "iptables")
-CHOICES = (*KINDS, "auto")
+BACKENDS = ("nftables", "iptables")
+CHOICES = (*BACKENDS, "auto")
 NFT_TABLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 

@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import __version__, report
-from .backends import KINDS
+from .backends import BACKENDS
 from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, compute_grouped, endpoint, pairs
 from .kube.cli import RunError
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True, help="node whose pods get chains")
     p.add_argument("-o", "--output", choices=["nft", "json"], default="nft",
                    help="nftables backend: nft, the readable ruleset; json, the libnftables transaction that would build it")
-    p.add_argument("--backend", choices=KINDS, default="nftables",
+    p.add_argument("--backend", choices=BACKENDS, default="nftables",
                    help="iptables: the ipset and iptables-legacy-restore input that would build it")
     p.add_argument("--mode", choices=["interface", "address"], default="interface",
                    help="dispatch by host-side interface (routed CNIs) or by pod address (bridging CNIs)")
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cleanup", help="remove what policyd owns in the kernel (and nothing else) from this network namespace")
     p.add_argument("--table", default="policyd")
-    p.add_argument("--backend", choices=KINDS, default="nftables",
+    p.add_argument("--backend", choices=BACKENDS, default="nftables",
                    help="nftables: the table inet <table>; iptables: chains <TABLE>-* (both families) and ipsets <table>-*")
     p.set_defaults(func=cmd_cleanup)
     return parser

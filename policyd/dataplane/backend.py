@@ -74,6 +74,11 @@ class Backend(Protocol[Tx]):
     def describe(self) -> str:
         """What policyd owns, for humans: `table inet policyd`."""
 
+    @property
+    def leftovers(self) -> int:
+        """Objects the kernel refused to remove since start (iptables: ipsets still "in
+        use"); each is retried by the next full resync."""
+
 
 AnyBackend = Backend[Any]  # a backend chosen at run time (nftables or iptables)
 

@@ -13,7 +13,7 @@ from .objects import ChainDef, Ruleset
 ChainHolds = Callable[[ChainDef, ChainDef], bool]
 
 # Every kind of drift, the label of policyd_drift_repairs_total{kind}.
-KINDS = ("table-missing", "chain-missing", "jump-missing", "chain-flushed", "rules-changed",
+DRIFT_KINDS = ("table-missing", "chain-missing", "jump-missing", "chain-flushed", "rules-changed",
          "foreign-chain", "set-missing", "foreign-set", "set-elements", "map-missing", "foreign-map", "map-elements")
 
 

@@ -45,6 +45,10 @@ class IptBackend:
         self._last_read: tuple[Ruleset, dict[int, set[str]]] | None = None
         self.leftover_sets = 0  # destroys the kernel refused with "in use" (see _destroy)
 
+    @property
+    def leftovers(self) -> int:
+        return self.leftover_sets
+
     def renderer(self, cfg: RenderConfig) -> IptRenderer:
         return IptRenderer(cfg)
 

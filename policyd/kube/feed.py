@@ -30,7 +30,7 @@ from ..model.parse import parse_object
 log = logging.getLogger("policyd.feed")
 
 WatchKind = Literal["Pod", "Namespace", "NetworkPolicy"]
-KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy")
+WATCHED_KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy")
 Ref = tuple[str, str]  # (kind, key)
 
 
@@ -84,7 +84,7 @@ class ClusterFeed:
         if not self.ready and self.pending is not None and not self.pending:
             self.ready = True
             log.info("initial lists complete: %d namespaces, %d pods, %d policies",
-                     *(sum(1 for k, _ in self.versions if k == kind) for kind in KINDS))
+                     *(sum(1 for k, _ in self.versions if k == kind) for kind in WATCHED_KINDS))
 
     def observe(self, kind: WatchKind, typ: str | None, body: dict[str, Any]) -> Event | None:
         """One watch event; returns the model event applied to the compiler (None: nothing)."""

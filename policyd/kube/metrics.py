@@ -32,4 +32,8 @@ class AgentMetrics:
         self.invalid_policies = Gauge("policyd_invalid_policies", "NetworkPolicies that failed validation (enforced as deny)", registry=r)
         self.sets = Gauge("policyd_sets", "Peer sets in use on this node", registry=r)
         self.set_elements = Gauge("policyd_set_elements", "Entries in those peer sets", registry=r)
+        self.rejected_objects = Counter("policyd_rejected_objects", "Watched objects that did not parse (the last good version is kept)",
+                                        registry=r)
+        self.leftovers = Counter("policyd_kernel_leftovers", "Objects the kernel refused to remove (iptables: ipsets in use); "
+                                 "the next full resync retries them", registry=r)
         self.ready = Gauge("policyd_ready", "1 once the initial lists are in and the first sync succeeded", registry=r)

@@ -28,6 +28,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
@@ -43,7 +44,7 @@ from ..model.objects import NetworkPolicy
 from ..reconcile.core import AgentCore
 from ..reconcile.syncer import SyncResult
 from .events import EventPoster
-from .feed import KINDS, ClusterFeed, Finding, WatchKind, ref_of
+from .feed import WATCHED_KINDS, ClusterFeed, Finding, WatchKind, ref_of
 from .metrics import AgentMetrics
 from .settings import AgentSettings, FailMode
 
@@ -54,6 +55,7 @@ RESOURCES: dict[WatchKind, tuple[str, str, str]] = {
     "Pod": ("", "v1", "pods"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
 }
+MAX_POSTED = 10_000  # findings remembered as posted (each a few hundred bytes)
 FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
 Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict[str, Any]], int | None]]]  # pages and the list's resourceVersion
 
@@ -74,7 +76,10 @@ class ClusterAgent:
         self.lister = lister
         self.wake = asyncio.Event()
         self.arrivals: list[float] = []  # monotonic arrival times of events not yet committed
-        self.posted: set[tuple[str, int | None, str]] = set()
+        # (policy, resourceVersion, reason) of findings already posted, oldest first and
+        # bounded: a restarted agent relies on the Events it can list anyway (EventPoster).
+        self.posted: OrderedDict[tuple[str, int | None, str], None] = OrderedDict()
+        self.counted: dict[str, int] = {}
         self.events = EventPoster(settings.node_name, settings.kubeconfig)
         self.relist_at: dict[WatchKind, float] = {}
         self.next_relist = time.monotonic() + settings.relist_every
@@ -112,7 +117,7 @@ class ClusterAgent:
         """List every kind (retrying until the API answers), feed the items, open the gate."""
         assert self.lister is not None
         listed: list[tuple[str, str]] = []
-        for kind in KINDS:
+        for kind in WATCHED_KINDS:
             delay = 0.5
             while True:
                 refs: list[tuple[str, str]] = []
@@ -141,7 +146,9 @@ class ClusterAgent:
         for f in self.feed.findings(policy):
             mark = (f.policy, rv, f.reason)
             if mark not in self.posted:
-                self.posted.add(mark)
+                self.posted[mark] = None
+                if len(self.posted) > MAX_POSTED:
+                    self.posted.popitem(last=False)
                 out.append(f)
         return out
 
@@ -158,7 +165,7 @@ class ClusterAgent:
         thousands of objects arrives as a burst of events, and one relist after the burst
         is enough."""
         at = time.monotonic() + delay
-        for k in KINDS:
+        for k in WATCHED_KINDS:
             self.relist_at[k] = at
 
     async def relist_due(self) -> None:
@@ -239,6 +246,11 @@ class ClusterAgent:
             self._gauges(c, m)
 
     def _gauges(self, c: Compiler, m: AgentMetrics) -> None:
+        for name, counter, total in (("rejected", m.rejected_objects, self.feed.stats.rejected),
+                                     ("leftovers", m.leftovers, self.syncer.backend.leftovers)):
+            if total > self.counted.get(name, 0):  # counts kept elsewhere: export what is new since the last look
+                counter.inc(total - self.counted.get(name, 0))
+                self.counted[name] = total
         m.local_pods.set(len(c.plans))
         m.local_pods_enforced.set(sum(1 for p in c.plans.values() if p.ingress or p.egress))
         m.pending_interfaces.set(len(self.syncer.pending))

@@ -9,7 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..backends import KINDS, table_problem
+from ..backends import BACKENDS, table_problem
 from ..dataplane.config import DispatchMode
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
@@ -98,7 +98,7 @@ class AgentSettings:
             out.append("--fail-mode closed needs interface dispatch (it drops unprogrammed pod interfaces by prefix)")
         if self.fail_mode is FailMode.CLOSED and self.dispatch_mode is DispatchMode.INTERFACE and not self.interface_prefixes:
             out.append("--fail-mode closed needs --interface-prefix (which interfaces are pods')")
-        if self.backend not in KINDS:
+        if self.backend not in BACKENDS:
             out.append("--backend is nftables, iptables or auto")
         elif (why := table_problem(self.backend, self.table)) is not None:
             out.append(why)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..backends import KINDS, make_backend
+from ..backends import BACKENDS, make_backend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..reconcile.core import AgentCore
 from ..sources.manifest_dir import ManifestDirSource
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--node", required=True)
     ap.add_argument("--mode", choices=[m.value for m in DispatchMode], required=True)
     ap.add_argument("--table", default="policyd")
-    ap.add_argument("--backend", choices=KINDS, default="nftables")
+    ap.add_argument("--backend", choices=BACKENDS, default="nftables")
     ap.add_argument("--interval", type=float, default=0.01)
     ap.add_argument("--resync", type=float, default=float(os.environ.get("POLICYD_LAB_RESYNC", "30")),
                     help="seconds between full resyncs (env POLICYD_LAB_RESYNC; default 30)")

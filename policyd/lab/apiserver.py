@@ -18,7 +18,7 @@ from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
 from .records import LabError
 
-KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node"), ("networking.k8s.io/v1", "NetworkPolicy")}
+LAB_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node"), ("networking.k8s.io/v1", "NetworkPolicy")}
 
 
 def file_name(kind: str, key: str) -> str:
@@ -120,7 +120,7 @@ def identities(raws: list[RawObject]) -> list[tuple[str, str]]:
         meta = obj.get("metadata")
         meta = meta if isinstance(meta, dict) else {}
         name, ns = meta.get("name"), meta.get("namespace") or "default"
-        if (api, kind) not in KINDS:
+        if (api, kind) not in LAB_KINDS:
             problems.append(Problem(r.source, r.index, "kind", f"cannot delete {api}/{kind}: the lab holds Pods, Namespaces and NetworkPolicies"))
         elif not isinstance(name, str) or not name or not isinstance(ns, str):
             problems.append(Problem(r.source, r.index, "metadata.name", "required: which object to delete", str(kind)))

@@ -479,7 +479,7 @@ def parse_policy(ctx: Context, obj: dict[str, Any]) -> NetworkPolicy:
     )
 
 
-KINDS: dict[tuple[str, str], Callable[[Context, dict[str, Any]], KubeObject]] = {
+PARSERS: dict[tuple[str, str], Callable[[Context, dict[str, Any]], KubeObject]] = {
     ("v1", "Namespace"): parse_namespace,
     ("v1", "Pod"): parse_pod,
     ("v1", "Node"): parse_node,
@@ -496,9 +496,9 @@ def parse_object(obj: Any, source: str, doc: int | None, live: bool = False) -> 
         return None, ctx.problems
     kind, api = obj.get("kind"), obj.get("apiVersion")
     ctx.kind = str(kind)
-    parser = KINDS.get((api, kind)) if isinstance(kind, str) and isinstance(api, str) else None
+    parser = PARSERS.get((api, kind)) if isinstance(kind, str) and isinstance(api, str) else None
     if parser is None:
-        known = ", ".join(f"{k} ({a})" for a, k in KINDS)
+        known = ", ".join(f"{k} ({a})" for a, k in PARSERS)
         ctx.error("kind", f"unsupported {api}/{kind}; policyd reads {known}")
         return None, ctx.problems
     return parser(ctx, obj), ctx.problems

@@ -102,6 +102,10 @@ class NftDialect:
     def describe(self) -> str:
         return f"table inet {self.table}"
 
+    @property
+    def leftovers(self) -> int:
+        return 0  # one transaction deletes a set with the rules that name it
+
     def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
         return chain_holds(have, want)
 

@@ -24,7 +24,8 @@ SERIES = [  # what the metrics endpoint must serve
     "policyd_event_to_programmed_seconds_bucket", "policyd_sync_duration_seconds_count{kind=\"partial\"}",
     "policyd_sync_duration_seconds_count{kind=\"full\"}", "policyd_transaction_operations_total",
     "policyd_apply_errors_total", "policyd_local_pods_enforced", "policyd_policies", "policyd_sets",
-    "policyd_set_elements", "policyd_invalid_policies", "policyd_ready",
+    "policyd_set_elements", "policyd_invalid_policies", "policyd_ready", "policyd_rejected_objects_total",
+    "policyd_kernel_leftovers_total",
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from policyd.backends import KINDS as BACKENDS
+from policyd.backends import BACKENDS as BACKENDS
 from policyd.lab.demo import run_demo
 from policyd.lab.lab import Lab
 from policyd.lab.probes import run_check

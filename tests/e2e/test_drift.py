@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from policyd.backends import KINDS as BACKENDS
+from policyd.backends import BACKENDS as BACKENDS
 from policyd.lab.lab import Lab
 from tests.e2e.tampering import repair_times
 

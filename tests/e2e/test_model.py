@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from policyd.backends import KINDS as BACKENDS
+from policyd.backends import BACKENDS as BACKENDS
 from policyd.lab.probes import run_check
 
 PORTS = "\n".join(

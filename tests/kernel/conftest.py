@@ -107,7 +107,7 @@ class KernelCluster:
         return self.topo.probe(self.pods[src].key, self.ip(dst, family), protocol, port, timeout=0.4)
 
 
-from policyd.backends import KINDS as BACKENDS  # noqa: E402
+from policyd.backends import BACKENDS as BACKENDS  # noqa: E402
 
 
 @pytest.fixture(params=[f"{t}-{b}" for t in ("routed", "bridge") for b in BACKENDS])

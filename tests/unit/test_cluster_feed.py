@@ -68,6 +68,34 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
     assert agent.observe("NetworkPolicy", None, policy("named", rv=3, port="metrics")) == []  # posted once
 
 
+def test_rejected_objects_are_exported_and_the_record_of_posted_findings_is_bounded(monkeypatch):
+    import asyncio
+
+    from prometheus_client import generate_latest
+
+    from policyd.kube import operator
+    from policyd.kube.operator import ClusterAgent
+    from policyd.nft.fake import FakeBackend
+
+    async def lister(kind):
+        yield [], 5
+
+    agent = ClusterAgent(AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS), DispatchMode.ADDRESS, backend=FakeBackend(), lister=lister)
+    asyncio.run(agent.initial_lists())
+    broken = pod("bad", "b", rv=7)
+    broken["spec"]["containers"] = "not a list"
+    agent.observe("Pod", "ADDED", broken)
+    agent.sync_once()
+    agent.sync_once()  # counted once, not again on every sync
+    assert "policyd_rejected_objects_total 1.0" in generate_latest(agent.metrics.registry).decode()
+
+    monkeypatch.setattr(operator, "MAX_POSTED", 3)
+    agent.observe("Pod", None, pod("b1", "b", ports=[{"name": "http", "containerPort": 80}]))
+    for rv in range(10, 16):
+        agent.observe("NetworkPolicy", None, policy("named", rv=rv, port="metrics"))
+    assert len(agent.posted) == 3 and max(k[1] for k in agent.posted) == "15"
+
+
 def test_a_slow_commit_runs_off_the_event_loop_and_loses_no_event():
     """The kernel work of a sync runs on a worker thread: while a commit takes a second, the
     event loop (kopf's watches, /healthz, /readyz) keeps running, an event that arrives

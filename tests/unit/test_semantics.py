@@ -1,5 +1,7 @@
-"""NetworkPolicy semantics: the examples of the Kubernetes concept page and the contract in
-DESIGN.md, checked through the engine's evaluator (the same plan the dataplane renders)."""
+"""NetworkPolicy semantics: the examples of the Kubernetes concept page and the API
+reference's contract (isolation per direction, OR across peers and rules, AND within a peer,
+ipBlock except, named ports, endPort), checked through the engine's evaluator (the same plan
+the dataplane renders)."""
 
 from __future__ import annotations
 
