@@ -136,7 +136,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     for key in compiler.plans:
         desired.update_pod(key, compiler, lambda k, ips: calico_interface(k, args.interface_prefix))
     if args.backend == "iptables":
-        print(ipt_diff(None, desired.ruleset, Names(cfg.table), jumps={4: set(), 6: set()}).text(), end="")
+        print(ipt_diff(None, desired.ruleset, Names(cfg.table)).text(), end="")
     elif args.output == "json":
         print(diff(None, desired.ruleset, cfg.table).to_json())
     else:

@@ -66,6 +66,10 @@ class ChainDef:
     # rule inserted, changed or removed anywhere in the chain is seen, not only the digest
     # in the last rule's comment. None for chains we built (desired, believed).
     listed: tuple[Any, ...] | None = None
+    # Read back from a backend whose hook is per IP family (iptables: a jump from FORWARD or
+    # INPUT in each of iptables and ip6tables): the families that do jump here. None when
+    # not known that way (chains we built; nftables, whose inet chains hook both at once).
+    hooked_families: frozenset[int] | None = None
 
     @staticmethod
     def build(name: str, rules: list[dict[str, Any]], hook: Hook | None = None) -> ChainDef:

@@ -42,7 +42,6 @@ class IptBackend:
         missing = missing_tools() if check_tools else []
         if missing:
             raise RuntimeError(f"the iptables backend needs {', '.join(missing)}: install the iptables and ipset packages")
-        self._last_read: tuple[Ruleset, dict[int, set[str]]] | None = None
         self.leftover_sets = 0  # destroys the kernel refused with "in use" (see _destroy)
 
     @property
@@ -65,24 +64,21 @@ class IptBackend:
     def check(self, believed: Ruleset) -> list[Drift]:
         """iptables-save of both families and ipset headers (three processes)."""
         actual = self.read(elements=False)
-        jumps = self._last_read[1] if self._last_read is not None else {f: set() for f in FAMILIES}
-        self._last_read = None  # a check's listing must not stand in for a sync's
         found = find_drift(believed, actual, self.chain_holds, False, self.describe())
         # A jump from FORWARD/INPUT removed in one family: the chain still reads back hooked
         # (the other family's jump), so say it here.
-        found += [Drift("jump-missing", f"{n} (IPv{f})") for n, c in sorted(believed.chains.items())
-                  if c.hook is not None and actual is not None for f in FAMILIES if n not in jumps[f]]
+        if actual is not None:
+            for n, c in sorted(believed.chains.items()):
+                have = actual.chains.get(n)
+                if c.hook is not None and have is not None and have.hooked_families is not None:
+                    found += [Drift("jump-missing", f"{n} (IPv{f})") for f in FAMILIES if f not in have.hooked_families]
         return found
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
              deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:
-        # Jumps from FORWARD/INPUT are per family, which a Ruleset cannot say: when `actual`
-        # is the listing we just read, pass what each family holds; otherwise (a partial
-        # sync from what we believe) the diff trusts `actual`'s hooks.
-        jumps = self._last_read[1] if self._last_read is not None and self._last_read[0] is actual else None
-        if actual is None:
-            jumps = {f: set() for f in FAMILIES}
-        return diff(actual, desired, self.names, touched, deltas, jumps)
+        # Jumps from FORWARD/INPUT are per family: a Ruleset read back says which families
+        # jump to each chain (ChainDef.hooked_families); one we believe trusts its hooks.
+        return diff(actual, desired, self.names, touched, deltas)
 
     # --- kernel calls ----------------------------------------------------------------------
 
@@ -101,14 +97,10 @@ class IptBackend:
         saved = self._saved()
         sets = parse_ipset_save(self._run(["ipset", "save"] if elements else ["ipset", "list", "-t"]), self.names, elements)
         if not sets and not saved[4].chains and not saved[6].chains:
-            self._last_read = None
             return None
-        rs = to_ruleset(saved, sets, self.names.dispatch_maps())
-        self._last_read = (rs, {f: set(saved[f].hooks) for f in FAMILIES})
-        return rs
+        return to_ruleset(saved, sets, self.names.dispatch_maps())
 
     def apply(self, tx: IptTransaction) -> None:
-        self._last_read = None
         if not tx:
             return
         if tx.ipset_before:
@@ -177,5 +169,4 @@ class IptBackend:
         if sets:
             found = True
             self._run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in sorted(sets)))
-        self._last_read = None
         return found

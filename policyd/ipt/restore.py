@@ -83,10 +83,10 @@ def diff(
     names: Names,
     touched: Touched | None = None,
     deltas: dict[str, SetDelta[Elem]] | None = None,
-    jumps: dict[int, set[str]] | None = None,
 ) -> IptTransaction:
-    """`jumps`: per family, the base chains the kernel's FORWARD/INPUT jump to, as read
-    with `actual`; None: as `actual`'s hooks say (a partial sync from what we believe)."""
+    """The jumps from FORWARD/INPUT are per family: where `actual` was read back, its chains
+    say which families jump to them (`hooked_families`); otherwise its hooks are trusted
+    (a partial sync from what we believe)."""
     tx = IptTransaction()
     if deltas is None:
         deltas = touched.deltas if touched is not None else {}
@@ -141,7 +141,10 @@ def diff(
             continue
         have_c = actual.chains.get(n)
         for fam in FAMILIES:
-            present = n in jumps[fam] if jumps is not None else (have_c is not None and have_c.hook == want_c.hook)
+            if have_c is not None and have_c.hooked_families is not None:  # read back: per family
+                present = fam in have_c.hooked_families and have_c.hook == want_c.hook
+            else:  # what we believe: the hook as we wrote it
+                present = have_c is not None and have_c.hook == want_c.hook
             if not present:
                 hooks[fam].append(f"-I {BUILTIN[want_c.hook.hook]} 1 -j {n}")
     # stale: unhook, flush, delete
@@ -151,7 +154,7 @@ def diff(
         if have_c is None or n in desired.chains:
             continue
         for fam in FAMILIES:
-            if have_c.hook is not None and (jumps is None or n in jumps[fam]):
+            if have_c.hook is not None and (have_c.hooked_families is None or fam in have_c.hooked_families):
                 drop[fam].append(f"-D {BUILTIN[have_c.hook.hook]} -j {n}")
             declare[fam].append(f":{n} - [0:0]")
             drop[fam].append(f"-X {n}")
@@ -278,8 +281,8 @@ def to_ruleset(saved: dict[int, Saved], sets: dict[str, SetDef], desired_maps: d
             continue
         digests = {last_digest(lines) if lines is not None else None for lines in per_fam}
         digest = digests.pop() if len(digests) == 1 else ""
-        hooked = [saved[f].hooks[n] for f in FAMILIES if n in saved[f].hooks]  # which family lacks it: `jumps`
+        hooked = [saved[f].hooks[n] for f in FAMILIES if n in saved[f].hooks]
         hook = Hook(hooked[0], 0) if hooked else None
         listed = tuple((f, line.strip()) for f, lines in zip(FAMILIES, per_fam, strict=True) for line in lines or ())
-        rs.chains[n] = ChainDef(n, (), hook, digest or "", listed)
+        rs.chains[n] = ChainDef(n, (), hook, digest or "", listed, frozenset(f for f in FAMILIES if n in saved[f].hooks))
     return rs
