@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .dataplane.backend import AnyBackend
+from .dataplane.backend import AnyBackend, AnyDialect
 
 BACKENDS = ("nftables", "iptables")
 CHOICES = (*BACKENDS, "auto")
@@ -64,3 +64,18 @@ def make_backend(kind: str, table: str) -> AnyBackend:
     from .nft.backend import NftBackend
 
     return NftBackend(table)
+
+
+def make_dialect(kind: str, table: str) -> AnyDialect:
+    """How backend `kind` (nftables or iptables, not auto) writes rulesets, without its
+    kernel or tools: what `policyd render` prints."""
+    why = table_problem(kind, table)
+    if why:
+        raise ValueError(why)
+    if kind == "iptables":
+        from .ipt.backend import IptDialect
+
+        return IptDialect(table)
+    from .nft.backend import NftDialect
+
+    return NftDialect(table)

@@ -105,20 +105,17 @@ def render_config(args: argparse.Namespace) -> RenderConfig:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .backends import table_problem
+    from .backends import make_dialect
     from .dataplane.config import IFPREFIX_RE
     from .dataplane.desired import DesiredState
-    from .ipt.render import IptRenderer, Names
-    from .ipt.restore import diff as ipt_diff
-    from .nft.diff import diff
-    from .nft.render import NftRenderer
-    from .nft.text import ruleset_text
     from .reconcile.interfaces import calico_interface
 
-    if args.backend == "iptables" and args.output == "json":
-        raise UsageError("-o json is the libnftables transaction; the iptables backend prints restore text")
-    if (why := table_problem(args.backend, args.table)) is not None:
-        raise UsageError(why)
+    try:
+        dialect = make_dialect(args.backend, args.table)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if args.output == "json" and not dialect.supports_json:
+        raise UsageError(f"-o json is the libnftables transaction; the {args.backend} backend prints its tools' input as text")
     if args.mode == "interface" and not IFPREFIX_RE.match(args.interface_prefix):
         raise UsageError(f"--interface-prefix {args.interface_prefix!r}: 1-14 of [A-Za-z0-9_.-]")
     w = world_from(args)
@@ -127,20 +124,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     compiler = w.compile(args.node)
     cfg = render_config(args)
     try:
-        renderer = IptRenderer(cfg) if args.backend == "iptables" else NftRenderer(cfg)
+        desired = DesiredState(cfg, dialect.renderer(cfg))
     except ValueError as e:
         raise UsageError(str(e)) from e
-    desired = DesiredState(cfg, renderer)
     for spec in compiler.sets:
         desired.update_set(spec, compiler)
     for key in compiler.plans:
         desired.update_pod(key, compiler, lambda k, ips: calico_interface(k, args.interface_prefix))
-    if args.backend == "iptables":
-        print(ipt_diff(None, desired.ruleset, Names(cfg.table)).text(), end="")
-    elif args.output == "json":
-        print(diff(None, desired.ruleset, cfg.table).to_json())
-    else:
-        print(ruleset_text(desired.ruleset, cfg.table), end="")
+    print(dialect.text(desired.ruleset, as_json=args.output == "json"), end="")
     return EXIT_OK
 
 

@@ -35,19 +35,39 @@ class Transaction(Protocol):
 
 
 Tx = TypeVar("Tx", bound=Transaction)
+TxOut = TypeVar("TxOut", bound=Transaction, covariant=True)  # a dialect only makes transactions
 
 
-class Backend(Protocol[Tx]):
-    """Generic over its own transaction type: only its `diff` makes what its `apply` takes."""
+class Dialect(Protocol[TxOut]):
+    """How a backend writes a plan down and changes the kernel's copy into it: pure, no
+    kernel (what `policyd render` needs). Generic over its own transaction type: only its
+    `diff` makes what its backend's `apply` takes."""
 
     table: str
+    supports_json: bool  # whether `text` has a JSON form (`policyd render -o json`)
 
     def renderer(self, cfg: RenderConfig) -> Renderer:
         """How this backend writes a plan down."""
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
-             deltas: dict[str, SetDelta[Elem]] | None = None) -> Tx:
+             deltas: dict[str, SetDelta[Elem]] | None = None) -> TxOut:
         """(what the kernel holds, what we want) → one batch (see nft.diff)."""
+
+    def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
+        """Whether chain `have` (believed, or read from the kernel) is `want`, rule by rule
+        where the kernel's rules were read."""
+
+    def describe(self) -> str:
+        """What policyd owns, for humans: `table inet policyd`."""
+
+    def text(self, ruleset: Ruleset, as_json: bool = False) -> str:
+        """The whole ruleset as this backend's tools would take it from an empty kernel
+        (nft: its listing, or with `as_json` the libnftables transaction; iptables: the ipset
+        and restore input)."""
+
+
+class Backend(Dialect[Tx], Protocol[Tx]):
+    """A dialect bound to a kernel: reads, checks and applies."""
 
     def read(self, elements: bool = True) -> Ruleset | None:
         """What the kernel holds of ours; None when there is nothing. Without `elements`,
@@ -57,29 +77,27 @@ class Backend(Protocol[Tx]):
         """How the kernel differs from what policyd last wrote, found cheaply (no elements;
         rule counts or digests): the frequent drift check, which triggers a full sync."""
 
-    def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
-        """Whether chain `have` (believed, or read from the kernel) is `want`, rule by rule
-        where the kernel's rules were read."""
-
     def apply(self, tx: Tx) -> None:
         """Run the transaction atomically, or raise ApplyError having changed nothing.
         A backend that needs more than one kernel batch (iptables: ipset, then each family)
-        may leave the earlier batches applied when a later one fails; the caller then
-        knows nothing of the kernel and reads it all back (the next sync is full)."""
+        may leave the earlier batches applied when a later one fails: it then raises
+        ApplyError all the same, and the caller, which no longer knows what the kernel
+        holds, reads it all back (the next sync is full)."""
 
     def delete_table(self) -> bool:
         """Remove what policyd owns (and nothing else); False when there was nothing. Raises
         NotOwned, removing nothing, when objects of that name lack policyd's mark."""
-
-    def describe(self) -> str:
-        """What policyd owns, for humans: `table inet policyd`."""
 
     @property
     def leftovers(self) -> int:
         """Objects the kernel refused to remove since start (iptables: ipsets still "in
         use"); each is retried by the next full resync."""
 
+    def listing(self) -> str:
+        """What the kernel holds of ours as its tools print it (`nft list table`;
+        iptables-save of both families and `ipset save`), without counters or timestamps:
+        for people and for tests that compare two states."""
+
 
 AnyBackend = Backend[Any]  # a backend chosen at run time (nftables or iptables)
-
-
+AnyDialect = Dialect[Any]

@@ -10,6 +10,7 @@ once per call, without the atomic batch.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
 import time
@@ -32,21 +33,21 @@ def missing_tools() -> list[str]:
     return [t for t in TOOLS if shutil.which(t) is None]
 
 
-class IptBackend:
-    """Chains prefixed `<TABLE>-` in the filter tables of iptables and ip6tables (legacy),
-    ipsets prefixed `<table>-`."""
+class IptDialect:
+    """How the iptables backend writes a plan down and diffs it, without the kernel: chains
+    prefixed `<TABLE>-` in the filter tables of iptables and ip6tables (legacy), ipsets
+    prefixed `<table>-`."""
 
-    def __init__(self, table: str = "policyd", check_tools: bool = True) -> None:
+    supports_json = False
+
+    def __init__(self, table: str = "policyd") -> None:
         self.table = table
         self.names = Names(table)
-        missing = missing_tools() if check_tools else []
-        if missing:
-            raise RuntimeError(f"the iptables backend needs {', '.join(missing)}: install the iptables and ipset packages")
-        self.leftover_sets = 0  # destroys the kernel refused with "in use" (see _destroy)
 
-    @property
-    def leftovers(self) -> int:
-        return self.leftover_sets
+    def text(self, ruleset: Ruleset, as_json: bool = False) -> str:
+        if as_json:
+            raise ValueError("the iptables backend's input is ipset and iptables-restore text, not JSON")
+        return diff(None, ruleset, self.names).text()
 
     def renderer(self, cfg: RenderConfig) -> IptRenderer:
         return IptRenderer(cfg)
@@ -61,6 +62,32 @@ class IptBackend:
             return False
         return have.listed is None or chain_lines(have) == chain_lines(want)
 
+    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
+             deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:
+        # Jumps from FORWARD/INPUT are per family: a Ruleset read back says which families
+        # jump to each chain (ChainDef.hooked_families); one we believe trusts its hooks.
+        return diff(actual, desired, self.names, touched, deltas)
+
+
+class IptBackend(IptDialect):
+    """The legacy iptables and ipset tools of the calling process's network namespace."""
+
+    def __init__(self, table: str = "policyd", check_tools: bool = True) -> None:
+        super().__init__(table)
+        missing = missing_tools() if check_tools else []
+        if missing:
+            raise RuntimeError(f"the iptables backend needs {', '.join(missing)}: install the iptables and ipset packages")
+        self.leftover_sets = 0  # destroys the kernel refused with "in use" (see _destroy)
+
+    @property
+    def leftovers(self) -> int:
+        return self.leftover_sets
+
+    def listing(self) -> str:
+        text = "".join(self._run(cmd) for cmd in ([SAVE[4], "-t", "filter"], [SAVE[6], "-t", "filter"], ["ipset", "save"]))
+        text = re.sub(r"\[\d+:\d+\]", "[0:0]", text)  # packet counters of the built-in chains
+        return "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))  # no timestamps
+
     def check(self, believed: Ruleset) -> list[Drift]:
         """iptables-save of both families and ipset headers (three processes)."""
         actual = self.read(elements=False)
@@ -73,12 +100,6 @@ class IptBackend:
                 if c.hook is not None and have is not None and have.hooked_families is not None:
                     found += [Drift("jump-missing", f"{n} (IPv{f})") for f in FAMILIES if f not in have.hooked_families]
         return found
-
-    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
-             deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:
-        # Jumps from FORWARD/INPUT are per family: a Ruleset read back says which families
-        # jump to each chain (ChainDef.hooked_families); one we believe trusts its hooks.
-        return diff(actual, desired, self.names, touched, deltas)
 
     # --- kernel calls ----------------------------------------------------------------------
 

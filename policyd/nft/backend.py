@@ -21,6 +21,7 @@ from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
 from .diff import Transaction, chain_holds, diff
 from .render import NftRenderer
 from .ruleset import parse_listing
+from .text import ruleset_text
 
 NFT_CTX_OUTPUT_JSON = 1 << 4
 NFT_CTX_OUTPUT_TERSE = 1 << 11  # omit set and map elements from listings
@@ -90,7 +91,13 @@ def census_of(doc: dict[str, Any], table: str) -> Census | None:
 class NftDialect:
     """What every nftables backend (the kernel's, the fake) shares: renderer and diff."""
 
-    table: str
+    supports_json = True
+
+    def __init__(self, table: str = "policyd") -> None:
+        self.table = table
+
+    def text(self, ruleset: Ruleset, as_json: bool = False) -> str:
+        return diff(None, ruleset, self.table).to_json() + "\n" if as_json else ruleset_text(ruleset, self.table)
 
     def renderer(self, cfg: RenderConfig) -> NftRenderer:
         return NftRenderer(cfg)
@@ -121,8 +128,14 @@ class NftBackend(NftDialect):
     """The real kernel, through libnftables, in the calling process's network namespace."""
 
     def __init__(self, table: str = "policyd", lib: Libnftables | None = None) -> None:
-        self.table = table
+        super().__init__(table)
         self.nft = lib or Libnftables()
+
+    def listing(self) -> str:
+        rc, out, err = self.nft.run(f"list table inet {self.table}", json_output=False)
+        if rc != 0 and "No such file or directory" not in err:
+            raise ApplyError(err.strip())
+        return out if rc == 0 else ""
 
     def read(self, elements: bool = True) -> Ruleset | None:
         # Terse: `list ruleset` is the listing that libnftables 1.0.6 serves without

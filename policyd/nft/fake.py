@@ -23,7 +23,7 @@ from .ruleset import canonical_rule, elem_from_json
 
 class FakeBackend(NftDialect):
     def __init__(self, table: str = "policyd") -> None:
-        self.table = table
+        super().__init__(table)
         self.ruleset: Ruleset | None = None
         self.rules: dict[str, list[dict[str, Any]]] = {}
         self.transactions: list[Transaction] = []
@@ -44,6 +44,9 @@ class FakeBackend(NftDialect):
             # Listed as the kernel would: in libnftables' normal form.
             rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(canonical_rule(r) for r in rules))
         return rs
+
+    def listing(self) -> str:
+        return self.text(self.ruleset) if self.ruleset is not None else ""
 
     def census(self) -> Census | None:
         if self.ruleset is None:
