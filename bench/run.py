@@ -259,6 +259,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "realcluster": ("On a real cluster: policy create and pod create to enforcement", cluster_latency.measure),
     "drift": ("Drift repair", drift.measure),
     "matrix": ("policyd matrix at scale", matrix.measure),
+    "iptables-api": ("iptables: restore or libiptc", backends.iptables_apis),
 }
 
 
@@ -285,7 +286,7 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane") else
+    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane", "iptables-api") else
              "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh")
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
            + (f" --only {args.only}" if args.only else "") + " --write")

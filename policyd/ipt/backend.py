@@ -84,8 +84,10 @@ class IptBackend(IptDialect):
         return self.leftover_sets
 
     def listing(self) -> str:
-        text = "".join(self._run(cmd) for cmd in ([SAVE[4], "-t", "filter"], [SAVE[6], "-t", "filter"], ["ipset", "save"]))
+        ipsets = sorted(self._run(["ipset", "save"]).splitlines(), key=lambda line: (line.split()[1:2], not line.startswith("create"), line))
+        text = "".join(self._run([SAVE[f], "-t", "filter"]) for f in FAMILIES) + "".join(line + "\n" for line in ipsets)
         text = re.sub(r"\[\d+:\d+\]", "[0:0]", text)  # packet counters of the built-in chains
+        text = re.sub(r" initval 0x[0-9a-f]+", "", text)  # each ipset's random hash seed (elements sorted: hash order)
         return "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))  # no timestamps
 
     def check(self, believed: Ruleset) -> list[Drift]:
@@ -127,11 +129,14 @@ class IptBackend(IptDialect):
         if tx.ipset_before:
             self._run(["ipset", "restore"], "\n".join(tx.ipset_before) + "\n")
         for fam in FAMILIES:
-            text = tx.restore_text(fam)
-            if text:
-                self._run([RESTORE[fam], "-w", "5", "--noflush"], text)
+            if tx.rules[fam]:
+                self._apply_family(fam, tx)
         if tx.ipset_after:
             self._destroy(tx.ipset_after)
+
+    def _apply_family(self, family: int, tx: IptTransaction) -> None:
+        """One family's chains in one swap of its filter table."""
+        self._run([RESTORE[family], "-w", "5", "--noflush"], tx.restore_text(family))
 
     def _destroy(self, lines: list[str]) -> None:
         """Step 3. The kernel may refuse to destroy a set that no rule names any more ("in
