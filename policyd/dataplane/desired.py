@@ -16,7 +16,7 @@ from ..compile.engine import Compiler, SetDelta
 from ..compile.plan import Entry, SetSpec
 from ..model.objects import IPAddress, PodKey
 from .config import RenderConfig, family_sets
-from .objects import Elem, MapDef, Ruleset, Touched
+from .objects import Elem, LiveElements, MapDef, Ruleset, Touched
 from .renderer import PodObjects, Renderer
 
 InterfaceOf = Callable[[PodKey, tuple[IPAddress, ...]], "str | None"]  # pod → its host-side interface
@@ -47,9 +47,10 @@ class DesiredState:
             for fam, name in zip(family_sets(spec), self._spec_sets[spec], strict=True):
                 added, removed = self.renderer.elements(spec, delta.added, fam), self.renderer.elements(spec, delta.removed, fam)
                 if added or removed:
-                    elems = self.ruleset.sets[name].elements
-                    elems -= removed
-                    elems |= added
+                    live = self.ruleset.sets[name].elements
+                    assert isinstance(live, set), "desired's sets are live (LiveElements)"
+                    live -= removed
+                    live |= added
                     t.set_delta(name, added, removed)
             return t
         old = self._spec_sets.pop(spec, [])
@@ -57,8 +58,7 @@ class DesiredState:
             defs = self.renderer.set_defs(spec, compiler.set_entries(spec))
             self._spec_sets[spec] = [d.name for d in defs]
             for d in defs:
-                # A mutable element set, owned by desired, so that deltas apply in place.
-                self.ruleset.sets[d.name] = replace(d, elements=set(d.elements))
+                self.ruleset.sets[d.name] = replace(d, elements=LiveElements(d.elements))  # deltas apply in place
                 t.set_replaced(d.name)
         for name in old:
             if name not in self._spec_sets.get(spec, []):

@@ -15,14 +15,33 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from ..compile.engine import SetChangeLog
 
 # Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
 Elem = str | tuple[Any, ...]
+
+# A set's elements are frozen, except in the live sets DesiredState owns and changes in
+# place by each event's delta (O(delta), not O(set)). A Ruleset copied from desired (what
+# the syncer believes after a sync) shares those live sets: it holds the names and headers
+# as they were, and the elements as desired has them now, which the kernel holds too once
+# the deltas are applied; element drift is found by the full resync, which reads the kernel.
+LiveElements = set[Elem]
+Elements = frozenset[Elem] | LiveElements
+
+class RuleBody(TypedDict, total=False):
+    """One rule as its backend writes it. nftables: `expr`, libnftables JSON expressions;
+    iptables: `match` (its arguments before `-j`), `target` and `family` (4, 6, or 0 for
+    both). Either: `comment`, whose end carries the chain's digest in a chain's last rule."""
+
+    expr: list[dict[str, Any]]
+    match: str
+    target: str
+    family: int
+    comment: str
+
 
 DIGEST_RE = re.compile(r"\[([0-9a-f]{12})\]$")
 COMMENT_MAX = 120  # nft caps comments at 128 bytes
@@ -34,8 +53,7 @@ class SetDef:
     type: tuple[str, ...]
     interval: bool = False
     comment: str = ""
-    # frozenset, except in DesiredState, which owns mutable sets so that deltas apply in place
-    elements: AbstractSet[Elem] = frozenset()
+    elements: Elements = frozenset()
 
     def header(self) -> tuple[Any, ...]:
         return (self.type, self.interval)
@@ -59,7 +77,7 @@ class Hook:
 @dataclass(frozen=True)
 class ChainDef:
     name: str
-    rules: tuple[dict[str, Any], ...] = ()  # libnftables JSON rule bodies ({"expr": [...], "comment": ...})
+    rules: tuple[RuleBody, ...] = ()
     hook: Hook | None = None
     digest: str = ""
     # Read back from the kernel: its rules as listed, in the backend's canonical form, so a
@@ -72,13 +90,13 @@ class ChainDef:
     hooked_families: frozenset[int] | None = None
 
     @staticmethod
-    def build(name: str, rules: list[dict[str, Any]], hook: Hook | None = None) -> ChainDef:
+    def build(name: str, rules: list[RuleBody], hook: Hook | None = None) -> ChainDef:
         """Seal the chain: the digest of its rules goes into the last rule's comment."""
         payload = json.dumps([name, hook and (hook.hook, hook.priority), rules], sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
         sealed = list(rules)
         if sealed:
-            last = dict(sealed[-1])
+            last = RuleBody(**sealed[-1])
             last["comment"] = (last.get("comment", "")[: COMMENT_MAX - 16] + f" [{digest}]").strip()
             sealed[-1] = last
         return ChainDef(name, tuple(sealed), hook, digest)
@@ -93,6 +111,8 @@ class Ruleset:
     chains: dict[str, ChainDef] = field(default_factory=dict)
 
     def copy(self) -> Ruleset:
+        """New name → object maps over the same objects (live element sets stay shared:
+        see LiveElements)."""
         return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))
 
     def same_as(self, other: Ruleset) -> bool:

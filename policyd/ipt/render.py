@@ -29,12 +29,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, addresses, named_ports
 from ..dataplane.backend import OWNER_MARK
 from ..dataplane.config import IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
-from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
+from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
 from ..dataplane.renderer import PodObjects, addr_text, drop_reason, pod_objects
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
@@ -105,7 +104,7 @@ def safe_comment(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./:,\[\]()+ -]", "_", text)[:COMMENT_MAX]
 
 
-def rule(match: str, target: str, comment: str = "", family: int = 0) -> dict[str, Any]:
+def rule(match: str, target: str, comment: str = "", family: int = 0) -> RuleBody:
     return {"family": family, "match": match, "target": target, "comment": safe_comment(comment)}
 
 
@@ -202,7 +201,7 @@ class IptRenderer:
 
     # pods
 
-    def allow_rules(self, r: AllowRule) -> list[dict[str, Any]]:
+    def allow_rules(self, r: AllowRule) -> list[RuleBody]:
         """One AllowRule → rules that RETURN (allow) when they match."""
         side = "src" if r.direction is Direction.INGRESS else "dst"
         peers: list[tuple[int, str]] = [(0, "")]
@@ -214,7 +213,7 @@ class IptRenderer:
         return [rule(" ".join(x for x in (pm, peer) if x), "RETURN", r.label(), fam) for fam, peer in peers for pm in ports]
 
     def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> ChainDef:
-        rules: list[dict[str, Any]] = []
+        rules: list[RuleBody] = []
         for r in plan.rules:
             rules.extend(self.allow_rules(r))
         rules.append(rule("", "DROP", drop_reason(pod_key, direction, plan)))
@@ -235,7 +234,7 @@ class IptRenderer:
 
     # skeleton
 
-    def base_rules(self, hook: str) -> list[dict[str, Any]]:
+    def base_rules(self, hook: str) -> list[RuleBody]:
         cfg, n = self.cfg, self.names
         rules = [
             # First rule of a base chain: its comment carries the ownership mark.

@@ -21,10 +21,9 @@ import re
 import shlex
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..compile.engine import SetDelta
-from ..dataplane.objects import DIGEST_RE, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef, Touched, names_to_compare
+from ..dataplane.objects import DIGEST_RE, ChainDef, Elem, Hook, MapDef, RuleBody, Ruleset, SetDef, Touched, names_to_compare
 from .render import MAXELEM, Names, dispatch_rules, map_families
 
 BUILTIN = {"forward": "FORWARD", "input": "INPUT"}
@@ -67,7 +66,7 @@ def chain_lines(c: ChainDef) -> tuple[tuple[int, str], ...]:
     return tuple((f, rule_line(c.name, r)) for f in FAMILIES for r in c.rules if r["family"] in (0, f))
 
 
-def rule_line(chain: str, r: dict[str, Any]) -> str:
+def rule_line(chain: str, r: RuleBody) -> str:
     parts = ["-A", chain]
     if r["match"]:
         parts.append(r["match"])

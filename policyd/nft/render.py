@@ -22,7 +22,7 @@ from typing import Any
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, addresses, named_ports
 from ..dataplane.config import FAMILIES, IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
-from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, SetDef
+from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
 from ..dataplane.renderer import PodObjects, addr_text, drop_reason, pod_objects
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
@@ -126,7 +126,7 @@ def port_terms(ports: tuple[PortMatch, ...]) -> list[list[dict[str, Any]]]:
     return terms
 
 
-def allow_rules(rule: AllowRule) -> list[dict[str, Any]]:
+def allow_rules(rule: AllowRule) -> list[RuleBody]:
     """One AllowRule → nft rule bodies that `return` (allow) when they match."""
     addr_field = "saddr" if rule.direction is Direction.INGRESS else "daddr"
     peer_terms: list[list[dict[str, Any]]] = []
@@ -143,7 +143,7 @@ def allow_rules(rule: AllowRule) -> list[dict[str, Any]]:
                 peer_terms.append([match(payload(proto, addr_field), "@" + name)])
     port_alts = [[]] if rule.ports is None else port_terms(rule.ports)
     comment = rule.label()[:COMMENT_MAX]
-    out = []
+    out: list[RuleBody] = []
     for pt in peer_terms:
         for ports in port_alts:
             out.append({"expr": [*pt, *ports, {"return": None}], "comment": comment})
@@ -151,7 +151,7 @@ def allow_rules(rule: AllowRule) -> list[dict[str, Any]]:
 
 
 def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan) -> ChainDef:
-    rules: list[dict[str, Any]] = []
+    rules: list[RuleBody] = []
     for r in plan.rules:
         rules.extend(allow_rules(r))
     rules.append({"expr": [{"drop": None}], "comment": drop_reason(pod_key, direction, plan)[:COMMENT_MAX]})
@@ -180,8 +180,8 @@ def render_pod(plan: PodPlan, cfg: RenderConfig, ifname: str | None) -> PodObjec
 ND_TYPES = ["nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert"]
 
 
-def base_rules(cfg: RenderConfig, hook: str) -> list[dict[str, Any]]:
-    rules: list[dict[str, Any]] = [
+def base_rules(cfg: RenderConfig, hook: str) -> list[RuleBody]:
+    rules: list[RuleBody] = [
         {"expr": [match({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}],
          "comment": "replies and related traffic of allowed connections"},
         {"expr": [match({"ct": {"key": "state"}}, "invalid", "in"), {"drop": None}], "comment": "conntrack invalid"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from ..dataplane.objects import COMMENT_MAX, DIGEST_RE, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef
@@ -54,7 +55,7 @@ def chain_json(table: str, c: ChainDef) -> dict[str, Any]:
     return {"chain": body}
 
 
-def rule_json(table: str, chain: str, rule: dict[str, Any]) -> dict[str, Any]:
+def rule_json(table: str, chain: str, rule: Mapping[str, Any]) -> dict[str, Any]:
     return {"rule": {"family": "inet", "table": table, "chain": chain, **rule}}
 
 
@@ -97,7 +98,7 @@ def _meta_match(e: dict[str, Any], key: str) -> Any:
     return None
 
 
-def canonical_rule(rule: dict[str, Any]) -> tuple[str, str]:
+def canonical_rule(rule: Mapping[str, Any]) -> tuple[str, str]:
     """A rule as libnftables lists it back, for comparing what we want with what the kernel
     holds: the dependencies libnftables folds away are folded here too (`meta nfproto ipv4`
     implied by an `ip` payload, `meta l4proto tcp` + `th dport` listed as `tcp dport`,

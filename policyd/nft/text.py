@@ -3,6 +3,7 @@ expressions the renderer produces, printed the way `nft list` would."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..dataplane.objects import ChainDef, Ruleset
@@ -43,7 +44,7 @@ def expr(e: dict[str, Any]) -> str:
     return kind  # accept, drop, return
 
 
-def rule_text(r: dict[str, Any]) -> str:
+def rule_text(r: Mapping[str, Any]) -> str:
     text = " ".join(expr(e) for e in r["expr"])
     if r.get("comment"):
         text += f' comment "{r["comment"]}"'
