@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from .dataplane.backend import AnyBackend, AnyDialect
 
@@ -51,31 +52,28 @@ def resolve(kind: str) -> str:
     return "iptables"
 
 
-def make_backend(kind: str, table: str) -> AnyBackend:
-    """A backend of `kind` (resolved: nftables or iptables) owning `table`."""
-    kind = resolve(kind)
+def _classes(kind: str, table: str) -> tuple[type[Any], type[Any]]:
+    """(dialect, backend) classes of `kind`, once `table` is known to be a valid name for it."""
     why = table_problem(kind, table)
     if why:
         raise ValueError(why)
     if kind == "iptables":
-        from .ipt.backend import IptBackend
+        from .ipt.backend import IptBackend, IptDialect
 
-        return IptBackend(table)
-    from .nft.backend import NftBackend
+        return IptDialect, IptBackend
+    from .nft.backend import NftBackend, NftDialect
 
-    return NftBackend(table)
+    return NftDialect, NftBackend
+
+
+def make_backend(kind: str, table: str) -> AnyBackend:
+    """A backend of `kind` (nftables, iptables, or auto: resolved) owning `table`."""
+    backend: AnyBackend = _classes(resolve(kind), table)[1](table)
+    return backend
 
 
 def make_dialect(kind: str, table: str) -> AnyDialect:
     """How backend `kind` (nftables or iptables, not auto) writes rulesets, without its
     kernel or tools: what `policyd render` prints."""
-    why = table_problem(kind, table)
-    if why:
-        raise ValueError(why)
-    if kind == "iptables":
-        from .ipt.backend import IptDialect
-
-        return IptDialect(table)
-    from .nft.backend import NftDialect
-
-    return NftDialect(table)
+    dialect: AnyDialect = _classes(kind, table)[0](table)
+    return dialect
