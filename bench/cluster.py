@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from report import histogram_quantile  # noqa: E402
 
+from policyd.dataplane.cni import calico_interface  # noqa: E402
 from policyd.lab.netns import delete_namespaces, entered, http_get, sh  # noqa: E402
 from policyd.lab.topology import FABRIC_NET, Topology  # noqa: E402
 from policyd.model.objects import ContainerPort, Pod  # noqa: E402
-from policyd.reconcile.interfaces import calico_interface  # noqa: E402
 from tests.kubeapi.server import KINDS, KubeAPI  # noqa: E402
 
 NODE = "node-0"

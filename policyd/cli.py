@@ -106,9 +106,8 @@ def render_config(args: argparse.Namespace) -> RenderConfig:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .backends import make_dialect
-    from .dataplane.config import IFPREFIX_RE
+    from .dataplane.cni import IFPREFIX_RE, calico_interface
     from .dataplane.desired import DesiredState
-    from .reconcile.interfaces import calico_interface
 
     try:
         dialect = make_dialect(args.backend, args.table)

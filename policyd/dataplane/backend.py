@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
-from ..compile.engine import SetDelta
+from ..compile.changes import SetDelta
 from .config import RenderConfig
 from .drift import Drift
 from .objects import ChainDef, Elem, Ruleset, Touched

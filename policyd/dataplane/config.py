@@ -9,7 +9,6 @@ from enum import Enum
 from ..compile.plan import BlockSetSpec, SetSpec
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
-IFPREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,14}$")
 FAMILIES = (4, 6)
 
 

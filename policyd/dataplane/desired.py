@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..compile.engine import Compiler, SetDelta
+from ..compile.changes import SetDelta
+from ..compile.engine import Compiler
 from ..compile.plan import Entry, SetSpec
 from ..model.objects import IPAddress, PodKey
 from .config import RenderConfig, family_sets

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from ..compile.engine import SetChangeLog
+from ..compile.changes import SetChangeLog
 
 # Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
 Elem = str | tuple[Any, ...]

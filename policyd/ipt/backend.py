@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 
-from ..compile.engine import SetDelta
+from ..compile.changes import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift

@@ -32,7 +32,8 @@ from collections.abc import Iterable
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, addresses, named_ports
 from ..dataplane.backend import OWNER_MARK
-from ..dataplane.config import IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
+from ..dataplane.cni import IFPREFIX_RE
+from ..dataplane.config import DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
 from ..dataplane.renderer import PodObjects, addr_text, drop_reason, pod_objects
 from ..model.objects import Direction, IPAddress

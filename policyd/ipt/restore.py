@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from ..compile.engine import SetDelta
+from ..compile.changes import SetDelta
 from ..dataplane.objects import DIGEST_RE, ChainDef, Elem, Hook, MapDef, RuleBody, Ruleset, SetDef, Touched, names_to_compare
 from .render import MAXELEM, Names, dispatch_rules, map_families
 

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 from ..backends import CHOICES, resolve
+from ..dataplane.cni import CNI_DIR, detect_dispatch
 from ..dataplane.config import DispatchMode
-from .settings import CNI_DIR, AgentSettings, FailMode, detect_dispatch
+from .settings import AgentSettings, FailMode
 
 
 class RunError(Exception):

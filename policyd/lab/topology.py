@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..dataplane.cni import calico_interface
 from ..model.objects import Pod
-from ..reconcile.interfaces import calico_interface
 from .netns import add_namespace, delete_namespaces, ip, sysctl
 
 FABRIC_NET = ipaddress.IPv4Network("172.31.255.0/24")

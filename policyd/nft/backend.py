@@ -13,7 +13,7 @@ import json
 import threading
 from typing import Any
 
-from ..compile.engine import SetDelta
+from ..compile.changes import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Census, Drift, census_drift

@@ -15,7 +15,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..compile.engine import SetDelta
+from ..compile.changes import SetDelta
 from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched, names_to_compare
 from .ruleset import (
     canonical_rule,

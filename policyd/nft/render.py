@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, addresses, named_ports
-from ..dataplane.config import FAMILIES, IFPREFIX_RE, DispatchMode, RenderConfig, family_sets
+from ..dataplane.cni import IFPREFIX_RE
+from ..dataplane.config import FAMILIES, DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
 from ..dataplane.renderer import PodObjects, addr_text, drop_reason, pod_objects
 from ..model.objects import Direction, IPAddress

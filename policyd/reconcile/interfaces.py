@@ -7,7 +7,6 @@ when a pod's interface is not known yet.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import socket
 import struct
@@ -55,10 +54,3 @@ class RouteInterfaces:
             if dev is not None:
                 return dev
         return None
-
-
-def calico_interface(pod_key: str, prefix: str = "cali") -> str:
-    """The name Calico's CNI plugin gives a pod's host-side veth: prefix + sha1("ns.pod")[:11].
-    Used where routes cannot be read (dry runs) and by the lab, which names veths the same way."""
-    ns, _, name = pod_key.partition("/")
-    return prefix + hashlib.sha1(f"{ns}.{name}".encode()).hexdigest()[:15 - len(prefix)]

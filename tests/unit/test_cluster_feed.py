@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from policyd.compile.engine import Compiler
+from policyd.dataplane.cni import detect_dispatch
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.kube.feed import ClusterFeed, ref_of
-from policyd.kube.settings import AgentSettings, FailMode, detect_dispatch
+from policyd.kube.settings import AgentSettings, FailMode
 from policyd.model.events import Delete
 from policyd.nft.render import render_skeleton
 from tests.kubeapi.server import KubeAPI, merge_patch, strategic_merge
