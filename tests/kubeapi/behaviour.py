@@ -65,10 +65,16 @@ def _watch(list_fn: Callable[..., Any], rv: str, out: queue.Queue[tuple[str, dic
     from kubernetes import watch
 
     w = watch.Watch()
-    for ev in w.stream(list_fn, resource_version=rv, timeout_seconds=60, _preload_content=False, **kw):
-        out.put((ev["type"], ev["raw_object"]))
-        if stop.is_set():
-            w.stop()
+    try:
+        for ev in w.stream(list_fn, resource_version=rv, timeout_seconds=60, _preload_content=False, **kw):
+            out.put((ev["type"], ev["raw_object"]))
+            if stop.is_set():
+                break
+    except Exception:  # noqa: BLE001 - once the check is over, the server may go away under a quiet watch
+        if not stop.is_set():
+            raise
+    finally:
+        w.stop()
 
 
 def _collect(out: queue.Queue[tuple[str, dict[str, Any]]], until: Callable[[str, dict[str, Any]], bool],
