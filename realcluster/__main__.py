@@ -10,7 +10,7 @@
     cluster.sh demo [--cni bridge|ptp] [--backend nftables|iptables] [--keep]
                                               (up, walkthrough, down; --keep leaves it all up)
     cluster.sh conformance [--cni bridge|ptp] [--backend nftables|iptables] [--proxy-mode M] [--procs 4]
-                           [--write] [--keep]
+                           [--focus REGEX] [--without-policyd] [--write] [--keep]
                                               (up, the chart, the upstream Netpol e2e suite, down)
     cluster.sh down [--name N]
 """
@@ -60,13 +60,16 @@ def main(argv: list[str] | None = None) -> int:
         if verb == "conformance":
             p.add_argument("--procs", type=int, default=4, help="parallel ginkgo processes (default 4)")
             p.add_argument("--write", action="store_true", help="record the result in docs/conformance.md")
+            p.add_argument("--focus", default="", metavar="REGEX", help="only the Netpol specs whose text also matches")
+            p.add_argument("--without-policyd", action="store_true",
+                           help="a control run: no chart, so specs that need isolation must fail (never recorded)")
     args = parser.parse_args(argv)
     try:
         if args.verb == "up":
             Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers)).up()
         elif args.verb == "conformance":
             return conformance(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.procs,
-                               args.write, args.keep)
+                               args.write, args.keep, args.focus, args.without_policyd)
         elif args.verb == "demo":
             return demo(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.keep)
         elif args.verb == "down":
@@ -109,8 +112,12 @@ def demo(layout: Layout, backend: str, keep: bool) -> int:
     return 0 if ok else 1
 
 
-def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: bool) -> int:
-    """scripts/conformance.sh: a cluster, the chart, the upstream Netpol specs, the report."""
+def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: bool, narrow: str = "", control: bool = False) -> int:
+    """scripts/conformance.sh: a cluster, the chart, the upstream Netpol specs, the report.
+    `control`: without policyd, to see the specs fail where nothing enforces (not recorded)."""
+    if write and narrow and not control:
+        print("cluster.sh: --write records full runs (no --focus), or control runs (--without-policyd)", file=sys.stderr)
+        return 2
     from . import conformance as c
     from .paths import TOOLS
     from .walkthrough import install_chart, uninstall_chart
@@ -119,20 +126,29 @@ def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: boo
     cluster = Cluster(layout)
     cluster.up()
     try:
-        install_chart(cluster, backend, print)
-        out = TOOLS / "conformance" / f"{layout.cni}-{backend}-{layout.proxy_mode}"
-        report = c.run_suite(cluster, backend, out, c.command_line(layout.cni, backend, layout.proxy_mode), procs=procs)
+        if not control:
+            install_chart(cluster, backend, print)
+        out = TOOLS / "conformance" / (f"{layout.cni}-{backend}-{layout.proxy_mode}" if not control else f"{layout.cni}-without-policyd")
+        report = c.run_suite(cluster, backend, out, c.command_line(layout.cni, backend, layout.proxy_mode, narrow, control),
+                             procs=procs, narrow=narrow)
+        if control:
+            report.config = f"control-{layout.cni}"
         print(f"==> report: {out / 'result.json'} (ginkgo's own: {out / 'report.json'}, log {out / 'ginkgo.log'})")
         if write:
             c.record(report)
             print(f"==> recorded in {c.DOC}")
-        if not keep:
+        if not keep and not control:
             uninstall_chart(cluster, backend, print)
     finally:
         if keep:
             print(f"kept: scripts/cluster.sh kubectl --name {layout.name} get pods -A; scripts/cluster.sh down --name {layout.name}")
         else:
             cluster.down()
+    if control:
+        failed = report.count("failed")
+        print(f"==> control run without policyd: {failed} of {len(report.specs)} specs failed, as they must where nothing "
+              f"enforces the policies; {time.monotonic() - started:.0f} s in all")
+        return 0 if failed else 1
     print(f"==> {'PASSED' if report.ok else 'FAILED'}: {report.summary()}; {time.monotonic() - started:.0f} s in all")
     return 0 if report.ok else 1
 

@@ -109,18 +109,20 @@ def results(ginkgo_report: list[dict[str, Any]]) -> list[SpecResult]:
 
 
 def run_suite(cluster: Cluster, backend: str, out_dir: Path, command: str, say: Say = print,
-              procs: int = PROCS) -> Report:
-    """The suite against the cluster as it is (the chart installed by the caller)."""
+              procs: int = PROCS, narrow: str = "") -> Report:
+    """The suite against the cluster as it is (the chart installed by the caller, or not:
+    a control run). `narrow`: a regular expression the spec text must also match."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lay = cluster.layout
     log = out_dir / "ginkgo.log"
     skip = "|".join(SKIPS)
+    focus = f"{FOCUS}.*({narrow})" if narrow else FOCUS
     argv = [str(k8s_bin("ginkgo")), "--no-color", "--silence-skips", "-p", f"--procs={procs}", f"--timeout={TIMEOUT}",
-            f"--focus={FOCUS}", f"--skip={skip}", "--json-report=report.json", f"--output-dir={out_dir}",
+            f"--focus={focus}", f"--skip={skip}", "--json-report=report.json", f"--output-dir={out_dir}",
             str(k8s_bin("e2e.test")), "--",
             f"--kubeconfig={lay.kubeconfig}", "--provider=local", f"--kubectl-path={k8s_bin('kubectl')}",
             "--disable-log-dump", "--dump-logs-on-failure=false", f"--e2e-output-dir={out_dir}"]
-    say(f"e2e: {procs} ginkgo processes, focus {FOCUS!r}, skip {skip!r}; log {log}")
+    say(f"e2e: {procs} ginkgo processes, focus {focus!r}, skip {skip!r}; log {log}")
     started = time.monotonic()
     with open(log, "w") as f:
         proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{lay.fabric}", "--", *argv], stdout=f, stderr=subprocess.STDOUT)
@@ -138,7 +140,7 @@ def run_suite(cluster: Cluster, backend: str, out_dir: Path, command: str, say: 
         raise ClusterError(f"the e2e suite wrote no report (ginkgo exit {proc.returncode}):\n{tail}")
     report = Report(config=f"{lay.cni}-{backend}", cni=lay.cni, backend=backend, proxy_mode=lay.proxy_mode,
                     kubernetes=k8s_version(), command=command, date=time.strftime("%Y-%m-%d"), seconds=round(seconds, 1),
-                    procs=procs, specs=results(json.loads(report_file.read_text())))
+                    procs=procs, specs=[s for s in results(json.loads(report_file.read_text())) if not narrow or re.search(narrow, s.name)])
     (out_dir / "result.json").write_text(report.to_json())
     for s in report.specs:
         if s.state == "failed":
@@ -147,10 +149,12 @@ def run_suite(cluster: Cluster, backend: str, out_dir: Path, command: str, say: 
     return report
 
 
-def command_line(cni: str, backend: str, proxy_mode: str) -> str:
-    args = ["scripts/conformance.sh", "--cni", cni, "--backend", backend]
+def command_line(cni: str, backend: str, proxy_mode: str, narrow: str = "", control: bool = False) -> str:
+    args = ["scripts/conformance.sh", "--cni", cni] + (["--without-policyd"] if control else ["--backend", backend])
     if proxy_mode != "iptables":
         args += ["--proxy-mode", proxy_mode]
+    if narrow:
+        args += ["--focus", narrow]
     return shlex.join(args)
 
 
@@ -163,14 +167,17 @@ MARK = {"passed": "✓ passed", "failed": "✗ FAILED", "skipped": "skipped"}
 
 
 def record(report: Report) -> None:
-    """Keep this configuration's latest result and regenerate docs/conformance.md from all."""
+    """Keep this configuration's latest result and regenerate docs/conformance.md from all
+    (a control run without policyd is kept apart, as `control-<cni>`)."""
     RESULTS_DIR.mkdir(exist_ok=True)
     stem = report.config if report.proxy_mode == "iptables" else f"{report.config}-proxy-{report.proxy_mode}"
     (RESULTS_DIR / f"{stem}.json").write_text(report.to_json())
-    DOC.write_text(document([Report.from_json(f.read_text()) for f in sorted(RESULTS_DIR.glob("*.json"))]))
+    reports = [Report.from_json(f.read_text()) for f in sorted(RESULTS_DIR.glob("*.json"))]
+    DOC.write_text(document([r for r in reports if not r.config.startswith("control-")],
+                            [r for r in reports if r.config.startswith("control-")]))
 
 
-def document(reports: list[Report]) -> str:
+def document(reports: list[Report], controls: list[Report] | None = None) -> str:
     order = {f"{c}-{b}": i for i, (c, b) in enumerate(CONFIGS)}
     reports = sorted(reports, key=lambda r: (order.get(r.config, 99), r.config, r.proxy_mode))
     lines = [
@@ -216,6 +223,14 @@ def document(reports: list[Report]) -> str:
             s = got.get(name)
             cells.append("—" if s is None else MARK[s.state] + (f" {s.seconds:.0f} s" if s.state != "skipped" else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for r in controls or []:
+        failed = [s for s in r.specs if s.state == "failed"]
+        lines += ["", "## Control run: the same specs without policyd", "",
+                  f"On the {r.cni} cluster with no NetworkPolicy enforcer installed ({r.date}, `{r.command} --write`, "
+                  f"{r.seconds:.0f} s): {len(failed)} of {len(r.specs)} specs failed, as they must where nothing enforces "
+                  "the policies, so the passes above are policyd's work, not the environment's.", "",
+                  "| spec | without policyd |", "|---|---|",
+                  *[f"| {s.name} | {MARK[s.state]} |" for s in r.specs]]
     failures = [(r, s) for r in reports for s in r.specs if s.state == "failed"]
     if failures:
         lines += ["", "## Failures", ""] + [f"* {r.config}: {s.name}: {s.reason}" for r, s in failures]

@@ -2,7 +2,8 @@
 # The upstream NetworkPolicy e2e suite (Kubernetes' `[sig-network] Netpol` specs, unchanged)
 # against policyd on a real two-node cluster of this machine; see docs/conformance.md.
 #   scripts/conformance.sh [--cni bridge|ptp] [--backend nftables|iptables]
-#                          [--proxy-mode iptables|nftables] [--procs 4] [--write] [--keep]
+#                          [--proxy-mode iptables|nftables] [--procs 4] [--focus REGEX]
+#                          [--without-policyd] [--write] [--keep]
 # Sets a fresh machine up first (packages, virtualenv, Kubernetes, e2e.test, images), like the
 # test command. --write records the result in docs/conformance.md. Needs root.
 set -euo pipefail

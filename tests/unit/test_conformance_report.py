@@ -47,3 +47,6 @@ def test_document_lists_every_spec_per_configuration():
     assert "| [sig-network] Netpol b | ✓ passed 5 s | ✗ FAILED 5 s |" in text
     assert "* ptp-iptables: [sig-network] Netpol b: timedout: probe" in text
     assert Report.from_json(rep("bridge-nftables", "passed").to_json()) == rep("bridge-nftables", "passed")
+    control = rep("control-bridge", "failed")
+    text = document([rep("bridge-nftables", "passed")], [control])
+    assert "## Control run: the same specs without policyd" in text and "1 of 2 specs failed" in text
