@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from . import __version__, report
 from .backends import BACKENDS
 from .compile.evaluate import Endpoint, Evaluator
-from .compile.matrix import compute, compute_grouped, endpoint, pairs
+from .compile.matrix import compute, compute_grouped, endpoint, pairs, service_port
 from .kube.cli import RunError
 from .lab.records import LabError
 from .model.problems import InvalidInput
@@ -66,14 +66,16 @@ def world_from(args: argparse.Namespace) -> World:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     w = world_from(args)
-    if args.by == "profile":
-        g = compute_grouped(w.compile(), w.pods, args.protocol, args.port)
-        print(json.dumps(g.to_json(), indent=2) if args.output == "json" else report.grouped_table(g), end="\n" if args.output == "json" else "")
+    compiler, proto = w.compile(), args.protocol
+    if args.by == "pod" and args.output == "json":  # every pair, written as computed
+        keys, rows = pairs(compiler, w.pods, proto, args.port)
+        report.write_pairs_json(sys.stdout, proto, service_port(proto, args.port), keys, rows)
+    elif args.by == "pod":
+        print(report.matrix_table(compute(compiler, w.pods, proto, args.port)), end="")
     elif args.output == "json":
-        keys, rows = pairs(w.compile(), w.pods, args.protocol, args.port)
-        report.write_pairs_json(sys.stdout, args.protocol, args.port if args.protocol != "ICMP" else None, keys, rows)
+        print(json.dumps(compute_grouped(compiler, w.pods, proto, args.port).to_json(), indent=2))
     else:
-        print(report.matrix_table(compute(w.compile(), w.pods, args.protocol, args.port)), end="")
+        print(report.grouped_table(compute_grouped(compiler, w.pods, proto, args.port)), end="")
     return EXIT_OK
 
 

@@ -56,6 +56,11 @@ class GroupedMatrix:
         return sum(len(p) for p in self.groups.values())
 
 
+def service_port(protocol: str, port: int | None) -> int | None:
+    """The port a probe of `protocol` uses: ICMP has none."""
+    return None if protocol == "ICMP" else port
+
+
 def endpoint(pod: Pod) -> Endpoint:
     """A pod is probed at its first address (IPv4 first when dual-stack)."""
     ip = sorted(pod.ips, key=lambda a: a.version)[0]
@@ -161,9 +166,8 @@ def pairs(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int 
     """The addressable pods, and for each in turn every pod it reaches (made one row at a
     time, so that printing every pair of a large cluster need not hold them all). A pod
     always reaches itself: that traffic stays on its own loopback."""
-    port = port if protocol != "ICMP" else None
     reachable = _addressable(pods)
-    b = _Bitsets(compiler, reachable, protocol, port)
+    b = _Bitsets(compiler, reachable, protocol, service_port(protocol, port))
     keys: list[str] = [p.key for p in reachable]
     return keys, ((keys[i], [keys[j] for j in _indices(row | (1 << i))]) for i, row in enumerate(b.rows))
 
@@ -171,14 +175,14 @@ def pairs(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int 
 def compute(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int | None = 80) -> Matrix:
     """Every pair, in memory."""
     keys, rows = pairs(compiler, pods, protocol, port)
-    return Matrix(protocol, port if protocol != "ICMP" else None, keys, dict(rows))
+    return Matrix(protocol, service_port(protocol, port), keys, dict(rows))
 
 
 def compute_grouped(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int | None = 80) -> GroupedMatrix:
     """Pods with equal rows and equal columns share a group. Equal columns make every row
     constant across a group (and equal rows every column), so group-to-group verdicts are
     well defined, the group's verdict on itself included."""
-    port = port if protocol != "ICMP" else None
+    port = service_port(protocol, port)
     reachable = _addressable(pods)
     b = _Bitsets(compiler, reachable, protocol, port)
     first: dict[tuple[int, int], int] = {}  # profile → its group's number

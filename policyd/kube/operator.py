@@ -61,7 +61,9 @@ Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict[str, Any]], int | N
 
 
 class ClusterAgent:
-    """Everything the handlers and the sync loop share; all of it lives on one event loop."""
+    """Everything the handlers and the sync loop share. It lives on kopf's event loop, except
+    a sync's kernel work (AgentCore.run_once on a worker thread); the compiler is shared
+    with that thread under `lock`."""
 
     def __init__(self, settings: AgentSettings, mode: DispatchMode, backend: AnyBackend | None = None,
                  lister: Lister | None = None) -> None:
