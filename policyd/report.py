@@ -8,7 +8,8 @@ from typing import TextIO
 
 from .compile.evaluate import SideVerdict, Verdict
 from .compile.matrix import GroupedMatrix, Matrix
-from .compile.plan import AllowRule, PortMatch
+from .compile.plan import AllowRule, PortMatch, TierRule
+from .model.objects import Action
 
 YES, NO = "✓", "✗"
 
@@ -72,8 +73,10 @@ def port_text(p: PortMatch) -> str:
     return f"ports[{p.index}] ({p.protocol} {rng})"
 
 
-def rule_text(rule: AllowRule, protocol: str, port: int | None) -> str:
-    text = rule.label()
+def rule_text(rule: AllowRule | TierRule, protocol: str, port: int | None) -> str:
+    text = rule.describe() if isinstance(rule, TierRule) else rule.label()
+    if isinstance(rule, TierRule) and rule.peer_index is not None:
+        text += f", {'from' if rule.direction.value == 'ingress' else 'to'}[{rule.peer_index}]"
     if rule.peer is None:
         text += " (every peer)"
     if rule.peer is not None and getattr(rule.peer, "port_name", None):
@@ -91,16 +94,29 @@ def side_text(s: SideVerdict, protocol: str, port: int | None) -> str:
     who = f"{s.direction.value} of {s.endpoint}"
     if s.endpoint.pod is None:
         return f"  {who}: not a pod, no {s.direction.value} policy applies"
+    kind = "Ingress" if s.direction.value == "ingress" else "Egress"
     if s.plan is None:
-        kind = "Ingress" if s.direction.value == "ingress" else "Egress"
-        return f"  {who}: not isolated (no policy with {kind} in policyTypes selects it)"
-    lines = [f"  {who}: isolated by {', '.join(s.plan.policies)}"]
-    if s.plan.invalid:
-        lines.append(f"    cannot be enforced as written, allowing nothing: {', '.join(s.plan.invalid)}")
-    if s.allowed_by is not None:
-        lines.append(f"    allowed by {rule_text(s.allowed_by, protocol, port)}")
+        return f"  {who}: not isolated (no policy with {kind} in policyTypes selects it, no ClusterNetworkPolicy {s.direction.value} rule applies)"
+    lines = [f"  {who}:"]
+    if s.passed_by is not None:
+        lines.append(f"    passed on by {rule_text(s.passed_by, protocol, port)}")
+    d = s.decided_by
+    if d is not None and d.tier.value == "Admin":
+        lines.append(f"    {'accepted' if d.action is Action.ACCEPT else 'denied'} by {rule_text(d, protocol, port)}")
+        return "\n".join(lines)
+    if s.plan.isolated:
+        lines.append(f"    isolated by {', '.join(s.plan.policies)}")
+        if s.plan.invalid:
+            lines.append(f"    cannot be enforced as written, allowing nothing: {', '.join(s.plan.invalid)}")
+        if s.allowed_by is not None:
+            lines.append(f"    allowed by {rule_text(s.allowed_by, protocol, port)}")
+        else:
+            lines.append("    no rule allows this connection")
+    elif d is not None:
+        verb = {Action.ACCEPT: "accepted", Action.DENY: "denied", Action.PASS: "passed on to the default (allowed)"}[d.action]
+        lines.append(f"    no NetworkPolicy isolates it; {verb} by {rule_text(d, protocol, port)}")
     else:
-        lines.append("    no rule allows this connection")
+        lines.append("    no NetworkPolicy isolates it and no ClusterNetworkPolicy rule matches: allowed")
     return "\n".join(lines)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .compile.engine import Compiler, compile_all
 from .model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from .model.manifests import load
-from .model.objects import IPNetwork, Namespace, NetworkPolicy, Pod
+from .model.objects import ClusterNetworkPolicy, IPNetwork, Namespace, NetworkPolicy, Pod
 from .model.problems import InvalidInput
 
 
@@ -19,9 +19,10 @@ class World:
     pods: list[Pod]
     policies: list[NetworkPolicy]
     node_cidrs: dict[str, IPNetwork]
+    cluster_policies: list[ClusterNetworkPolicy] = field(default_factory=list)
 
     def compile(self, node: str | None = None) -> Compiler:
-        return compile_all(node, self.namespaces, self.pods, self.policies)
+        return compile_all(node, self.namespaces, self.pods, self.policies, self.cluster_policies)
 
     def find_pod(self, ref: str) -> Pod | None:
         ns, _, name = ref.rpartition("/")
@@ -41,4 +42,4 @@ def load_world(
     problems = m.problems + alloc.problems
     if problems:
         raise InvalidInput(problems)
-    return World(m.namespaces, alloc.pods, m.policies, alloc.nodes)
+    return World(m.namespaces, alloc.pods, m.policies, alloc.nodes, m.cluster_policies)

@@ -8,7 +8,9 @@ recomputes only what it can affect:
   and its own plan if it is local;
 * namespace relabelled → the namespace-selector sets, for that namespace's pods only;
 * policy added/changed/deleted → the plans of local pods of that namespace that the old or
-  new podSelector selects.
+  new podSelector selects;
+* ClusterNetworkPolicy added/changed/deleted → the plans of the local pods its old or new
+  subject selects (and a namespace relabelled → its local pods' plans, when any exists).
 
 `take_changes()` hands the dirty pod plans and sets to the renderer.
 """
@@ -20,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..model.events import Event, Upsert
-from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
+from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
 from ..state.store import ClusterStore
 from .changes import SetChangeLog
 from .plan import BlockSetSpec, Entry, PodPlan, PodSetSpec, SetSpec
@@ -116,10 +118,22 @@ class Compiler:
         if old is not None and old.labels == ns.labels:
             return
         self._rescope_namespace(ns.name)
+        self._replan_namespace(ns.name)
 
     def delete_namespace(self, name: str) -> None:
         if self.store.remove_namespace(name) is not None:
             self._rescope_namespace(name)
+            self._replan_namespace(name)
+
+    def upsert_cluster_policy(self, cnp: ClusterNetworkPolicy) -> None:
+        old = self.store.put_cluster_policy(cnp)
+        if old != cnp:
+            self._replan_subjects(old, cnp)
+
+    def delete_cluster_policy(self, name: str) -> None:
+        old = self.store.remove_cluster_policy(name)
+        if old is not None:
+            self._replan_subjects(old, None)
 
     def upsert_policy(self, policy: NetworkPolicy) -> None:
         old = self.store.put_policy(policy)
@@ -142,12 +156,16 @@ class Compiler:
                 self.upsert_namespace(obj)
             elif isinstance(obj, NetworkPolicy):
                 self.upsert_policy(obj)
+            elif isinstance(obj, ClusterNetworkPolicy):
+                self.upsert_cluster_policy(obj)
         elif event.kind == "Pod":
             self.delete_pod(PodKey(event.key))
         elif event.kind == "Namespace":
             self.delete_namespace(event.key)
         elif event.kind == "NetworkPolicy":
             self.delete_policy(PolicyKey(event.key))
+        elif event.kind == "ClusterNetworkPolicy":
+            self.delete_cluster_policy(event.key)
 
     def take_changes(self) -> Changes:
         out, self._changes = self._changes, Changes()
@@ -209,10 +227,31 @@ class Compiler:
         for key in sorted(keys):
             self._replan(key)
 
+    def _replan_subjects(self, old: ClusterNetworkPolicy | None, new: ClusterNetworkPolicy | None) -> None:
+        keys: set[PodKey] = set()
+        for cnp in (old, new):
+            if cnp is None:
+                continue
+            for ns in self.store.pods_by_ns:  # a namespace not (yet) known has no labels
+                if cnp.namespace_selector.matches(self.store.namespace_labels(ns)):
+                    keys.update(p.key for p in self.store.pods_matching(ns, cnp.pod_selector) if self.is_local(p))
+        for key in sorted(keys):
+            self._replan(key)
+
+    def _replan_namespace(self, name: str) -> None:
+        """A namespace's labels decide which ClusterNetworkPolicies have its pods as subject."""
+        if not self.store.cluster_policies:
+            return
+        for key in sorted(self.store.pods_by_ns.get(name, ())):
+            self._replan(key)
+
     def _replan(self, key: PodKey) -> None:
         pod = self.store.pods.get(key)
         old = self.plans.get(key)
-        new = plan_pod(pod, self.store.policies_selecting(pod)) if pod is not None and self.is_local(pod) else None
+        new = (
+            plan_pod(pod, self.store.policies_selecting(pod), self.store.cluster_policies_selecting(pod))
+            if pod is not None and self.is_local(pod) else None
+        )
         if old == new:
             return
         old_specs = old.set_specs() if old else set()
@@ -256,11 +295,14 @@ class Compiler:
                 covered.discard(spec)
 
 
-def compile_all(node: str | None, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy]) -> Compiler:
+def compile_all(node: str | None, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy],
+                cluster_policies: Iterable[ClusterNetworkPolicy] = ()) -> Compiler:
     """From scratch: namespaces, then policies, then pods (any order gives the same result)."""
     c = Compiler(node)
     for ns in namespaces:
         c.upsert_namespace(ns)
+    for cnp in cluster_policies:
+        c.upsert_cluster_policy(cnp)
     for pol in policies:
         c.upsert_policy(pol)
     for pod in pods:

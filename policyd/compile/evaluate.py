@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model.objects import Direction, IPAddress, Pod
+from ..model.objects import Action, Direction, IPAddress, Pod
 from .engine import Compiler
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, SetSpec
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, SetSpec, TierRule
 
 
 @dataclass(frozen=True)
@@ -24,16 +24,32 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class SideVerdict:
-    """One direction's check: egress of the source or ingress of the destination."""
+    """One direction's check: egress of the source or ingress of the destination, tier by
+    tier. `decided_by`: the ClusterNetworkPolicy rule that accepted or denied (Admin, or
+    Baseline for pods no NetworkPolicy isolates); `passed_by`: an Admin Pass rule that
+    handed the decision on; `allowed_by`: the NetworkPolicy rule that allowed."""
 
     direction: Direction
     endpoint: Endpoint
-    plan: DirectionPlan | None  # None: not isolated in this direction (or not a pod)
+    plan: DirectionPlan | None  # None: no policy of any tier selects it in this direction
     allowed_by: AllowRule | None
+    decided_by: TierRule | None = None
+    passed_by: TierRule | None = None
 
     @property
     def allowed(self) -> bool:
-        return self.plan is None or self.allowed_by is not None
+        if self.decided_by is not None:
+            return self.decided_by.action is not Action.DENY
+        if self.plan is None or not self.plan.isolated:
+            return True  # "the default kubernetes policy ... all pods can communicate"
+        return self.allowed_by is not None
+
+    @property
+    def tier(self) -> str:
+        """Which tier decided: Admin, NetworkPolicy, Baseline, or none (allowed by default)."""
+        if self.decided_by is not None:
+            return self.decided_by.tier.value
+        return "NetworkPolicy" if self.plan is not None and self.plan.isolated else "none"
 
 
 @dataclass(frozen=True)
@@ -61,7 +77,7 @@ class Evaluator:
             got = self._entries[spec] = self.compiler.set_entries(spec)
         return got
 
-    def rule_matches(self, rule: AllowRule, peer_ip: IPAddress, protocol: str, port: int | None) -> bool:
+    def rule_matches(self, rule: AllowRule | TierRule, peer_ip: IPAddress, protocol: str, port: int | None) -> bool:
         spec = rule.peer
         if isinstance(spec, BlockSetSpec):
             if not spec.block.contains(peer_ip):
@@ -80,10 +96,23 @@ class Evaluator:
         plan = None
         if endpoint.pod is not None and endpoint.pod.key in self.compiler.plans:
             plan = self.compiler.plans[endpoint.pod.key].direction(direction)
-        allowed_by = None
-        if plan is not None:
+        if plan is None:
+            return SideVerdict(direction, endpoint, None, None)
+        passed = None
+        for r in plan.admin:
+            if self.rule_matches(r, peer_ip, protocol, port):
+                if r.action is Action.PASS:  # "Skips all further ClusterNetworkPolicy rules in the current tier"
+                    passed = r
+                    break
+                return SideVerdict(direction, endpoint, plan, None, r)  # Accept or Deny: final
+        if plan.isolated:  # "v1.NetworkPolicy always makes a final decision for selected pods"
             allowed_by = next((r for r in plan.rules if self.rule_matches(r, peer_ip, protocol, port)), None)
-        return SideVerdict(direction, endpoint, plan, allowed_by)
+            return SideVerdict(direction, endpoint, plan, allowed_by, None, passed)
+        for r in plan.baseline:
+            if self.rule_matches(r, peer_ip, protocol, port):
+                # Accept or Deny is final; a Pass here goes on to the default: allowed.
+                return SideVerdict(direction, endpoint, plan, None, r, passed)
+        return SideVerdict(direction, endpoint, plan, None, None, passed)
 
     def verdict(self, src: Endpoint, dst: Endpoint, protocol: str = "TCP", port: int | None = 80) -> Verdict:
         if protocol == "ICMP":

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..model.objects import Direction, IPAddress, Pod
+from ..model.objects import Action, Direction, IPAddress, Pod
 from .engine import Compiler
 from .evaluate import Endpoint
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, SetSpec, addresses, named_ports
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, SetSpec, TierRule, addresses, named_ports
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,33 @@ class _Bitsets:
             return self.everyone
         got = self._plan_bits.get(plan)
         if got is None:
-            got = 0
-            for rule in plan.rules:
-                got |= self._rule(rule)
-            self._plan_bits[plan] = got
+            got = self._plan_bits[plan] = self._tiers(plan)
         return got
 
-    def _rule(self, rule: AllowRule) -> int:
+    def _tiers(self, plan: DirectionPlan) -> int:
+        """Evaluator.side for every peer at once: `open` holds the peers no tier decided yet."""
+        allowed, open_, passed = 0, self.everyone, 0
+        for r in plan.admin:
+            hit = self._rule(r) & open_
+            open_ &= ~hit
+            if r.action is Action.ACCEPT:
+                allowed |= hit
+            elif r.action is Action.PASS:
+                passed |= hit
+        open_ |= passed
+        if plan.isolated:
+            np = 0
+            for rule in plan.rules:
+                np |= self._rule(rule)
+            return allowed | (open_ & np)
+        for r in plan.baseline:
+            hit = self._rule(r) & open_
+            open_ &= ~hit
+            if r.action is not Action.DENY:  # Accept, or Pass on to the default
+                allowed |= hit
+        return allowed | open_
+
+    def _rule(self, rule: AllowRule | TierRule) -> int:
         """Evaluator.rule_matches for every pod at once."""
         if rule.ports is not None and (self.port is None or not any(m.matches(self.protocol, self.port) for m in rule.ports)):
             return 0

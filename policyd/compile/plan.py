@@ -10,7 +10,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ..model.objects import Direction, IPAddress, IPBlock, IPNetwork, PodKey, PolicyKey
+from ..model.objects import Action, Direction, IPAddress, IPBlock, IPNetwork, PodKey, PolicyKey, Tier
 from ..model.selectors import LabelSelector, stable_hash
 
 
@@ -126,13 +126,62 @@ class AllowRule:
 
 
 @dataclass(frozen=True)
+class TierRule:
+    """One peer of one ClusterNetworkPolicy rule, with its action. `peer` None = every peer;
+    `ports` None = all traffic (every protocol, ICMP included). `peer_index` None: the
+    whole rule, denied as the API's fail-closed reading of a rule or policy it cannot
+    enforce (`failed` says why)."""
+
+    tier: Tier
+    policy: str
+    priority: int
+    direction: Direction
+    rule_index: int | None
+    peer_index: int | None
+    action: Action
+    peer: SetSpec | None
+    ports: tuple[PortMatch, ...] | None
+    rule_name: str = ""
+    failed: str = ""
+
+    def label(self) -> str:
+        """`Admin:deny-secrets egress[1] to[0] Deny` (the rule's free-text name is not here:
+        it reaches no kernel comment)."""
+        peers = "from" if self.direction is Direction.INGRESS else "to"
+        where = f"{self.direction.value}[{self.rule_index}]" if self.rule_index is not None else self.direction.value
+        if self.peer_index is not None:
+            where += f" {peers}[{self.peer_index}]"
+        return f"{self.tier.value}:{self.policy} {where} {self.action.value}"
+
+    def describe(self) -> str:
+        """For humans: `Admin ClusterNetworkPolicy deny-secrets, egress rule 1 'deny-all'`."""
+        text = f"{self.tier.value} ClusterNetworkPolicy {self.policy}"
+        if self.rule_index is not None:
+            text += f", {self.direction.value} rule {self.rule_index}"
+            if self.rule_name:
+                text += f" {self.rule_name!r}"
+        if self.failed:
+            text += f" (fails closed: {self.failed})"
+        return text
+
+
+@dataclass(frozen=True)
 class DirectionPlan:
-    """Isolation in one direction: the isolating policies and the union of their rules."""
+    """One direction of one pod, tier by tier: the Admin tier's rules in order, then the
+    NetworkPolicies that isolate the pod and the union of their allow rules, then the
+    Baseline tier's rules in order. A pod no policy of any tier selects has no plan."""
 
     policies: tuple[PolicyKey, ...]
     rules: tuple[AllowRule, ...]
     # Policies that could not be interpreted: they isolate, and allow nothing.
     invalid: tuple[PolicyKey, ...] = ()
+    admin: tuple[TierRule, ...] = ()
+    baseline: tuple[TierRule, ...] = ()
+
+    @property
+    def isolated(self) -> bool:
+        """Isolated by NetworkPolicy: what the Admin tier leaves or passes, only their rules allow."""
+        return bool(self.policies)
 
 
 @dataclass(frozen=True)
@@ -149,5 +198,6 @@ class PodPlan:
         out: set[SetSpec] = set()
         for dp in (self.ingress, self.egress):
             if dp is not None:
-                out.update(r.peer for r in dp.rules if r.peer is not None)
+                for rules in (dp.rules, dp.admin, dp.baseline):
+                    out.update(r.peer for r in rules if r.peer is not None)
         return out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from ..model.objects import Direction, NetworkPolicy, Peer, Pod, PolicyPort
+from collections.abc import Sequence
+
+from ..model.objects import PROTOCOLS, Action, ClusterNetworkPolicy, CNPPeer, CNPRule, Direction, IPBlock, NetworkPolicy, Peer, Pod, PolicyPort, Tier
 from ..model.selectors import MATCH_ALL
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, PodPlan, PodSetSpec, PortMatch, SetSpec
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule
 
 
 def peer_spec(policy: NetworkPolicy, peer: Peer) -> SetSpec:
@@ -69,12 +71,82 @@ def direction_rules(policy: NetworkPolicy, direction: Direction, pod: Pod) -> li
     return rules
 
 
-def plan_pod(pod: Pod, policies: list[NetworkPolicy]) -> PodPlan:
-    """`policies` are those of the pod's namespace whose podSelector matches the pod."""
+def cnp_peer_specs(peer: CNPPeer) -> list[SetSpec]:
+    """A ClusterNetworkPolicy peer's address sets (none for a peer policyd does not enforce)."""
+    if peer.networks:
+        # "Networks matches both regular IP traffic and ICMP traffic to/from the specified CIDRs."
+        return [BlockSetSpec(IPBlock(net)) for net in peer.networks]
+    if peer.pod_selector is None or peer.namespace_selector is None:
+        return []
+    # "Pods defines a way to select a set of pods in a set of namespaces"; host-network pods
+    # are in no address set (Pod.addressable).
+    return [PodSetSpec(peer.pod_selector, namespace_selector=peer.namespace_selector)]
+
+
+def cnp_rule_entries(cnp: ClusterNetworkPolicy, direction: Direction, ri: int, rule: CNPRule, pod: Pod) -> list[TierRule]:
+    def entry(pi: int | None, peer: SetSpec | None, ports: tuple[PortMatch, ...] | None, action: Action = rule.action,
+              failed: str = "") -> TierRule:
+        return TierRule(cnp.tier, cnp.name, cnp.priority, direction, ri, pi, action, peer, ports, rule.name, failed)
+
+    out: list[TierRule] = []
+    # "If unspecified, protocol-specific attributes will not be used to match traffic."
+    numeric: tuple[PortMatch, ...] | None = None
+    named: list[tuple[int, str]] = []
+    if rule.protocols:
+        found: list[PortMatch] = []
+        for i, p in enumerate(rule.protocols):
+            if p.named_port is None:
+                found.append(PortMatch(p.protocol or "TCP", p.first, p.last, i))
+            elif direction is Direction.INGRESS:
+                # The destination is this pod: "selects a destination port on a pod based on
+                # the ContainerPort name", whatever its protocol.
+                found += [PortMatch(cp.protocol, cp.port, cp.port, i) for cp in pod.ports if cp.name == p.named_port]
+            else:
+                named.append((i, p.named_port))
+        numeric = tuple(found)
+    for pi, peer in enumerate(rule.peers):
+        if peer.unsupported is not None:
+            # "For "Accept" rules, "fail closed" means: "treat the rule as matching no
+            # traffic". For "Deny" and "Pass" rules, [it] means: "treat the rule as a 'Deny
+            # all' rule"."
+            if rule.action is not Action.ACCEPT:
+                out.append(entry(pi, None, None, Action.DENY, f"{peer.unsupported} are not supported"))
+            continue
+        for spec in cnp_peer_specs(peer):
+            if numeric is None or numeric:
+                out.append(entry(pi, spec, numeric))
+            for _, name in named:
+                assert isinstance(spec, PodSetSpec)  # validation refuses named ports with networks
+                for proto in PROTOCOLS:  # the container port's own protocol decides
+                    out.append(entry(pi, PodSetSpec(spec.pod_selector, None, spec.namespace_selector, name, proto), None))
+    return out
+
+
+def cnp_direction_rules(cnp: ClusterNetworkPolicy, direction: Direction, pod: Pod) -> list[TierRule]:
+    if cnp.invalid:
+        # A policy that failed validation denies all its subject's traffic, both ways.
+        return [TierRule(cnp.tier, cnp.name, cnp.priority, direction, None, None, Action.DENY, None, None,
+                         failed="the policy is invalid: " + "; ".join(cnp.invalid))]
+    return [e for ri, r in enumerate(cnp.rules(direction)) for e in cnp_rule_entries(cnp, direction, ri, r, pod)]
+
+
+def tier_rules(cnps: Sequence[ClusterNetworkPolicy], tier: Tier, direction: Direction, pod: Pod) -> tuple[TierRule, ...]:
+    """A tier's rules in evaluation order: "Policies with lower priority values have higher
+    precedence"; rules in written order. Equal priorities are ordered by name ("the
+    implementation can apply any of the matching policies")."""
+    ordered = sorted((c for c in cnps if c.tier is tier), key=lambda c: (c.priority, c.name))
+    return tuple(r for c in ordered for r in cnp_direction_rules(c, direction, pod))
+
+
+def plan_pod(pod: Pod, policies: list[NetworkPolicy], cluster_policies: Sequence[ClusterNetworkPolicy] = ()) -> PodPlan:
+    """`policies` are those of the pod's namespace whose podSelector matches the pod;
+    `cluster_policies` the ClusterNetworkPolicies whose subject is the pod."""
     dirs: dict[Direction, DirectionPlan | None] = {}
     for d in Direction:
         isolating = [p for p in policies if d in p.policy_types]
-        if not isolating:
+        admin = tier_rules(cluster_policies, Tier.ADMIN, d, pod)
+        baseline = tier_rules(cluster_policies, Tier.BASELINE, d, pod)
+        if not isolating and not admin and not baseline:
             dirs[d] = None  # "isolation in one direction does not touch the other"
             continue
         rules = [r for p in isolating for r in direction_rules(p, d, pod)]
@@ -82,5 +154,8 @@ def plan_pod(pod: Pod, policies: list[NetworkPolicy]) -> PodPlan:
             policies=tuple(p.key for p in isolating),
             rules=tuple(rules),
             invalid=tuple(p.key for p in isolating if p.invalid),
+            admin=admin,
+            # "Further evaluation only happens for Pods not selected by a v1.NetworkPolicy."
+            baseline=baseline if not isolating else (),
         )
     return PodPlan(pod.key, pod.ips, dirs[Direction.INGRESS], dirs[Direction.EGRESS])

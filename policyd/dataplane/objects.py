@@ -33,12 +33,14 @@ Elements = frozenset[Elem] | LiveElements
 
 class RuleBody(TypedDict, total=False):
     """One rule as its backend writes it. nftables: `expr`, libnftables JSON expressions;
-    iptables: `match` (its arguments before `-j`), `target` and `family` (4, 6, or 0 for
-    both). Either: `comment`, whose end carries the chain's digest in a chain's last rule."""
+    iptables: `match` (its arguments before `-j`), `target`, `goto` (`-g target`, not `-j`)
+    and `family` (4, 6, or 0 for both). Either: `comment`, whose end carries the chain's
+    digest in a chain's last rule."""
 
     expr: list[dict[str, Any]]
     match: str
     target: str
+    goto: bool
     family: int
     comment: str
 

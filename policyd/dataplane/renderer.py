@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
-from ..compile.plan import DirectionPlan, Entry, PodPlan, SetSpec
-from ..model.objects import Direction, IPAddress
+from ..compile.plan import AllowRule, DirectionPlan, Entry, PodPlan, SetSpec, TierRule
+from ..model.objects import Action, Direction, IPAddress
 from .config import DispatchMode, RenderConfig, valid_ifname
 from .objects import ChainDef, Elem, MapDef, SetDef
 
@@ -49,16 +50,55 @@ def drop_reason(pod_key: str, direction: Direction, plan: DirectionPlan) -> str:
     return f"{pod_key} {direction.value}: isolated by {n} polic{'y' if n == 1 else 'ies'}, no rule allows"
 
 
+class Verdict(Enum):
+    """What a pod chain's rule does, before a backend spells it."""
+
+    RETURN = "return"  # this direction allows: back to the base chain (the other direction is next)
+    DROP = "drop"
+    PASS = "pass"  # on to the pass chain: NetworkPolicy, then Baseline (nftables and iptables `goto`)
+
+
+VERDICTS = {Action.ACCEPT: Verdict.RETURN, Action.DENY: Verdict.DROP, Action.PASS: Verdict.PASS}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rule of a pod chain: `rule` None matches everything."""
+
+    rule: AllowRule | TierRule | None
+    verdict: Verdict
+    comment: str
+
+
+def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan) -> tuple[list[Step], list[Step] | None]:
+    """A pod's chain in one direction, tier by tier, and its pass chain (None when no Admin
+    rule passes: then the NetworkPolicy and Baseline steps follow inline). First match wins:
+    Admin rules in order (Accept returns, Deny drops, Pass goes to the pass chain); then, when
+    NetworkPolicies isolate the pod, their allow rules and a final drop; else the Baseline
+    rules in order (Pass, like Accept, ends at the default) and a final return."""
+    admin = [Step(r, VERDICTS[r.action], r.label()) for r in plan.admin]
+    if plan.isolated:
+        rest = [Step(r, Verdict.RETURN, r.label()) for r in plan.rules]
+        rest.append(Step(None, Verdict.DROP, drop_reason(pod_key, direction, plan)))
+    else:
+        rest = [Step(r, Verdict.DROP if r.action is Action.DENY else Verdict.RETURN, r.label()) for r in plan.baseline]
+        rest.append(Step(None, Verdict.RETURN, f"{pod_key} {direction.value}: no policy decided, allowed"))
+    if any(s.verdict is Verdict.PASS for s in admin):
+        return [*admin, Step(None, Verdict.PASS, f"{pod_key} {direction.value}: on to NetworkPolicy and Baseline")], rest
+    return admin + rest, None
+
+
 def pod_objects(
     plan: PodPlan,
     cfg: RenderConfig,
     ifname: str | None,
-    chain: Callable[[str, Direction, DirectionPlan], ChainDef],
+    chain: Callable[[str, Direction, DirectionPlan], list[ChainDef]],
     dispatch: Callable[[Direction, str], str],
     spoof: Callable[[str, tuple[IPAddress, ...]], list[tuple[str, Elem]]],
 ) -> PodObjects:
-    """One local pod's contribution, the same for every backend: a chain per isolated
-    direction, a dispatch entry per chain (keyed by the host-side interface, or by each
+    """One local pod's contribution, the same for every backend: the chains of each
+    direction a policy selects it in (`chain` returns the one to dispatch to first), a
+    dispatch entry per direction (keyed by the host-side interface, or by each
     address in address mode, in the map `dispatch(direction, "if" | "v4" | "v6")`), and the
     anti-spoofing entries `spoof(interface, addresses)` (interface mode)."""
     chains: list[ChainDef] = []
@@ -68,8 +108,9 @@ def pod_objects(
         dp = plan.direction(direction)
         if dp is None:
             continue
-        c = chain(plan.pod, direction, dp)
-        chains.append(c)
+        made = chain(plan.pod, direction, dp)
+        chains.extend(made)
+        c = made[0]
         if cfg.mode is DispatchMode.INTERFACE:
             if iface is not None:
                 entries.append((dispatch(direction, "if"), iface, c.name))

@@ -30,12 +30,12 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, addresses, named_ports
+from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule, addresses, named_ports
 from ..dataplane.backend import OWNER_MARK
 from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
-from ..dataplane.renderer import PodObjects, addr_text, drop_reason, pod_objects
+from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
 
@@ -82,8 +82,9 @@ class Names:
                 out[self.dispatch(d, f"v{f}")] = MapDef(self.dispatch(d, f"v{f}"), f"ipv{f}_addr")
         return out
 
-    def pod_chain(self, pod_key: str, direction: Direction) -> str:
-        kind = "IN" if direction is Direction.INGRESS else "OUT"
+    def pod_chain(self, pod_key: str, direction: Direction, passed: bool = False) -> str:
+        """`<P>-IN-<hash12>`; `<P>-INP-<hash12>`: where an Admin Pass goes."""
+        kind = ("IN" if direction is Direction.INGRESS else "OUT") + ("P" if passed else "")
         return f"{self.chain_prefix}{kind}-{stable_hash(pod_key, length=12)}"
 
     def spec_set(self, spec: SetSpec, family: int) -> str:
@@ -202,8 +203,18 @@ class IptRenderer:
 
     # pods
 
-    def allow_rules(self, r: AllowRule) -> list[RuleBody]:
-        """One AllowRule → rules that RETURN (allow) when they match."""
+    def step_rules(self, step: Step, pass_chain: str) -> list[RuleBody]:
+        """One chain step → rules ending in its verdict (a Pass is `-g`: goto, so that the
+        pass chain's RETURN goes back to the base chain, as this chain's would)."""
+        target = pass_chain if step.verdict is Verdict.PASS else step.verdict.value.upper()
+        bodies = [rule("", target, step.comment)] if step.rule is None else self.match_rules(step.rule, target)
+        if step.verdict is Verdict.PASS:
+            for b in bodies:
+                b["goto"] = True
+        return bodies
+
+    def match_rules(self, r: AllowRule | TierRule, target: str) -> list[RuleBody]:
+        """A rule's peer and ports → rules with `target` when they match."""
         side = "src" if r.direction is Direction.INGRESS else "dst"
         peers: list[tuple[int, str]] = [(0, "")]
         spec = r.peer
@@ -211,14 +222,15 @@ class IptRenderer:
             flags = f"{side},{side}" if isinstance(spec, PodSetSpec) and spec.port_name else side
             peers = [(fam, f"-m set --match-set {self.names.spec_set(spec, fam)} {flags}") for fam in family_sets(spec)]
         ports = [""] if r.ports is None else port_matches(r.ports)
-        return [rule(" ".join(x for x in (pm, peer) if x), "RETURN", r.label(), fam) for fam, peer in peers for pm in ports]
+        return [rule(" ".join(x for x in (pm, peer) if x), target, r.label(), fam) for fam, peer in peers for pm in ports]
 
-    def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> ChainDef:
-        rules: list[RuleBody] = []
-        for r in plan.rules:
-            rules.extend(self.allow_rules(r))
-        rules.append(rule("", "DROP", drop_reason(pod_key, direction, plan)))
-        return ChainDef.build(self.names.pod_chain(pod_key, direction), rules)
+    def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> list[ChainDef]:
+        main, passed = direction_steps(pod_key, direction, plan)
+        pass_name = self.names.pod_chain(pod_key, direction, passed=True)
+        chains = [ChainDef.build(self.names.pod_chain(pod_key, direction), [b for s in main for b in self.step_rules(s, pass_name)])]
+        if passed is not None:
+            chains.append(ChainDef.build(pass_name, [b for s in passed for b in self.step_rules(s, pass_name)]))
+        return chains
 
     def pod(self, plan: PodPlan, ifname: str | None) -> PodObjects:
         cfg, n = self.cfg, self.names

@@ -72,7 +72,7 @@ def rule_line(chain: str, r: RuleBody) -> str:
         parts.append(r["match"])
     if r["comment"]:
         parts.append(f'-m comment --comment "{r["comment"]}"')
-    parts.append(f"-j {r['target']}")
+    parts.append(f"-{'g' if r.get('goto') else 'j'} {r['target']}")
     return " ".join(parts)
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from .objects import KubeObject
 
-Kind = Literal["Namespace", "Pod", "NetworkPolicy", "Node"]
+Kind = Literal["Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy", "Node"]
 
 
 def kind_of(obj: KubeObject) -> Kind:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .objects import KubeObject, Namespace, NetworkPolicy, Node, Pod
+from .objects import ClusterNetworkPolicy, KubeObject, Namespace, NetworkPolicy, Node, Pod
 from .parse import Context, parse_namespace, parse_object
 from .problems import Problem
 from .selectors import stable_hash
@@ -27,6 +27,7 @@ class Manifests:
     namespaces: list[Namespace] = field(default_factory=list)
     pods: list[Pod] = field(default_factory=list)
     policies: list[NetworkPolicy] = field(default_factory=list)
+    cluster_policies: list[ClusterNetworkPolicy] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
@@ -37,6 +38,8 @@ class Manifests:
             self.pods.append(obj)
         elif isinstance(obj, NetworkPolicy):
             self.policies.append(obj)
+        elif isinstance(obj, ClusterNetworkPolicy):
+            self.cluster_policies.append(obj)
         else:
             self.nodes.append(obj)
 
@@ -198,7 +201,8 @@ def load(paths: Iterable[str | Path]) -> Manifests:
 
 
 def check_duplicates(m: Manifests) -> None:
-    objects: list[tuple[str, list[Any]]] = [("Namespace", m.namespaces), ("Pod", m.pods), ("NetworkPolicy", m.policies), ("Node", m.nodes)]
+    objects: list[tuple[str, list[Any]]] = [("Namespace", m.namespaces), ("Pod", m.pods), ("NetworkPolicy", m.policies),
+                                             ("ClusterNetworkPolicy", m.cluster_policies), ("Node", m.nodes)]
     for kind, objs in objects:
         seen: set[str] = set()
         for o in objs:

@@ -141,5 +141,80 @@ class Node:
     pod_cidrs: tuple[IPNetwork, ...] = ()
 
 
+class Tier(str, Enum):
+    """A ClusterNetworkPolicy's tier: Admin before NetworkPolicy, Baseline after it."""
+
+    ADMIN = "Admin"
+    BASELINE = "Baseline"
+
+
+class Action(str, Enum):
+    """What a ClusterNetworkPolicy rule does with the traffic it matches."""
+
+    ACCEPT = "Accept"  # final for this direction (the other direction still applies)
+    DENY = "Deny"  # final: dropped
+    PASS = "Pass"  # skip the rest of this tier
+
+
+@dataclass(frozen=True)
+class CNPPeer:
+    """One `from`/`to` entry of a ClusterNetworkPolicy rule: pods (namespace AND pod
+    selector; `namespaces` is the pod selector that matches everything), or networks.
+    `unsupported` names a peer policyd does not enforce (nodes, domainNames, or one with no
+    field it knows): the rule then fails closed as the API documents."""
+
+    namespace_selector: LabelSelector | None = None
+    pod_selector: LabelSelector | None = None
+    networks: tuple[IPNetwork, ...] = ()
+    unsupported: str | None = None
+
+
+@dataclass(frozen=True)
+class CNPPort:
+    """One `protocols[]` entry: a protocol with a port or range, or a destination named port
+    (any protocol: the container port's own)."""
+
+    protocol: str | None
+    first: int | None = None
+    last: int | None = None
+    named_port: str | None = None
+
+
+@dataclass(frozen=True)
+class CNPRule:
+    """protocols empty: every protocol and port (ICMP included)."""
+
+    action: Action
+    peers: tuple[CNPPeer, ...]
+    protocols: tuple[CNPPort, ...] = ()
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterNetworkPolicy:
+    """policy.networking.k8s.io ClusterNetworkPolicy. The subject is pods whose namespace
+    matches `namespace_selector` and whose labels match `pod_selector` (`subject.namespaces`
+    is the pod selector matching everything); host-network pods are never subjects."""
+
+    name: str
+    tier: Tier
+    priority: int
+    namespace_selector: LabelSelector
+    pod_selector: LabelSelector
+    ingress: tuple[CNPRule, ...] = ()
+    egress: tuple[CNPRule, ...] = ()
+    # Failed validation: it denies all traffic of its subject, both ways, at its tier and
+    # priority (as the API's "fail closed" for rules it cannot read).
+    invalid: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+    def rules(self, direction: Direction) -> tuple[CNPRule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+
 # Every kind policyd reads.
-KubeObject = Namespace | Pod | NetworkPolicy | Node
+KubeObject = Namespace | Pod | NetworkPolicy | ClusterNetworkPolicy | Node

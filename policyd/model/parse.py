@@ -486,6 +486,11 @@ PARSERS: dict[tuple[str, str], Callable[[Context, dict[str, Any]], KubeObject]] 
     ("networking.k8s.io/v1", "NetworkPolicy"): parse_policy,
 }
 
+# ClusterNetworkPolicy's parser builds on the helpers above, so it is registered here.
+from .parse_cnp import GROUP, VERSIONS, parse_cluster_policy  # noqa: E402
+
+PARSERS.update({(f"{GROUP}/{v}", "ClusterNetworkPolicy"): parse_cluster_policy for v in VERSIONS})
+
 
 def parse_object(obj: Any, source: str, doc: int | None, live: bool = False) -> tuple[KubeObject | None, list[Problem]]:
     """One API object → (value, problems). Unsupported kinds are a problem, not ignored.

@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, addresses, named_ports
+from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule, addresses, named_ports
 from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import FAMILIES, DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
-from ..dataplane.renderer import PodObjects, addr_text, drop_reason, pod_objects
+from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
 
@@ -39,10 +39,11 @@ def set_name(spec: SetSpec, family: int) -> str:
     return f"{prefix}-{spec.digest}-v{family}"
 
 
-def pod_chain_name(pod_key: str, direction: Direction) -> str:
-    """`pod-in-<hash8>-<ns>/<pod>`: a `/` never occurs in Kubernetes names, so ownership is a
-    pattern test; the hash keeps truncated names unique (nft caps names at 256)."""
-    kind = "in" if direction is Direction.INGRESS else "out"
+def pod_chain_name(pod_key: str, direction: Direction, passed: bool = False) -> str:
+    """`pod-in-<hash8>-<ns>/<pod>` (`pod-inpass-…`: where an Admin Pass goes): a `/` never
+    occurs in Kubernetes names, so ownership is a pattern test; the hash keeps truncated
+    names unique (nft caps names at 256)."""
+    kind = ("in" if direction is Direction.INGRESS else "out") + ("pass" if passed else "")
     return f"pod-{kind}-{stable_hash(pod_key, length=8)}-{pod_key}"[:240]
 
 
@@ -127,8 +128,19 @@ def port_terms(ports: tuple[PortMatch, ...]) -> list[list[dict[str, Any]]]:
     return terms
 
 
-def allow_rules(rule: AllowRule) -> list[RuleBody]:
-    """One AllowRule → nft rule bodies that `return` (allow) when they match."""
+def step_rules(step: Step, pass_chain: str) -> list[RuleBody]:
+    """One chain step → nft rule bodies ending in its verdict (`goto` the pass chain: when
+    that chain returns, it returns to the base chain, as this one would)."""
+    verdict: dict[str, Any] = (
+        {"goto": {"target": pass_chain}} if step.verdict is Verdict.PASS else {step.verdict.value: None}
+    )
+    if step.rule is None:
+        return [{"expr": [verdict], "comment": step.comment[:COMMENT_MAX]}]
+    return match_rules(step.rule, verdict)
+
+
+def match_rules(rule: AllowRule | TierRule, verdict: dict[str, Any]) -> list[RuleBody]:
+    """A rule's peer and ports → nft rule bodies with `verdict` when they match."""
     addr_field = "saddr" if rule.direction is Direction.INGRESS else "daddr"
     peer_terms: list[list[dict[str, Any]]] = []
     spec = rule.peer
@@ -147,16 +159,17 @@ def allow_rules(rule: AllowRule) -> list[RuleBody]:
     out: list[RuleBody] = []
     for pt in peer_terms:
         for ports in port_alts:
-            out.append({"expr": [*pt, *ports, {"return": None}], "comment": comment})
+            out.append({"expr": [*pt, *ports, verdict], "comment": comment})
     return out
 
 
-def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan) -> ChainDef:
-    rules: list[RuleBody] = []
-    for r in plan.rules:
-        rules.extend(allow_rules(r))
-    rules.append({"expr": [{"drop": None}], "comment": drop_reason(pod_key, direction, plan)[:COMMENT_MAX]})
-    return ChainDef.build(pod_chain_name(pod_key, direction), rules)
+def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan) -> list[ChainDef]:
+    main, passed = direction_steps(pod_key, direction, plan)
+    pass_name = pod_chain_name(pod_key, direction, passed=True)
+    chains = [ChainDef.build(pod_chain_name(pod_key, direction), [b for s in main for b in step_rules(s, pass_name)])]
+    if passed is not None:
+        chains.append(ChainDef.build(pass_name, [b for s in passed for b in step_rules(s, pass_name)]))
+    return chains
 
 
 # --- per pod ------------------------------------------------------------------------------

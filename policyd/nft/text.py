@@ -41,6 +41,8 @@ def expr(e: dict[str, Any]) -> str:
         return f"{value(body['left'])} {op}{value(body['right'])}"
     if kind == "vmap":
         return f"{value(body['key'])} vmap {body['data']}"
+    if kind in ("goto", "jump"):
+        return f"{kind} {body['target']}"
     return kind  # accept, drop, return
 
 

@@ -55,7 +55,7 @@ class ManifestDirSource:
             self.problems[name] = m.problems
             return None
         self.problems.pop(name, None)
-        objs: list[KubeObject] = [*m.namespaces, *m.pods, *m.policies, *m.nodes]
+        objs: list[KubeObject] = [*m.namespaces, *m.pods, *m.policies, *m.cluster_policies, *m.nodes]
         return {(kind_of(o), key_of(o)): o for o in objs}
 
     def poll(self) -> list[Event]:

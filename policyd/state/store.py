@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..model.objects import Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
+from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
 from ..model.selectors import LabelSelector
 
 
@@ -17,6 +17,10 @@ class ClusterStore:
         self.policies: dict[PolicyKey, NetworkPolicy] = {}
         self.pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
         self.policies_by_ns: dict[str, set[PolicyKey]] = defaultdict(set)
+        self.cluster_policies: dict[str, ClusterNetworkPolicy] = {}
+        # namespace → the ClusterNetworkPolicies whose subject's namespace selector matches
+        # it (filled on demand; dropped when a namespace or a cluster policy changes).
+        self._cnps_by_ns: dict[str, list[ClusterNetworkPolicy]] = {}
         # (namespace, label key, label value) → pods: narrows equality selectors.
         self._by_label: dict[tuple[str, str, str], set[PodKey]] = defaultdict(set)
 
@@ -50,10 +54,24 @@ class ClusterStore:
     def put_namespace(self, ns: Namespace) -> Namespace | None:
         old = self.namespaces.get(ns.name)
         self.namespaces[ns.name] = ns
+        self._cnps_by_ns.pop(ns.name, None)
         return old
 
     def remove_namespace(self, name: str) -> Namespace | None:
+        self._cnps_by_ns.pop(name, None)
         return self.namespaces.pop(name, None)
+
+    def put_cluster_policy(self, cnp: ClusterNetworkPolicy) -> ClusterNetworkPolicy | None:
+        old = self.cluster_policies.get(cnp.name)
+        self.cluster_policies[cnp.name] = cnp
+        self._cnps_by_ns.clear()
+        return old
+
+    def remove_cluster_policy(self, name: str) -> ClusterNetworkPolicy | None:
+        old = self.cluster_policies.pop(name, None)
+        if old is not None:
+            self._cnps_by_ns.clear()
+        return old
 
     def put_policy(self, policy: NetworkPolicy) -> NetworkPolicy | None:
         old = self.policies.get(policy.key)
@@ -87,6 +105,17 @@ class ClusterStore:
             candidates = self.pods_by_ns.get(namespace, set())
         pods = (self.pods[k] for k in candidates)
         return [p for p in pods if selector.matches(p.labels)]
+
+    def cluster_policies_selecting(self, pod: Pod) -> list[ClusterNetworkPolicy]:
+        """The ClusterNetworkPolicies whose subject is `pod`, by name (host-network pods
+        are never subjects; the caller compiles only addressable pods)."""
+        in_ns = self._cnps_by_ns.get(pod.namespace)
+        if in_ns is None:
+            labels = self.namespace_labels(pod.namespace)
+            in_ns = self._cnps_by_ns[pod.namespace] = sorted(
+                (c for c in self.cluster_policies.values() if c.namespace_selector.matches(labels)), key=lambda c: c.name
+            )
+        return [c for c in in_ns if c.pod_selector.matches(pod.labels)]
 
     def policies_selecting(self, pod: Pod) -> list[NetworkPolicy]:
         out = []
