@@ -104,13 +104,14 @@ def cnp_rule_entries(cnp: ClusterNetworkPolicy, direction: Direction, ri: int, r
             else:
                 named.append((i, p.named_port))
         numeric = tuple(found)
+    unsupported = next((p.unsupported for p in rule.peers if p.unsupported is not None), None)
+    if unsupported is not None and rule.action is not Action.ACCEPT:
+        # "For "Accept" rules, "fail closed" means: "treat the rule as matching no traffic".
+        # For "Deny" and "Pass" rules, "fail closed" means: "treat the rule as a 'Deny all'
+        # rule"." (Accept: the peers policyd knows still match, the unknown one matches nothing.)
+        return [entry(None, None, None, Action.DENY, f"{unsupported} are not supported")]
     for pi, peer in enumerate(rule.peers):
         if peer.unsupported is not None:
-            # "For "Accept" rules, "fail closed" means: "treat the rule as matching no
-            # traffic". For "Deny" and "Pass" rules, [it] means: "treat the rule as a 'Deny
-            # all' rule"."
-            if rule.action is not Action.ACCEPT:
-                out.append(entry(pi, None, None, Action.DENY, f"{peer.unsupported} are not supported"))
             continue
         for spec in cnp_peer_specs(peer):
             if numeric is None or numeric:

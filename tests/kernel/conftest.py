@@ -85,19 +85,27 @@ class KernelCluster:
         self.agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", mode, backend=backend)
         self.agent.load(m.namespaces, self.pods.values(), [])
         self.policies: dict[str, object] = {}
+        self.cluster_policies: dict[str, object] = {}
         self.sync()
 
     def sync(self, full: bool = False):
         return self.agent.sync(full)
 
     def apply(self, *docs: str):
-        """Replace the policy set with these manifests and sync."""
-        new = {p.key: p for p in parse(*docs).policies}
+        """Replace the policy set (NetworkPolicies and ClusterNetworkPolicies) with these
+        manifests and sync."""
+        m = parse(*docs)
+        new = {p.key: p for p in m.policies}
+        new_cnps = {c.name: c for c in m.cluster_policies}
         for key in set(self.policies) - set(new):
             self.agent.compiler.delete_policy(key)
+        for name in set(self.cluster_policies) - set(new_cnps):
+            self.agent.compiler.delete_cluster_policy(name)
         for pol in new.values():
             self.agent.compiler.upsert_policy(pol)
-        self.policies = new
+        for cnp in new_cnps.values():
+            self.agent.compiler.upsert_cluster_policy(cnp)
+        self.policies, self.cluster_policies = new, new_cnps
         return self.sync()
 
     def ip(self, name: str, family: int = 4) -> str:
