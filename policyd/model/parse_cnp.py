@@ -8,6 +8,7 @@ its subject selects, at its tier and priority, so nothing is widened by a typo.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .objects import Action, ClusterNetworkPolicy, CNPPeer, CNPPort, CNPRule, Direction, IPNetwork, Tier
@@ -85,7 +86,8 @@ def parse_peer(ctx: Context, path: str, raw: Any, direction: Direction) -> CNPPe
             if isinstance(c, str) and len(c) > 43:
                 ctx.error(f"{path}.networks[{i}]", "may not be longer than 43 characters")
                 continue
-            net = parse_cidr(ctx, f"{path}.networks[{i}]", c)
+            # The CRD's CEL rule has always refused host bits: no leniency for stored objects.
+            net = parse_cidr(replace(ctx, live=False), f"{path}.networks[{i}]", c)
             if net is not None:
                 nets.append(net)
         if len(set(nets)) != len(nets):
