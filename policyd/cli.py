@@ -53,12 +53,12 @@ def world_from(args: argparse.Namespace) -> World:
         from .kube.client import read_cluster
 
         try:
-            namespaces, pods, policies = read_cluster(args.kubeconfig)
+            namespaces, pods, policies, cluster_policies = read_cluster(args.kubeconfig)
         except InvalidInput:
             raise  # listed problem by problem by main()
         except Exception as e:  # noqa: BLE001 - connection, auth, config: say what failed
             raise UsageError(f"cannot read the cluster: {type(e).__name__}: {e}") from None
-        return World(namespaces, pods, policies, {})
+        return World(namespaces, pods, policies, {}, cluster_policies)
     if not args.paths:
         raise UsageError("give manifests (-f PATH) or a live cluster (--kubeconfig PATH or --in-cluster)")
     return load_world(args.paths, args.cluster_cidr, args.node_prefix)

@@ -7,12 +7,13 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ..model.objects import Namespace, NetworkPolicy, Pod
+from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
-from .feed import WatchKind, rv_int
+from .feed import NotServed, WatchKind, rv_int
 
-API_VERSIONS: dict[str, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
+API_VERSIONS: dict[str, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1",
+                                "ClusterNetworkPolicy": "policy.networking.k8s.io/v1alpha2"}
 
 
 def api_client(kubeconfig: str | None = None) -> Any:
@@ -35,9 +36,18 @@ def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[lis
     folds each page in never holds a whole list of 100k pods."""
     from kubernetes import client
 
-    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    core, net, custom = client.CoreV1Api(api), client.NetworkingV1Api(api), client.CustomObjectsApi(api)
+
+    def cluster_network_policies(**kw: Any) -> Any:
+        try:
+            return custom.list_cluster_custom_object("policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies", **kw)
+        except client.ApiException as e:
+            if e.status == 404:
+                raise NotServed("no policy.networking.k8s.io/v1alpha2 clusternetworkpolicies") from None
+            raise
+
     call = {"Namespace": core.list_namespace, "Pod": core.list_pod_for_all_namespaces,
-            "NetworkPolicy": net.list_network_policy_for_all_namespaces}[kind]
+            "NetworkPolicy": net.list_network_policy_for_all_namespaces, "ClusterNetworkPolicy": cluster_network_policies}[kind]
     token: str | None = None
     rv: int | None = None
     while True:
@@ -68,23 +78,27 @@ def list_raw(api: Any, kind: WatchKind, page: int = 500) -> tuple[list[dict[str,
     return items, version
 
 
-def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy]]:
+def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy], list[ClusterNetworkPolicy]]:
     """The cluster's namespaces, pods and policies for `policyd matrix/explain --kubeconfig`.
     A policy that fails validation is kept (it isolates and allows nothing, as the agent
-    enforces it); any other unreadable object is an error listing every problem."""
+    enforces it); any other unreadable object is an error listing every problem. Without
+    the ClusterNetworkPolicy CRD there are none."""
     api = api_client(kubeconfig)
     out: dict[str, list[Any]] = {k: [] for k in API_VERSIONS}
     problems: list[Problem] = []
-    for kind in ("Namespace", "Pod", "NetworkPolicy"):
-        items, _ = list_raw(api, kind)
+    for kind in ("Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy"):
+        try:
+            items, _ = list_raw(api, kind)
+        except NotServed:
+            continue
         for item in items:
             meta = item.get("metadata") or {}
             obj, probs = parse_object(item, f"{kind} {meta.get('namespace', '')}/{meta.get('name', '')}".replace(" /", " "), None,
                                       live=True)
-            if obj is not None and (not probs or isinstance(obj, NetworkPolicy)):
+            if obj is not None and (not probs or isinstance(obj, NetworkPolicy | ClusterNetworkPolicy)):
                 out[kind].append(obj)
             else:
                 problems += probs
     if problems:
         raise InvalidInput(problems)
-    return out["Namespace"], out["Pod"], out["NetworkPolicy"]
+    return out["Namespace"], out["Pod"], out["NetworkPolicy"], out["ClusterNetworkPolicy"]

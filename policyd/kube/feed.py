@@ -24,20 +24,25 @@ from typing import Any, Literal
 
 from ..compile.engine import Compiler
 from ..model.events import Delete, Event, Upsert
-from ..model.objects import Direction, NetworkPolicy, Pod
+from ..model.objects import ClusterNetworkPolicy, Direction, NetworkPolicy, Pod
 from ..model.parse import parse_object
 
 log = logging.getLogger("policyd.feed")
 
-WatchKind = Literal["Pod", "Namespace", "NetworkPolicy"]
-WATCHED_KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy")
+WatchKind = Literal["Pod", "Namespace", "NetworkPolicy", "ClusterNetworkPolicy"]
+WATCHED_KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy")
+CLUSTER_SCOPED = ("Namespace", "ClusterNetworkPolicy")
 Ref = tuple[str, str]  # (kind, key)
+
+
+class NotServed(Exception):
+    """The API server does not serve this kind (a CRD that is not installed)."""
 
 
 def ref_of(kind: str, body: dict[str, Any]) -> Ref:
     meta = body.get("metadata") or {}
     ns, name = meta.get("namespace"), meta.get("name", "")
-    return (kind, f"{ns}/{name}" if kind != "Namespace" else name)
+    return (kind, name if kind in CLUSTER_SCOPED else f"{ns}/{name}")
 
 
 def rv_int(body: dict[str, Any]) -> int | None:
@@ -83,7 +88,7 @@ class ClusterFeed:
     def _check_ready(self) -> None:
         if not self.ready and self.pending is not None and not self.pending:
             self.ready = True
-            log.info("initial lists complete: %d namespaces, %d pods, %d policies",
+            log.info("initial lists complete: %d namespaces, %d pods, %d network policies, %d cluster network policies",
                      *(sum(1 for k, _ in self.versions if k == kind) for kind in WATCHED_KINDS))
 
     def observe(self, kind: WatchKind, typ: str | None, body: dict[str, Any]) -> Event | None:
@@ -99,7 +104,7 @@ class ClusterFeed:
             if rv is not None and known is not None and rv <= known:
                 return None  # seen already (both lists hold it), or older than what we hold
             obj, problems = parse_object(body, f"{kind} {ref[1]}", None, live=True)
-            if obj is None or (problems and not isinstance(obj, NetworkPolicy)):
+            if obj is None or (problems and not isinstance(obj, NetworkPolicy | ClusterNetworkPolicy)):
                 # The API server accepted it, so this is our stricter reading: keep what we had.
                 self.stats.rejected += 1
                 log.warning("%s %s: not understood, keeping the last version: %s", kind, ref[1], "; ".join(map(str, problems)))
@@ -109,6 +114,9 @@ class ClusterFeed:
                     self.invalid[ref[1]] = obj.invalid
                 else:
                     self.invalid.pop(ref[1], None)
+            if isinstance(obj, ClusterNetworkPolicy) and (obj.invalid or obj.notes):
+                log.warning("ClusterNetworkPolicy %s: %s", obj.name, "; ".join(
+                    [f"invalid, so it denies all its subject's traffic: {'; '.join(obj.invalid)}"] if obj.invalid else list(obj.notes)))
             self.versions[ref] = rv
             event = Upsert(obj)
             self.compiler.apply(event)

@@ -44,7 +44,7 @@ from ..model.objects import NetworkPolicy
 from ..reconcile.core import AgentCore
 from ..reconcile.syncer import SyncResult
 from .events import EventPoster
-from .feed import WATCHED_KINDS, ClusterFeed, Finding, WatchKind, ref_of
+from .feed import WATCHED_KINDS, ClusterFeed, Finding, NotServed, WatchKind, ref_of
 from .metrics import AgentMetrics
 from .settings import AgentSettings, FailMode
 
@@ -54,6 +54,9 @@ RESOURCES: dict[WatchKind, tuple[str, str, str]] = {
     "Namespace": ("", "v1", "namespaces"),
     "Pod": ("", "v1", "pods"),
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+    # v1alpha2: served by every release of the CRD that has this kind (v0.2 and v0.3, where
+    # v1beta1 is the storage version and the same schema).
+    "ClusterNetworkPolicy": ("policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"),
 }
 MAX_POSTED = 10_000  # findings remembered as posted (each a few hundred bytes)
 FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
@@ -84,6 +87,7 @@ class ClusterAgent:
         self.counted: dict[str, int] = {}
         self.events = EventPoster(settings.node_name, settings.kubeconfig)
         self.relist_at: dict[WatchKind, float] = {}
+        self.unserved: set[WatchKind] = set()  # kinds the API server does not serve (no CRD)
         self.next_relist = time.monotonic() + settings.relist_every
         self.heartbeat = time.monotonic()
         self.froze_after_relist = False
@@ -130,6 +134,11 @@ class ClusterAgent:
                                 self.feed.observe(kind, None, item)  # a retry re-observes: skipped by version
                                 refs.append(ref_of(kind, item))
                     break
+                except NotServed as e:
+                    self.unserved.add(kind)
+                    log.warning("%s is not served by the API server (%s): not watched, so none is enforced; "
+                                "install its CRD (the chart does) and restart the agent", kind, e)
+                    break
                 except Exception as e:  # noqa: BLE001 - the API may not be reachable yet
                     log.warning("initial list of %s failed (%s); retrying in %.1f s", kind, e, delay)
                     await asyncio.sleep(delay)
@@ -168,7 +177,8 @@ class ClusterAgent:
         is enough."""
         at = time.monotonic() + delay
         for k in WATCHED_KINDS:
-            self.relist_at[k] = at
+            if k not in self.unserved:
+                self.relist_at[k] = at
 
     async def relist_due(self) -> None:
         had_work = bool(self.relist_at)
@@ -326,6 +336,8 @@ def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
         return connection_info(agent.settings.kubeconfig)
 
     for kind, (group, version, plural) in RESOURCES.items():
+        if kind in agent.unserved:
+            continue
         resource = (group, version, plural) if group else (version, plural)
 
         async def on_event(*, event: kopf.RawEvent, _kind: WatchKind = kind, **_: Any) -> None:

@@ -1,6 +1,6 @@
 """The cluster agent on a real cluster (the chart's DaemonSet, watching a real
 kube-apiserver through its ServiceAccount): relabelling moves a pod in and out of a
-policy, a named port that resolves nowhere gives one Warning Event per node (naming the
+policy, an Admin ClusterNetworkPolicy overrides it and goes with its deletion, a named port that resolves nowhere gives one Warning Event per node (naming the
 node and the action), a restart of every agent posts none again, the agent's only writes
 are Events (the API server's audit log says so), metrics and readiness are served on the
 host network, and `helm uninstall` leaves the ruleset enforcing.
@@ -66,6 +66,20 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     # Relabelled with kubectl: the pod moves into the allowed set, and out again.
     c.kubectl("label", "pod", "walker", "app=frontend", "--overwrite")
     eventually(lambda: tcp(c, "walker", backend["ip"]), True, "walker relabelled frontend → backend")
+
+    # A ClusterNetworkPolicy (the chart installs its CRD; node-2's agent enforces it at the
+    # backend): an Admin Deny beats the NetworkPolicy's allow, and goes when it is deleted.
+    def app(name: str) -> dict:
+        return {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": name}}}}
+
+    deny = {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": "deny-frontend"},
+            "spec": {"tier": "Admin", "priority": 10, "subject": app("backend"),
+                     "ingress": [{"name": "no-frontend", "action": "Deny", "from": [app("frontend")]}]}}
+    c.kubectl("apply", "-f", "-", input=json.dumps(deny))
+    eventually(lambda: tcp(c, "walker", backend["ip"]), False, "Admin ClusterNetworkPolicy Deny over the NetworkPolicy's allow")
+    c.kubectl("delete", "clusternetworkpolicy", "deny-frontend")
+    eventually(lambda: tcp(c, "walker", backend["ip"]), True, "the ClusterNetworkPolicy deleted")
+
     c.kubectl("label", "pod", "walker", "app=unallowed", "--overwrite")
     eventually(lambda: tcp(c, "walker", backend["ip"]), False, "walker relabelled back → backend")
 

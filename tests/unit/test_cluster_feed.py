@@ -47,7 +47,7 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
     from policyd.nft.fake import FakeBackend
 
     listed = {"Namespace": [], "Pod": [pod("b1", "b", ports=[{"name": "http", "containerPort": 80}])],
-              "NetworkPolicy": [policy("named", rv=3, port="metrics")]}
+              "NetworkPolicy": [policy("named", rv=3, port="metrics")], "ClusterNetworkPolicy": []}
     calls = []
 
     async def lister(kind):
@@ -61,7 +61,7 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
                          backend=FakeBackend(), lister=lister)
     assert not agent.feed.ready
     asyncio.run(agent.initial_lists(max_delay=0.01))
-    assert agent.feed.ready and calls == ["Namespace", "Namespace", "Pod", "NetworkPolicy"]
+    assert agent.feed.ready and calls == ["Namespace", "Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy"]
     agent.sync_once()
     assert agent.ready
     findings = agent.observe("NetworkPolicy", None, policy("named", rv=3, port="metrics"))
@@ -370,3 +370,26 @@ def test_a_stored_cidr_with_host_bits_is_read_as_the_api_server_did():
     findings = feed.findings(feed.compiler.store.policies[live.key])
     assert [f.reason for f in findings] == ["PolicyReadLeniently", "PolicyReadLeniently"]
     assert "read as '10.0.0.0/24'" in findings[0].message
+
+
+def test_a_kind_the_api_server_does_not_serve_is_not_watched_and_does_not_block_readiness():
+    """Without the ClusterNetworkPolicy CRD the agent enforces NetworkPolicies, says so
+    loudly, and registers no watch kopf would retry forever."""
+    import asyncio
+
+    from policyd.kube.feed import NotServed
+    from policyd.kube.operator import ClusterAgent, build_registry
+    from policyd.nft.fake import FakeBackend
+
+    async def lister(kind):
+        if kind == "ClusterNetworkPolicy":
+            raise NotServed("no policy.networking.k8s.io/v1alpha2 clusternetworkpolicies")
+        yield [], 5
+
+    agent = ClusterAgent(AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS), DispatchMode.ADDRESS, backend=FakeBackend(), lister=lister)
+    asyncio.run(agent.initial_lists(max_delay=0.01))
+    assert agent.feed.ready and agent.unserved == {"ClusterNetworkPolicy"}
+    agent.schedule_relist(0)
+    assert "ClusterNetworkPolicy" not in agent.relist_at
+    handlers = [h.id for h in build_registry(agent)._watching.get_all_handlers()]
+    assert any("networkpolicies" in h for h in handlers) and not any("clusternetworkpolicies" in h for h in handlers), handlers
