@@ -18,7 +18,9 @@ from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
 from .records import LabError
 
-LAB_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node"), ("networking.k8s.io/v1", "NetworkPolicy")}
+LAB_KINDS = {("v1", "Pod"), ("v1", "Namespace"), ("v1", "Node"), ("networking.k8s.io/v1", "NetworkPolicy"),
+             *((f"policy.networking.k8s.io/{v}", "ClusterNetworkPolicy") for v in ("v1alpha2", "v1beta1"))}
+CLUSTER_SCOPED = ("Namespace", "Node", "ClusterNetworkPolicy")
 
 
 def file_name(kind: str, key: str) -> str:
@@ -121,11 +123,12 @@ def identities(raws: list[RawObject]) -> list[tuple[str, str]]:
         meta = meta if isinstance(meta, dict) else {}
         name, ns = meta.get("name"), meta.get("namespace") or "default"
         if (api, kind) not in LAB_KINDS:
-            problems.append(Problem(r.source, r.index, "kind", f"cannot delete {api}/{kind}: the lab holds Pods, Namespaces and NetworkPolicies"))
+            problems.append(Problem(r.source, r.index, "kind",
+                                    f"cannot delete {api}/{kind}: the lab holds Pods, Namespaces, NetworkPolicies and ClusterNetworkPolicies"))
         elif not isinstance(name, str) or not name or not isinstance(ns, str):
             problems.append(Problem(r.source, r.index, "metadata.name", "required: which object to delete", str(kind)))
         else:
-            out.append((str(kind), name if kind in ("Namespace", "Node") else f"{ns}/{name}"))
+            out.append((str(kind), name if kind in CLUSTER_SCOPED else f"{ns}/{name}"))
     if problems:
         raise InvalidInput(problems)
     return out
