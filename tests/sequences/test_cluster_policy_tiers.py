@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
