@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -82,47 +81,68 @@ class Oracle:
         self.cnps = list(s.cluster_policies.values())
         np_only = compile_all(None, list(s.namespaces.values()), list(s.pods.values()), list(s.policies.values()))
         self.np = Evaluator(np_only)
-        self.pod_at = {ip: p for p in s.pods.values() if p.addressable for ip in p.ips}
+        # The dataplane sees addresses: a peer matches when any pod holding the address does
+        # (random clusters may give two pods one address).
+        self.pods_at: dict = {}
+        for p in s.pods.values():
+            if p.addressable:
+                for ip in p.ips:
+                    self.pods_at.setdefault(ip, []).append(p)
         self.known = set(s.namespaces)
 
     def subject(self, cnp: ClusterNetworkPolicy, pod: Pod) -> bool:
         # "Note that host-networked pods are not included in subject selection."
         return pod.addressable and cnp.namespace_selector.matches(self.ns_labels[pod.namespace]) and cnp.pod_selector.matches(pod.labels)
 
-    def peer_matches(self, peer: CNPPeer, ip) -> bool:
-        if peer.networks:
-            return any(ip.version == n.version and ip in n for n in peer.networks)
-        other = self.pod_at.get(ip)
-        # Peer sets cover the pods of namespaces the store knows (as for NetworkPolicy peers).
-        return (other is not None and other.namespace in self.known and peer.namespace_selector.matches(self.ns_labels[other.namespace])
-                and peer.pod_selector.matches(other.labels))
+    def peer_pods(self, peer: CNPPeer, ip) -> list[Pod]:
+        """The pods of a pods/namespaces peer at `ip`. The dataplane sees addresses: should
+        two pods share one, either may match. Peer sets cover the pods of namespaces the
+        store knows (as for NetworkPolicy peers)."""
+        return [o for o in self.pods_at.get(ip, ()) if o.namespace in self.known
+                and peer.namespace_selector.matches(self.ns_labels[o.namespace]) and peer.pod_selector.matches(o.labels)]
 
-    def protocols_match(self, rule: CNPRule, protocol: str, port: int | None, dst: Pod | None) -> bool:
+    def protocols_match(self, rule: CNPRule, protocol: str, port: int | None, named_on: list[Pod]) -> bool:
+        """`named_on`: the pods a destinationNamedPort resolves on (the destination)."""
         if not rule.protocols:  # "If unspecified, protocol-specific attributes will not be used"
             return True
         for p in rule.protocols:
             if port is None:
                 continue
             if p.named_port is not None:
-                if dst is not None and any(cp.name == p.named_port and cp.protocol == protocol and cp.port == port for cp in dst.ports):
+                if any(cp.name == p.named_port and cp.protocol == protocol and cp.port == port for h in named_on for cp in h.ports):
                     return True
             elif p.protocol == protocol and p.first <= port <= p.last:
                 return True
         return False
 
-    def decide(self, cnp: ClusterNetworkPolicy, direction: Direction, peer_ip, protocol: str, port: int | None, dst: Pod | None):
+    def rule_matches(self, rule: CNPRule, direction: Direction, peer_ip, protocol: str, port: int | None, subject: Pod) -> bool:
+        for peer in rule.peers:
+            if peer.unsupported:
+                continue  # Accept: "treat the rule as matching no traffic" through it
+            if peer.networks:
+                if any(peer_ip.version == n.version and peer_ip in n for n in peer.networks) and \
+                        self.protocols_match(rule, protocol, port, [subject] if direction is Direction.INGRESS else []):
+                    return True
+                continue
+            for other in self.peer_pods(peer, peer_ip):
+                # A named port "selects a destination port on a pod": ingress, the subject's;
+                # egress, this peer pod's.
+                if self.protocols_match(rule, protocol, port, [subject] if direction is Direction.INGRESS else [other]):
+                    return True
+        return False
+
+    def decide(self, cnp: ClusterNetworkPolicy, direction: Direction, peer_ip, protocol: str, port: int | None, subject: Pod):
         """The action of the first rule of `cnp` that matches, or None."""
         if cnp.invalid:
             return Action.DENY
         for rule in cnp.rules(direction):
             if any(p.unsupported for p in rule.peers) and rule.action is not Action.ACCEPT:
                 return Action.DENY  # fail closed: "treat the rule as a 'Deny all' rule"
-            peers = [p for p in rule.peers if not p.unsupported]  # Accept: "matching no traffic"
-            if any(self.peer_matches(p, peer_ip) for p in peers) and self.protocols_match(rule, protocol, port, dst):
+            if self.rule_matches(rule, direction, peer_ip, protocol, port, subject):
                 return rule.action
         return None
 
-    def side(self, direction: Direction, pod: Pod, peer_ip, protocol: str, port: int | None, dst: Pod) -> bool:
+    def side(self, direction: Direction, pod: Pod, peer_ip, protocol: str, port: int | None) -> bool:
         mine = [c for c in self.cnps if self.subject(c, pod)]
         for tier in (Tier.ADMIN, Tier.BASELINE):
             if tier is Tier.BASELINE:
@@ -130,7 +150,7 @@ class Oracle:
                 if np.plan is not None:  # "v1.NetworkPolicy always makes a final decision for selected pods"
                     return np.allowed
             for cnp in sorted((c for c in mine if c.tier is tier), key=lambda c: (c.priority, c.name)):
-                action = self.decide(cnp, direction, peer_ip, protocol, port, dst)
+                action = self.decide(cnp, direction, peer_ip, protocol, port, pod)
                 if action is Action.PASS:
                     break  # "Skips all further ClusterNetworkPolicy rules in the current tier"
                 if action is not None:
@@ -139,8 +159,8 @@ class Oracle:
 
     def allowed(self, src: Pod, dst: Pod, protocol: str, port: int | None) -> bool:
         s, d = endpoint(src), endpoint(dst)
-        return (self.side(Direction.EGRESS, src, d.ip, protocol, port, dst)
-                and self.side(Direction.INGRESS, dst, s.ip, protocol, port, dst))
+        return (self.side(Direction.EGRESS, src, d.ip, protocol, port)
+                and self.side(Direction.INGRESS, dst, s.ip, protocol, port))
 
 
 def build(w) -> Compiler:
@@ -153,7 +173,9 @@ def build(w) -> Compiler:
     return c
 
 
-@pytest.mark.skip(reason="open: hypothesis found engine/oracle disagreements at the edges (pods of namespaces with no Namespace object); issue 18")
+
+# Random search finds an inverted priority order or a named port on the wrong protocol only
+# now and then; tests/unit/test_cluster_policy_parse.py pins both down.
 @settings(max_examples=300, deadline=None)
 @given(world)
 def test_engine_equals_the_api_reading(w):

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
 from policyd.compile.engine import compile_all
 from policyd.compile.evaluate import Endpoint, Evaluator
-from policyd.model.objects import Action, ClusterNetworkPolicy, Namespace, Pod
+from policyd.model.objects import Action, ClusterNetworkPolicy, ContainerPort, Namespace, Pod
 from policyd.model.parse import parse_object
 from tests.cnp_validation_cases import CASES, EXPERIMENTAL_CASES, cnp_object, egress
 
@@ -30,11 +32,14 @@ def test_both_served_versions_read_alike():
     assert problems and "unsupported" in problems[0].message
 
 
+SERVER_PORTS = (ContainerPort(53, "UDP", "dns"), ContainerPort(8080, "TCP", "web"))
+
+
 def verdict(*cnps: dict, protocol: str = "TCP", port: int | None = 80):
-    import ipaddress
+    """client (namespace a) → server (namespace b, ports dns UDP/53 and web TCP/8080)."""
     objs = [parse_object(c, "x", 0, live=True)[0] for c in cnps]
     a = Pod("a", "client", {"app": "c"}, "n1", (ipaddress.ip_address("10.0.0.1"),))
-    b = Pod("b", "server", {"app": "s"}, "n1", (ipaddress.ip_address("10.0.0.2"),))
+    b = Pod("b", "server", {"app": "s"}, "n1", (ipaddress.ip_address("10.0.0.2"),), SERVER_PORTS)
     c = compile_all(None, [Namespace("a", {"kubernetes.io/metadata.name": "a"}), Namespace("b", {"kubernetes.io/metadata.name": "b"})],
                     [a, b], [], objs)
     return Evaluator(c).verdict(Endpoint(a.ips[0], a), Endpoint(b.ips[0], b), protocol, port)
@@ -61,3 +66,24 @@ def test_an_unknown_peer_fails_closed_as_the_api_documents():
     nodes = cnp_object("nodes", {"tier": "Baseline", "priority": 1, "subject": {"namespaces": {}},
                                  "egress": [{"action": "Deny", "to": [{"nodes": {}}]}]})
     assert not verdict(nodes, protocol="UDP", port=53).allowed, "nodes peers are not enforced: the Deny denies all"
+
+
+def admin(name: str, priority: int, direction: str, *rules: dict) -> dict:
+    return cnp_object(name, {"tier": "Admin", "priority": priority, "subject": {"namespaces": {}}, direction: list(rules)})
+
+
+def test_lower_priority_value_goes_first_whatever_the_names():
+    deny = admin("a-deny", 20, "egress", {"action": "Deny", "to": [{"namespaces": {}}]})
+    accept = admin("z-accept", 10, "egress", {"action": "Accept", "to": [{"namespaces": {}}]})
+    v = verdict(deny, accept)
+    assert v.egress.allowed and v.egress.decided_by.policy == "z-accept"
+
+
+@pytest.mark.parametrize("direction,peers", [("egress", "to"), ("ingress", "from")])
+def test_a_named_port_takes_the_container_ports_own_protocol(direction, peers):
+    """`destinationNamedPort: dns` is UDP/53 on the server: allowed there, not on TCP/53."""
+    named = admin("named", 1, direction, {"action": "Accept", peers: [{"namespaces": {}}], "protocols": [{"destinationNamedPort": "dns"}]},
+                  {"action": "Deny", peers: [{"namespaces": {}}]})
+    assert verdict(named, protocol="UDP", port=53).allowed
+    assert not verdict(named, protocol="TCP", port=53).allowed
+    assert verdict(named, protocol="TCP", port=8080).allowed is False, "another named port of the pod does not count"
