@@ -96,16 +96,15 @@ def side_text(s: SideVerdict, protocol: str, port: int | None) -> str:
         return f"  {who}: not a pod, no {s.direction.value} policy applies"
     kind = "Ingress" if s.direction.value == "ingress" else "Egress"
     if s.plan is None:
-        return f"  {who}: not isolated (no policy with {kind} in policyTypes selects it, no ClusterNetworkPolicy {s.direction.value} rule applies)"
+        return f"  {who}: not isolated (no policy with {kind} in policyTypes selects it)"
     lines = [f"  {who}:"]
     if s.passed_by is not None:
         lines.append(f"    passed on by {rule_text(s.passed_by, protocol, port)}")
     d = s.decided_by
     if d is not None and d.tier.value == "Admin":
         lines.append(f"    {'accepted' if d.action is Action.ACCEPT else 'denied'} by {rule_text(d, protocol, port)}")
-        return "\n".join(lines)
-    if s.plan.isolated:
-        lines.append(f"    isolated by {', '.join(s.plan.policies)}")
+    elif s.plan.isolated:
+        lines[0] += f" isolated by {', '.join(s.plan.policies)}"
         if s.plan.invalid:
             lines.append(f"    cannot be enforced as written, allowing nothing: {', '.join(s.plan.invalid)}")
         if s.allowed_by is not None:

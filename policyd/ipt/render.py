@@ -106,8 +106,11 @@ def safe_comment(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./:,\[\]()+ -]", "_", text)[:COMMENT_MAX]
 
 
-def rule(match: str, target: str, comment: str = "", family: int = 0) -> RuleBody:
-    return {"family": family, "match": match, "target": target, "comment": safe_comment(comment)}
+def rule(match: str, target: str, comment: str = "", family: int = 0, goto: bool = False) -> RuleBody:
+    body: RuleBody = {"family": family, "match": match, "target": target, "comment": safe_comment(comment)}
+    if goto:
+        body["goto"] = True  # `-g target`: the target's RETURN goes back to this chain's caller
+    return body
 
 
 # --- set contents -------------------------------------------------------------------------
@@ -206,14 +209,11 @@ class IptRenderer:
     def step_rules(self, step: Step, pass_chain: str) -> list[RuleBody]:
         """One chain step → rules ending in its verdict (a Pass is `-g`: goto, so that the
         pass chain's RETURN goes back to the base chain, as this chain's would)."""
-        target = pass_chain if step.verdict is Verdict.PASS else step.verdict.value.upper()
-        bodies = [rule("", target, step.comment)] if step.rule is None else self.match_rules(step.rule, target)
-        if step.verdict is Verdict.PASS:
-            for b in bodies:
-                b["goto"] = True
-        return bodies
+        goto = step.verdict is Verdict.PASS
+        target = pass_chain if goto else step.verdict.value.upper()
+        return [rule("", target, step.comment, goto=goto)] if step.rule is None else self.match_rules(step.rule, target, goto)
 
-    def match_rules(self, r: AllowRule | TierRule, target: str) -> list[RuleBody]:
+    def match_rules(self, r: AllowRule | TierRule, target: str, goto: bool = False) -> list[RuleBody]:
         """A rule's peer and ports → rules with `target` when they match."""
         side = "src" if r.direction is Direction.INGRESS else "dst"
         peers: list[tuple[int, str]] = [(0, "")]
@@ -222,7 +222,7 @@ class IptRenderer:
             flags = f"{side},{side}" if isinstance(spec, PodSetSpec) and spec.port_name else side
             peers = [(fam, f"-m set --match-set {self.names.spec_set(spec, fam)} {flags}") for fam in family_sets(spec)]
         ports = [""] if r.ports is None else port_matches(r.ports)
-        return [rule(" ".join(x for x in (pm, peer) if x), target, r.label(), fam) for fam, peer in peers for pm in ports]
+        return [rule(" ".join(x for x in (pm, peer) if x), target, r.label(), fam, goto) for fam, peer in peers for pm in ports]
 
     def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> list[ChainDef]:
         main, passed = direction_steps(pod_key, direction, plan)

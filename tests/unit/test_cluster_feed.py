@@ -392,4 +392,4 @@ def test_a_kind_the_api_server_does_not_serve_is_not_watched_and_does_not_block_
     agent.schedule_relist(0)
     assert "ClusterNetworkPolicy" not in agent.relist_at
     handlers = [h.id for h in build_registry(agent)._watching.get_all_handlers()]
-    assert any("networkpolicies" in h for h in handlers) and not any("clusternetworkpolicies" in h for h in handlers), handlers
+    assert "policyd_observe_networkpolicies" in handlers and "policyd_observe_clusternetworkpolicies" not in handlers, handlers
