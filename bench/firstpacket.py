@@ -165,12 +165,17 @@ def measure(args, kinds: tuple[str, ...] = ("policyd", "linear reference")) -> F
                                              iperf(client_ns, server_ip, flow_seconds, True)))
         clear()
     finally:
-        for proc in servers:
-            proc.kill()
-            proc.wait()
-        topo.teardown()
-        delete_namespaces(prefix + ".")
+        teardown(servers, topo)
     return FirstPacket(seconds, repeats, conns, flows)
+
+
+def teardown(servers: list[subprocess.Popen], topo: Topology) -> None:
+    """The servers, then every namespace of the bench's topology (even half-built)."""
+    for proc in servers:
+        proc.kill()
+        proc.wait()
+    topo.teardown()
+    delete_namespaces(topo.prefix + ".")
 
 
 def med(xs: list[float]) -> float:

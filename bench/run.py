@@ -12,7 +12,8 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only realcluster` only the real-cluster latencies (bench/cluster_latency.py, about 2 minutes),
 `--only drift` only the drift repair times (bench/drift.py, about 2 minutes),
 `--only dataplane` only the nftables dataplane and large sets (about 5 minutes),
-`--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute);
+`--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute),
+`--only cluster-policies` only what 1,000 ClusterNetworkPolicies cost (bench/cluster_policies.py, about 3 minutes);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -35,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import agent_scenarios  # noqa: E402
 import backends  # noqa: E402
 import cluster_latency  # noqa: E402
+import cluster_policies  # noqa: E402
 import drift  # noqa: E402
 import firstpacket  # noqa: E402
 import matrix  # noqa: E402
@@ -260,6 +262,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "drift": ("Drift repair", drift.measure),
     "matrix": ("policyd matrix at scale", matrix.measure),
     "iptables-api": ("iptables: restore or libiptc", backends.iptables_apis),
+    "cluster-policies": ("ClusterNetworkPolicy cost", cluster_policies.measure),
 }
 
 
@@ -286,7 +289,7 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane", "iptables-api") else
+    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane", "iptables-api", "cluster-policies") else
              "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh")
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
            + (f" --only {args.only}" if args.only else "") + " --write")
@@ -326,6 +329,7 @@ def main() -> None:
     real_lines = step("real cluster", cluster_latency.measure)
     drift_lines = step("drift repair", drift.measure)
     matrix_lines = step("policyd matrix at scale", matrix.measure)
+    cnp_lines = step("ClusterNetworkPolicy cost", cluster_policies.measure)
     if args.write:
         firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())
@@ -375,6 +379,8 @@ def main() -> None:
         *section("drift", drift_lines, False),
         "",
         *section("matrix", matrix_lines, False),
+        "",
+        *section("cluster-policies", cnp_lines, False),
         "",
         "## Where targets are missed, and why",
         "",

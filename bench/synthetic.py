@@ -6,7 +6,23 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from policyd.model.objects import ContainerPort, Direction, IPBlock, Namespace, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule
+from policyd.model.objects import (
+    Action,
+    ClusterNetworkPolicy,
+    CNPPeer,
+    CNPPort,
+    CNPRule,
+    ContainerPort,
+    Direction,
+    IPBlock,
+    Namespace,
+    NetworkPolicy,
+    Peer,
+    Pod,
+    PolicyPort,
+    PolicyRule,
+    Tier,
+)
 from policyd.model.selectors import LabelSelector
 
 APPS = [f"app{i}" for i in range(20)]
@@ -47,4 +63,29 @@ def policies(n: int, n_ns: int, seed: int = 1) -> list[NetworkPolicy]:
         types = frozenset({Direction.INGRESS, Direction.EGRESS}) if i % 7 == 0 else frozenset({Direction.INGRESS})
         egress = (PolicyRule((peer,), (port,)),) if Direction.EGRESS in types else ()
         out.append(NetworkPolicy(ns, f"pol{i}", sel, (PolicyRule((peer,), (port,)),), egress, types))
+    return out
+
+
+def cluster_policies(n: int, seed: int = 2) -> list[ClusterNetworkPolicy]:
+    """n ClusterNetworkPolicies over the synthetic namespaces (subjects select by `team`, so a
+    namespace without that label, like the first-packet bench's, is never a subject): both
+    tiers, all three actions, pod/namespace/network peers, ports and ranges."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        team = LabelSelector.build({"team": rnd.choice(TEAMS)}, None)
+        pods = LabelSelector.build({"app": rnd.choice(APPS)}, None) if i % 2 else LabelSelector()
+        kind = i % 3
+        if kind == 0:
+            peer = CNPPeer(namespace_selector=LabelSelector.build({"team": rnd.choice(TEAMS)}, None))
+        elif kind == 1:
+            peer = CNPPeer(namespace_selector=LabelSelector(), pod_selector=LabelSelector.build({"app": rnd.choice(APPS)}, None))
+        else:
+            peer = CNPPeer(networks=(ipaddress.ip_network(f"172.{16 + i % 16}.{rnd.randrange(256)}.0/24"),))
+        action = (Action.ACCEPT, Action.DENY, Action.PASS)[i % 3 if i % 5 else 1]
+        port = CNPPort("TCP", 80 + i % 10) if i % 4 else CNPPort("UDP", 5000, 5100)
+        rule = CNPRule(action, (peer,), (port,), f"rule{i}")
+        ingress = (rule,) if kind != 2 else ()
+        out.append(ClusterNetworkPolicy(f"cnp{i}", Tier.BASELINE if i % 4 == 3 else Tier.ADMIN, i % 1001, team, pods,
+                                        ingress, (rule,)))
     return out

@@ -9,9 +9,11 @@
     cluster.sh walkthrough [--name N] [--backend nftables|iptables] [--keep]
     cluster.sh demo [--cni bridge|ptp] [--backend nftables|iptables] [--keep]
                                               (up, walkthrough, down; --keep leaves it all up)
-    cluster.sh conformance [--cni bridge|ptp] [--backend nftables|iptables] [--proxy-mode M] [--procs 4]
-                           [--focus REGEX] [--without-policyd] [--write] [--keep]
-                                              (up, the chart, the upstream Netpol e2e suite, down)
+    cluster.sh conformance [--suite netpol|cnp] [--cni bridge|ptp] [--backend nftables|iptables]
+                           [--proxy-mode M] [--procs 4] [--focus REGEX] [--without-policyd] [--write] [--keep]
+                                              (up, the chart, an upstream suite, down: netpol is
+                                              Kubernetes' Netpol e2e specs, cnp network-policy-api's
+                                              ClusterNetworkPolicy conformance tests)
     cluster.sh down [--name N]
 """
 
@@ -58,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--backend", choices=("nftables", "iptables"), default="nftables")
             p.add_argument("--keep", action="store_true", help="leave the chart and the demo pods installed (conformance: the cluster)")
         if verb == "conformance":
-            p.add_argument("--procs", type=int, default=4, help="parallel ginkgo processes (default 4)")
+            p.add_argument("--suite", choices=("netpol", "cnp"), default="netpol",
+                           help="netpol: Kubernetes' [sig-network] Netpol e2e specs (default); cnp: network-policy-api's "
+                                "ClusterNetworkPolicy conformance tests")
+            p.add_argument("--procs", type=int, default=4, help="parallel ginkgo processes (default 4; netpol only)")
             p.add_argument("--write", action="store_true", help="record the result in docs/conformance.md")
-            p.add_argument("--focus", default="", metavar="REGEX", help="only the Netpol specs whose text also matches")
+            p.add_argument("--focus", default="", metavar="REGEX",
+                           help="netpol: only the specs whose text also matches; cnp: only the tests whose name matches")
             p.add_argument("--without-policyd", action="store_true",
                            help="a control run: no chart, so specs that need isolation must fail (never recorded)")
     args = parser.parse_args(argv)
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers)).up()
         elif args.verb == "conformance":
             return conformance(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.procs,
-                               args.write, args.keep, args.focus, args.without_policyd)
+                               args.write, args.keep, args.focus, args.without_policyd, args.suite)
         elif args.verb == "demo":
             return demo(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.keep)
         elif args.verb == "down":
@@ -112,12 +118,15 @@ def demo(layout: Layout, backend: str, keep: bool) -> int:
     return 0 if ok else 1
 
 
-def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: bool, narrow: str = "", control: bool = False) -> int:
-    """scripts/conformance.sh: a cluster, the chart, the upstream Netpol specs, the report.
-    `control`: without policyd, to see the specs fail where nothing enforces (not recorded)."""
+def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: bool, narrow: str = "", control: bool = False,
+                suite: str = "netpol") -> int:
+    """scripts/conformance.sh: a cluster, the chart, an upstream suite, the report.
+    `control`: without policyd (for cnp: only the chart's CRD), to see the tests fail where
+    nothing enforces."""
     if write and narrow and not control:
         print("cluster.sh: --write records full runs (no --focus), or control runs (--without-policyd)", file=sys.stderr)
         return 2
+    from . import cnp_conformance as cnp
     from . import conformance as c
     from .paths import TOOLS
     from .walkthrough import install_chart, uninstall_chart
@@ -128,14 +137,21 @@ def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: boo
     try:
         if not control:
             install_chart(cluster, backend, print)
-        out = TOOLS / "conformance" / (f"{layout.cni}-{backend}-{layout.proxy_mode}" if not control else f"{layout.cni}-without-policyd")
-        report = c.run_suite(cluster, backend, out, c.command_line(layout.cni, backend, layout.proxy_mode, narrow, control),
-                             procs=procs, narrow=narrow)
+        elif suite == "cnp":
+            cnp.install_crd(cluster)
+        out = TOOLS / "conformance" / (f"{suite}-{layout.cni}-{backend}-{layout.proxy_mode}" if not control
+                                       else f"{suite}-{layout.cni}-without-policyd")
+        if suite == "cnp":
+            report = cnp.run_suite(cluster, backend, out, cnp.command_line(layout.cni, backend, layout.proxy_mode, narrow, control),
+                                   narrow=narrow)
+        else:
+            report = c.run_suite(cluster, backend, out, c.command_line(layout.cni, backend, layout.proxy_mode, narrow, control),
+                                 procs=procs, narrow=narrow)
         if control:
             report.config = f"control-{layout.cni}"
-        print(f"==> report: {out / 'result.json'} (ginkgo's own: {out / 'report.json'}, log {out / 'ginkgo.log'})")
+        print(f"==> report: {out / 'result.json'} (log in {out})")
         if write:
-            c.record(report)
+            c.record(report, suite)
             print(f"==> recorded in {c.DOC}")
         if not keep and not control:
             uninstall_chart(cluster, backend, print)

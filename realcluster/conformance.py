@@ -138,14 +138,22 @@ def run_suite(cluster: Cluster, backend: str, out_dir: Path, command: str, say: 
     if not report_file.exists():
         tail = log.read_text(errors="replace")[-3000:]
         raise ClusterError(f"the e2e suite wrote no report (ginkgo exit {proc.returncode}):\n{tail}")
+    specs = [s for s in results(json.loads(report_file.read_text())) if not narrow or re.search(narrow, s.name)]
+    return conclude(cluster, backend, command, seconds, procs, specs, out_dir, lambda m: say(f"e2e: {m}"))
+
+
+def conclude(cluster: Cluster, backend: str, command: str, seconds: float, procs: int, specs: list[SpecResult],
+             out_dir: Path, say: Say) -> Report:
+    """A suite's report for this cluster: kept as out_dir/result.json, its failures said."""
+    lay = cluster.layout
     report = Report(config=f"{lay.cni}-{backend}", cni=lay.cni, backend=backend, proxy_mode=lay.proxy_mode,
                     kubernetes=k8s_version(), command=command, date=time.strftime("%Y-%m-%d"), seconds=round(seconds, 1),
-                    procs=procs, specs=[s for s in results(json.loads(report_file.read_text())) if not narrow or re.search(narrow, s.name)])
+                    procs=procs, specs=specs)
     (out_dir / "result.json").write_text(report.to_json())
     for s in report.specs:
         if s.state == "failed":
-            say(f"e2e: FAILED {s.name}: {s.reason}")
-    say(f"e2e: {report.summary()}")
+            say(f"FAILED {s.name}: {s.reason}")
+    say(report.summary())
     return report
 
 
@@ -166,15 +174,27 @@ DOC = ROOT / "docs" / "conformance.md"
 MARK = {"passed": "✓ passed", "failed": "✗ FAILED", "skipped": "skipped"}
 
 
-def record(report: Report) -> None:
-    """Keep this configuration's latest result and regenerate docs/conformance.md from all
-    (a control run without policyd is kept apart, as `control-<cni>`)."""
-    RESULTS_DIR.mkdir(exist_ok=True)
+CNP_RESULTS_DIR = RESULTS_DIR / "cnp"  # the ClusterNetworkPolicy suite's (cnp_conformance.py)
+
+
+def record(report: Report, suite: str = "netpol") -> None:
+    """Keep this configuration's latest result of `suite` (netpol or cnp) and regenerate
+    docs/conformance.md from all (a control run without policyd is kept apart, as
+    `control-<cni>`)."""
+    where = RESULTS_DIR if suite == "netpol" else CNP_RESULTS_DIR
+    where.mkdir(parents=True, exist_ok=True)
     stem = report.config if report.proxy_mode == "iptables" else f"{report.config}-proxy-{report.proxy_mode}"
-    (RESULTS_DIR / f"{stem}.json").write_text(report.to_json())
+    (where / f"{stem}.json").write_text(report.to_json())
     reports = [Report.from_json(f.read_text()) for f in sorted(RESULTS_DIR.glob("*.json"))]
-    DOC.write_text(document([r for r in reports if not r.config.startswith("control-")],
-                            [r for r in reports if r.config.startswith("control-")]))
+    text = document([r for r in reports if not r.config.startswith("control-")],
+                    [r for r in reports if r.config.startswith("control-")])
+    cnp = [Report.from_json(f.read_text()) for f in sorted(CNP_RESULTS_DIR.glob("*.json"))]
+    if cnp:
+        from .cnp_conformance import section
+
+        order = {f"{c}-{b}": i for i, (c, b) in enumerate(CONFIGS)}
+        text += "\n" + "\n".join(section(sorted(cnp, key=lambda r: (order.get(r.config, 99), r.proxy_mode)))) + "\n"
+    DOC.write_text(text)
 
 
 def document(reports: list[Report], controls: list[Report] | None = None) -> str:
@@ -218,11 +238,7 @@ def document(reports: list[Report], controls: list[Report] | None = None) -> str
                                 for r in reports) + " |",
               "|---|" + "---|" * len(reports)]
     for name in names:
-        cells = []
-        for got in by:
-            s = got.get(name)
-            cells.append("—" if s is None else MARK[s.state] + (f" {s.seconds:.0f} s" if s.state != "skipped" else ""))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(got.get(name)) for got in by) + " |")
     for r in controls or []:
         failed = [s for s in r.specs if s.state == "failed"]
         lines += ["", "## Control run: the same specs without policyd", "",
@@ -231,7 +247,14 @@ def document(reports: list[Report], controls: list[Report] | None = None) -> str
                   "the policies, so the passes above are policyd's work, not the environment's.", "",
                   "| spec | without policyd |", "|---|---|",
                   *[f"| {s.name} | {MARK[s.state]} |" for s in r.specs]]
+    return "\n".join(lines + failure_lines(reports)) + "\n"
+
+
+def cell(s: SpecResult | None) -> str:
+    """One configuration's result of one test in the report's tables."""
+    return "—" if s is None else MARK[s.state] + (f" {s.seconds:.0f} s" if s.state != "skipped" else "")
+
+
+def failure_lines(reports: list[Report]) -> list[str]:
     failures = [(r, s) for r in reports for s in r.specs if s.state == "failed"]
-    if failures:
-        lines += ["", "## Failures", ""] + [f"* {r.config}: {s.name}: {s.reason}" for r, s in failures]
-    return "\n".join(lines) + "\n"
+    return ["", "## Failures", "", *[f"* {r.config}: {s.name}: {s.reason}" for r, s in failures]] if failures else []

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The upstream NetworkPolicy e2e suite (Kubernetes' `[sig-network] Netpol` specs, unchanged)
-# against policyd on a real two-node cluster of this machine; see docs/conformance.md.
-#   scripts/conformance.sh [--cni bridge|ptp] [--backend nftables|iptables]
+# An upstream conformance suite against policyd on a real two-node cluster of this machine;
+# see docs/conformance.md. --suite netpol (default): Kubernetes' `[sig-network] Netpol` e2e
+# specs, unchanged; --suite cnp: network-policy-api's ClusterNetworkPolicy conformance tests.
+#   scripts/conformance.sh [--suite netpol|cnp] [--cni bridge|ptp] [--backend nftables|iptables]
 #                          [--proxy-mode iptables|nftables] [--procs 4] [--focus REGEX]
 #                          [--without-policyd] [--write] [--keep]
 # Sets a fresh machine up first (packages, virtualenv, Kubernetes, e2e.test, images), like the

@@ -6,8 +6,10 @@
 #                          binary (e2e.test, `go test -c k8s.io/kubernetes/test/e2e`) and agnhost
 #                          (the e2e suite's test image, packed by `scripts/cluster.sh images`,
 #                          its tag in agnhost.version) and ginkgo (runs e2e.test in parallel);
-#                          and the ClusterNetworkPolicy CRD of the network-policy-api release
-#                          pinned in realcluster/npapi/go.mod into charts/policyd/crds/
+#                          and, of the network-policy-api release pinned in
+#                          realcluster/npapi/go.mod, the ClusterNetworkPolicy CRD into
+#                          charts/policyd/crds/ and its conformance tests (our driver in
+#                          realcluster/npapi/conformance, `go test -c`) into cnp-conformance.test
 # A cold build takes ~8 min on 2 cores, module downloads included; Go's module and build
 # caches make a second version cheaper.
 set -euo pipefail
@@ -18,19 +20,38 @@ VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$MOD/go
 OUT=$PWD/.tools/k8s/$VERSION
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost ginkgo e2e.test)
 CRD=charts/policyd/crds/clusternetworkpolicies.yaml
+NPAPI=$(awk '$1 == "sigs.k8s.io/network-policy-api" {print $2}' realcluster/npapi/go.mod)
 if [ ! -s "$CRD" ]; then
   command -v go >/dev/null || { echo "k8s-build: Go is not installed (see README, 'A real cluster')" >&2; exit 1; }
   dir=$(cd realcluster/npapi && go mod download -json sigs.k8s.io/network-policy-api >/dev/null && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
   mkdir -p "$(dirname "$CRD")"
   # The experimental channel: it has destinationNamedPort, which policyd enforces.
   install -m 0644 "$dir/config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml" "$CRD.partial" && mv "$CRD.partial" "$CRD"
-  echo "==> ClusterNetworkPolicy CRD of $(awk '$1 == "require" {print $2, $3}' realcluster/npapi/go.mod) in $CRD"
+  echo "==> ClusterNetworkPolicy CRD of network-policy-api $NPAPI in $CRD"
 fi
 missing=()
 for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || missing+=("$b"); done
 [ -s "$OUT/agnhost.version" ] || [[ " ${missing[*]} " == *" agnhost "* ]] || missing+=(agnhost)
+# The ClusterNetworkPolicy conformance tests, built against the adapted base manifests
+# (realcluster/npapi_build.py); rebuilt when the agnhost they name or the module changes.
+build_cnp_conformance() {
+  local driver=realcluster/npapi/conformance dir stamp
+  stamp="$(cat realcluster/npapi/go.sum realcluster/npapi/conformance/*.go realcluster/npapi_build.py | sha256sum | cut -c1-16) $(cat "$OUT/agnhost.version")"
+  if [ -x "$OUT/cnp-conformance.test" ] && [ "$(cat "$OUT/cnp-conformance.stamp" 2>/dev/null)" = "$stamp" ]; then
+    return
+  fi
+  command -v go >/dev/null || { echo "k8s-build: Go is not installed (see README, 'A real cluster')" >&2; exit 1; }
+  dir=$(cd realcluster/npapi && go mod download -json sigs.k8s.io/network-policy-api >/dev/null && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
+  python3 realcluster/npapi_build.py "$dir/conformance" "$driver" "registry.k8s.io/e2e-test-images/agnhost:$(cat "$OUT/agnhost.version")"
+  (cd realcluster/npapi && CGO_ENABLED=0 go test -c -trimpath -o "$OUT/cnp-conformance.test.partial" ./conformance)
+  cp "$driver/tests.json" "$OUT/cnp-conformance.tests.json"
+  mv "$OUT/cnp-conformance.test.partial" "$OUT/cnp-conformance.test"
+  echo "$stamp" > "$OUT/cnp-conformance.stamp"
+  echo "==> ClusterNetworkPolicy conformance tests of network-policy-api $NPAPI in $OUT/cnp-conformance.test"
+}
 if [ ${#missing[@]} -eq 0 ]; then
   echo "==> Kubernetes $VERSION binaries present in $OUT"
+  build_cnp_conformance
   exit 0
 fi
 command -v go >/dev/null || { echo "k8s-build: Go is not installed (see README, 'A real cluster')" >&2; exit 1; }
@@ -64,3 +85,4 @@ if [ ! -x "$OUT/e2e.test" ]; then
     && mv "$OUT/e2e.test.partial" "$OUT/e2e.test"
 fi
 echo "==> built ${missing[*]} in $((SECONDS - start)) s: $("$OUT/kubectl" version --client 2>/dev/null | head -1)"
+build_cnp_conformance

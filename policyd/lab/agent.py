@@ -10,7 +10,7 @@ from ..backends import make_backend, resolve
 from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
-from ..model.objects import Namespace, NetworkPolicy, Pod
+from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
 from ..reconcile.syncer import Syncer, SyncResult
 from .netns import entered, sh
 
@@ -25,9 +25,12 @@ class NodeAgent:
             self.backend: AnyBackend = make_backend(self.kind, table)
         self.syncer = Syncer(self.compiler, self.backend, cfg or RenderConfig(table=table, mode=mode))
 
-    def load(self, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy]) -> None:
+    def load(self, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy],
+             cluster_policies: Iterable[ClusterNetworkPolicy] = ()) -> None:
         for ns in namespaces:
             self.compiler.upsert_namespace(ns)
+        for cnp in cluster_policies:
+            self.compiler.upsert_cluster_policy(cnp)
         for pol in policies:
             self.compiler.upsert_policy(pol)
         for pod in pods:

@@ -1,36 +1,57 @@
-"""The upstream NetworkPolicy e2e suite (`[sig-network] Netpol` of the pinned Kubernetes
-release, unchanged; realcluster/conformance.py) against policyd installed by its chart, on the
-session's real cluster: bridge CNI with the nftables backend, ptp with iptables (the other two
-combinations are one `scripts/conformance.sh` away; docs/conformance.md has all four). Every
-spec of the focus must pass except the SCTP-connectivity ones, which this kernel cannot run
-(no SCTP sockets) and which are reported as skipped."""
+"""The upstream suites against policyd installed by its chart, on the session's real cluster:
+bridge CNI with the nftables backend, ptp with iptables (the other two combinations are one
+`scripts/conformance.sh` away; docs/conformance.md has all four).
+
+* Kubernetes' NetworkPolicy e2e specs (`[sig-network] Netpol` of the pinned release, unchanged;
+  realcluster/conformance.py): every spec of the focus must pass except the SCTP-connectivity
+  ones, which this kernel cannot run (no SCTP sockets) and which are reported as skipped.
+* network-policy-api's ClusterNetworkPolicy conformance tests (realcluster/cnp_conformance.py):
+  every subtest of the claimed features must pass except those that probe SCTP."""
 
 from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from realcluster import conformance
+from realcluster import cnp_conformance, conformance
 from realcluster.cluster import Cluster
+from realcluster.conformance import Report
 from realcluster.walkthrough import install_chart, uninstall_chart
 
 BACKEND = {"bridge": "nftables", "ptp": "iptables"}
 
 
-def test_upstream_netpol_suite(cluster: Cluster) -> None:
+def with_chart(cluster: Cluster, run: Callable[[str, Path, Callable[[str], None]], Report]) -> Report:
+    """Install the chart with this CNI style's backend, run a suite (given the backend, an
+    output directory and where to say progress), uninstall; no subtest may have failed."""
     backend = BACKEND[cluster.layout.cni]
     lines: list[str] = []
     install_chart(cluster, backend, lines.append)
     try:
         with tempfile.TemporaryDirectory(prefix="policyd-e2e-") as out:
-            report = conformance.run_suite(cluster, backend, Path(out),
-                                           conformance.command_line(cluster.layout.cni, backend, cluster.layout.proxy_mode),
-                                           say=lines.append)
+            report = run(backend, Path(out), lines.append)
     finally:
         uninstall_chart(cluster, backend, lines.append)
     failed = [f"{s.name}: {s.reason}" for s in report.specs if s.state == "failed"]
     assert not failed, "\n".join(failed + lines)
+    return report
+
+
+def test_upstream_netpol_suite(cluster: Cluster) -> None:
+    lay = cluster.layout
+    report = with_chart(cluster, lambda backend, out, say: conformance.run_suite(
+        cluster, backend, out, conformance.command_line(lay.cni, backend, lay.proxy_mode), say=say))
     skipped = [s.name for s in report.specs if s.state == "skipped"]
     assert skipped and all(re.search("|".join(conformance.SKIPS), n) for n in skipped), skipped
     assert report.count("passed") >= 40, f"only {report.count('passed')} specs passed: did the focus still select the suite?"
+
+
+def test_upstream_cluster_network_policy_suite(cluster: Cluster) -> None:
+    lay = cluster.layout
+    report = with_chart(cluster, lambda backend, out, say: cnp_conformance.run_suite(
+        cluster, backend, out, cnp_conformance.command_line(lay.cni, backend, lay.proxy_mode), say=say))
+    reasons = {s.reason for s in report.specs if s.state == "skipped"}
+    assert all(r == cnp_conformance.NO_SCTP or r.startswith("not supported: ") for r in reasons), reasons
+    assert report.count("passed") >= 50, f"only {report.count('passed')} subtests passed: did the suite still run?"
