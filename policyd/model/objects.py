@@ -168,16 +168,26 @@ class CNPPeer:
     networks: tuple[IPNetwork, ...] = ()
     unsupported: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.namespace_selector is not None and self.pod_selector is None:  # a `namespaces` peer: all their pods
+            object.__setattr__(self, "pod_selector", LabelSelector())
+        if self.pod_selector is not None and self.namespace_selector is None:
+            raise ValueError("a pods peer needs its namespace selector (the API requires namespaceSelector)")
+
 
 @dataclass(frozen=True)
 class CNPPort:
     """One `protocols[]` entry: a protocol with a port or range, or a destination named port
-    (any protocol: the container port's own)."""
+    (any protocol: the container port's own). A single port is the range first..first."""
 
     protocol: str | None
     first: int | None = None
     last: int | None = None
     named_port: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.first is not None and self.last is None:  # CNPPort("TCP", 80): one port, never "80 to anything"
+            object.__setattr__(self, "last", self.first)
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,24 @@ def test_a_named_port_takes_the_container_ports_own_protocol(direction, peers):
     assert verdict(named, protocol="UDP", port=53).allowed
     assert not verdict(named, protocol="TCP", port=53).allowed
     assert verdict(named, protocol="TCP", port=8080).allowed is False, "another named port of the pod does not count"
+
+
+def test_a_single_port_is_a_range_of_one():
+    """CNPPort("TCP", 80) once reached nftables as the range 80..null, which libnftables
+    refused (found by bench/cluster_policies.py): one port is first..first."""
+    from policyd.model.objects import CNPPort
+
+    assert CNPPort("TCP", 80) == CNPPort("TCP", 80, 80) and CNPPort("TCP", 80).last == 80
+    assert CNPPort(None, named_port="http").last is None
+
+
+def test_a_namespaces_peer_means_all_their_pods():
+    """CNPPeer(namespace_selector=…) alone once compiled to no set at all, so a Deny rule
+    built that way matched nothing (found by bench/cluster_policies.py)."""
+    from policyd.model.objects import CNPPeer
+    from policyd.model.selectors import LabelSelector
+
+    team = LabelSelector.build({"team": "a"}, None)
+    assert CNPPeer(namespace_selector=team) == CNPPeer(namespace_selector=team, pod_selector=LabelSelector())
+    with pytest.raises(ValueError, match="namespace selector"):
+        CNPPeer(pod_selector=team)
