@@ -160,7 +160,13 @@ def install_crd(cluster: Cluster) -> None:
     """The chart's CRD alone: the control run's cluster can store ClusterNetworkPolicies that
     nothing enforces."""
     cluster.kubectl("create", "-f", "-", input=CRD.read_text())
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    deadline = time.monotonic() + 60
+    # (`kubectl wait --for=condition=Established` fails outright while the CRD has no status yet)
+    while cluster.kubectl("get", f"crd/{CRD_NAME}", "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+                          check=False).stdout.strip() != "True":
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the CRD {CRD_NAME} was not Established within 60 s")
+        time.sleep(0.5)
 
 
 def command_line(cni: str, backend: str, proxy_mode: str, narrow: str = "", control: bool = False) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from ..compile.plan import BlockSetSpec, SetSpec
+from .droplog import DropLog
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 FAMILIES = (4, 6)
@@ -29,6 +30,8 @@ class RenderConfig:
     # Fail-closed (interface mode): traffic on an interface with one of these prefixes that
     # is not a programmed local pod's is dropped. Empty: fail-open.
     closed_prefixes: tuple[str, ...] = ()
+    # Log the pod chains' drops through NFLOG (droplog.py); None: no log rules at all.
+    drop_log: DropLog | None = None
 
     @property
     def tracks_ifaces(self) -> bool:

@@ -11,6 +11,7 @@ from typing import Protocol
 from ..compile.plan import AllowRule, DirectionPlan, Entry, PodPlan, SetSpec, TierRule
 from ..model.objects import Action, Direction, IPAddress
 from .config import DispatchMode, RenderConfig, valid_ifname
+from .droplog import DropCause, deny_cause, isolation_cause
 from .objects import ChainDef, Elem, MapDef, SetDef
 
 
@@ -63,11 +64,13 @@ VERDICTS = {Action.ACCEPT: Verdict.RETURN, Action.DENY: Verdict.DROP, Action.PAS
 
 @dataclass(frozen=True)
 class Step:
-    """One rule of a pod chain: `rule` None matches everything."""
+    """One rule of a pod chain: `rule` None matches everything. A drop has its `cause`: with
+    a drop log configured, backends put a rate-limited NFLOG rule named by it first."""
 
     rule: AllowRule | TierRule | None
     verdict: Verdict
     comment: str
+    cause: DropCause | None = None
 
 
 def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan) -> tuple[list[Step], list[Step] | None]:
@@ -76,16 +79,30 @@ def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan) -> 
     Admin rules in order (Accept returns, Deny drops, Pass goes to the pass chain); then, when
     NetworkPolicies isolate the pod, their allow rules and a final drop; else the Baseline
     rules in order (Pass, like Accept, ends at the default) and a final return."""
-    admin = [Step(r, VERDICTS[r.action], r.label()) for r in plan.admin]
+    def tier_step(r: TierRule, verdict: Verdict) -> Step:
+        return Step(r, verdict, r.label(), deny_cause(pod_key, r) if verdict is Verdict.DROP else None)
+
+    admin = [tier_step(r, VERDICTS[r.action]) for r in plan.admin]
     if plan.isolated:
         rest = [Step(r, Verdict.RETURN, r.label()) for r in plan.rules]
-        rest.append(Step(None, Verdict.DROP, drop_reason(pod_key, direction, plan)))
+        rest.append(Step(None, Verdict.DROP, drop_reason(pod_key, direction, plan), isolation_cause(pod_key, direction, plan)))
     else:
-        rest = [Step(r, Verdict.DROP if r.action is Action.DENY else Verdict.RETURN, r.label()) for r in plan.baseline]
+        rest = [tier_step(r, Verdict.DROP if r.action is Action.DENY else Verdict.RETURN) for r in plan.baseline]
         rest.append(Step(None, Verdict.RETURN, f"{pod_key} {direction.value}: no policy decided, allowed"))
     if any(s.verdict is Verdict.PASS for s in admin):
         return [*admin, Step(None, Verdict.PASS, f"{pod_key} {direction.value}: on to NetworkPolicy and Baseline")], rest
     return admin + rest, None
+
+
+def drop_causes(plan: PodPlan) -> list[DropCause]:
+    """Every drop of a pod's chains, by cause: what a drop log prefix names."""
+    out = []
+    for direction in Direction:
+        dp = plan.direction(direction)
+        if dp is not None:
+            main, passed = direction_steps(plan.pod, direction, dp)
+            out += [s.cause for s in main + (passed or []) if s.cause is not None]
+    return out
 
 
 def pod_objects(

@@ -211,10 +211,18 @@ class IptRenderer:
         pass chain's RETURN goes back to the base chain, as this chain's would)."""
         goto = step.verdict is Verdict.PASS
         target = pass_chain if goto else step.verdict.value.upper()
-        return [rule("", target, step.comment, goto=goto)] if step.rule is None else self.match_rules(step.rule, target, goto)
+        out: list[RuleBody] = []
+        log = self.cfg.drop_log
+        if step.cause is not None and log is not None:
+            # NFLOG does not end the rule walk; the limit match keeps a flood in the kernel.
+            limit = f"-m limit --limit {log.rate}/sec --limit-burst {log.burst}"
+            nflog = f"NFLOG --nflog-prefix {step.cause.prefix} --nflog-group {log.group}"  # as iptables-save prints it
+            out += [rule(limit, nflog, step.comment)] if step.rule is None else self.match_rules(step.rule, nflog, extra=limit)
+        out += [rule("", target, step.comment, goto=goto)] if step.rule is None else self.match_rules(step.rule, target, goto)
+        return out
 
-    def match_rules(self, r: AllowRule | TierRule, target: str, goto: bool = False) -> list[RuleBody]:
-        """A rule's peer and ports → rules with `target` when they match."""
+    def match_rules(self, r: AllowRule | TierRule, target: str, goto: bool = False, extra: str = "") -> list[RuleBody]:
+        """A rule's peer and ports (and `extra` matches) → rules with `target` when they match."""
         side = "src" if r.direction is Direction.INGRESS else "dst"
         peers: list[tuple[int, str]] = [(0, "")]
         spec = r.peer
@@ -222,7 +230,7 @@ class IptRenderer:
             flags = f"{side},{side}" if isinstance(spec, PodSetSpec) and spec.port_name else side
             peers = [(fam, f"-m set --match-set {self.names.spec_set(spec, fam)} {flags}") for fam in family_sets(spec)]
         ports = [""] if r.ports is None else port_matches(r.ports)
-        return [rule(" ".join(x for x in (pm, peer) if x), target, r.label(), fam, goto) for fam, peer in peers for pm in ports]
+        return [rule(" ".join(x for x in (pm, peer, extra) if x), target, r.label(), fam, goto) for fam, peer in peers for pm in ports]
 
     def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> list[ChainDef]:
         main, passed = direction_steps(pod_key, direction, plan)

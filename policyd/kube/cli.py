@@ -10,6 +10,7 @@ from pathlib import Path
 from ..backends import CHOICES, resolve
 from ..dataplane.cni import CNI_DIR, detect_dispatch
 from ..dataplane.config import DispatchMode
+from ..dataplane.droplog import DropLog
 from .settings import AgentSettings, FailMode
 
 
@@ -51,6 +52,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--resync", type=float, default=float(env("RESYNC", "300") or 300), help="full resync period (s)")
     p.add_argument("--relist", type=float, default=float(env("RELIST", "1800") or 1800),
                    help="period (s) of a list of every kind that finds deletions a lost watch hid (also run after any relist of kopf's)")
+    p.add_argument("--drop-log", action=argparse.BooleanOptionalAction, default=(env("DROP_LOG") or "false") == "true",
+                   help="log every packet a pod's chain drops, one line naming the pod, peer, port and the policies or "
+                        "rule that dropped it (NFLOG, rate-limited per rule in the kernel; default off)")
+    p.add_argument("--drop-log-group", type=int, default=int(env_or("DROP_LOG_GROUP", "100")), help="NFLOG group (default 100)")
+    p.add_argument("--drop-log-rate", type=int, default=int(env_or("DROP_LOG_RATE", "10")),
+                   help="packets/s each drop rule may log (default 10, burst --drop-log-burst)")
+    p.add_argument("--drop-log-burst", type=int, default=int(env_or("DROP_LOG_BURST", "20")))
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -76,7 +84,8 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
         node_name=args.node_name, kubeconfig=args.kubeconfig, dispatch_mode=mode, interface_prefixes=prefixes,
         cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, backend=backend, metrics_address=args.metrics_address,
         metrics_port=args.metrics_port, health_port=args.health_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
-        relist_every=args.relist)
+        relist_every=args.relist,
+        drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst) if args.drop_log else None)
     problems = st.problems()
     if problems:
         raise RunError("; ".join(problems))

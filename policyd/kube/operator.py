@@ -72,7 +72,7 @@ class ClusterAgent:
                  lister: Lister | None = None) -> None:
         self.settings = settings
         closed = settings.interface_prefixes if settings.fail_mode is FailMode.CLOSED else ()
-        cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed)
+        cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed, drop_log=settings.drop_log)
         self.core = AgentCore(settings.node_name, backend or make_backend(settings.backend, settings.table), cfg,
                               resync_every=settings.resync_every, min_interval=settings.min_interval)
         self.compiler, self.syncer, self.runner = self.core.compiler, self.core.syncer, self.core.runner
@@ -391,6 +391,12 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
         log.info("%s on %s:%d", ", ".join(r.resource.canonical for r in app.router.routes() if r.resource is not None),
                  st.metrics_address, port)
     sync = asyncio.create_task(agent.sync_loop(), name="policyd-sync")
+    drops = None
+    if st.drop_log is not None:
+        drops = agent.core.drop_logger(st.log_format)
+        drops.start()  # binds the NFLOG group here: the agent's (the node's) network namespace
+        log.info("drop log on: NFLOG group %d, at most %d packets/s (burst %d) per drop rule", st.drop_log.group,
+                 st.drop_log.rate, st.drop_log.burst)
     try:
         if agent.lister is not None:
             # Before kopf starts: its own first listing keeps the event loop busy for
@@ -401,6 +407,8 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
                             clusterwide=True, stop_flag=stop)
     finally:
         sync.cancel()
+        if drops is not None:
+            drops.stop()
         for runner in runners:
             await runner.cleanup()
     log.info("stopped; the ruleset stays in place (policyd cleanup removes it)")

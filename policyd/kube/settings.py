@@ -9,6 +9,7 @@ from pathlib import Path
 from ..backends import BACKENDS, table_problem
 from ..dataplane.cni import CNI_DIR, IFPREFIX_RE
 from ..dataplane.config import DispatchMode
+from ..dataplane.droplog import DropLog
 
 
 class FailMode(str, Enum):
@@ -37,6 +38,7 @@ class AgentSettings:
     resync_every: float = 300.0
     relist_grace: float = 2.0  # after kopf relists a kind, compare with a list of ours
     relist_every: float = 1800.0  # and anyway this often: deletions a lost watch hid
+    drop_log: DropLog | None = None  # log the pod chains' drops (NFLOG) with their cause; None: off
 
     def problems(self) -> list[str]:
         out = []
@@ -53,4 +55,6 @@ class AgentSettings:
             out.append(why)
         if self.log_format not in ("text", "json"):
             out.append("--log-format is text or json")
+        if self.drop_log is not None:
+            out += [f"--drop-log: {p}" for p in self.drop_log.problems()]
         return out

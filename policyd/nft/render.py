@@ -23,6 +23,7 @@ from typing import Any
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule, addresses, named_ports
 from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import FAMILIES, DispatchMode, RenderConfig, family_sets
+from ..dataplane.droplog import DropLog
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
 from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects
 from ..model.objects import Direction, IPAddress
@@ -128,19 +129,30 @@ def port_terms(ports: tuple[PortMatch, ...]) -> list[list[dict[str, Any]]]:
     return terms
 
 
-def step_rules(step: Step, pass_chain: str) -> list[RuleBody]:
+def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None) -> list[RuleBody]:
     """One chain step → nft rule bodies ending in its verdict (`goto` the pass chain: when
-    that chain returns, it returns to the base chain, as this one would)."""
+    that chain returns, it returns to the base chain, as this one would); a logged drop is
+    first matched by a rate-limited `log group` rule named by its cause."""
     verdict: dict[str, Any] = (
         {"goto": {"target": pass_chain}} if step.verdict is Verdict.PASS else {step.verdict.value: None}
     )
-    if step.rule is None:
-        return [{"expr": [verdict], "comment": step.comment[:COMMENT_MAX]}]
-    return match_rules(step.rule, verdict)
+    out: list[RuleBody] = []
+    for tail in ([log_exprs(step.cause.prefix, drop_log)] if step.cause is not None and drop_log is not None else []) + [[verdict]]:
+        if step.rule is None:
+            out.append({"expr": tail, "comment": step.comment[:COMMENT_MAX]})
+        else:
+            out += match_rules(step.rule, tail)
+    return out
 
 
-def match_rules(rule: AllowRule | TierRule, verdict: dict[str, Any]) -> list[RuleBody]:
-    """A rule's peer and ports → nft rule bodies with `verdict` when they match."""
+def log_exprs(prefix: str, drop_log: DropLog) -> list[dict[str, Any]]:
+    return [{"limit": {"rate": drop_log.rate, "burst": drop_log.burst, "per": "second"}},
+            {"log": {"prefix": prefix, "group": drop_log.group}}]
+
+
+def match_rules(rule: AllowRule | TierRule, tail: list[dict[str, Any]]) -> list[RuleBody]:
+    """A rule's peer and ports → nft rule bodies ending in `tail` (a verdict, or a log)
+    when they match."""
     addr_field = "saddr" if rule.direction is Direction.INGRESS else "daddr"
     peer_terms: list[list[dict[str, Any]]] = []
     spec = rule.peer
@@ -159,16 +171,16 @@ def match_rules(rule: AllowRule | TierRule, verdict: dict[str, Any]) -> list[Rul
     out: list[RuleBody] = []
     for pt in peer_terms:
         for ports in port_alts:
-            out.append({"expr": [*pt, *ports, verdict], "comment": comment})
+            out.append({"expr": [*pt, *ports, *tail], "comment": comment})
     return out
 
 
-def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan) -> list[ChainDef]:
+def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan, drop_log: DropLog | None = None) -> list[ChainDef]:
     main, passed = direction_steps(pod_key, direction, plan)
     pass_name = pod_chain_name(pod_key, direction, passed=True)
-    chains = [ChainDef.build(pod_chain_name(pod_key, direction), [b for s in main for b in step_rules(s, pass_name)])]
+    chains = [ChainDef.build(pod_chain_name(pod_key, direction), [b for s in main for b in step_rules(s, pass_name, drop_log)])]
     if passed is not None:
-        chains.append(ChainDef.build(pass_name, [b for s in passed for b in step_rules(s, pass_name)]))
+        chains.append(ChainDef.build(pass_name, [b for s in passed for b in step_rules(s, pass_name, drop_log)]))
     return chains
 
 
@@ -186,7 +198,10 @@ def render_pod(plan: PodPlan, cfg: RenderConfig, ifname: str | None) -> PodObjec
             out.append(("pod-ifaces", iface))
         return out
 
-    return pod_objects(plan, cfg, ifname, render_direction_chain, map_name, spoof)
+    def chain(pod_key: str, direction: Direction, dp: DirectionPlan) -> list[ChainDef]:
+        return render_direction_chain(pod_key, direction, dp, cfg.drop_log)
+
+    return pod_objects(plan, cfg, ifname, chain, map_name, spoof)
 
 
 # --- the static skeleton ------------------------------------------------------------------

@@ -5,13 +5,14 @@ in, a JSON status file out) differ only in where events come from and where stat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import RenderConfig
 from ..model.events import Event
+from ..observe.droplog import CauseBook, DropLogger
 from .interfaces import RouteInterfaces
 from .runner import SyncRunner
 from .syncer import Syncer, SyncResult
@@ -38,6 +39,19 @@ class AgentCore:
         if n:
             self.runner.request()
         return n > 0
+
+    def fill_causes(self, book: CauseBook) -> None:
+        """The drop log's cause book from what this agent compiled (under the lock)."""
+        with self.lock:
+            book.refresh(list(self.compiler.plans.values()), list(self.compiler.store.pods.values()))
+
+    def drop_logger(self, fmt: str, emit: Callable[[str], None] | None = None) -> DropLogger:
+        """A drop logger for this agent's configured group (start it in the node's namespace);
+        lines go to stdout unless `emit` says otherwise."""
+        drop_log = self.syncer.cfg.drop_log
+        if drop_log is None:
+            raise ValueError("no drop log is configured")
+        return DropLogger(drop_log.group, self.compiler.node or "", self.fill_causes, emit or _print_line, fmt)
 
     def run_once(self) -> SyncResult | None:
         """A sync if one is due (SyncRunner.run_once), counting the drift it repaired."""
@@ -66,3 +80,7 @@ class AgentCore:
             "last_ops": s.last_result.ops if s.last_result else None,
             "local_pods": local_pods, "pending_interfaces": pending, "kernel_leftovers": self.syncer.backend.leftovers,
         }
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)

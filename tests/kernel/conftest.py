@@ -9,11 +9,14 @@ import ipaddress
 import os
 import textwrap
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 
-from policyd.dataplane.config import DispatchMode
+from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.dataplane.droplog import DropLog
 from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import delete_namespaces
 from policyd.lab.topology import Topology, v6_for
@@ -63,7 +66,7 @@ def parse(*docs: str) -> Manifests:
 
 
 class KernelCluster:
-    def __init__(self, topo: Topology, mode: DispatchMode, backend: str = "nftables") -> None:
+    def __init__(self, topo: Topology, mode: DispatchMode, backend: str = "nftables", drop_log: DropLog | None = None) -> None:
         self.backend = backend
         self.topo = topo
         m = parse(PODS)
@@ -82,7 +85,8 @@ class KernelCluster:
             topo.add_pod(pod, tcp, udp)
         topo.wait_ready()
         self.namespaces = m.namespaces
-        self.agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", mode, backend=backend)
+        self.agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", mode, backend=backend,
+                               cfg=RenderConfig(mode=mode, drop_log=drop_log))
         self.agent.load(m.namespaces, self.pods.values(), [])
         self.policies: dict[str, object] = {}
         self.cluster_policies: dict[str, object] = {}
@@ -117,16 +121,25 @@ class KernelCluster:
 
 from policyd.backends import BACKENDS as BACKENDS  # noqa: E402
 
+VARIANTS = [f"{t}-{b}" for t in ("routed", "bridge") for b in BACKENDS]
 
-@pytest.fixture(params=[f"{t}-{b}" for t in ("routed", "bridge") for b in BACKENDS])
-def cluster(request):
-    """`<topology>-<backend>`: every kernel test runs on both topologies and both backends."""
-    topology, backend = request.param.split("-")
+
+@contextmanager
+def kernel_cluster(variant: str, drop_log: DropLog | None = None) -> Iterator[KernelCluster]:
+    """`<topology>-<backend>`, torn down even when the test fails."""
+    topology, backend = variant.split("-")
     prefix = f"pdk{uuid.uuid4().hex[:6]}"
     mode = DispatchMode.INTERFACE if topology == "routed" else DispatchMode.ADDRESS
     topo = Topology(prefix, topology)
     try:
-        yield KernelCluster(topo, mode, backend)
+        yield KernelCluster(topo, mode, backend, drop_log)
     finally:
         topo.teardown()
         delete_namespaces(prefix + ".")
+
+
+@pytest.fixture(params=VARIANTS)
+def cluster(request):
+    """Every kernel test runs on both topologies and both backends."""
+    with kernel_cluster(request.param) as c:
+        yield c

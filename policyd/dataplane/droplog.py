@@ -1,0 +1,70 @@
+"""Drop logging, the pure half: which of a pod chain's drops are logged, and under what name.
+
+Every drop of a pod chain (the final drop of NetworkPolicy isolation, an Admin or Baseline
+Deny, a policy that fails closed) can be preceded by a rate-limited NFLOG rule. Its prefix is
+`pd-` and 16 hex digits of a hash of the drop's *cause* (pod, direction, tier, the policies,
+the rule): never a name from a Kubernetes object in kernel syntax, and exact: a packet's
+prefix names what dropped it even if the plan has changed since. The agent maps prefixes
+back to causes (`causes`) from the plans it compiled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from ..compile.plan import DirectionPlan, TierRule
+from ..model.objects import Direction
+
+PREFIX = "pd-"
+
+
+@dataclass(frozen=True)
+class DropLog:
+    """NFLOG group and kernel-side rate limit, per pod chain drop rule (packets/second and
+    burst): a flood is cut in the kernel, not in the agent."""
+
+    group: int = 100
+    rate: int = 10
+    burst: int = 20
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 0 <= self.group <= 65535:
+            out.append(f"the NFLOG group is 0-65535, not {self.group}")
+        if not 1 <= self.rate <= 10_000:
+            out.append(f"the drop log rate is 1-10000 packets/s per rule, not {self.rate}")
+        if not 1 <= self.burst <= 100_000:
+            out.append(f"the drop log burst is 1-100000 packets, not {self.burst}")
+        return out
+
+
+@dataclass(frozen=True)
+class DropCause:
+    """Why a pod chain drops: the pod and direction, and either the NetworkPolicies that
+    isolate it there (tier "NetworkPolicy", rule "") or the ClusterNetworkPolicy rule."""
+
+    pod: str
+    direction: Direction
+    tier: str  # NetworkPolicy | Admin | Baseline
+    policies: tuple[str, ...]
+    rule: str = ""  # the ClusterNetworkPolicy rule, as `explain` describes it
+
+    @property
+    def prefix(self) -> str:
+        digest = hashlib.sha256(repr((self.pod, self.direction.value, self.tier, self.policies, self.rule)).encode())
+        return PREFIX + digest.hexdigest()[:16]
+
+    def text(self) -> str:
+        if self.tier == "NetworkPolicy":
+            n = len(self.policies)
+            return f"isolated by {n} NetworkPolic{'y' if n == 1 else 'ies'} ({', '.join(self.policies)}), no rule allows"
+        return f"denied by {self.rule}"
+
+
+def isolation_cause(pod_key: str, direction: Direction, plan: DirectionPlan) -> DropCause:
+    return DropCause(pod_key, direction, "NetworkPolicy", plan.policies)
+
+
+def deny_cause(pod_key: str, rule: TierRule) -> DropCause:
+    return DropCause(pod_key, rule.direction, rule.tier.value, (rule.policy,), rule.describe())

@@ -1,0 +1,160 @@
+"""The drop log: NFLOG packets become one line each, naming what dropped them.
+
+A reader thread takes packets off the NFLOG socket into a bounded queue (a flood costs
+counted, dropped records, never memory or the agent's event loop); a writer thread turns
+each into a record: the pod whose chain dropped it, the direction, the peer (a pod's
+namespace/name when the agent knows the address, else the address), protocol and port, and
+the cause named by the rule's prefix (dataplane/droplog.py), never inferred from the
+packet. A prefix the agent has not seen (the plans changed) refreshes the cause book from
+the compiler once; what still has no cause is logged as unattributed, not guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..compile.plan import PodPlan
+from ..dataplane.droplog import DropCause
+from ..dataplane.renderer import drop_causes
+from ..model.objects import Direction, Pod
+from .nflog import NflogSocket, Packet
+
+
+class CauseBook:
+    """prefix → cause, and address → pod, from what the agent compiled. Causes are kept
+    after their plan changes (up to `limit`, oldest first out): a packet logged just before
+    a change is still named by the rule that dropped it."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self.causes: OrderedDict[str, DropCause] = OrderedDict()
+        self.pods: dict[str, str] = {}
+
+    def refresh(self, plans: Iterable[PodPlan], pods: Iterable[Pod]) -> None:
+        for plan in plans:
+            for cause in drop_causes(plan):
+                self.causes[cause.prefix] = cause
+                self.causes.move_to_end(cause.prefix)
+        while len(self.causes) > self.limit:
+            self.causes.popitem(last=False)
+        self.pods = {str(ip): p.key for p in pods for ip in p.ips}
+
+
+@dataclass
+class DropCounters:
+    logged: int = 0  # records written
+    unattributed: int = 0  # of those, with a prefix no plan of this agent produced
+    queue_full: int = 0  # packets dropped because the writer fell behind
+    socket_overruns: int = 0  # times the kernel dropped messages (socket buffer full)
+    by_direction: dict[str, int] = field(default_factory=dict)
+
+
+def record(packet: Packet, cause: DropCause | None, pods: dict[str, str], node: str, when: float) -> dict[str, Any]:
+    """One drop as a structured record (the JSON log line's fields)."""
+    out: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z",
+        "msg": "packet dropped", "node": node,
+        "src": pods.get(packet.src, packet.src), "srcIP": packet.src,
+        "dst": pods.get(packet.dst, packet.dst), "dstIP": packet.dst,
+        "protocol": packet.protocol,
+    }
+    if packet.dport is not None:
+        out["port"] = packet.dport
+    if cause is None:
+        out.update(cause="unattributed: no rule of this agent's plans has this log prefix", prefix=packet.prefix)
+        return out
+    out.update(pod=cause.pod, direction=cause.direction.value, tier=cause.tier, policies=list(cause.policies),
+               cause=cause.text())
+    if cause.rule:
+        out["rule"] = cause.rule
+    return out
+
+
+def text_line(rec: dict[str, Any]) -> str:
+    """The text log format: `drop ingress default/backend ← default/walker TCP/80: <cause>`."""
+    where = f"{rec['protocol']}/{rec['port']}" if "port" in rec else rec["protocol"]
+    if "pod" not in rec:
+        return f"drop {rec['src']} → {rec['dst']} {where}: {rec['cause']} ({rec['prefix']})"
+    if rec["direction"] == Direction.INGRESS.value:
+        return f"drop ingress {rec['pod']} ← {rec['src']} {where}: {rec['cause']}"
+    return f"drop egress {rec['pod']} → {rec['dst']} {where}: {rec['cause']}"
+
+
+def json_line(rec: dict[str, Any]) -> str:
+    return json.dumps(rec, separators=(",", ":"))
+
+
+class DropLogger:
+    """Reads NFLOG `group` in the network namespace of the thread that calls `start` and
+    writes one line per packet through `emit`. `refresh(book)` fills the cause book from
+    the agent's compiler (under its lock)."""
+
+    def __init__(self, group: int, node: str, refresh: Callable[[CauseBook], None], emit: Callable[[str], None],
+                 fmt: str = "text", queue_size: int = 10_000) -> None:
+        self.group, self.node, self.refresh_book, self.emit = group, node, refresh, emit
+        self.format = json_line if fmt == "json" else text_line
+        self.book = CauseBook()
+        self.counters = DropCounters()
+        self.queue: queue.Queue[tuple[float, Packet]] = queue.Queue(queue_size)
+        self.stopping = threading.Event()
+        self.sock: NflogSocket | None = None
+        self.threads: list[threading.Thread] = []
+        self._refreshed = 0.0
+
+    def start(self) -> None:
+        """Bind the group now (so an error is the caller's) and start both threads."""
+        self.sock = NflogSocket(self.group)
+        self.refresh_book(self.book)
+        self._refreshed = time.monotonic()
+        self.threads = [threading.Thread(target=self._read, name="nflog-read", daemon=True),
+                        threading.Thread(target=self._write, name="nflog-write", daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=2)
+        if self.sock is not None:
+            self.sock.close()
+
+    def _read(self) -> None:
+        assert self.sock is not None
+        while not self.stopping.is_set():
+            for packet in self.sock.recv(timeout=0.2):
+                try:
+                    self.queue.put_nowait((time.time(), packet))
+                except queue.Full:
+                    self.counters.queue_full += 1
+            self.counters.socket_overruns = self.sock.overruns
+
+    def _write(self) -> None:
+        while not self.stopping.is_set() or not self.queue.empty():
+            try:
+                when, packet = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.handle(when, packet)
+
+    def handle(self, when: float, packet: Packet) -> dict[str, Any]:
+        cause = self.book.causes.get(packet.prefix)
+        if cause is None and time.monotonic() - self._refreshed > 0.5:  # at most twice a second
+            self.refresh_book(self.book)
+            self._refreshed = time.monotonic()
+            cause = self.book.causes.get(packet.prefix)
+        rec = record(packet, cause, self.book.pods, self.node, when)
+        self.counters.logged += 1
+        if cause is None:
+            self.counters.unattributed += 1
+        else:
+            d = cause.direction.value
+            self.counters.by_direction[d] = self.counters.by_direction.get(d, 0) + 1
+        self.emit(self.format(rec))
+        return rec

@@ -1,0 +1,147 @@
+"""The drop log on real packets, both CNI styles and both backends: every dropped probe
+comes back from NFLOG as one record naming the pod whose chain dropped it, the direction,
+the peer, the port, and the policies that isolate the pod there (or the ClusterNetworkPolicy
+rule that denied), written here from the manifests, not computed by policyd."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import VARIANTS, kernel_cluster
+
+from policyd.dataplane.droplog import DropLog
+from policyd.lab.netns import entered
+from policyd.observe.droplog import DropLogger
+
+ALLOW_FRONTEND = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-frontend, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+"""
+ALSO_OPS = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: also-ops, namespace: default}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {team: ops}}}]
+"""
+U1_EGRESS_IPBLOCK = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: u1-to-node-2, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: unallowed}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 10.244.1.0/24, except: [10.244.1.11/32]}}]
+"""
+DNS_ONLY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: dns-only, namespace: other}
+spec:
+  podSelector: {}
+  ingress:
+  - ports: [{port: dns, protocol: UDP}]
+"""
+DENY_U1 = json.dumps({
+    "apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": "no-unallowed"},
+    "spec": {"tier": "Admin", "priority": 3, "subject": {"namespaces": {}},
+             "ingress": [{"name": "keep-out", "action": "Deny",
+                          "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "unallowed"}}}}]}]}})
+
+
+@pytest.fixture(params=VARIANTS)
+def logged(request):
+    with kernel_cluster(request.param, DropLog(group=7, rate=50, burst=50)) as cluster:
+        lines: list[str] = []
+        agent = cluster.agent
+
+        def fill(book):
+            book.refresh(list(agent.compiler.plans.values()), list(agent.compiler.store.pods.values()))
+
+        logger = DropLogger(7, "node-1", fill, lines.append, fmt="json")
+        with entered(agent.netns):  # the socket is bound in node-1's namespace, where the rules are
+            logger.start()
+        try:
+            yield cluster, lines, logger
+        finally:
+            logger.stop()
+
+
+def wait_for(lines: list[str], **want: object) -> dict:
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            r = json.loads(line)
+            if all(r.get(k) == v for k, v in want.items()):
+                return r
+        time.sleep(0.05)
+    raise AssertionError(f"no drop record with {want}; got {[json.loads(x) for x in lines]}")
+
+
+def test_each_drop_names_its_cause(logged):
+    cluster, lines, logger = logged
+    cluster.apply(ALLOW_FRONTEND, DNS_ONLY)
+    assert cluster.sync(full=True).ops == 0, "the log rules read back as written: a full sync changes nothing"
+
+    # Ingress isolation: u1 → b1 (both on node-1).
+    assert not cluster.can("u1", "b1", "TCP", 80)
+    r = wait_for(lines, pod="default/b1", direction="ingress", src="default/u1")
+    assert r["dst"] == "default/b1" and r["protocol"] == "TCP" and r["port"] == 80 and r["node"] == "node-1"
+    assert r["tier"] == "NetworkPolicy" and r["policies"] == ["default/allow-frontend"]
+    assert r["srcIP"] == cluster.ip("u1") and r["dstIP"] == cluster.ip("b1")
+
+    # Egress isolation by an ipBlock with an except: u1 → b2 (10.244.1.11, excepted) is dropped at
+    # u1's egress; a remote pod is still named.
+    cluster.apply(ALLOW_FRONTEND, DNS_ONLY, U1_EGRESS_IPBLOCK)
+    assert cluster.ip("b2") == "10.244.1.11"
+    assert not cluster.can("u1", "b2", "UDP", 80)
+    r = wait_for(lines, pod="default/u1", direction="egress", dst="default/b2")
+    assert r["protocol"] == "UDP" and r["port"] == 80 and r["policies"] == ["default/u1-to-node-2"]
+    assert cluster.can("u1", "f2"), "the rest of the block is allowed"
+
+    # A named port: o1 allows only UDP dns; TCP 80 from f1 is dropped at o1's ingress.
+    assert not cluster.can("f1", "o1", "TCP", 80)
+    r = wait_for(lines, pod="other/o1", direction="ingress", src="default/f1")
+    assert r["policies"] == ["other/dns-only"] and r["port"] == 80
+
+    # Nothing is logged for what is allowed.
+    assert cluster.can("f1", "b1") and cluster.can("f1", "o1", "UDP", 53)
+    time.sleep(0.3)
+    allowed = [json.loads(x) for x in lines if json.loads(x).get("src") == "default/f1" and json.loads(x).get("dst") == "default/b1"]
+    assert not allowed, allowed
+    assert logger.counters.unattributed == 0 and logger.counters.queue_full == 0
+
+
+def test_several_isolating_policies_and_an_admin_deny(logged):
+    cluster, lines, logger = logged
+    cluster.apply(ALLOW_FRONTEND, ALSO_OPS)
+    assert not cluster.can("u1", "b1")
+    r = wait_for(lines, pod="default/b1", direction="ingress", src="default/u1")
+    assert r["policies"] == ["default/allow-frontend", "default/also-ops"], "every policy that isolates b1, sorted"
+    assert "isolated by 2 NetworkPolicies" in r["cause"]
+
+    cluster.apply(ALLOW_FRONTEND, ALSO_OPS, DENY_U1)
+    lines.clear()
+    assert not cluster.can("u1", "f1"), "f1 is isolated too (also-ops), but the Admin Deny comes first"
+    r = wait_for(lines, pod="default/f1", direction="ingress", src="default/u1")
+    assert r["tier"] == "Admin" and r["policies"] == ["no-unallowed"]
+    assert r["rule"] == "Admin ClusterNetworkPolicy no-unallowed, ingress rule 0 'keep-out'"
+    assert r["cause"] == "denied by " + r["rule"]
+    assert cluster.sync(full=True).ops == 0
+    assert logger.counters.by_direction.get("ingress", 0) >= 2
+
+
+def test_without_a_drop_log_there_is_no_log_rule(cluster):
+    cluster.apply(ALLOW_FRONTEND)
+    dump = cluster.agent.dump()
+    assert "pd-" not in dump and "NFLOG" not in dump and " log " not in dump
