@@ -23,6 +23,7 @@ from typing import Any
 
 from ..backends import BACKENDS, make_backend
 from ..dataplane.config import DispatchMode, RenderConfig
+from ..dataplane.droplog import DropLog
 from ..reconcile.core import AgentCore
 from ..sources.manifest_dir import ManifestDirSource
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--interval", type=float, default=0.01)
     ap.add_argument("--resync", type=float, default=float(os.environ.get("POLICYD_LAB_RESYNC", "30")),
                     help="seconds between full resyncs (env POLICYD_LAB_RESYNC; default 30)")
+    ap.add_argument("--drop-log-group", type=int, default=0, help="log drops through this NFLOG group (0: no drop log)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -58,8 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, on_term)
 
     source = ManifestDirSource(args.state / "manifests")
-    core = AgentCore(args.node, make_backend(args.backend, args.table), RenderConfig(table=args.table, mode=DispatchMode(args.mode)),
-                     resync_every=args.resync)
+    drop_log = DropLog(group=args.drop_log_group) if args.drop_log_group else None
+    core = AgentCore(args.node, make_backend(args.backend, args.table),
+                     RenderConfig(table=args.table, mode=DispatchMode(args.mode), drop_log=drop_log), resync_every=args.resync)
+    drops = core.drop_logger("text") if drop_log is not None else None
+    if drops is not None:
+        drops.start()  # this process runs in the node's namespace: the group is the node's
     status_path = args.state / "agents" / f"{args.node}.json"
     started = time.time()
     applied_generation = -1
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             reported = {k: v for k, v in doc.items() if k != "heartbeat"}
             last_write = now
         time.sleep(args.interval)
+    if drops is not None:
+        drops.stop()
     log.info("stopping; the ruleset stays in place (policyd cleanup removes it)")
 
 

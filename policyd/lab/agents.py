@@ -12,6 +12,10 @@ from typing import Any
 
 from .records import LabError, LabRecord, alive
 
+# Lab agents always log drops (`policyd lab logs --drops`); each node is its own network
+# namespace, so one group number serves every lab.
+DROP_LOG_GROUP = 100
+
 
 class Agents:
     def __init__(self, lab_dir: Path, lab_name: str) -> None:
@@ -21,6 +25,13 @@ class Agents:
 
     def log_path(self, node: str) -> Path:
         return self.dir / f"{node}.log"
+
+    def drops(self, node: str) -> list[str]:
+        """The drop log lines of a node's agent (`drop …`), oldest first."""
+        try:
+            return [line for line in self.log_path(node).read_text(errors="replace").splitlines() if line.startswith("drop ")]
+        except FileNotFoundError:
+            return []
 
     def log_tail(self, node: str, lines: int = 15) -> str:
         try:
@@ -42,7 +53,7 @@ class Agents:
     def start(self, rec: LabRecord, node: str) -> int:
         log = open(self.log_path(node), "ab")
         args = [sys.executable, "-m", "policyd.lab.agentproc", "--state", str(self.lab_dir), "--node", node,
-                "--mode", rec.mode, "--backend", rec.backend]
+                "--mode", rec.mode, "--backend", rec.backend, "--drop-log-group", str(DROP_LOG_GROUP)]
         proc = subprocess.Popen(["ip", "netns", "exec", rec.nodes[node].netns, *args], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()

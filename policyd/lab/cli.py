@@ -103,6 +103,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    lab = _lab(args.name)
+    rec = lab.load()
+    for node in sorted(rec.nodes) if args.node is None else [args.node]:
+        if node not in rec.nodes:
+            raise LabError(f"lab {args.name} has no node {node!r} (nodes: {', '.join(sorted(rec.nodes))})")
+        lines = lab.agents.drops(node) if args.drops else lab.agents.log_tail(node, args.lines).splitlines()
+        print(f"--- {node} ({lab.agents.log_path(node)})")
+        for line in lines[-args.lines:]:
+            print(line)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -157,6 +170,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = add("status", cmd_status, "nodes, pods, addresses, interfaces, agent health and last sync")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    p = add("logs", cmd_logs, "the node agents' logs; --drops: only the drop log (each dropped packet and the policies that dropped it)")
+    p.add_argument("--node", default=None, help="one node (default: all)")
+    p.add_argument("--drops", action="store_true", help="only the drop log's lines")
+    p.add_argument("-n", "--lines", type=int, default=20, help="the last N lines of each node (default 20)")
 
     p = add("demo", cmd_demo, "the allow-frontend-to-backend walk-through on real packets")
     p.set_defaults(name="demo")

@@ -37,6 +37,18 @@ def app_of(key: str) -> str:
     return key.split("/")[1].rsplit("-", 1)[0]
 
 
+def wait_for_drops(lab: Lab, sources: list[str], targets: list[str], timeout: float = 3.0) -> list[str]:
+    """The nodes' drop log lines of TCP 80 from `sources` to `targets` (the writer thread may
+    lag the probes a little)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [line for node in sorted(lab.load().nodes) for line in lab.agents.drops(node)
+                 if "TCP/80" in line and any(f"drop ingress {t} ← {s} " in line for s in sources for t in targets)]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
 def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False, backend: str = "nftables") -> int:
     lab = Lab(name)
     expect = Expect()
@@ -97,14 +109,21 @@ def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False, b
         print("  (NetworkPolicy ports name TCP, UDP or SCTP only, so once backend is isolated it answers no ping at all;")
         print("   the ICMP row is part of the check below)")
 
-        print("\n== 5. Every probe against the policy engine (policyd matrix) for the lab's manifests")
+        print(f"\n== 5. The drop log: what the agents said about those drops (policyd lab logs --drops --name {name})")
+        drops = wait_for_drops(lab, by_app["unallowed"], by_app["backend"])
+        for line in drops[:4]:
+            print("  " + line)
+        expect(bool(drops) and all("isolated by 1 NetworkPolicy (default/allow-frontend-to-backend)" in d for d in drops),
+               "each unallowed → backend drop is logged, naming allow-frontend-to-backend")
+
+        print("\n== 6. Every probe against the policy engine (policyd matrix) for the lab's manifests")
         bad = run_check(lab, None, None, 0.5, say=lambda s: print("  " + s))
         expect(bad == 0, "observed == engine for ICMP and every served TCP/UDP port")
     finally:
         if keep:
             print(f"\nlab {name} kept: policyd lab status --name {name}; remove with policyd lab down --name {name}")
         else:
-            print(f"\n== 6. Clean up: policyd lab down --name {name}")
+            print(f"\n== 7. Clean up: policyd lab down --name {name}")
             lab.down(say=lambda s: print("  " + s))
     if expect.failures:
         print(f"\ndemo: {len(expect.failures)} observation(s) did not match: " + "; ".join(expect.failures))

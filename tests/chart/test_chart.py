@@ -86,6 +86,10 @@ def test_values_reach_the_agent():
     assert c["ports"][0]["containerPort"] == 9100 and c["image"].endswith(":test")
     assert env["POLICYD_BACKEND"] == "nftables"
     assert "xtables-lock" not in {m["name"] for m in c["volumeMounts"]}
+    assert env["POLICYD_DROP_LOG"] == "false", "the drop log is opt-in"
+    c = render("dropLog.enabled=true", "dropLog.group=5", "dropLog.rate=3")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert (env["POLICYD_DROP_LOG"], env["POLICYD_DROP_LOG_GROUP"], env["POLICYD_DROP_LOG_RATE"]) == ("true", "5", "3")
 
 
 def test_iptables_backend_shares_the_hosts_xtables_lock_and_gets_net_raw():
@@ -112,7 +116,7 @@ def test_env_names_match_the_agent_options():
 
 
 @pytest.mark.parametrize("bad", ["dispatchMode=bridge", "backend=ebpf", "failMode=maybe", "failMode=closed,dispatchMode=address", "logFormat=xml",
-                                 "healthPort=0"])
+                                 "healthPort=0", "dropLog.group=70000", "dropLog.rate=0"])
 def test_bad_values_are_refused(bad: str):
     r = helm("template", "pd", str(CHART), "--set", bad, check=False)
     assert r.returncode != 0 and ("must be" in r.stderr or "needs" in r.stderr), r.stderr

@@ -46,3 +46,29 @@ def test_a_dead_agent_stops_changes_before_they_are_written(make_lab):
     lab.restart_agent(node)
     lab.label("pod", pod, ["extra=1"], say=lambda s: None)
     assert lab.read_object("Pod", pod)["metadata"]["labels"]["extra"] == "1"
+
+
+def test_lab_logs_shows_the_drop_log(make_lab, capsys, monkeypatch):
+    """`policyd lab logs --drops`: the lab's agents log every drop with the policy that made it,
+    and a drop that cannot happen (an allowed probe) is never logged."""
+    import argparse
+    import time
+
+    import policyd.lab.cli as cli
+
+    lab = make_lab(["examples/cluster/demo.yaml"], "bridge")
+    lab.apply([str(ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml")], say=lambda s: None)
+    assert not any(lab.probe("app=unallowed", "app=backend", "TCP", 80, 0.4).allowed.values())
+    assert all(lab.probe("app=frontend", "app=backend", "TCP", 80, 0.4).allowed.values())
+    monkeypatch.setattr(cli, "_lab", lambda name: lab)
+    deadline = time.monotonic() + 3
+    while True:
+        assert cli.cmd_logs(argparse.Namespace(name=lab.name, node=None, drops=True, lines=200)) == 0
+        out = capsys.readouterr().out
+        drops = [line for line in out.splitlines() if line.startswith("drop ")]
+        if len(drops) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert drops and all("default/unallowed-" in d and "allow-frontend-to-backend" in d for d in drops), out
+    assert not any("← default/frontend-" in d for d in drops), "allowed traffic is never logged"
+    assert "--- node-1" in out and "--- node-2" in out

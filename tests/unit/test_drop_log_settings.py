@@ -1,0 +1,66 @@
+"""`policyd run --drop-log` and its limits, and the pure half of the drop log: causes and
+their prefixes, NFLOG parsing, and the record a packet becomes."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from policyd.cli import build_parser
+from policyd.dataplane.droplog import DropCause, DropLog
+from policyd.kube.cli import RunError, settings_from
+from policyd.model.objects import Direction
+from policyd.observe.droplog import record, text_line
+from policyd.observe.nflog import NFULA_PAYLOAD, NFULA_PREFIX, Packet, parse
+
+
+def run_args(*extra: str):
+    return build_parser().parse_args(["run", "--node-name", "n1", "--dispatch-mode", "address", *extra])
+
+
+def test_the_drop_log_is_opt_in_and_its_limits_are_checked():
+    st, _, _ = settings_from(run_args())
+    assert st.drop_log is None
+    st, _, _ = settings_from(run_args("--drop-log", "--drop-log-group", "5", "--drop-log-rate", "2"))
+    assert st.drop_log == DropLog(group=5, rate=2, burst=20)
+    with pytest.raises(RunError, match="NFLOG group is 0-65535"):
+        settings_from(run_args("--drop-log", "--drop-log-group", "70000"))
+    with pytest.raises(RunError, match="rate is 1-10000"):
+        settings_from(run_args("--drop-log", "--drop-log-rate", "0"))
+
+
+def test_a_cause_prefix_is_content_addressed_and_carries_no_name():
+    a = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/allow-frontend",))
+    b = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/allow-frontend", "default/also"))
+    assert a.prefix != b.prefix and a.prefix == DropCause(*a.__dict__.values()).prefix
+    assert a.prefix.startswith("pd-") and len(a.prefix) == 19 and "default" not in a.prefix
+
+
+def nflog_message(prefix: bytes, payload: bytes) -> bytes:
+    def attr(kind: int, value: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(value), kind) + value
+        return raw + b"\0" * (-len(raw) % 4)
+    body = struct.pack("=BBH", socket.AF_INET, 0, socket.htons(7)) + attr(NFULA_PREFIX, prefix + b"\0") + attr(NFULA_PAYLOAD, payload)
+    return struct.pack("=IHHII", 16 + len(body), 4 << 8, 0, 0, 0) + body
+
+
+def test_nflog_messages_parse_to_addresses_protocol_and_port():
+    ipv4 = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]) + struct.pack("!HH", 40000, 80) + bytes(16)
+    ipv6 = bytes([0x60, 0, 0, 0, 0, 8, 17, 64]) + socket.inet_pton(socket.AF_INET6, "fd00::1") + socket.inet_pton(socket.AF_INET6, "fd00::2") \
+        + struct.pack("!HH", 5353, 53)
+    got = parse(nflog_message(b"pd-0123456789abcdef", ipv4) + nflog_message(b"pd-x", ipv6))
+    assert got == [Packet("pd-0123456789abcdef", "10.0.0.1", "10.0.0.2", "TCP", 80, None, None),
+                   Packet("pd-x", "fd00::1", "fd00::2", "UDP", 53, None, None)]
+
+
+def test_a_record_names_peers_it_knows_and_never_guesses_a_cause():
+    p = Packet("pd-1", "10.0.0.1", "10.0.0.2", "TCP", 80, None, None)
+    cause = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/allow-frontend",))
+    r = record(p, cause, {"10.0.0.1": "default/u1", "10.0.0.2": "default/b1"}, "node-1", 0.0)
+    assert text_line(r) == ("drop ingress default/b1 ← default/u1 TCP/80: isolated by 1 NetworkPolicy (default/allow-frontend), "
+                            "no rule allows")
+    unknown = record(p, None, {}, "node-1", 0.0)
+    assert "pod" not in unknown and "policies" not in unknown and unknown["src"] == "10.0.0.1"
+    assert text_line(unknown).startswith("drop 10.0.0.1 → 10.0.0.2 TCP/80: unattributed")
