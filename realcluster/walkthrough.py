@@ -44,12 +44,15 @@ class Probe:
         return f"{self.source_app} ({self.source_node}) → {self.target} {self.address}{where} {self.protocol}"
 
 
-def install_chart(cluster: Cluster, backend: str, say: Say) -> None:
+def install_chart(cluster: Cluster, backend: str, say: Say, values: tuple[str, ...] = ()) -> None:
+    """`values`: more `--set` assignments (e.g. dropLog.enabled=true)."""
     repo, tag = POLICYD.rsplit(":", 1)
-    say(f"helm install {RELEASE} charts/policyd -n {RELEASE_NS} --set backend={backend} (image {POLICYD}, pullPolicy Never)")
+    say(f"helm install {RELEASE} charts/policyd -n {RELEASE_NS} --set backend={backend}"
+        + "".join(f" --set {v}" for v in values) + f" (image {POLICYD}, pullPolicy Never)")
     cluster.run_in_fabric([str(HELM), "install", RELEASE, str(CHART), "-n", RELEASE_NS,
                            "--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
-                           "--set", "image.pullPolicy=Never", "--set", f"backend={backend}"])
+                           "--set", "image.pullPolicy=Never", "--set", f"backend={backend}",
+                           *(a for v in values for a in ("--set", v))])
     rollout(cluster, f"daemonset/{RELEASE}", RELEASE_NS, say)
 
 

@@ -1,6 +1,6 @@
 """The cluster agent on a real cluster (the chart's DaemonSet, watching a real
 kube-apiserver through its ServiceAccount): relabelling moves a pod in and out of a
-policy, an Admin ClusterNetworkPolicy overrides it and goes with its deletion, a named port that resolves nowhere gives one Warning Event per node (naming the
+policy (and the drop log, in `kubectl logs`, names the policy that dropped), an Admin ClusterNetworkPolicy overrides it and goes with its deletion, a named port that resolves nowhere gives one Warning Event per node (naming the
 node and the action), a restart of every agent posts none again, the agent's only writes
 are Events (the API server's audit log says so), metrics and readiness are served on the
 host network, and `helm uninstall` leaves the ruleset enforcing.
@@ -41,6 +41,13 @@ def eventually(check, want: bool, what: str, timeout: float = 20.0) -> None:
         time.sleep(0.5)
 
 
+def agent_logs(cluster: Cluster, node: str) -> str:
+    """`kubectl logs` of the policyd pod on `node`."""
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/name=policyd", "-o", "json").stdout)
+    pod = next(p["metadata"]["name"] for p in pods["items"] if p["spec"].get("nodeName") == node)
+    return cluster.kubectl("logs", "-n", RELEASE_NS, pod, check=False).stdout
+
+
 def warning_events(cluster: Cluster, reason: str) -> list[dict]:
     items = json.loads(cluster.kubectl("get", "events", "-n", "default", "-o", "json").stdout)["items"]
     return [e for e in items if e.get("reason") == reason]
@@ -49,7 +56,7 @@ def warning_events(cluster: Cluster, reason: str) -> list[dict]:
 def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     c = cluster
     say: list[str] = []
-    install_chart(c, "nftables", say.append)
+    install_chart(c, "nftables", say.append, values=("dropLog.enabled=true",))
     c.kubectl("apply", "-f", str(WORKLOADS))
     for app in ("backend", "frontend", "unallowed"):
         rollout(c, f"deployment/{app}", "default", say.append)
@@ -62,6 +69,10 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
 
     c.kubectl("apply", "-f", str(POLICY))
     eventually(lambda: tcp(c, "walker", backend["ip"]), False, "unallowed walker → backend after the policy")
+    # The drop log (dropLog.enabled): node-2's agent says which policy dropped the walker.
+    want = f"drop ingress default/{backend['name']} ← default/walker TCP/80: isolated by 1 NetworkPolicy " \
+           "(default/allow-frontend-to-backend), no rule allows"
+    eventually(lambda: want in agent_logs(c, "node-2"), True, "the drop in node-2's agent log (kubectl logs)", timeout=10)
 
     # Relabelled with kubectl: the pod moves into the allowed set, and out again.
     c.kubectl("label", "pod", "walker", "app=frontend", "--overwrite")
