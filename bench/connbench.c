@@ -8,6 +8,9 @@
  *                                      mean "allowed"; silence means "dropped"); prints
  *                                      "k t" when port PORT0+k first answers, t on the
  *                                      CLOCK_MONOTONIC clock (Python's time.monotonic)
+ *   connbench flood IP PORT SECONDS    64-byte UDP datagrams as fast as one socket sends them;
+ *                                      prints: sent packets_per_s (what a firewall that drops
+ *                                      them costs the sender: veth delivery runs in its context)
  *
  * Every connection is new to conntrack, so each one walks the ruleset once (SYN), and
  * the rest of it is established traffic. Python is far too slow to generate this load.
@@ -116,10 +119,28 @@ static int probe(const char *ip, int port0, int count, int ms) {
     return 0;
 }
 
+static int flood(const char *ip, int port, double seconds) {
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) { fprintf(stderr, "bad address\n"); return 2; }
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    char buf[64] = {0};
+    long sent = 0;
+    double start = now(), end = start + seconds;
+    while (now() < end) {
+        for (int i = 0; i < 256; i++)
+            if (sendto(s, buf, sizeof buf, 0, (struct sockaddr *)&a, sizeof a) == sizeof buf) sent++;
+    }
+    printf("%ld %.0f\n", sent, sent / (now() - start));
+    close(s);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "server")) return server(atoi(argv[2]));
     if (argc == 5 && !strcmp(argv[1], "client")) return client(argv[2], atoi(argv[3]), atof(argv[4]));
     if (argc == 6 && !strcmp(argv[1], "probe")) return probe(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
-    fprintf(stderr, "usage: connbench server PORT | connbench client IP PORT SECONDS | connbench probe IP PORT0 COUNT MS\n");
+    if (argc == 5 && !strcmp(argv[1], "flood")) return flood(argv[2], atoi(argv[3]), atof(argv[4]));
+    fprintf(stderr, "usage: connbench server PORT | connbench client IP PORT SECONDS | connbench probe IP PORT0 COUNT MS | "
+                    "connbench flood IP PORT SECONDS\n");
     return 2;
 }

@@ -13,7 +13,8 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only drift` only the drift repair times (bench/drift.py, about 2 minutes),
 `--only dataplane` only the nftables dataplane and large sets (about 5 minutes),
 `--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute),
-`--only cluster-policies` only what 1,000 ClusterNetworkPolicies cost (bench/cluster_policies.py, about 3 minutes);
+`--only cluster-policies` only what 1,000 ClusterNetworkPolicies cost (bench/cluster_policies.py, about a minute),
+`--only drop-log` only the drop log off and on (bench/drop_log.py, about a minute);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -37,6 +38,7 @@ import agent_scenarios  # noqa: E402
 import backends  # noqa: E402
 import cluster_latency  # noqa: E402
 import cluster_policies  # noqa: E402
+import drop_log  # noqa: E402
 import drift  # noqa: E402
 import firstpacket  # noqa: E402
 import matrix  # noqa: E402
@@ -263,6 +265,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "matrix": ("policyd matrix at scale", matrix.measure),
     "iptables-api": ("iptables: restore or libiptc", backends.iptables_apis),
     "cluster-policies": ("ClusterNetworkPolicy cost", cluster_policies.measure),
+    "drop-log": ("The drop log: off and on", drop_log.measure),
 }
 
 
@@ -289,7 +292,7 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane", "iptables-api", "cluster-policies") else
+    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane", "iptables-api", "cluster-policies", "drop-log") else
              "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh")
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
            + (f" --only {args.only}" if args.only else "") + " --write")
@@ -330,6 +333,7 @@ def main() -> None:
     drift_lines = step("drift repair", drift.measure)
     matrix_lines = step("policyd matrix at scale", matrix.measure)
     cnp_lines = step("ClusterNetworkPolicy cost", cluster_policies.measure)
+    drop_log_lines = step("drop log", drop_log.measure)
     if args.write:
         firstpacket.plot(firstpacket.series(fp), docs / "first-packet.png")
     steal = steal_share(steal_before, cpu_times())
@@ -381,6 +385,8 @@ def main() -> None:
         *section("matrix", matrix_lines, False),
         "",
         *section("cluster-policies", cnp_lines, False),
+        "",
+        *section("drop-log", drop_log_lines, False),
         "",
         "## Where targets are missed, and why",
         "",
