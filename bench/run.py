@@ -38,8 +38,8 @@ import agent_scenarios  # noqa: E402
 import backends  # noqa: E402
 import cluster_latency  # noqa: E402
 import cluster_policies  # noqa: E402
-import drop_log  # noqa: E402
 import drift  # noqa: E402
+import drop_log  # noqa: E402
 import firstpacket  # noqa: E402
 import matrix  # noqa: E402
 import synthetic  # noqa: E402
