@@ -71,11 +71,11 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         keys, rows = pairs(compiler, w.pods, proto, args.port)
         report.write_pairs_json(sys.stdout, proto, service_port(proto, args.port), keys, rows)
     elif args.by == "pod":
-        print(report.matrix_table(compute(compiler, w.pods, proto, args.port)), end="")
+        print(report.matrix_table(compute(compiler, w.pods, proto, args.port)) + report.audit_note(w.policies), end="")
     elif args.output == "json":
         print(json.dumps(compute_grouped(compiler, w.pods, proto, args.port).to_json(), indent=2))
     else:
-        print(report.grouped_table(compute_grouped(compiler, w.pods, proto, args.port)), end="")
+        print(report.grouped_table(compute_grouped(compiler, w.pods, proto, args.port)) + report.audit_note(w.policies), end="")
     return EXIT_OK
 
 

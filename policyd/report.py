@@ -9,7 +9,7 @@ from typing import TextIO
 from .compile.evaluate import SideVerdict, Verdict
 from .compile.matrix import GroupedMatrix, Matrix
 from .compile.plan import AllowRule, PortMatch, TierRule
-from .model.objects import Action
+from .model.objects import Action, NetworkPolicy
 
 YES, NO = "✓", "✗"
 
@@ -116,7 +116,21 @@ def side_text(s: SideVerdict, protocol: str, port: int | None) -> str:
         lines.append(f"    no NetworkPolicy isolates it; {verb} by {rule_text(d, protocol, port)}")
     else:
         lines.append("    no NetworkPolicy isolates it and no ClusterNetworkPolicy rule matches: allowed")
+    if s.audit_would_drop:
+        lines.append(f"    audit mode (not enforced): {', '.join(s.audit_would_drop)} would drop this; no rule of "
+                     f"{'it' if len(s.audit_would_drop) == 1 else 'them'} allows it")
+    elif s.audit_allowed_by is not None:
+        lines.append(f"    audit mode (not enforced): would be allowed by {rule_text(s.audit_allowed_by, protocol, port)}")
     return "\n".join(lines)
+
+
+def audit_note(policies: Iterable[NetworkPolicy]) -> str:
+    """Under a matrix: the audit-mode policies, which it leaves out (they enforce nothing;
+    `policyd explain` says what each would do)."""
+    audited = sorted(p.key for p in policies if p.audit)
+    if not audited:
+        return ""
+    return f"audit mode, not enforced and not in this matrix (policyd explain shows what they would drop): {', '.join(audited)}\n"
 
 
 def explain_text(v: Verdict) -> str:

@@ -35,6 +35,10 @@ class SideVerdict:
     allowed_by: AllowRule | None
     decided_by: TierRule | None = None
     passed_by: TierRule | None = None
+    # Audit mode (never part of the verdict): the audited NetworkPolicies that would drop
+    # this if they were enforced, or the rule of theirs that would allow it.
+    audit_would_drop: tuple[str, ...] = ()
+    audit_allowed_by: AllowRule | None = None
 
     @property
     def allowed(self) -> bool:
@@ -108,11 +112,14 @@ class Evaluator:
         if plan.isolated:  # "v1.NetworkPolicy always makes a final decision for selected pods"
             allowed_by = next((r for r in plan.rules if self.rule_matches(r, peer_ip, protocol, port)), None)
             return SideVerdict(direction, endpoint, plan, allowed_by, None, passed)
+        # Audit mode, where NetworkPolicy would decide: what enforcing the audited ones would do.
+        audit_allowed = next((r for r in plan.audit_rules if self.rule_matches(r, peer_ip, protocol, port)), None)
+        would_drop = plan.audit if plan.audit and audit_allowed is None else ()
         for r in plan.baseline:
             if self.rule_matches(r, peer_ip, protocol, port):
                 # Accept or Deny is final; a Pass here goes on to the default: allowed.
-                return SideVerdict(direction, endpoint, plan, None, r, passed)
-        return SideVerdict(direction, endpoint, plan, None, None, passed)
+                return SideVerdict(direction, endpoint, plan, None, r, passed, would_drop, audit_allowed)
+        return SideVerdict(direction, endpoint, plan, None, None, passed, would_drop, audit_allowed)
 
     def verdict(self, src: Endpoint, dst: Endpoint, protocol: str = "TCP", port: int | None = 80) -> Verdict:
         if protocol == "ICMP":

@@ -177,6 +177,10 @@ class DirectionPlan:
     invalid: tuple[PolicyKey, ...] = ()
     admin: tuple[TierRule, ...] = ()
     baseline: tuple[TierRule, ...] = ()
+    # Audit mode: NetworkPolicies that would isolate the pod here if they were enforced (only
+    # where no enforced one does: otherwise they could only allow more), and their rules.
+    audit: tuple[PolicyKey, ...] = ()
+    audit_rules: tuple[AllowRule, ...] = ()
 
     @property
     def isolated(self) -> bool:
@@ -198,6 +202,6 @@ class PodPlan:
         out: set[SetSpec] = set()
         for dp in (self.ingress, self.egress):
             if dp is not None:
-                for rules in (dp.rules, dp.admin, dp.baseline):
+                for rules in (dp.rules, dp.admin, dp.baseline, dp.audit_rules):
                     out.update(r.peer for r in rules if r.peer is not None)
         return out

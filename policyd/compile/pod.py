@@ -144,10 +144,13 @@ def plan_pod(pod: Pod, policies: list[NetworkPolicy], cluster_policies: Sequence
     `cluster_policies` the ClusterNetworkPolicies whose subject is the pod."""
     dirs: dict[Direction, DirectionPlan | None] = {}
     for d in Direction:
-        isolating = [p for p in policies if d in p.policy_types]
+        isolating = [p for p in policies if d in p.policy_types and not p.audit]
+        # Audit mode never changes what is enforced: audited policies matter only where no
+        # enforced one isolates (where one does, adding them could only allow more).
+        auditing = [p for p in policies if d in p.policy_types and p.audit] if not isolating else []
         admin = tier_rules(cluster_policies, Tier.ADMIN, d, pod)
         baseline = tier_rules(cluster_policies, Tier.BASELINE, d, pod)
-        if not isolating and not admin and not baseline:
+        if not isolating and not admin and not baseline and not auditing:
             dirs[d] = None  # "isolation in one direction does not touch the other"
             continue
         rules = [r for p in isolating for r in direction_rules(p, d, pod)]
@@ -158,5 +161,7 @@ def plan_pod(pod: Pod, policies: list[NetworkPolicy], cluster_policies: Sequence
             admin=admin,
             # "Further evaluation only happens for Pods not selected by a v1.NetworkPolicy."
             baseline=baseline if not isolating else (),
+            audit=tuple(p.key for p in auditing),
+            audit_rules=tuple(r for p in auditing for r in direction_rules(p, d, pod)),
         )
     return PodPlan(pod.key, pod.ips, dirs[Direction.INGRESS], dirs[Direction.EGRESS])

@@ -17,6 +17,7 @@ from ..compile.plan import DirectionPlan, TierRule
 from ..model.objects import Direction
 
 PREFIX = "pd-"
+AUDIT = "Audit"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class DropCause:
 
     pod: str
     direction: Direction
-    tier: str  # NetworkPolicy | Admin | Baseline
+    tier: str  # NetworkPolicy | Admin | Baseline | Audit (logged only: audit mode drops nothing)
     policies: tuple[str, ...]
     rule: str = ""  # the ClusterNetworkPolicy rule, as `explain` describes it
 
@@ -56,6 +57,10 @@ class DropCause:
         return PREFIX + digest.hexdigest()[:16]
 
     def text(self) -> str:
+        if self.tier == AUDIT:
+            n = len(self.policies)
+            return (f"would be dropped by {n} audit-mode NetworkPolic{'y' if n == 1 else 'ies'} ({', '.join(self.policies)}): "
+                    "no rule of theirs allows it; not enforced")
         if self.tier == "NetworkPolicy":
             n = len(self.policies)
             return f"isolated by {n} NetworkPolic{'y' if n == 1 else 'ies'} ({', '.join(self.policies)}), no rule allows"
@@ -68,3 +73,7 @@ def isolation_cause(pod_key: str, direction: Direction, plan: DirectionPlan) -> 
 
 def deny_cause(pod_key: str, rule: TierRule) -> DropCause:
     return DropCause(pod_key, rule.direction, rule.tier.value, (rule.policy,), rule.describe())
+
+
+def audit_cause(pod_key: str, direction: Direction, plan: DirectionPlan) -> DropCause:
+    return DropCause(pod_key, direction, AUDIT, plan.audit)

@@ -11,7 +11,7 @@ from typing import Protocol
 from ..compile.plan import AllowRule, DirectionPlan, Entry, PodPlan, SetSpec, TierRule
 from ..model.objects import Action, Direction, IPAddress
 from .config import DispatchMode, RenderConfig, valid_ifname
-from .droplog import DropCause, deny_cause, isolation_cause
+from .droplog import DropCause, audit_cause, deny_cause, isolation_cause
 from .objects import ChainDef, Elem, MapDef, SetDef
 
 
@@ -57,6 +57,8 @@ class Verdict(Enum):
     RETURN = "return"  # this direction allows: back to the base chain (the other direction is next)
     DROP = "drop"
     PASS = "pass"  # on to the pass chain: NetworkPolicy, then Baseline (nftables and iptables `goto`)
+    AUDIT = "audit"  # a call of the audit chain, which returns here whatever it finds
+    LOG = "log"  # only the drop log's rule (the audit chain's last step: it drops nothing)
 
 
 VERDICTS = {Action.ACCEPT: Verdict.RETURN, Action.DENY: Verdict.DROP, Action.PASS: Verdict.PASS}
@@ -73,12 +75,21 @@ class Step:
     cause: DropCause | None = None
 
 
-def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan) -> tuple[list[Step], list[Step] | None]:
-    """A pod's chain in one direction, tier by tier, and its pass chain (None when no Admin
-    rule passes: then the NetworkPolicy and Baseline steps follow inline). First match wins:
-    Admin rules in order (Accept returns, Deny drops, Pass goes to the pass chain); then, when
-    NetworkPolicies isolate the pod, their allow rules and a final drop; else the Baseline
-    rules in order (Pass, like Accept, ends at the default) and a final return."""
+@dataclass(frozen=True)
+class DirectionSteps:
+    main: list[Step]
+    passed: list[Step] | None  # the pass chain (an Admin Pass goes there), if any rule passes
+    audit: list[Step] | None  # the audit chain, if audited policies would isolate the pod here
+
+
+def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan, audit: bool = False) -> DirectionSteps:
+    """A pod's chain in one direction, tier by tier, its pass chain (None when no Admin rule
+    passes: then the NetworkPolicy and Baseline steps follow inline) and, with `audit` (the
+    drop log is on), its audit chain. First match wins: Admin rules in order (Accept returns,
+    Deny drops, Pass goes to the pass chain); then, when NetworkPolicies isolate the pod,
+    their allow rules and a final drop; else a call of the audit chain (the audited policies'
+    allow rules return, the rest is logged as what they would drop) and the Baseline rules
+    in order (Pass, like Accept, ends at the default) and a final return."""
     def tier_step(r: TierRule, verdict: Verdict) -> Step:
         return Step(r, verdict, r.label(), deny_cause(pod_key, r) if verdict is Verdict.DROP else None)
 
@@ -89,9 +100,16 @@ def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan) -> 
     else:
         rest = [tier_step(r, Verdict.DROP if r.action is Action.DENY else Verdict.RETURN) for r in plan.baseline]
         rest.append(Step(None, Verdict.RETURN, f"{pod_key} {direction.value}: no policy decided, allowed"))
+    audited = None
+    if audit and plan.audit and not plan.isolated:
+        rest.insert(0, Step(None, Verdict.AUDIT, f"{pod_key} {direction.value}: what audit-mode policies would drop"))
+        audited = [Step(r, Verdict.RETURN, r.label()) for r in plan.audit_rules]
+        audited.append(Step(None, Verdict.LOG, f"{pod_key} {direction.value}: audit mode, would be dropped",
+                            audit_cause(pod_key, direction, plan)))
     if any(s.verdict is Verdict.PASS for s in admin):
-        return [*admin, Step(None, Verdict.PASS, f"{pod_key} {direction.value}: on to NetworkPolicy and Baseline")], rest
-    return admin + rest, None
+        return DirectionSteps([*admin, Step(None, Verdict.PASS, f"{pod_key} {direction.value}: on to NetworkPolicy and Baseline")],
+                              rest, audited)
+    return DirectionSteps(admin + rest, None, audited)
 
 
 def drop_causes(plan: PodPlan) -> list[DropCause]:
@@ -100,8 +118,8 @@ def drop_causes(plan: PodPlan) -> list[DropCause]:
     for direction in Direction:
         dp = plan.direction(direction)
         if dp is not None:
-            main, passed = direction_steps(plan.pod, direction, dp)
-            out += [s.cause for s in main + (passed or []) if s.cause is not None]
+            ds = direction_steps(plan.pod, direction, dp, audit=True)
+            out += [s.cause for s in ds.main + (ds.passed or []) + (ds.audit or []) if s.cause is not None]
     return out
 
 

@@ -82,10 +82,11 @@ class Names:
                 out[self.dispatch(d, f"v{f}")] = MapDef(self.dispatch(d, f"v{f}"), f"ipv{f}_addr")
         return out
 
-    def pod_chain(self, pod_key: str, direction: Direction, passed: bool = False) -> str:
-        """`<P>-IN-<hash12>`; `<P>-INP-<hash12>`: where an Admin Pass goes."""
-        kind = ("IN" if direction is Direction.INGRESS else "OUT") + ("P" if passed else "")
-        return f"{self.chain_prefix}{kind}-{stable_hash(pod_key, length=12)}"
+    def pod_chain(self, pod_key: str, direction: Direction, kind: str = "") -> str:
+        """`<P>-IN-<hash12>`; `<P>-INP-<hash12>` (kind "pass"): where an Admin Pass goes;
+        `<P>-INA-<hash12>` (kind "audit"): audit mode."""
+        letter = {"": "", "pass": "P", "audit": "A"}[kind]
+        return f"{self.chain_prefix}{'IN' if direction is Direction.INGRESS else 'OUT'}{letter}-{stable_hash(pod_key, length=12)}"
 
     def spec_set(self, spec: SetSpec, family: int) -> str:
         if isinstance(spec, BlockSetSpec):
@@ -206,11 +207,12 @@ class IptRenderer:
 
     # pods
 
-    def step_rules(self, step: Step, pass_chain: str) -> list[RuleBody]:
+    def step_rules(self, step: Step, pass_chain: str, audit_chain: str = "") -> list[RuleBody]:
         """One chain step → rules ending in its verdict (a Pass is `-g`: goto, so that the
-        pass chain's RETURN goes back to the base chain, as this chain's would)."""
+        pass chain's RETURN goes back to the base chain, as this chain's would; the audit
+        chain is `-j`, it returns here; a LOG step is only its NFLOG rule)."""
         goto = step.verdict is Verdict.PASS
-        target = pass_chain if goto else step.verdict.value.upper()
+        target = pass_chain if goto else audit_chain if step.verdict is Verdict.AUDIT else step.verdict.value.upper()
         out: list[RuleBody] = []
         log = self.cfg.drop_log
         if step.cause is not None and log is not None:
@@ -218,7 +220,8 @@ class IptRenderer:
             limit = f"-m limit --limit {log.rate}/sec --limit-burst {log.burst}"
             nflog = f"NFLOG --nflog-prefix {step.cause.prefix} --nflog-group {log.group}"  # as iptables-save prints it
             out += [rule(limit, nflog, step.comment)] if step.rule is None else self.match_rules(step.rule, nflog, extra=limit)
-        out += [rule("", target, step.comment, goto=goto)] if step.rule is None else self.match_rules(step.rule, target, goto)
+        if step.verdict is not Verdict.LOG:
+            out += [rule("", target, step.comment, goto=goto)] if step.rule is None else self.match_rules(step.rule, target, goto)
         return out
 
     def match_rules(self, r: AllowRule | TierRule, target: str, goto: bool = False, extra: str = "") -> list[RuleBody]:
@@ -233,11 +236,17 @@ class IptRenderer:
         return [rule(" ".join(x for x in (pm, peer, extra) if x), target, r.label(), fam, goto) for fam, peer in peers for pm in ports]
 
     def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> list[ChainDef]:
-        main, passed = direction_steps(pod_key, direction, plan)
-        pass_name = self.names.pod_chain(pod_key, direction, passed=True)
-        chains = [ChainDef.build(self.names.pod_chain(pod_key, direction), [b for s in main for b in self.step_rules(s, pass_name)])]
-        if passed is not None:
-            chains.append(ChainDef.build(pass_name, [b for s in passed for b in self.step_rules(s, pass_name)]))
+        ds = direction_steps(pod_key, direction, plan, audit=self.cfg.drop_log is not None)
+        pass_name, audit_name = self.names.pod_chain(pod_key, direction, "pass"), self.names.pod_chain(pod_key, direction, "audit")
+
+        def chain(name: str, steps: list[Step]) -> ChainDef:
+            return ChainDef.build(name, [b for s in steps for b in self.step_rules(s, pass_name, audit_name)])
+
+        chains = [chain(self.names.pod_chain(pod_key, direction), ds.main)]
+        if ds.passed is not None:
+            chains.append(chain(pass_name, ds.passed))
+        if ds.audit is not None:
+            chains.append(chain(audit_name, ds.audit))
         return chains
 
     def pod(self, plan: PodPlan, ifname: str | None) -> PodObjects:

@@ -27,9 +27,10 @@ class Agents:
         return self.dir / f"{node}.log"
 
     def drops(self, node: str) -> list[str]:
-        """The drop log lines of a node's agent (`drop …`), oldest first."""
+        """The drop log lines of a node's agent (`drop …`, and `audit …` for audit mode), oldest first."""
         try:
-            return [line for line in self.log_path(node).read_text(errors="replace").splitlines() if line.startswith("drop ")]
+            return [line for line in self.log_path(node).read_text(errors="replace").splitlines()
+                    if line.startswith(("drop ", "audit "))]
         except FileNotFoundError:
             return []
 

@@ -111,6 +111,10 @@ class PolicyRule:
     ports: tuple[PolicyPort, ...] = ()
 
 
+# policyd's own annotation on a NetworkPolicy: "true" puts it in audit mode (never enforced).
+AUDIT_ANNOTATION = "policyd.io/audit"
+
+
 @dataclass(frozen=True)
 class NetworkPolicy:
     namespace: str
@@ -124,6 +128,9 @@ class NetworkPolicy:
     # How a live object was read where today's validation would refuse it but an older API
     # server stored it (e.g. host bits in an ipBlock CIDR): enforced as read, and reported.
     notes: tuple[str, ...] = ()
+    # Audit mode (annotation AUDIT_ANNOTATION: "true"): not enforced; what it would drop, of
+    # what nothing enforced drops, is logged (dataplane/droplog.py).
+    audit: bool = False
 
     @property
     def key(self) -> PolicyKey:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .objects import (
+    AUDIT_ANNOTATION,
     PROTOCOLS,
     ContainerPort,
     Direction,
@@ -466,6 +467,7 @@ def parse_policy(ctx: Context, obj: dict[str, Any]) -> NetworkPolicy:
     invalid = tuple(f"{p.path}: {p.message}" for p in mine)
     if any(p.path.startswith("spec.policyTypes") for p in mine):
         types = {Direction.INGRESS, Direction.EGRESS}  # unknown intent: isolate both ways
+    audit = parse_audit(ctx, obj.get("metadata"))
     return NetworkPolicy(
         namespace=ns,
         name=name,
@@ -476,7 +478,23 @@ def parse_policy(ctx: Context, obj: dict[str, Any]) -> NetworkPolicy:
         policy_types=frozenset(types),
         invalid=invalid,
         notes=tuple(ctx.notes),
+        audit=audit,
     )
+
+
+def parse_audit(ctx: Context, meta: Any) -> bool:
+    """policyd's audit annotation: "true" or "false". Anything else is reported and the
+    policy is enforced (the API server accepts any annotation; what we cannot read must not
+    quietly leave a policy unenforced)."""
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    value = annotations.get(AUDIT_ANNOTATION) if isinstance(annotations, dict) else None
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    ctx.notes.append(f"metadata.annotations[{AUDIT_ANNOTATION}]: {value!r} is neither \"true\" nor \"false\"; "
+                     "the policy is enforced, not audited")
+    return False
 
 
 PARSERS: dict[tuple[str, str], Callable[[Context, dict[str, Any]], KubeObject]] = {

@@ -40,12 +40,12 @@ def set_name(spec: SetSpec, family: int) -> str:
     return f"{prefix}-{spec.digest}-v{family}"
 
 
-def pod_chain_name(pod_key: str, direction: Direction, passed: bool = False) -> str:
-    """`pod-in-<hash8>-<ns>/<pod>` (`pod-inpass-…`: where an Admin Pass goes): a `/` never
-    occurs in Kubernetes names, so ownership is a pattern test; the hash keeps truncated
-    names unique (nft caps names at 256)."""
-    kind = ("in" if direction is Direction.INGRESS else "out") + ("pass" if passed else "")
-    return f"pod-{kind}-{stable_hash(pod_key, length=8)}-{pod_key}"[:240]
+def pod_chain_name(pod_key: str, direction: Direction, kind: str = "") -> str:
+    """`pod-in-<hash8>-<ns>/<pod>` (`pod-inpass-…`: where an Admin Pass goes; `pod-inaudit-…`:
+    audit mode): a `/` never occurs in Kubernetes names, so ownership is a pattern test; the
+    hash keeps truncated names unique (nft caps names at 256)."""
+    prefix = ("in" if direction is Direction.INGRESS else "out") + kind
+    return f"pod-{prefix}-{stable_hash(pod_key, length=8)}-{pod_key}"[:240]
 
 
 def map_name(direction: Direction, key: str) -> str:
@@ -129,15 +129,22 @@ def port_terms(ports: tuple[PortMatch, ...]) -> list[list[dict[str, Any]]]:
     return terms
 
 
-def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None) -> list[RuleBody]:
+def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, audit_chain: str = "") -> list[RuleBody]:
     """One chain step → nft rule bodies ending in its verdict (`goto` the pass chain: when
-    that chain returns, it returns to the base chain, as this one would); a logged drop is
-    first matched by a rate-limited `log group` rule named by its cause."""
-    verdict: dict[str, Any] = (
-        {"goto": {"target": pass_chain}} if step.verdict is Verdict.PASS else {step.verdict.value: None}
-    )
+    that chain returns, it returns to the base chain, as this one would; `jump` the audit
+    chain, which returns here); a logged drop is first matched by a rate-limited `log group`
+    rule named by its cause (a LOG step is only that rule)."""
+    verdicts: list[list[dict[str, Any]]]
+    if step.verdict is Verdict.PASS:
+        verdicts = [[{"goto": {"target": pass_chain}}]]
+    elif step.verdict is Verdict.AUDIT:
+        verdicts = [[{"jump": {"target": audit_chain}}]]
+    elif step.verdict is Verdict.LOG:
+        verdicts = []
+    else:
+        verdicts = [[{step.verdict.value: None}]]
     out: list[RuleBody] = []
-    for tail in ([log_exprs(step.cause.prefix, drop_log)] if step.cause is not None and drop_log is not None else []) + [[verdict]]:
+    for tail in ([log_exprs(step.cause.prefix, drop_log)] if step.cause is not None and drop_log is not None else []) + verdicts:
         if step.rule is None:
             out.append({"expr": tail, "comment": step.comment[:COMMENT_MAX]})
         else:
@@ -176,11 +183,17 @@ def match_rules(rule: AllowRule | TierRule, tail: list[dict[str, Any]]) -> list[
 
 
 def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan, drop_log: DropLog | None = None) -> list[ChainDef]:
-    main, passed = direction_steps(pod_key, direction, plan)
-    pass_name = pod_chain_name(pod_key, direction, passed=True)
-    chains = [ChainDef.build(pod_chain_name(pod_key, direction), [b for s in main for b in step_rules(s, pass_name, drop_log)])]
-    if passed is not None:
-        chains.append(ChainDef.build(pass_name, [b for s in passed for b in step_rules(s, pass_name, drop_log)]))
+    ds = direction_steps(pod_key, direction, plan, audit=drop_log is not None)
+    pass_name, audit_name = pod_chain_name(pod_key, direction, "pass"), pod_chain_name(pod_key, direction, "audit")
+
+    def chain(name: str, steps: list[Step]) -> ChainDef:
+        return ChainDef.build(name, [b for s in steps for b in step_rules(s, pass_name, drop_log, audit_name)])
+
+    chains = [chain(pod_chain_name(pod_key, direction), ds.main)]
+    if ds.passed is not None:
+        chains.append(chain(pass_name, ds.passed))
+    if ds.audit is not None:
+        chains.append(chain(audit_name, ds.audit))
     return chains
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..compile.plan import PodPlan
-from ..dataplane.droplog import DropCause
+from ..dataplane.droplog import AUDIT, DropCause
 from ..dataplane.renderer import drop_causes
 from ..model.objects import Direction, Pod
 from .nflog import NflogSocket, Packet
@@ -58,9 +58,10 @@ class DropCounters:
 
 def record(packet: Packet, cause: DropCause | None, pods: dict[str, str], node: str, when: float) -> dict[str, Any]:
     """One drop as a structured record (the JSON log line's fields)."""
+    audit = cause is not None and cause.tier == AUDIT
     out: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z",
-        "msg": "packet dropped", "node": node,
+        "msg": "packet would be dropped (audit mode)" if audit else "packet dropped", "node": node,
         "src": pods.get(packet.src, packet.src), "srcIP": packet.src,
         "dst": pods.get(packet.dst, packet.dst), "dstIP": packet.dst,
         "protocol": packet.protocol,
@@ -78,13 +79,15 @@ def record(packet: Packet, cause: DropCause | None, pods: dict[str, str], node: 
 
 
 def text_line(rec: dict[str, Any]) -> str:
-    """The text log format: `drop ingress default/backend ← default/walker TCP/80: <cause>`."""
+    """The text log format: `drop ingress default/backend ← default/walker TCP/80: <cause>`
+    (`audit …` for what an audit-mode policy would drop)."""
     where = f"{rec['protocol']}/{rec['port']}" if "port" in rec else rec["protocol"]
     if "pod" not in rec:
         return f"drop {rec['src']} → {rec['dst']} {where}: {rec['cause']} ({rec['prefix']})"
+    word = "audit" if rec["tier"] == AUDIT else "drop"
     if rec["direction"] == Direction.INGRESS.value:
-        return f"drop ingress {rec['pod']} ← {rec['src']} {where}: {rec['cause']}"
-    return f"drop egress {rec['pod']} → {rec['dst']} {where}: {rec['cause']}"
+        return f"{word} ingress {rec['pod']} ← {rec['src']} {where}: {rec['cause']}"
+    return f"{word} egress {rec['pod']} → {rec['dst']} {where}: {rec['cause']}"
 
 
 def json_line(rec: dict[str, Any]) -> str:

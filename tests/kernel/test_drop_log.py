@@ -9,11 +9,11 @@ import json
 import time
 
 import pytest
-from conftest import VARIANTS, kernel_cluster
 
 from policyd.dataplane.droplog import DropLog
 from policyd.lab.netns import entered
 from policyd.observe.droplog import DropLogger
+from tests.kernel.conftest import VARIANTS, kernel_cluster
 
 ALLOW_FRONTEND = """
 apiVersion: networking.k8s.io/v1
@@ -145,3 +145,49 @@ def test_without_a_drop_log_there_is_no_log_rule(cluster):
     cluster.apply(ALLOW_FRONTEND)
     dump = cluster.agent.dump()
     assert "pd-" not in dump and "NFLOG" not in dump and " log " not in dump
+
+
+TRY_DEFAULT_DENY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: try-frontend-only, namespace: default, annotations: {policyd.io/audit: "true"}}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+"""
+TRY_ALLOW_ALL = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: try-allow-all, namespace: default, annotations: {policyd.io/audit: "true"}}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress: [{}]
+"""
+
+
+def test_audit_mode_logs_what_it_would_drop_and_enforces_nothing(logged):
+    cluster, lines, _ = logged
+    cluster.apply(TRY_DEFAULT_DENY)
+    assert cluster.can("u1", "b1") and cluster.can("u1", "b1", "UDP", 80), "an audited policy narrows nothing"
+    r = wait_for(lines, pod="default/b1", direction="ingress", src="default/u1", tier="Audit")
+    assert r["msg"] == "packet would be dropped (audit mode)" and r["policies"] == ["default/try-frontend-only"]
+    assert cluster.can("f1", "b1")
+    time.sleep(0.3)
+    assert not [x for x in lines if json.loads(x).get("src") == "default/f1"], "what its rules allow is not logged"
+    assert cluster.sync(full=True).ops == 0
+
+    # Audited next to an enforced policy: it widens nothing either, and says nothing (enforcing
+    # it too could only allow more).
+    cluster.apply(ALLOW_FRONTEND, TRY_ALLOW_ALL)
+    lines.clear()
+    assert not cluster.can("u1", "b1")
+    r = wait_for(lines, pod="default/b1", direction="ingress", src="default/u1")
+    assert r["tier"] == "NetworkPolicy" and r["policies"] == ["default/allow-frontend"]
+    assert not [x for x in lines if json.loads(x)["tier"] == "Audit"]
+
+
+def test_audit_mode_without_the_drop_log_changes_nothing(cluster):
+    cluster.apply(TRY_DEFAULT_DENY)
+    assert cluster.can("u1", "b1") and cluster.can("f1", "b1")
+    assert cluster.sync(full=True).ops == 0
