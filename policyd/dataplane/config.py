@@ -32,6 +32,9 @@ class RenderConfig:
     closed_prefixes: tuple[str, ...] = ()
     # Log the pod chains' drops through NFLOG (droplog.py); None: no log rules at all.
     drop_log: DropLog | None = None
+    # Count packets and bytes on every accepting and dropping rule of the pod chains
+    # (observe/counters.py reads them; iptables counts every rule anyway).
+    counters: bool = False
 
     @property
     def tracks_ifaces(self) -> bool:

@@ -21,7 +21,7 @@ from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
 from .render import IptRenderer, Names
-from .restore import FAMILIES, IptTransaction, Saved, chain_lines, diff, parse_ipset_save, parse_save, to_ruleset
+from .restore import FAMILIES, IptTransaction, Saved, chain_lines, diff, parse_ipset_save, parse_save, saved_counters, to_ruleset
 
 log = logging.getLogger("policyd.ipt")
 SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
@@ -111,6 +111,11 @@ class IptBackend(IptDialect):
             err = p.stderr.strip() or f"exit {p.returncode}"
             raise ApplyError(f"{argv[0]}: {err}")
         return p.stdout
+
+    def rule_counters(self) -> list[tuple[str, int, int]]:
+        """(comment, packets, bytes) of every RETURN and DROP rule of ours, both families
+        (`iptables-save -c`: iptables counts every rule; no ipset is read)."""
+        return [c for f in FAMILIES for c in saved_counters(self._run([SAVE[f], "-c", "-t", "filter"]), self.names.chain_prefix)]
 
     def _saved(self) -> dict[int, Saved]:
         return {f: parse_save(self._run([SAVE[f], "-t", "filter"]), self.names) for f in FAMILIES}

@@ -207,6 +207,21 @@ def parse_save(text: str, names: Names) -> Saved:
     return out
 
 
+COUNTED_RE = re.compile(r"^\[(\d+):(\d+)\] -A (\S+) .*-j (RETURN|DROP)$")
+
+
+def saved_counters(text: str, chain_prefix: str) -> list[tuple[str, int, int]]:
+    """`iptables-save -c` → (comment, packets, bytes) of our chains' RETURN and DROP rules."""
+    out = []
+    for line in text.splitlines():
+        m = COUNTED_RE.match(line)
+        if m is None or not m.group(3).startswith(chain_prefix):
+            continue
+        c = COMMENT_RE.search(line)
+        out.append(((c.group(1) or c.group(2)) if c else "", int(m.group(1)), int(m.group(2))))
+    return out
+
+
 def last_digest(lines: list[str]) -> str:
     if not lines:
         return ""

@@ -59,6 +59,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--drop-log-rate", type=int, default=int(env_or("DROP_LOG_RATE", "10")),
                    help="packets/s each drop rule may log (default 10, burst --drop-log-burst)")
     p.add_argument("--drop-log-burst", type=int, default=int(env_or("DROP_LOG_BURST", "20")))
+    p.add_argument("--rule-counters", action=argparse.BooleanOptionalAction, default=(env("RULE_COUNTERS") or "false") == "true",
+                   help="count packets and bytes on every allow rule and every pod's isolation drop, served on /metrics "
+                        "as policyd_rule_packets_total / policyd_rule_bytes_total by namespace, policy, direction and rule "
+                        "(default off)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -85,7 +89,8 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
         cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, backend=backend, metrics_address=args.metrics_address,
         metrics_port=args.metrics_port, health_port=args.health_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
         relist_every=args.relist,
-        drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst) if args.drop_log else None)
+        drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst) if args.drop_log else None,
+        rule_counters=args.rule_counters)
     problems = st.problems()
     if problems:
         raise RunError("; ".join(problems))

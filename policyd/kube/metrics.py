@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+
+from ..observe.counters import Counters
 
 # Fine below 100 ms, where the targets are (event → commit p99 ≤ 10 ms and ≤ 30 ms), so
 # that histogram_quantile() answers with a useful resolution.
@@ -37,3 +42,32 @@ class AgentMetrics:
         self.leftovers = Counter("policyd_kernel_leftovers", "Objects the kernel refused to remove (iptables: ipsets in use); "
                                  "the next full resync retries them", registry=r)
         self.ready = Gauge("policyd_ready", "1 once the initial lists are in and the first sync succeeded", registry=r)
+        self.rules = RuleCounters()
+        r.register(self.rules)
+
+
+class RuleCounters:
+    """The kernel's per-rule counters as last read (--rule-counters), by policy rule: no pod
+    or address label, so the series are bounded by the policies' rules."""
+
+    LABELS = ["kind", "namespace", "policy", "direction", "rule"]
+
+    def __init__(self) -> None:
+        self.last: Counters | None = None
+
+    def update(self, counters: Counters) -> None:
+        self.last = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        if self.last is None:
+            return
+        packets = CounterMetricFamily("policyd_rule_packets", "Packets that reached this policy rule's verdict, summed over "
+                                      "the node's pods (kind: allow, drop: a pod's isolation, tier: a ClusterNetworkPolicy rule, "
+                                      "audit)", labels=self.LABELS)
+        nbytes = CounterMetricFamily("policyd_rule_bytes", "Bytes of those packets", labels=self.LABELS)
+        for key, count in sorted(self.last.by_rule.items()):
+            labels = [key.kind, key.namespace, key.policy, key.direction, key.rule]
+            packets.add_metric(labels, count.packets)
+            nbytes.add_metric(labels, count.bytes)
+        yield packets
+        yield nbytes

@@ -72,7 +72,8 @@ class ClusterAgent:
                  lister: Lister | None = None) -> None:
         self.settings = settings
         closed = settings.interface_prefixes if settings.fail_mode is FailMode.CLOSED else ()
-        cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed, drop_log=settings.drop_log)
+        cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed, drop_log=settings.drop_log,
+                           counters=settings.rule_counters)
         self.core = AgentCore(settings.node_name, backend or make_backend(settings.backend, settings.table), cfg,
                               resync_every=settings.resync_every, min_interval=settings.min_interval)
         self.compiler, self.syncer, self.runner = self.core.compiler, self.core.syncer, self.core.runner
@@ -289,6 +290,11 @@ class ClusterAgent:
         """port → the app serving it: /metrics on the metrics port, /healthz and /readyz on
         the health port (one app when the ports are equal; a port of 0 serves nothing)."""
         async def metrics(_: web.Request) -> web.Response:
+            if self.settings.rule_counters:  # read from the kernel per scrape, off the event loop
+                try:
+                    self.metrics.rules.update(await asyncio.to_thread(self.core.rule_counters))
+                except Exception as e:  # noqa: BLE001 - the other metrics are still worth serving
+                    log.warning("reading the rule counters failed: %s", e)
             return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def healthz(_: web.Request) -> web.Response:

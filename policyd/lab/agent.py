@@ -11,6 +11,7 @@ from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
+from ..observe.counters import CounterIndex, Counters
 from ..reconcile.syncer import Syncer, SyncResult
 from .netns import entered, sh
 
@@ -39,6 +40,11 @@ class NodeAgent:
     def sync(self, full: bool = False) -> SyncResult:
         with entered(self.netns):
             return self.syncer.sync(full)
+
+    def counters(self) -> Counters:
+        """The kernel's per-rule counters of the node, summed by policy rule."""
+        with entered(self.netns):
+            return CounterIndex(list(self.compiler.plans.values())).sum(self.backend.rule_counters())
 
     def check(self) -> list[Any]:
         """The one-second drift check, in the node's namespace."""

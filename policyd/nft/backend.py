@@ -20,7 +20,7 @@ from ..dataplane.drift import Census, Drift, census_drift
 from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
 from .diff import Transaction, chain_holds, diff
 from .render import NftRenderer
-from .ruleset import parse_listing
+from .ruleset import parse_listing, rule_counters
 from .text import ruleset_text
 
 NFT_CTX_OUTPUT_JSON = 1 << 4
@@ -136,6 +136,14 @@ class NftBackend(NftDialect):
         if rc != 0 and "No such file or directory" not in err:
             raise ApplyError(err.strip())
         return out if rc == 0 else ""
+
+    def rule_counters(self) -> list[tuple[str, int, int]]:
+        """(comment, packets, bytes) of every counting rule of ours, from a terse listing
+        (no set elements)."""
+        rc, out, err = self.nft.run("list ruleset", terse=True)
+        if rc != 0:
+            raise ApplyError(f"list ruleset: {err.strip()}")
+        return rule_counters(json.loads(out), self.table)
 
     def read(self, elements: bool = True) -> Ruleset | None:
         # Terse: `list ruleset` is the listing that libnftables 1.0.6 serves without

@@ -129,7 +129,8 @@ def port_terms(ports: tuple[PortMatch, ...]) -> list[list[dict[str, Any]]]:
     return terms
 
 
-def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, audit_chain: str = "") -> list[RuleBody]:
+def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, audit_chain: str = "",
+               counters: bool = False) -> list[RuleBody]:
     """One chain step → nft rule bodies ending in its verdict (`goto` the pass chain: when
     that chain returns, it returns to the base chain, as this one would; `jump` the audit
     chain, which returns here); a logged drop is first matched by a rate-limited `log group`
@@ -141,8 +142,8 @@ def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, aud
         verdicts = [[{"jump": {"target": audit_chain}}]]
     elif step.verdict is Verdict.LOG:
         verdicts = []
-    else:
-        verdicts = [[{step.verdict.value: None}]]
+    else:  # return or drop: what the counters count (`counter` before the verdict)
+        verdicts = [[{"counter": None}, {step.verdict.value: None}] if counters else [{step.verdict.value: None}]]
     out: list[RuleBody] = []
     for tail in ([log_exprs(step.cause.prefix, drop_log)] if step.cause is not None and drop_log is not None else []) + verdicts:
         if step.rule is None:
@@ -182,12 +183,13 @@ def match_rules(rule: AllowRule | TierRule, tail: list[dict[str, Any]]) -> list[
     return out
 
 
-def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan, drop_log: DropLog | None = None) -> list[ChainDef]:
+def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan, drop_log: DropLog | None = None,
+                           counters: bool = False) -> list[ChainDef]:
     ds = direction_steps(pod_key, direction, plan, audit=drop_log is not None)
     pass_name, audit_name = pod_chain_name(pod_key, direction, "pass"), pod_chain_name(pod_key, direction, "audit")
 
     def chain(name: str, steps: list[Step]) -> ChainDef:
-        return ChainDef.build(name, [b for s in steps for b in step_rules(s, pass_name, drop_log, audit_name)])
+        return ChainDef.build(name, [b for s in steps for b in step_rules(s, pass_name, drop_log, audit_name, counters)])
 
     chains = [chain(pod_chain_name(pod_key, direction), ds.main)]
     if ds.passed is not None:
@@ -212,7 +214,7 @@ def render_pod(plan: PodPlan, cfg: RenderConfig, ifname: str | None) -> PodObjec
         return out
 
     def chain(pod_key: str, direction: Direction, dp: DirectionPlan) -> list[ChainDef]:
-        return render_direction_chain(pod_key, direction, dp, cfg.drop_log)
+        return render_direction_chain(pod_key, direction, dp, cfg.drop_log, cfg.counters)
 
     return pod_objects(plan, cfg, ifname, chain, map_name, spoof)
 

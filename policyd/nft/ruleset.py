@@ -122,12 +122,32 @@ def canonical_rule(rule: Mapping[str, Any]) -> tuple[str, str]:
             if (l4, payload.get("protocol")) in (("ipv6-icmp", "icmpv6"), ("icmp", "icmp")):
                 continue
         out.append(e)
-    return json.dumps(_sorted_sets(out), sort_keys=True), rule.get("comment", "")
+    return json.dumps(_sorted_sets(_counters_blank(out)), sort_keys=True), rule.get("comment", "")
 
 
 def listed_rule(rule: dict[str, Any]) -> tuple[str, str]:
     """A rule from the kernel's listing, in the same form as canonical_rule's."""
-    return json.dumps(_sorted_sets(rule.get("expr", [])), sort_keys=True), rule.get("comment", "")
+    return json.dumps(_sorted_sets(_counters_blank(rule.get("expr", []))), sort_keys=True), rule.get("comment", "")
+
+
+def _counters_blank(exprs: list[Any]) -> list[Any]:
+    """A counter is the same rule whatever it has counted (we write `{"counter": null}`,
+    the kernel lists packets and bytes)."""
+    return [{"counter": None} if isinstance(e, dict) and "counter" in e else e for e in exprs]
+
+
+def rule_counters(doc: dict[str, Any], table: str) -> list[tuple[str, int, int]]:
+    """(comment, packets, bytes) of every rule of our table with a counter, from a listing."""
+    out = []
+    for item in doc.get("nftables", []):
+        body = item.get("rule")
+        if not isinstance(body, dict) or body.get("family") != "inet" or body.get("table") != table:
+            continue
+        for e in body.get("expr", []):
+            c = e.get("counter") if isinstance(e, dict) else None
+            if isinstance(c, dict):
+                out.append((str(body.get("comment", "")), int(c.get("packets", 0)), int(c.get("bytes", 0))))
+    return out
 
 
 # --- reading the kernel's JSON back ------------------------------------------------------

@@ -12,6 +12,7 @@ from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import RenderConfig
 from ..model.events import Event
+from ..observe.counters import CounterIndex, Counters
 from ..observe.droplog import CauseBook, DropLogger
 from .interfaces import RouteInterfaces
 from .runner import SyncRunner
@@ -52,6 +53,12 @@ class AgentCore:
         if drop_log is None:
             raise ValueError("no drop log is configured")
         return DropLogger(drop_log.group, self.compiler.node or "", self.fill_causes, emit or _print_line, fmt)
+
+    def rule_counters(self) -> Counters:
+        """The kernel's per-rule counters, summed by policy rule (observe/counters.py)."""
+        with self.lock:
+            index = CounterIndex(list(self.compiler.plans.values()))
+        return index.sum(self.syncer.backend.rule_counters())
 
     def run_once(self) -> SyncResult | None:
         """A sync if one is due (SyncRunner.run_once), counting the drift it repaired."""

@@ -86,7 +86,7 @@ def test_values_reach_the_agent():
     assert c["ports"][0]["containerPort"] == 9100 and c["image"].endswith(":test")
     assert env["POLICYD_BACKEND"] == "nftables"
     assert "xtables-lock" not in {m["name"] for m in c["volumeMounts"]}
-    assert env["POLICYD_DROP_LOG"] == "false", "the drop log is opt-in"
+    assert env["POLICYD_DROP_LOG"] == "false" and env["POLICYD_RULE_COUNTERS"] == "false", "the drop log and counters are opt-in"
     c = render("dropLog.enabled=true", "dropLog.group=5", "dropLog.rate=3")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert (env["POLICYD_DROP_LOG"], env["POLICYD_DROP_LOG_GROUP"], env["POLICYD_DROP_LOG_RATE"]) == ("true", "5", "3")

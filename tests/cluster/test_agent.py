@@ -1,6 +1,7 @@
 """The cluster agent on a real cluster (the chart's DaemonSet, watching a real
 kube-apiserver through its ServiceAccount): relabelling moves a pod in and out of a
-policy (and the drop log, in `kubectl logs`, names the policy that dropped), an Admin ClusterNetworkPolicy overrides it and goes with its deletion, a named port that resolves nowhere gives one Warning Event per node (naming the
+policy (and the drop log, in `kubectl logs`, names the policy that dropped; the rule counters on
+/metrics count it), an Admin ClusterNetworkPolicy overrides it and goes with its deletion, a named port that resolves nowhere gives one Warning Event per node (naming the
 node and the action), a restart of every agent posts none again, the agent's only writes
 are Events (the API server's audit log says so), metrics and readiness are served on the
 host network, and `helm uninstall` leaves the ruleset enforcing.
@@ -11,6 +12,7 @@ is deleted and the history compacted) stays in tests/e2e/test_cluster_agent.py."
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import yaml
@@ -56,7 +58,7 @@ def warning_events(cluster: Cluster, reason: str) -> list[dict]:
 def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     c = cluster
     say: list[str] = []
-    install_chart(c, "nftables", say.append, values=("dropLog.enabled=true",))
+    install_chart(c, "nftables", say.append, values=("dropLog.enabled=true", "ruleCounters=true"))
     c.kubectl("apply", "-f", str(WORKLOADS))
     for app in ("backend", "frontend", "unallowed"):
         rollout(c, f"deployment/{app}", "default", say.append)
@@ -112,10 +114,15 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     time.sleep(5)
     assert len(warning_events(c, "NamedPortUnresolved")) == 2, warning_events(c, "NamedPortUnresolved")
 
-    # Metrics and readiness on the node's address (host network), each on its own port.
+    # Metrics and readiness on the node's address (host network), each on its own port; with
+    # ruleCounters, the walker's dropped probes are counted on backend's isolation, by policy.
+    assert not tcp(c, "walker", backend["ip"])
     node = c.layout.nodes[1]
     code, text = http_get(c.layout.fabric, f"http://{node.ip}:9808/metrics")
     assert code == 200 and all(s in text for s in SERIES), [s for s in SERIES if s not in text]
+    drops = re.search(r'^policyd_rule_packets_total\{direction="ingress",kind="drop",namespace="default",'
+                      r'policy="default/allow-frontend-to-backend,default/metrics-port",rule=""\} (\S+)$', text, re.M)
+    assert drops and float(drops.group(1)) >= 1, [x for x in text.splitlines() if x.startswith("policyd_rule_packets")]
     assert "policyd_ready 1.0" in text
     code, body = http_get(c.layout.fabric, f"http://{node.ip}:9809/readyz")
     doc = json.loads(body)

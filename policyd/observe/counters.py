@@ -1,0 +1,97 @@
+"""Per-rule hit counters, the pure half: which policy rule a kernel rule's counter belongs to,
+and the sums by rule across pods.
+
+Every rule of a pod chain carries a comment the renderer wrote from the plan (the allow
+rule's `ns/policy ingress[0] from[1]`, the ClusterNetworkPolicy rule's label, the final
+drop's reason). The index maps those comments back to where they came from, from the same
+plans, so a counter is attributed by what wrote it, never by parsing names out of text: a
+comment the index does not know (the default return of a pod no NetworkPolicy isolates) is
+counted apart (`other`), not guessed. Sums are per
+policy rule, not per pod or address: the metrics' cardinality is bounded by the policies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..compile.plan import PodPlan
+from ..dataplane.objects import COMMENT_MAX
+from ..dataplane.renderer import drop_reason
+from ..model.objects import Direction
+
+DIGEST_SUFFIX = re.compile(r" \[[0-9a-f]{12}\]$")  # ChainDef.build seals a chain's last rule
+
+
+@dataclass(frozen=True, order=True)
+class RuleKey:
+    """One policy rule, as the metrics label it: `kind` allow (a NetworkPolicy rule: policy
+    is its name, rule its index), tier (a ClusterNetworkPolicy rule: policy is its name, rule
+    the label's `ingress[0] from[1] Deny` part), drop (a pod's isolation: namespace is the
+    pod's, policy lists the isolating policies as ns/name, rule is empty) or audit (an
+    audit-mode policy's rule that would allow)."""
+
+    kind: str
+    namespace: str
+    policy: str
+    direction: str
+    rule: str
+
+
+@dataclass
+class Count:
+    packets: int = 0
+    bytes: int = 0
+    rules: int = 0  # kernel rules summed (pods × families × port groups)
+
+
+@dataclass
+class Counters:
+    by_rule: dict[RuleKey, Count] = field(default_factory=dict)
+    other: Count = field(default_factory=Count)  # counting rules no policy rule wrote (e.g. "allowed by default")
+
+    def add(self, key: RuleKey | None, packets: int, nbytes: int) -> None:
+        c = self.other if key is None else self.by_rule.setdefault(key, Count())
+        c.packets += packets
+        c.bytes += nbytes
+        c.rules += 1
+
+
+def comment_of(text: str) -> str:
+    """As the kernel holds it: cut at COMMENT_MAX, without the chain's digest seal."""
+    return DIGEST_SUFFIX.sub("", text)[:COMMENT_MAX]
+
+
+class CounterIndex:
+    """Rule comments → RuleKey, from the plans that wrote them."""
+
+    def __init__(self, plans: Iterable[PodPlan]) -> None:
+        self.keys: dict[str, RuleKey] = {}
+        for plan in plans:
+            ns = plan.pod.split("/", 1)[0]
+            for d in Direction:
+                dp = plan.direction(d)
+                if dp is None:
+                    continue
+                for r in dp.rules:
+                    pol_ns, _, pol = r.policy.partition("/")
+                    self.keys[comment_of(r.label())] = RuleKey("allow", pol_ns, pol, d.value, str(r.rule_index))
+                for t in (*dp.admin, *dp.baseline):
+                    label = t.label()
+                    self.keys[comment_of(label)] = RuleKey("tier", "", t.policy, d.value, label.split(" ", 1)[1])
+                for r in dp.audit_rules:  # the audit chain's returns: what audited policies would allow
+                    pol_ns, _, pol = r.policy.partition("/")
+                    self.keys[comment_of(r.label())] = RuleKey("audit", pol_ns, pol, d.value, str(r.rule_index))
+                if dp.isolated:
+                    self.keys[comment_of(drop_reason(plan.pod, d, dp))] = RuleKey("drop", ns, ",".join(dp.policies), d.value, "")
+
+    def key(self, comment: str) -> RuleKey | None:
+        return self.keys.get(comment_of(comment))
+
+    def sum(self, listed: Iterable[tuple[str, int, int]]) -> Counters:
+        """(comment, packets, bytes) of every counted kernel rule → sums by policy rule."""
+        out = Counters()
+        for comment, packets, nbytes in listed:
+            out.add(self.key(comment), packets, nbytes)
+        return out
