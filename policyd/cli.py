@@ -93,10 +93,20 @@ def resolve_endpoint(w: World, ref: str) -> Endpoint:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    lab = None
+    if args.lab is not None:
+        if args.paths or getattr(args, "kubeconfig", None) or getattr(args, "in_cluster", False):
+            raise UsageError("--lab reads the lab's own manifests: give no -f, --kubeconfig or --in-cluster")
+        from .lab.lab import Lab
+
+        lab = Lab(args.lab)
+        args.paths = [str(lab.manifests)]
     w = world_from(args)
     src, dst = resolve_endpoint(w, args.src), resolve_endpoint(w, args.dst)
     v = Evaluator(w.compile()).verdict(src, dst, args.protocol, args.port)
     print(report.explain_text(v), end="")
+    if lab is not None:
+        print(report.hits_text(v, lab.counters), end="")
     return EXIT_OK if v.allowed else EXIT_DENIED
 
 
@@ -170,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_service(p, icmp=True)
     p.add_argument("--from", dest="src", required=True, metavar="NS/POD|IP")
     p.add_argument("--to", dest="dst", required=True, metavar="NS/POD|IP")
+    p.add_argument("--lab", metavar="NAME", default=None,
+                   help="explain in a running lab (its manifests), with the hits the deciding rules have counted there")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("render", help="the ruleset a node would get (dry run, touches no kernel)")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from .compile.evaluate import SideVerdict, Verdict
 from .compile.matrix import GroupedMatrix, Matrix
 from .compile.plan import AllowRule, PortMatch, TierRule
 from .model.objects import Action, NetworkPolicy
+from .observe.counters import Count, Counters, side_key
 
 YES, NO = "✓", "✗"
 
@@ -122,6 +123,19 @@ def side_text(s: SideVerdict, protocol: str, port: int | None) -> str:
     elif s.audit_allowed_by is not None:
         lines.append(f"    audit mode (not enforced): would be allowed by {rule_text(s.audit_allowed_by, protocol, port)}")
     return "\n".join(lines)
+
+
+def hits_text(v: Verdict, counters_of: Callable[[str], Counters]) -> str:
+    """What the rule that decided each side has counted on the pod's node (a live lab or
+    agent): every pod of that node it applies to, summed, since the rule was written."""
+    lines = []
+    for side in (v.egress, v.ingress):
+        key, pod = side_key(side), side.endpoint.pod
+        if key is None or pod is None or pod.node is None:
+            continue
+        count = counters_of(pod.node).by_rule.get(key, Count())
+        lines.append(f"  counted on {pod.node}: {key.describe()}: {count.packets} packets, {count.bytes} bytes")
+    return "".join(line + "\n" for line in lines)
 
 
 def audit_note(policies: Iterable[NetworkPolicy]) -> str:

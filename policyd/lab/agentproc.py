@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resync", type=float, default=float(os.environ.get("POLICYD_LAB_RESYNC", "30")),
                     help="seconds between full resyncs (env POLICYD_LAB_RESYNC; default 30)")
     ap.add_argument("--drop-log-group", type=int, default=0, help="log drops through this NFLOG group (0: no drop log)")
+    ap.add_argument("--rule-counters", action="store_true", help="count packets on every accepting and dropping rule")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     source = ManifestDirSource(args.state / "manifests")
     drop_log = DropLog(group=args.drop_log_group) if args.drop_log_group else None
     core = AgentCore(args.node, make_backend(args.backend, args.table),
-                     RenderConfig(table=args.table, mode=DispatchMode(args.mode), drop_log=drop_log), resync_every=args.resync)
+                     RenderConfig(table=args.table, mode=DispatchMode(args.mode), drop_log=drop_log, counters=args.rule_counters),
+                     resync_every=args.resync)
     drops = core.drop_logger("text") if drop_log is not None else None
     if drops is not None:
         drops.start()  # this process runs in the node's namespace: the group is the node's

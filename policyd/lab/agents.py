@@ -12,8 +12,8 @@ from typing import Any
 
 from .records import LabError, LabRecord, alive
 
-# Lab agents always log drops (`policyd lab logs --drops`); each node is its own network
-# namespace, so one group number serves every lab.
+# Lab agents always log drops (`policyd lab logs --drops`) and count rule hits (`policyd lab
+# counters`); each node is its own network namespace, so one group number serves every lab.
 DROP_LOG_GROUP = 100
 
 
@@ -54,7 +54,7 @@ class Agents:
     def start(self, rec: LabRecord, node: str) -> int:
         log = open(self.log_path(node), "ab")
         args = [sys.executable, "-m", "policyd.lab.agentproc", "--state", str(self.lab_dir), "--node", node,
-                "--mode", rec.mode, "--backend", rec.backend, "--drop-log-group", str(DROP_LOG_GROUP)]
+                "--mode", rec.mode, "--backend", rec.backend, "--drop-log-group", str(DROP_LOG_GROUP), "--rule-counters"]
         proc = subprocess.Popen(["ip", "netns", "exec", rec.nodes[node].netns, *args], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()

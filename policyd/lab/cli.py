@@ -116,6 +116,22 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_counters(args: argparse.Namespace) -> int:
+    lab = _lab(args.name)
+    nodes = sorted(lab.load().nodes) if args.node is None else [args.node]
+    got = {node: lab.counters(node) for node in nodes}
+    if args.output == "json":
+        print(json.dumps({node: [{"kind": k.kind, "namespace": k.namespace, "policy": k.policy, "direction": k.direction, "rule": k.rule,
+                                  "packets": c.packets, "bytes": c.bytes} for k, c in sorted(cs.by_rule.items())]
+                          for node, cs in got.items()}, indent=2))
+        return EXIT_OK
+    for node, cs in got.items():
+        print(f"--- {node}: packets, bytes, rule (summed over the node's pods)")
+        for k, c in sorted(cs.by_rule.items()):
+            print(f"{c.packets:>10} {c.bytes:>12}  {k.kind:<5} {k.describe()}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -175,6 +191,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--node", default=None, help="one node (default: all)")
     p.add_argument("--drops", action="store_true", help="only the drop log's lines")
     p.add_argument("-n", "--lines", type=int, default=20, help="the last N lines of each node (default 20)")
+
+    p = add("counters", cmd_counters, "packets and bytes each policy rule has accepted or dropped, per node, from the kernel")
+    p.add_argument("--node", default=None, help="one node (default: all)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
     p = add("demo", cmd_demo, "the allow-frontend-to-backend walk-through on real packets")
     p.set_defaults(name="demo")

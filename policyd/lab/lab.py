@@ -30,17 +30,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..backends import resolve
+from ..backends import make_backend, resolve
 from ..compile.matrix import Matrix
 from ..model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from ..model.events import key_of, kind_of
 from ..model.objects import KubeObject, Node, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput
+from ..observe.counters import CounterIndex, Counters
+from ..world import load_world
 from . import probes
 from .agents import Agents
 from .apiserver import ManifestStore, identities, read_raw, validate
-from .netns import delete_namespaces
+from .netns import delete_namespaces, entered
 from .placement import place, served_ports
 from .records import LabError, LabRecord, NodeRecord, PodRecord, alive, is_ours
 from .topology import PodHandle, Topology
@@ -68,6 +70,17 @@ class Lab:
 
     def exists(self) -> bool:
         return (self.dir / "lab.json").exists()
+
+    def counters(self, node: str) -> Counters:
+        """A node's per-rule counters, read from its kernel and summed by policy rule with the
+        index of what the lab's manifests compile to for that node."""
+        rec = self.load()
+        if node not in rec.nodes:
+            raise LabError(f"lab {self.name} has no node {node!r} (nodes: {', '.join(sorted(rec.nodes))})")
+        index = CounterIndex(load_world([self.manifests], strict_addresses=True).compile(node).plans.values())
+        with entered(rec.nodes[node].netns):
+            backend = make_backend(resolve(rec.backend), "policyd")
+            return index.sum(backend.rule_counters())
 
     def load(self) -> LabRecord:
         try:

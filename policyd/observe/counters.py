@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..compile.evaluate import SideVerdict
 from ..compile.plan import PodPlan
 from ..dataplane.objects import COMMENT_MAX
 from ..dataplane.renderer import drop_reason
@@ -37,6 +38,15 @@ class RuleKey:
     policy: str
     direction: str
     rule: str
+
+    def describe(self) -> str:
+        if self.kind == "allow":
+            return f"{self.namespace}/{self.policy} {self.direction}[{self.rule}]"
+        if self.kind == "audit":
+            return f"{self.namespace}/{self.policy} {self.direction}[{self.rule}] (audit mode, would allow)"
+        if self.kind == "drop":
+            return f"{self.direction} isolation of {self.namespace} pods by {self.policy}"
+        return f"{self.policy} {self.rule}"
 
 
 @dataclass
@@ -95,3 +105,18 @@ class CounterIndex:
         for comment, packets, nbytes in listed:
             out.add(self.key(comment), packets, nbytes)
         return out
+
+
+def side_key(side: SideVerdict) -> RuleKey | None:
+    """The counted rule that decided one side of a verdict (None: nothing of ours decided,
+    e.g. a pod no policy isolates)."""
+    d = side.direction.value
+    if side.decided_by is not None:
+        return RuleKey("tier", "", side.decided_by.policy, d, side.decided_by.label().split(" ", 1)[1])
+    if side.plan is None or not side.plan.isolated:
+        return None
+    if side.allowed_by is not None:
+        ns, _, pol = side.allowed_by.policy.partition("/")
+        return RuleKey("allow", ns, pol, d, str(side.allowed_by.rule_index))
+    pod = side.endpoint.pod
+    return RuleKey("drop", pod.namespace if pod is not None else "", ",".join(side.plan.policies), d, "")

@@ -72,3 +72,32 @@ def test_lab_logs_shows_the_drop_log(make_lab, capsys, monkeypatch):
     assert drops and all("default/unallowed-" in d and "allow-frontend-to-backend" in d for d in drops), out
     assert not any("← default/frontend-" in d for d in drops), "allowed traffic is never logged"
     assert "--- node-1" in out and "--- node-2" in out
+
+
+def test_lab_counters_and_explain_with_hits(make_lab, capsys, monkeypatch):
+    """`policyd lab counters` and `policyd explain --lab`: the probes sent are the packets the
+    deciding rules counted, on the node of the pod that decided (each new connection's SYN
+    reaches the pod chain; the rest is established traffic)."""
+    import policyd.lab.lab as lab_module
+    from policyd.cli import main
+    from policyd.observe.counters import RuleKey
+
+    lab = make_lab(["examples/cluster/demo.yaml"], "routed")
+    lab.apply([str(ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml")], say=lambda s: None)
+    rec = lab.load()
+    backends = {k: p.node for k, p in rec.pods.items() if "/backend-" in k}
+    assert sorted(backends.values()) == ["node-1", "node-2"], "one backend per node"
+    assert not any(lab.probe("app=unallowed", "app=backend", "TCP", 80, 0.4).allowed.values())  # 2 × 2 probes
+    assert all(lab.probe("app=frontend", "app=backend", "TCP", 80, 0.4).allowed.values())  # 2 × 2 probes
+    allow = RuleKey("allow", "default", "allow-frontend-to-backend", "ingress", "0")
+    drop = RuleKey("drop", "default", "default/allow-frontend-to-backend", "ingress", "")
+    for node in ("node-1", "node-2"):
+        got = lab.counters(node).by_rule
+        assert got[allow].packets == 2 and got[drop].packets == 2, (node, got)
+
+    monkeypatch.setattr(lab_module, "Lab", lambda name: lab)
+    src = next(k for k in rec.pods if "/unallowed-" in k)
+    dst = next(k for k, n in backends.items() if n == "node-2")
+    assert main(["explain", "--lab", lab.name, "--from", src, "--to", dst]) == 1
+    out = capsys.readouterr().out
+    assert "DENIED" in out and "counted on node-2: ingress isolation of default pods by default/allow-frontend-to-backend: 2 packets" in out
