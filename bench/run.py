@@ -14,7 +14,7 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only dataplane` only the nftables dataplane and large sets (about 5 minutes),
 `--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute),
 `--only cluster-policies` only what 1,000 ClusterNetworkPolicies cost (bench/cluster_policies.py, about a minute),
-`--only drop-log` only the drop log off and on (bench/drop_log.py, about a minute);
+`--only drop-log` only the drop log and rule counters off and on (bench/drop_log.py, about 2 minutes);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -265,7 +265,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "matrix": ("policyd matrix at scale", matrix.measure),
     "iptables-api": ("iptables: restore or libiptc", backends.iptables_apis),
     "cluster-policies": ("ClusterNetworkPolicy cost", cluster_policies.measure),
-    "drop-log": ("The drop log: off and on", drop_log.measure),
+    "drop-log": ("The drop log and rule counters: off and on", drop_log.measure),
 }
 
 
