@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ..compile.plan import DirectionPlan, TierRule
+from ..compile.plan import AllowRule, DirectionPlan, TierRule
 from ..model.objects import Direction
 
 PREFIX = "pd-"
@@ -28,6 +28,8 @@ class DropLog:
     group: int = 100
     rate: int = 10
     burst: int = 20
+    # Sampled accept logging: packets/s each allow rule may log (0: none), naming the rule.
+    accepts: int = 0
 
     def problems(self) -> list[str]:
         out = []
@@ -37,7 +39,13 @@ class DropLog:
             out.append(f"the drop log rate is 1-10000 packets/s per rule, not {self.rate}")
         if not 1 <= self.burst <= 100_000:
             out.append(f"the drop log burst is 1-100000 packets, not {self.burst}")
+        if not 0 <= self.accepts <= 10_000:
+            out.append(f"the accept log rate is 0-10000 packets/s per rule, not {self.accepts}")
         return out
+
+    def logs(self, cause: DropCause) -> int:
+        """The rate at which a step with this cause logs (0: it does not)."""
+        return self.accepts if cause.accepted else self.rate
 
 
 @dataclass(frozen=True)
@@ -50,13 +58,16 @@ class DropCause:
     tier: str  # NetworkPolicy | Admin | Baseline | Audit (logged only: audit mode drops nothing)
     policies: tuple[str, ...]
     rule: str = ""  # the ClusterNetworkPolicy rule, as `explain` describes it
+    accepted: bool = False  # not a drop: the rule that allowed (sampled accept logging)
 
     @property
     def prefix(self) -> str:
-        digest = hashlib.sha256(repr((self.pod, self.direction.value, self.tier, self.policies, self.rule)).encode())
+        digest = hashlib.sha256(repr((self.pod, self.direction.value, self.tier, self.policies, self.rule, self.accepted)).encode())
         return PREFIX + digest.hexdigest()[:16]
 
     def text(self) -> str:
+        if self.accepted:
+            return f"allowed by {self.rule}"
         if self.tier == AUDIT:
             n = len(self.policies)
             return (f"would be dropped by {n} audit-mode NetworkPolic{'y' if n == 1 else 'ies'} ({', '.join(self.policies)}): "
@@ -77,3 +88,10 @@ def deny_cause(pod_key: str, rule: TierRule) -> DropCause:
 
 def audit_cause(pod_key: str, direction: Direction, plan: DirectionPlan) -> DropCause:
     return DropCause(pod_key, direction, AUDIT, plan.audit)
+
+
+def accept_cause(pod_key: str, rule: AllowRule | TierRule) -> DropCause:
+    """The rule that allowed, for sampled accept logging."""
+    if isinstance(rule, TierRule):
+        return DropCause(pod_key, rule.direction, rule.tier.value, (rule.policy,), rule.describe(), accepted=True)
+    return DropCause(pod_key, rule.direction, "NetworkPolicy", (rule.policy,), rule.label(), accepted=True)

@@ -11,7 +11,7 @@ from typing import Protocol
 from ..compile.plan import AllowRule, DirectionPlan, Entry, PodPlan, SetSpec, TierRule
 from ..model.objects import Action, Direction, IPAddress
 from .config import DispatchMode, RenderConfig, valid_ifname
-from .droplog import DropCause, audit_cause, deny_cause, isolation_cause
+from .droplog import DropCause, accept_cause, audit_cause, deny_cause, isolation_cause
 from .objects import ChainDef, Elem, MapDef, SetDef
 
 
@@ -72,7 +72,7 @@ class Step:
     rule: AllowRule | TierRule | None
     verdict: Verdict
     comment: str
-    cause: DropCause | None = None
+    cause: DropCause | None = None  # a drop's, or an allow's (accept logging)
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,12 @@ def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan, aud
     allow rules return, the rest is logged as what they would drop) and the Baseline rules
     in order (Pass, like Accept, ends at the default) and a final return."""
     def tier_step(r: TierRule, verdict: Verdict) -> Step:
-        return Step(r, verdict, r.label(), deny_cause(pod_key, r) if verdict is Verdict.DROP else None)
+        cause = deny_cause(pod_key, r) if verdict is Verdict.DROP else accept_cause(pod_key, r) if verdict is Verdict.RETURN else None
+        return Step(r, verdict, r.label(), cause)
 
     admin = [tier_step(r, VERDICTS[r.action]) for r in plan.admin]
     if plan.isolated:
-        rest = [Step(r, Verdict.RETURN, r.label()) for r in plan.rules]
+        rest = [Step(r, Verdict.RETURN, r.label(), accept_cause(pod_key, r)) for r in plan.rules]
         rest.append(Step(None, Verdict.DROP, drop_reason(pod_key, direction, plan), isolation_cause(pod_key, direction, plan)))
     else:
         rest = [tier_step(r, Verdict.DROP if r.action is Action.DENY else Verdict.RETURN) for r in plan.baseline]

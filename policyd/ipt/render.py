@@ -215,9 +215,9 @@ class IptRenderer:
         target = pass_chain if goto else audit_chain if step.verdict is Verdict.AUDIT else step.verdict.value.upper()
         out: list[RuleBody] = []
         log = self.cfg.drop_log
-        if step.cause is not None and log is not None:
+        if step.cause is not None and log is not None and log.logs(step.cause) > 0:
             # NFLOG does not end the rule walk; the limit match keeps a flood in the kernel.
-            limit = f"-m limit --limit {log.rate}/sec --limit-burst {log.burst}"
+            limit = f"-m limit --limit {log.logs(step.cause)}/sec --limit-burst {log.burst}"
             nflog = f"NFLOG --nflog-prefix {step.cause.prefix} --nflog-group {log.group}"  # as iptables-save prints it
             out += [rule(limit, nflog, step.comment)] if step.rule is None else self.match_rules(step.rule, nflog, extra=limit)
         if step.verdict is not Verdict.LOG:

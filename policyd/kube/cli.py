@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--drop-log-rate", type=int, default=int(env_or("DROP_LOG_RATE", "10")),
                    help="packets/s each drop rule may log (default 10, burst --drop-log-burst)")
     p.add_argument("--drop-log-burst", type=int, default=int(env_or("DROP_LOG_BURST", "20")))
+    p.add_argument("--accept-log-rate", type=int, default=int(env_or("ACCEPT_LOG_RATE", "0")),
+                   help="with --drop-log: also log up to N accepted packets/s per allow rule, naming the rule (default 0: none)")
     p.add_argument("--rule-counters", action=argparse.BooleanOptionalAction, default=(env("RULE_COUNTERS") or "false") == "true",
                    help="count packets and bytes on every allow rule and every pod's isolation drop, served on /metrics "
                         "as policyd_rule_packets_total / policyd_rule_bytes_total by namespace, policy, direction and rule "
@@ -84,12 +86,14 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
         backend = resolve(args.backend)
     except (ValueError, RuntimeError) as e:
         raise RunError(str(e)) from None
+    if args.accept_log_rate and not args.drop_log:
+        raise RunError("--accept-log-rate logs through the drop log: add --drop-log")
     st = AgentSettings(
         node_name=args.node_name, kubeconfig=args.kubeconfig, dispatch_mode=mode, interface_prefixes=prefixes,
         cni_dir=args.cni_dir, fail_mode=FailMode(args.fail_mode), table=args.table, backend=backend, metrics_address=args.metrics_address,
         metrics_port=args.metrics_port, health_port=args.health_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
         relist_every=args.relist,
-        drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst) if args.drop_log else None,
+        drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst, args.accept_log_rate) if args.drop_log else None,
         rule_counters=args.rule_counters)
     problems = st.problems()
     if problems:

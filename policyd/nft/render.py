@@ -23,7 +23,7 @@ from typing import Any
 from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule, addresses, named_ports
 from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import FAMILIES, DispatchMode, RenderConfig, family_sets
-from ..dataplane.droplog import DropLog
+from ..dataplane.droplog import DropCause, DropLog
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
 from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects
 from ..model.objects import Direction, IPAddress
@@ -145,7 +145,9 @@ def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, aud
     else:  # return or drop: what the counters count (`counter` before the verdict)
         verdicts = [[{"counter": None}, {step.verdict.value: None}] if counters else [{step.verdict.value: None}]]
     out: list[RuleBody] = []
-    for tail in ([log_exprs(step.cause.prefix, drop_log)] if step.cause is not None and drop_log is not None else []) + verdicts:
+    cause = step.cause
+    logs = [log_exprs(cause, drop_log)] if cause is not None and drop_log is not None and drop_log.logs(cause) > 0 else []
+    for tail in logs + verdicts:
         if step.rule is None:
             out.append({"expr": tail, "comment": step.comment[:COMMENT_MAX]})
         else:
@@ -153,9 +155,9 @@ def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, aud
     return out
 
 
-def log_exprs(prefix: str, drop_log: DropLog) -> list[dict[str, Any]]:
-    return [{"limit": {"rate": drop_log.rate, "burst": drop_log.burst, "per": "second"}},
-            {"log": {"prefix": prefix, "group": drop_log.group}}]
+def log_exprs(cause: DropCause, drop_log: DropLog) -> list[dict[str, Any]]:
+    return [{"limit": {"rate": drop_log.logs(cause), "burst": drop_log.burst, "per": "second"}},
+            {"log": {"prefix": cause.prefix, "group": drop_log.group}}]
 
 
 def match_rules(rule: AllowRule | TierRule, tail: list[dict[str, Any]]) -> list[RuleBody]:

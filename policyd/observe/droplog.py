@@ -58,10 +58,15 @@ class DropCounters:
 
 def record(packet: Packet, cause: DropCause | None, pods: dict[str, str], node: str, when: float) -> dict[str, Any]:
     """One drop as a structured record (the JSON log line's fields)."""
-    audit = cause is not None and cause.tier == AUDIT
+    if cause is not None and cause.accepted:
+        msg = "packet accepted (sampled)"
+    elif cause is not None and cause.tier == AUDIT:
+        msg = "packet would be dropped (audit mode)"
+    else:
+        msg = "packet dropped"
     out: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z",
-        "msg": "packet would be dropped (audit mode)" if audit else "packet dropped", "node": node,
+        "msg": msg, "node": node,
         "src": pods.get(packet.src, packet.src), "srcIP": packet.src,
         "dst": pods.get(packet.dst, packet.dst), "dstIP": packet.dst,
         "protocol": packet.protocol,
@@ -72,7 +77,7 @@ def record(packet: Packet, cause: DropCause | None, pods: dict[str, str], node: 
         out.update(cause="unattributed: no rule of this agent's plans has this log prefix", prefix=packet.prefix)
         return out
     out.update(pod=cause.pod, direction=cause.direction.value, tier=cause.tier, policies=list(cause.policies),
-               cause=cause.text())
+               cause=cause.text(), accepted=cause.accepted)
     if cause.rule:
         out["rule"] = cause.rule
     return out
@@ -84,7 +89,7 @@ def text_line(rec: dict[str, Any]) -> str:
     where = f"{rec['protocol']}/{rec['port']}" if "port" in rec else rec["protocol"]
     if "pod" not in rec:
         return f"drop {rec['src']} → {rec['dst']} {where}: {rec['cause']} ({rec['prefix']})"
-    word = "audit" if rec["tier"] == AUDIT else "drop"
+    word = "accept" if rec["msg"].startswith("packet accepted") else "audit" if rec["tier"] == AUDIT else "drop"
     if rec["direction"] == Direction.INGRESS.value:
         return f"{word} ingress {rec['pod']} ← {rec['src']} {where}: {rec['cause']}"
     return f"{word} egress {rec['pod']} → {rec['dst']} {where}: {rec['cause']}"
@@ -156,7 +161,7 @@ class DropLogger:
         self.counters.logged += 1
         if cause is None:
             self.counters.unattributed += 1
-        else:
+        elif not cause.accepted:
             d = cause.direction.value
             self.counters.by_direction[d] = self.counters.by_direction.get(d, 0) + 1
         self.emit(self.format(rec))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -59,22 +61,35 @@ DENY_U1 = json.dumps({
                           "from": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "unallowed"}}}}]}]}})
 
 
-@pytest.fixture(params=VARIANTS)
-def logged(request):
-    with kernel_cluster(request.param, DropLog(group=7, rate=50, burst=50)) as cluster:
+@contextmanager
+def logging_cluster(variant: str, drop_log: DropLog) -> Iterator[tuple]:
+    """A kernel cluster with this drop log, and a drop logger bound in node-1's namespace."""
+    with kernel_cluster(variant, drop_log) as cluster:
         lines: list[str] = []
         agent = cluster.agent
 
         def fill(book):
             book.refresh(list(agent.compiler.plans.values()), list(agent.compiler.store.pods.values()))
 
-        logger = DropLogger(7, "node-1", fill, lines.append, fmt="json")
+        logger = DropLogger(drop_log.group, "node-1", fill, lines.append, fmt="json")
         with entered(agent.netns):  # the socket is bound in node-1's namespace, where the rules are
             logger.start()
         try:
             yield cluster, lines, logger
         finally:
             logger.stop()
+
+
+@pytest.fixture(params=VARIANTS)
+def logged(request):
+    with logging_cluster(request.param, DropLog(group=7, rate=50, burst=50)) as got:
+        yield got
+
+
+@pytest.fixture(params=VARIANTS)
+def accepts_logged(request):
+    with logging_cluster(request.param, DropLog(group=7, rate=50, burst=50, accepts=50)) as got:
+        yield got
 
 
 def wait_for(lines: list[str], **want: object) -> dict:
@@ -191,3 +206,16 @@ def test_audit_mode_without_the_drop_log_changes_nothing(cluster):
     cluster.apply(TRY_DEFAULT_DENY)
     assert cluster.can("u1", "b1") and cluster.can("f1", "b1")
     assert cluster.sync(full=True).ops == 0
+
+
+def test_sampled_accept_logging_names_the_rule_that_allowed(accepts_logged):
+    cluster, lines, _ = accepts_logged
+    cluster.apply(ALLOW_FRONTEND, DENY_U1)
+    assert cluster.sync(full=True).ops == 0
+    assert cluster.can("f1", "b1")
+    r = wait_for(lines, pod="default/b1", direction="ingress", src="default/f1", accepted=True)
+    assert r["msg"] == "packet accepted (sampled)" and r["cause"] == "allowed by default/allow-frontend ingress[0] from[0]"
+    assert r["policies"] == ["default/allow-frontend"] and r["tier"] == "NetworkPolicy"
+    assert not cluster.can("u1", "b1")
+    r = wait_for(lines, pod="default/b1", src="default/u1")
+    assert r["accepted"] is False and r["tier"] == "Admin", "drops are still logged as drops"

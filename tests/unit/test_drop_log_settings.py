@@ -64,3 +64,13 @@ def test_a_record_names_peers_it_knows_and_never_guesses_a_cause():
     unknown = record(p, None, {}, "node-1", 0.0)
     assert "pod" not in unknown and "policies" not in unknown and unknown["src"] == "10.0.0.1"
     assert text_line(unknown).startswith("drop 10.0.0.1 → 10.0.0.2 TCP/80: unattributed")
+
+
+def test_accept_logging_is_part_of_the_drop_log():
+    st, _, _ = settings_from(run_args("--drop-log", "--accept-log-rate", "5"))
+    assert st.drop_log is not None and st.drop_log.accepts == 5
+    with pytest.raises(RunError, match="add --drop-log"):
+        settings_from(run_args("--accept-log-rate", "5"))
+    accept = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/a",), "default/a ingress[0]", accepted=True)
+    assert DropLog(accepts=0).logs(accept) == 0 and DropLog(accepts=3).logs(accept) == 3
+    assert accept.prefix != DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/a",), "default/a ingress[0]").prefix
