@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import __version__, report
@@ -16,6 +17,7 @@ from .compile.matrix import compute, compute_grouped, endpoint, pairs, service_p
 from .kube.cli import RunError
 from .lab.records import LabError
 from .model.problems import InvalidInput
+from .observe.counters import Counters
 from .world import World, load_world
 
 if TYPE_CHECKING:
@@ -101,13 +103,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         lab = Lab(args.lab)
         args.paths = [str(lab.manifests)]
+    live = getattr(args, "kubeconfig", None) or getattr(args, "in_cluster", False)
+    if args.hits and not live:
+        raise UsageError("--hits reads the node agents of a live cluster (--kubeconfig or --in-cluster); a lab: --lab NAME")
     w = world_from(args)
     src, dst = resolve_endpoint(w, args.src), resolve_endpoint(w, args.dst)
     v = Evaluator(w.compile()).verdict(src, dst, args.protocol, args.port)
     print(report.explain_text(v), end="")
     if lab is not None:
         print(report.hits_text(v, lab.counters), end="")
+    elif args.hits:
+        print(report.hits_text(v, agents_counters(args)), end="")
     return EXIT_OK if v.allowed else EXIT_DENIED
+
+
+def agents_counters(args: argparse.Namespace) -> Callable[[str], Counters]:
+    """node → its agent's rule counters, read from its /metrics (a clear error if it cannot)."""
+    from .kube.client import agent_counters, node_addresses
+
+    addresses = node_addresses(None if args.in_cluster else args.kubeconfig)
+
+    def of(node: str) -> Counters:
+        if node not in addresses:
+            raise UsageError(f"node {node} has no address in the API: cannot read its agent's counters")
+        try:
+            return agent_counters(addresses[node], args.metrics_port)
+        except OSError as e:
+            raise UsageError(f"node {node}'s agent at http://{addresses[node]}:{args.metrics_port}/metrics: {e}") from None
+
+    return of
 
 
 def render_config(args: argparse.Namespace) -> RenderConfig:
@@ -182,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst", required=True, metavar="NS/POD|IP")
     p.add_argument("--lab", metavar="NAME", default=None,
                    help="explain in a running lab (its manifests), with the hits the deciding rules have counted there")
+    p.add_argument("--hits", action="store_true",
+                   help="with --kubeconfig/--in-cluster: also what the deciding rules have counted, from the agent of each "
+                        "pod's node (its /metrics on the node's InternalIP; the chart's ruleCounters must be on)")
+    p.add_argument("--metrics-port", type=int, default=9808, help="the agents' metrics port, for --hits (default 9808)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("render", help="the ruleset a node would get (dry run, touches no kernel)")

@@ -10,6 +10,7 @@ from typing import Any
 from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
+from ..observe.counters import Counters, counters_from_metrics
 from .feed import NotServed, WatchKind, rv_int
 
 API_VERSIONS: dict[str, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1",
@@ -102,3 +103,25 @@ def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[P
     if problems:
         raise InvalidInput(problems)
     return out["Namespace"], out["Pod"], out["NetworkPolicy"], out["ClusterNetworkPolicy"]
+
+
+def node_addresses(kubeconfig: str | None = None) -> dict[str, str]:
+    """Each node's InternalIP (else its first address): where its agent serves /metrics on
+    the host network."""
+    from kubernetes import client
+
+    out = {}
+    for node in client.CoreV1Api(api_client(kubeconfig)).list_node().items:
+        addresses = node.status.addresses or []
+        pick = next((a for a in addresses if a.type == "InternalIP"), addresses[0] if addresses else None)
+        if pick is not None:
+            out[node.metadata.name] = pick.address
+    return out
+
+
+def agent_counters(address: str, port: int, timeout: float = 5.0) -> Counters:
+    """A node agent's rule counters, from its /metrics (the agent needs --rule-counters)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=timeout) as r:
+        return counters_from_metrics(r.read().decode())

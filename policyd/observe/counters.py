@@ -120,3 +120,22 @@ def side_key(side: SideVerdict) -> RuleKey | None:
         return RuleKey("allow", ns, pol, d, str(side.allowed_by.rule_index))
     pod = side.endpoint.pod
     return RuleKey("drop", pod.namespace if pod is not None else "", ",".join(side.plan.policies), d, "")
+
+
+METRIC_RE = re.compile(r"^policyd_rule_(packets|bytes)_total\{([^}]*)\} (\S+)$", re.M)
+LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def counters_from_metrics(text: str) -> Counters:
+    """An agent's /metrics text → its rule counters (policyd_rule_packets_total and
+    policyd_rule_bytes_total)."""
+    out = Counters()
+    for what, labels, value in METRIC_RE.findall(text):
+        lab = dict(LABEL_RE.findall(labels))
+        key = RuleKey(lab.get("kind", ""), lab.get("namespace", ""), lab.get("policy", ""), lab.get("direction", ""), lab.get("rule", ""))
+        count = out.by_rule.setdefault(key, Count())
+        if what == "packets":
+            count.packets = int(float(value))
+        else:
+            count.bytes = int(float(value))
+    return out

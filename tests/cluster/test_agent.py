@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 
 import yaml
@@ -123,6 +124,12 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     drops = re.search(r'^policyd_rule_packets_total\{direction="ingress",kind="drop",namespace="default",'
                       r'policy="default/allow-frontend-to-backend,default/metrics-port",rule=""\} (\S+)$', text, re.M)
     assert drops and float(drops.group(1)) >= 1, [x for x in text.splitlines() if x.startswith("policyd_rule_packets")]
+    # `policyd explain --hits` on the live cluster reads the same counter from node-2's agent.
+    proc = c.run_in_fabric([sys.executable, "-m", "policyd", "explain", "--kubeconfig", str(c.layout.kubeconfig), "--hits",
+                            "--from", "default/walker", "--to", f"default/{backend['name']}"], check=False)
+    assert proc.returncode == 1 and re.search(r"counted on node-2: ingress isolation of default pods by "
+                                              r"default/allow-frontend-to-backend,default/metrics-port: [1-9]\d* packets", proc.stdout), \
+        proc.stdout + proc.stderr
     assert "policyd_ready 1.0" in text
     code, body = http_get(c.layout.fabric, f"http://{node.ip}:9809/readyz")
     doc = json.loads(body)

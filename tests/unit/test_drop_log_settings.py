@@ -74,3 +74,21 @@ def test_accept_logging_is_part_of_the_drop_log():
     accept = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/a",), "default/a ingress[0]", accepted=True)
     assert DropLog(accepts=0).logs(accept) == 0 and DropLog(accepts=3).logs(accept) == 3
     assert accept.prefix != DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/a",), "default/a ingress[0]").prefix
+
+
+def test_rule_counters_round_trip_through_metrics():
+    """What the agent serves on /metrics is what `explain --hits` reads back."""
+    from prometheus_client import generate_latest
+
+    from policyd.kube.metrics import AgentMetrics
+    from policyd.observe.counters import Counters, RuleKey, counters_from_metrics
+
+    c = Counters()
+    allow = RuleKey("allow", "default", "allow-frontend", "ingress", "0")
+    drop = RuleKey("drop", "default", "default/a,default/b", "egress", "")
+    c.add(allow, 3, 180)
+    c.add(drop, 2, 120)
+    m = AgentMetrics()
+    m.rules.update(c)
+    back = counters_from_metrics(generate_latest(m.registry).decode())
+    assert {k: (v.packets, v.bytes) for k, v in back.by_rule.items()} == {allow: (3, 180), drop: (2, 120)}
