@@ -51,6 +51,11 @@ def drop_reason(pod_key: str, direction: Direction, plan: DirectionPlan) -> str:
     return f"{pod_key} {direction.value}: isolated by {n} polic{'y' if n == 1 else 'ies'}, no rule allows"
 
 
+def audit_comment(pod_key: str, direction: Direction) -> str:
+    """The comment of an audit chain's last rule: what audit-mode policies would drop."""
+    return f"{pod_key} {direction.value}: audit mode, would be dropped"
+
+
 class Verdict(Enum):
     """What a pod chain's rule does, before a backend spells it."""
 
@@ -58,7 +63,7 @@ class Verdict(Enum):
     DROP = "drop"
     PASS = "pass"  # on to the pass chain: NetworkPolicy, then Baseline (nftables and iptables `goto`)
     AUDIT = "audit"  # a call of the audit chain, which returns here whatever it finds
-    LOG = "log"  # only the drop log's rule (the audit chain's last step: it drops nothing)
+    LOG = "log"  # the drop log's rule, and with counters a counted return (the audit chain's last step: it drops nothing)
 
 
 VERDICTS = {Action.ACCEPT: Verdict.RETURN, Action.DENY: Verdict.DROP, Action.PASS: Verdict.PASS}
@@ -105,8 +110,7 @@ def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan, aud
     if audit and plan.audit and not plan.isolated:
         rest.insert(0, Step(None, Verdict.AUDIT, f"{pod_key} {direction.value}: what audit-mode policies would drop"))
         audited = [Step(r, Verdict.RETURN, r.label()) for r in plan.audit_rules]
-        audited.append(Step(None, Verdict.LOG, f"{pod_key} {direction.value}: audit mode, would be dropped",
-                            audit_cause(pod_key, direction, plan)))
+        audited.append(Step(None, Verdict.LOG, audit_comment(pod_key, direction), audit_cause(pod_key, direction, plan)))
     if any(s.verdict is Verdict.PASS for s in admin):
         return DirectionSteps([*admin, Step(None, Verdict.PASS, f"{pod_key} {direction.value}: on to NetworkPolicy and Baseline")],
                               rest, audited)

@@ -210,7 +210,8 @@ class IptRenderer:
     def step_rules(self, step: Step, pass_chain: str, audit_chain: str = "") -> list[RuleBody]:
         """One chain step → rules ending in its verdict (a Pass is `-g`: goto, so that the
         pass chain's RETURN goes back to the base chain, as this chain's would; the audit
-        chain is `-j`, it returns here; a LOG step is only its NFLOG rule)."""
+        chain is `-j`, it returns here; a LOG step is only its NFLOG rule, and with counters a
+        counted RETURN)."""
         goto = step.verdict is Verdict.PASS
         target = pass_chain if goto else audit_chain if step.verdict is Verdict.AUDIT else step.verdict.value.upper()
         out: list[RuleBody] = []
@@ -220,7 +221,9 @@ class IptRenderer:
             limit = f"-m limit --limit {log.logs(step.cause)}/sec --limit-burst {log.burst}"
             nflog = f"NFLOG --nflog-prefix {step.cause.prefix} --nflog-group {log.group}"  # as iptables-save prints it
             out += [rule(limit, nflog, step.comment)] if step.rule is None else self.match_rules(step.rule, nflog, extra=limit)
-        if step.verdict is not Verdict.LOG:
+        if step.verdict is Verdict.LOG:  # the end of the audit chain: an explicit RETURN to count, with counters
+            out += [rule("", "RETURN", step.comment)] if self.cfg.counters else []
+        else:
             out += [rule("", target, step.comment, goto=goto)] if step.rule is None else self.match_rules(step.rule, target, goto)
         return out
 

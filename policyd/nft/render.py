@@ -134,14 +134,14 @@ def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, aud
     """One chain step → nft rule bodies ending in its verdict (`goto` the pass chain: when
     that chain returns, it returns to the base chain, as this one would; `jump` the audit
     chain, which returns here); a logged drop is first matched by a rate-limited `log group`
-    rule named by its cause (a LOG step is only that rule)."""
+    rule named by its cause (a LOG step is only that rule, and with counters a counted return)."""
     verdicts: list[list[dict[str, Any]]]
     if step.verdict is Verdict.PASS:
         verdicts = [[{"goto": {"target": pass_chain}}]]
     elif step.verdict is Verdict.AUDIT:
         verdicts = [[{"jump": {"target": audit_chain}}]]
-    elif step.verdict is Verdict.LOG:
-        verdicts = []
+    elif step.verdict is Verdict.LOG:  # the end of the audit chain: counted when counters are on
+        verdicts = [[{"counter": None}, {"return": None}]] if counters else []
     else:  # return or drop: what the counters count (`counter` before the verdict)
         verdicts = [[{"counter": None}, {step.verdict.value: None}] if counters else [{step.verdict.value: None}]]
     out: list[RuleBody] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..compile.evaluate import SideVerdict
 from ..compile.plan import PodPlan
 from ..dataplane.objects import COMMENT_MAX
-from ..dataplane.renderer import drop_reason
+from ..dataplane.renderer import audit_comment, drop_reason
 from ..model.objects import Direction
 
 DIGEST_SUFFIX = re.compile(r" \[[0-9a-f]{12}\]$")  # ChainDef.build seals a chain's last rule
@@ -30,8 +30,9 @@ class RuleKey:
     """One policy rule, as the metrics label it: `kind` allow (a NetworkPolicy rule: policy
     is its name, rule its index), tier (a ClusterNetworkPolicy rule: policy is its name, rule
     the label's `ingress[0] from[1] Deny` part), drop (a pod's isolation: namespace is the
-    pod's, policy lists the isolating policies as ns/name, rule is empty) or audit (an
-    audit-mode policy's rule that would allow)."""
+    pod's, policy lists the isolating policies as ns/name, rule is empty), audit (an
+    audit-mode policy's rule that would allow) or audit-drop (what audit-mode policies would
+    drop, like drop)."""
 
     kind: str
     namespace: str
@@ -46,6 +47,8 @@ class RuleKey:
             return f"{self.namespace}/{self.policy} {self.direction}[{self.rule}] (audit mode, would allow)"
         if self.kind == "drop":
             return f"{self.direction} isolation of {self.namespace} pods by {self.policy}"
+        if self.kind == "audit-drop":
+            return f"what audit-mode {self.policy} would drop of {self.namespace} pods' {self.direction} (not enforced)"
         return f"{self.policy} {self.rule}"
 
 
@@ -95,6 +98,8 @@ class CounterIndex:
                     self.keys[comment_of(r.label())] = RuleKey("audit", pol_ns, pol, d.value, str(r.rule_index))
                 if dp.isolated:
                     self.keys[comment_of(drop_reason(plan.pod, d, dp))] = RuleKey("drop", ns, ",".join(dp.policies), d.value, "")
+                elif dp.audit:  # what audit-mode policies would drop here
+                    self.keys[comment_of(audit_comment(plan.pod, d))] = RuleKey("audit-drop", ns, ",".join(dp.audit), d.value, "")
 
     def key(self, comment: str) -> RuleKey | None:
         return self.keys.get(comment_of(comment))

@@ -55,3 +55,35 @@ def test_counters_match_the_probes_sent(counted):
     assert c.sync(full=True).ops == 0, "counted packets are not drift"
     keys = set(got.by_rule)
     assert all(k.policy and "/" not in k.namespace for k in keys), "labelled by policy, never by pod"
+
+
+TRY_FRONTEND_ONLY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: try-frontend-only, namespace: default, annotations: {policyd.io/audit: "true"}}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+"""
+
+
+@pytest.fixture(params=VARIANTS)
+def audited(request):
+    from policyd.dataplane.droplog import DropLog
+
+    with kernel_cluster(request.param, DropLog(group=7), counters=True) as cluster:
+        yield cluster
+
+
+def test_audit_mode_counts_what_it_would_drop_and_allow(audited):
+    c = audited
+    c.apply(TRY_FRONTEND_ONLY)
+    assert c.sync(full=True).ops == 0
+    for _ in range(3):
+        assert c.can("u1", "b1"), "audit mode drops nothing"
+    for _ in range(2):
+        assert c.can("f1", "b1")
+    got = c.agent.counters().by_rule
+    assert got[RuleKey("audit-drop", "default", "default/try-frontend-only", "ingress", "")].packets == 3, got
+    assert got[RuleKey("audit", "default", "try-frontend-only", "ingress", "0")].packets == 2, got
