@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 
 from ..observe.counters import Counters
+from ..observe.droplog import DropCounters
 
 # Fine below 100 ms, where the targets are (event → commit p99 ≤ 10 ms and ≤ 30 ms), so
 # that histogram_quantile() answers with a useful resolution.
@@ -44,6 +45,32 @@ class AgentMetrics:
         self.ready = Gauge("policyd_ready", "1 once the initial lists are in and the first sync succeeded", registry=r)
         self.rules = RuleCounters()
         r.register(self.rules)
+        self.drop_log = DropLogMetrics()
+        r.register(self.drop_log)
+
+
+class DropLogMetrics:
+    """The drop log's own accounting (--drop-log): records written, and what a flood made it
+    lose instead of growing."""
+
+    def __init__(self) -> None:
+        self.counters: DropCounters | None = None
+
+    def attach(self, counters: DropCounters) -> None:
+        self.counters = counters
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        c = self.counters
+        if c is None:
+            return
+        yield CounterMetricFamily("policyd_drop_log_records", "Drop log lines written (drops, audit, sampled accepts)", value=c.logged)
+        yield CounterMetricFamily("policyd_drop_log_unattributed", "Lines whose log prefix no plan of this agent wrote",
+                                  value=c.unattributed)
+        lost = CounterMetricFamily("policyd_drop_log_lost", "Logged packets not written: the queue was full (the writer fell "
+                                   "behind), or the kernel found the socket buffer full (counted per overrun)", labels=["reason"])
+        lost.add_metric(["queue_full"], c.queue_full)
+        lost.add_metric(["socket_overrun"], c.socket_overruns)
+        yield lost
 
 
 class RuleCounters:

@@ -401,6 +401,7 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
     if st.drop_log is not None:
         drops = agent.core.drop_logger(st.log_format)
         drops.start()  # binds the NFLOG group here: the agent's (the node's) network namespace
+        agent.metrics.drop_log.attach(drops.counters)
         log.info("drop log on: NFLOG group %d, at most %d packets/s (burst %d) per drop rule", st.drop_log.group,
                  st.drop_log.rate, st.drop_log.burst)
     try:

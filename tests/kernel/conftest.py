@@ -75,10 +75,10 @@ class KernelCluster:
         for name, cidr in cidrs.items():
             topo.add_node(name, cidr)
         self.pods = {}
-        counters = {n: 10 for n in cidrs}
+        next_host = {n: 10 for n in cidrs}
         for pod in m.pods:
-            v4 = cidrs[pod.node].network_address + counters[pod.node]
-            counters[pod.node] += 1
+            v4 = cidrs[pod.node].network_address + next_host[pod.node]
+            next_host[pod.node] += 1
             pod = replace(pod, ips=(v4, v6_for(v4)))
             self.pods[pod.name] = pod
             tcp = sorted({p.port for p in pod.ports if p.protocol == "TCP"})

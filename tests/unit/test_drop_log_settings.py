@@ -92,3 +92,17 @@ def test_rule_counters_round_trip_through_metrics():
     m.rules.update(c)
     back = counters_from_metrics(generate_latest(m.registry).decode())
     assert {k: (v.packets, v.bytes) for k, v in back.by_rule.items()} == {allow: (3, 180), drop: (2, 120)}
+
+
+def test_the_drop_log_accounts_for_what_it_lost():
+    from prometheus_client import generate_latest
+
+    from policyd.kube.metrics import AgentMetrics
+    from policyd.observe.droplog import DropCounters
+
+    m = AgentMetrics()
+    assert "policyd_drop_log" not in generate_latest(m.registry).decode(), "nothing until a drop log runs"
+    m.drop_log.attach(DropCounters(logged=7, unattributed=1, queue_full=3, socket_overruns=2))
+    text = generate_latest(m.registry).decode()
+    assert "policyd_drop_log_records_total 7.0" in text and "policyd_drop_log_unattributed_total 1.0" in text
+    assert 'policyd_drop_log_lost_total{reason="queue_full"} 3.0' in text and 'policyd_drop_log_lost_total{reason="socket_overrun"} 2.0' in text
