@@ -53,6 +53,18 @@ spec:
     - {{name: sctp, containerPort: 80, protocol: SCTP}}
 """
 
+# The policy most kernel tests start from: backend pods accept frontend pods only.
+ALLOW_FRONTEND = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-frontend, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: backend}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: frontend}}}]
+"""
+
+
 if os.geteuid() != 0:  # pragma: no cover
     pytest.exit("kernel tests need root (network namespaces, nftables)", returncode=1)
 

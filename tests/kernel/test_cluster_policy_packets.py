@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import json
 
-ALLOW_FRONTEND = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-frontend, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: backend}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: frontend}}}]
-"""
+from tests.kernel.conftest import ALLOW_FRONTEND
 
 
 def cnp(name: str, tier: str, priority: int, subject: dict, direction: str, *rules: dict) -> str:

@@ -15,17 +15,8 @@ import pytest
 from policyd.dataplane.droplog import DropLog
 from policyd.lab.netns import entered
 from policyd.observe.droplog import DropLogger
-from tests.kernel.conftest import VARIANTS, kernel_cluster
+from tests.kernel.conftest import ALLOW_FRONTEND, VARIANTS, kernel_cluster
 
-ALLOW_FRONTEND = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-frontend, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: backend}}
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: frontend}}}]
-"""
 ALSO_OPS = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy

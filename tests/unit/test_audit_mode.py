@@ -10,7 +10,7 @@ from pathlib import Path
 from policyd import report
 from policyd.compile.evaluate import Evaluator
 from policyd.compile.matrix import compute, endpoint
-from policyd.model.objects import AUDIT_ANNOTATION, Direction
+from policyd.model.objects import AUDIT_ANNOTATION
 from policyd.world import load_world
 
 PODS = """
@@ -80,4 +80,3 @@ def test_next_to_an_enforced_policy_an_audited_one_is_not_consulted():
     assert not v["other"].allowed and v["client"].allowed, "the enforced policy decides alone: nothing widened"
     plan = v["other"].ingress.plan
     assert plan is not None and plan.policies == ("default/enforced",) and plan.audit == ()
-    assert v["other"].ingress.direction is Direction.INGRESS
