@@ -112,15 +112,23 @@ def results(output: str, tests: list[dict[str, Any]], skipped: set[tuple[str, st
 
 
 def _failure_lines(output: str) -> dict[str, str]:
-    """The first log line each failing subtest printed (its `=== RUN` section)."""
+    """What each failing subtest printed first (its `=== RUN` section): the failed command
+    and, when the helper said, what it expected instead (connect, or a drop and not a
+    reject)."""
     out: dict[str, str] = {}
     current = ""
     for line in output.splitlines():
         m = re.match(rf"=== (?:RUN|CONT)\s+{TEST}/(\S+)", line)
         if m:
             current = m.group(1)
-        elif current and current not in out and re.match(r"\s+\S+\.go:\d+: (FAILED|Expected|Error)", line):
+            continue
+        said = re.match(r"\s+\S+\.go:\d+: (FAILED|Expected|Error)", line)
+        if not (current and said):
+            continue
+        if current not in out:
             out[current] = line.strip()
+        elif said.group(1) == "Expected" and out[current].count(".go:") == 1 and "FAILED Command" in out[current]:
+            out[current] += " — " + line.strip()
     return out
 
 

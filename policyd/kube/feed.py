@@ -9,6 +9,11 @@
 * Overlap: kopf lists the same objects again when its watches start. An object seen at
   the same or a newer resourceVersion is skipped, so the overlap costs nothing and an older
   listing can never roll a newer object back.
+* Incarnations: kopf runs one worker per object *uid*, concurrently, so when an object is
+  deleted and re-created under the same name (a StatefulSet pod, a policy re-applied) the
+  new object's ADDED may be handled before the old one's DELETED. A DELETED of another
+  uid, or older than what we hold, is stale and ignored; otherwise the old incarnation's
+  delete would remove the new object until its next change.
 * Relist repair: after a `410 Gone` kopf lists the kind again, but an object deleted while
   the watch was down is simply absent from the new list: no DELETED event ever comes.
   `relisted()` compares a fresh list with what the feed holds and deletes what is gone.
@@ -45,6 +50,10 @@ def ref_of(kind: str, body: dict[str, Any]) -> Ref:
     return (kind, name if kind in CLUSTER_SCOPED else f"{ns}/{name}")
 
 
+def uid_of(body: dict[str, Any]) -> str | None:
+    return (body.get("metadata") or {}).get("uid") or None
+
+
 def rv_int(body: dict[str, Any]) -> int | None:
     """resourceVersions are opaque, but every real API server (etcd revisions) uses integers."""
     try:
@@ -67,12 +76,14 @@ class FeedStats:
     events: int = 0
     rejected: int = 0  # objects that did not parse (kept at their last good version)
     relist_deletes: int = 0
+    stale_deletes: int = 0  # DELETED events of an earlier incarnation, ignored
 
 
 @dataclass
 class ClusterFeed:
     compiler: Compiler
     versions: dict[Ref, int | None] = field(default_factory=dict)
+    uids: dict[Ref, str] = field(default_factory=dict)  # the incarnation held, where the API server said
     pending: set[Ref] | None = None  # None: the gate is not open yet
     ready: bool = False
     invalid: dict[str, tuple[str, ...]] = field(default_factory=dict)  # policy key → problems
@@ -98,9 +109,13 @@ class ClusterFeed:
         if self.pending is not None:
             self.pending.discard(ref)
         try:
-            if typ == "DELETED":
-                return self._delete(ref)
             rv, known = rv_int(body), self.versions.get(ref)
+            if typ == "DELETED":
+                if self._stale_delete(ref, uid_of(body), rv, known):
+                    self.stats.stale_deletes += 1
+                    log.info("%s %s: a DELETED of an earlier incarnation, handled after the new one's ADDED: ignored", kind, ref[1])
+                    return None
+                return self._delete(ref)
             if rv is not None and known is not None and rv <= known:
                 return None  # seen already (both lists hold it), or older than what we hold
             obj, problems = parse_object(body, f"{kind} {ref[1]}", None, live=True)
@@ -118,16 +133,29 @@ class ClusterFeed:
                 log.warning("ClusterNetworkPolicy %s: %s", obj.name, "; ".join(
                     [f"invalid, so it denies all its subject's traffic: {'; '.join(obj.invalid)}"] if obj.invalid else list(obj.notes)))
             self.versions[ref] = rv
+            uid = uid_of(body)
+            if uid is None:
+                self.uids.pop(ref, None)
+            else:
+                self.uids[ref] = uid
             event = Upsert(obj)
             self.compiler.apply(event)
             return event
         finally:
             self._check_ready()
 
+    def _stale_delete(self, ref: Ref, uid: str | None, rv: int | None, known: int | None) -> bool:
+        """A DELETED that belongs to an object other than the one held under its name."""
+        held = self.uids.get(ref)
+        if uid is not None and held is not None:
+            return uid != held
+        return rv is not None and known is not None and rv < known
+
     def _delete(self, ref: Ref) -> Event | None:
         if ref not in self.versions:
             return None
         del self.versions[ref]
+        self.uids.pop(ref, None)
         if ref[0] == "NetworkPolicy":
             self.invalid.pop(ref[1], None)
         event = Delete(ref[0], ref[1])  # type: ignore[arg-type]

@@ -40,6 +40,8 @@ class AgentMetrics:
         self.set_elements = Gauge("policyd_set_elements", "Entries in those peer sets", registry=r)
         self.rejected_objects = Counter("policyd_rejected_objects", "Watched objects that did not parse (the last good version is kept)",
                                         registry=r)
+        self.stale_deletes = Counter("policyd_stale_deletes", "DELETED events of an earlier incarnation of a re-created object, "
+                                     "handled after the new one's ADDED and ignored", registry=r)
         self.leftovers = Counter("policyd_kernel_leftovers", "Objects the kernel refused to remove (iptables: ipsets in use); "
                                  "the next full resync retries them", registry=r)
         self.ready = Gauge("policyd_ready", "1 once the initial lists are in and the first sync succeeded", registry=r)

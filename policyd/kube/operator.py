@@ -260,6 +260,7 @@ class ClusterAgent:
 
     def _gauges(self, c: Compiler, m: AgentMetrics) -> None:
         for name, counter, total in (("rejected", m.rejected_objects, self.feed.stats.rejected),
+                                     ("stale_deletes", m.stale_deletes, self.feed.stats.stale_deletes),
                                      ("leftovers", m.leftovers, self.syncer.backend.leftovers)):
             if total > self.counted.get(name, 0):  # counts kept elsewhere: export what is new since the last look
                 counter.inc(total - self.counted.get(name, 0))

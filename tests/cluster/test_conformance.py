@@ -18,7 +18,7 @@ from pathlib import Path
 from realcluster import cnp_conformance, conformance
 from realcluster.cluster import Cluster
 from realcluster.conformance import Report
-from realcluster.walkthrough import install_chart, uninstall_chart
+from realcluster.walkthrough import RELEASE, RELEASE_NS, install_chart, uninstall_chart
 
 BACKEND = {"bridge": "nftables", "ptp": "iptables"}
 
@@ -32,9 +32,13 @@ def with_chart(cluster: Cluster, run: Callable[[str, Path, Callable[[str], None]
     try:
         with tempfile.TemporaryDirectory(prefix="policyd-e2e-") as out:
             report = run(backend, Path(out), lines.append)
+        failed = [f"{s.name}: {s.reason}" for s in report.specs if s.state == "failed"]
+        if failed:  # what the agents said, while they still run: CI keeps nothing else
+            lines += ["agent logs (last 60 lines of each):",
+                      *cluster.kubectl("logs", "-n", RELEASE_NS, f"daemonset/{RELEASE}", "--all-pods", "--prefix",
+                                       "--tail=60", check=False).stdout.splitlines()]
     finally:
         uninstall_chart(cluster, backend, lines.append)
-    failed = [f"{s.name}: {s.reason}" for s in report.specs if s.state == "failed"]
     assert not failed, "\n".join(failed + lines)
     return report
 

@@ -38,6 +38,56 @@ def test_a_listing_that_overlaps_ours_is_skipped_and_never_rolls_back():
     assert "default/a" not in c.store.pods
 
 
+def incarnation(body: dict, uid: str) -> dict:
+    body["metadata"]["uid"] = uid
+    return body
+
+
+@pytest.mark.parametrize("with_uids", [True, False])
+def test_a_late_delete_of_an_earlier_incarnation_never_removes_the_new_object(with_uids):
+    """kopf handles each uid on its own worker, so an object deleted and re-created under the
+    same name (a StatefulSet pod; the conformance suite's Baseline policy `default`, applied
+    again by the next test) may reach the feed as: new ADDED, then old DELETED. The
+    old delete must not remove the new object. Without uids, resourceVersions decide."""
+    def tag(body: dict, uid: str) -> dict:
+        return incarnation(body, uid) if with_uids else body
+
+    c = Compiler("n1")
+    feed = ClusterFeed(c)
+    feed.observe("Pod", "ADDED", tag(pod("web-0", "old", rv=100), "u1"))
+    assert feed.observe("Pod", "ADDED", tag(pod("web-0", "new", rv=102, ip="10.0.0.2"), "u2")) is not None
+    assert feed.observe("Pod", "DELETED", tag(pod("web-0", "old", rv=101), "u1")) is None
+    assert c.store.pods["default/web-0"].labels == {"app": "new"}
+    assert feed.stats.stale_deletes == 1
+    # the old incarnation's late MODIFIED is older than what we hold: skipped too
+    assert feed.observe("Pod", "MODIFIED", tag(pod("web-0", "old2", rv=100), "u1")) is None
+    assert c.store.pods["default/web-0"].labels == {"app": "new"}
+    # the new incarnation's own delete still deletes
+    assert feed.observe("Pod", "DELETED", tag(pod("web-0", "new", rv=103), "u2")) is not None
+    assert "default/web-0" not in c.store.pods
+
+
+def test_a_cluster_network_policy_recreated_under_its_name_survives_the_old_delete():
+    """The exact sequence the ClusterNetworkPolicy conformance suite produced in CI: Baseline
+    `default` (subject ravenclaw) created and deleted by one test, `default` (subject
+    gryffindor) created by the next; kopf handled the new ADDED before the old DELETED."""
+    def cnp(subject: str, rv: int, uid: str) -> dict:
+        return {"apiVersion": "policy.networking.k8s.io/v1beta1", "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": "default", "resourceVersion": str(rv), "uid": uid},
+                "spec": {"tier": "Baseline", "priority": 10,
+                         "subject": {"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": subject}}},
+                         "egress": [{"name": "deny", "action": "Deny",
+                                     "to": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": "x"}}}]}]}}
+
+    c = Compiler("n1")
+    feed = ClusterFeed(c)
+    feed.observe("ClusterNetworkPolicy", "ADDED", cnp("ravenclaw", 10, "u1"))
+    feed.observe("ClusterNetworkPolicy", "ADDED", cnp("gryffindor", 12, "u2"))
+    feed.observe("ClusterNetworkPolicy", "DELETED", cnp("ravenclaw", 11, "u1"))
+    held = c.store.cluster_policies["default"]
+    assert held.namespace_selector.matches({"kubernetes.io/metadata.name": "gryffindor"})
+
+
 def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_policies():
     """Readiness comes from the agent's own lists (kopf's index gate is quadratic in the
     number of objects); a policy kopf lists afterwards still gets its findings."""

@@ -113,7 +113,9 @@ def test_results_judge_every_indexed_subtest():
     _, skipped = sctp_skips(tests)
     out = go_output(
         "=== RUN   TestClusterNetworkPolicy/T0/sub_1",
-        "    helper.go:71: Expected connection to be dropped from a/b to 10.0.0.1, but instead it returned REFUSED",
+        "    helper.go:71: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.0.0.1:80]",
+        "    helper.go:72: Expected connection to be dropped from a/b to 10.0.0.1, but instead it returned REFUSED",
+        "    helper.go:71: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.0.0.1:80]",
         "    --- PASS: TestClusterNetworkPolicy/CNPAdminTierGress/Should_allow_tcp (3.20s)",
         "    --- SKIP: TestClusterNetworkPolicy/CNPAdminTierEgressNodePeers (0.00s)",
         "    --- PASS: TestClusterNetworkPolicy/T0/sub_0 (1.00s)",
@@ -127,7 +129,9 @@ def test_results_judge_every_indexed_subtest():
     assert sctp.state == "skipped" and sctp.reason == NO_SCTP
     nodes = got["CNPAdminTierEgressNodePeers (feature ClusterNetworkPolicyEgressNodePeers)"]
     assert nodes.state == "skipped" and re.search("not supported: `nodes` peers", nodes.reason)
-    assert got["T0 / sub 1"].state == "failed" and "REFUSED" in got["T0 / sub 1"].reason
+    assert got["T0 / sub 1"].state == "failed"
+    assert got["T0 / sub 1"].reason == ("helper.go:71: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.0.0.1:80]"
+                                        " — helper.go:72: Expected connection to be dropped from a/b to 10.0.0.1, but instead it returned REFUSED")
     assert got["T0 / sub 2"].state == "failed" and got["T0 / sub 2"].reason.startswith("did not run")
     assert sum(r.state == "passed" for r in got.values()) == 1 + 1 + 19 * 4
 
