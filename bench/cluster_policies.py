@@ -13,21 +13,14 @@ for the cost of a pod's own tier rules.
 
 from __future__ import annotations
 
-import ipaddress
 import statistics
-import subprocess
 import time
-import uuid
 
 import firstpacket
 import synthetic
 from report import ms, spread, table
 
 from policyd.compile.engine import compile_all
-from policyd.dataplane.config import DispatchMode
-from policyd.lab.agent import NodeAgent
-from policyd.lab.netns import sh
-from policyd.lab.topology import Topology
 from policyd.model.objects import Action, ClusterNetworkPolicy, CNPPeer, CNPPort, CNPRule, Tier
 from policyd.model.selectors import LabelSelector
 
@@ -80,38 +73,18 @@ def compile_lines(args) -> list[str]:
 
 
 def first_packet_lines(args) -> list[str]:
-    exe = firstpacket.connbench()
     seconds, repeats = (1.5, 2) if args.quick else (3.0, 5)
-    prefix = f"pdc{uuid.uuid4().hex[:6]}"
-    topo = Topology(prefix, "routed", state_dir=f"/run/policyd/{prefix}")
-    servers: list[subprocess.Popen] = []
     variants = {"no ClusterNetworkPolicy": [], f"{N_CNP:,} selecting other pods": synthetic.cluster_policies(N_CNP),
                 f"{N_CNP:,} + 10 selecting the pair": synthetic.cluster_policies(N_CNP) + own_rules(10)}
     results: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     rules: dict[str, int] = {}
-    try:
-        node = topo.add_node("node-0", ipaddress.ip_network("10.64.0.0/24"))
-        nss, pods, pols = firstpacket.bench_objects()
-        handles = [topo.add_pod(p, [], []) for p in pods]
-        topo.wait_ready(handles=handles)
-        server_ns, client_ns = handles[0].netns, handles[1].netns
-        server_ip = str(pods[0].ips[0])
-        servers = [subprocess.Popen(["ip", "netns", "exec", server_ns, exe, "server", "80"])]
-        time.sleep(0.3)
+    with firstpacket.pair("c") as it:
         for _ in range(repeats):
             for name, cnps in variants.items():  # interleaved, so drift hits every variant alike
-                sh("nft", "flush", "ruleset", ns=node.netns)
-                agent = NodeAgent(node.netns, "node-0", DispatchMode.INTERFACE)
-                agent.load(nss + synthetic.namespaces(N_NS), pods + [synthetic.pod(i, N_NS, N_NODES) for i in range(N_PODS)],
-                           pols + synthetic.policies(N_PODS // 10, N_NS), cnps)
-                agent.sync()
+                agent = it.agent(N_PODS, cnps=cnps, n_ns=N_NS, n_nodes=N_NODES)
                 rules[name] = sum(1 for line in agent.nft("list", "table", "inet", "policyd").splitlines()
                                   if line.startswith("\t\t") and not line.strip().startswith(("type ", "flags ", "elements", "policy ")))
-                sh("conntrack", "-F", ns=node.netns, check=False)
-                results[name].append(firstpacket.run_client(exe, client_ns, server_ip, seconds))
-        sh("nft", "flush", "ruleset", ns=node.netns)
-    finally:
-        firstpacket.teardown(servers, topo)
+                results[name].append(firstpacket.run_client(it.exe, it.client_ns, it.server_ip, seconds))
     base = statistics.median(x[0] for x in results["no ClusterNetworkPolicy"])
     rows = [[name, f"{rules[name]:,}", spread([x[0] for x in rs]), spread([x[1] for x in rs]), spread([x[2] for x in rs], "{:,.0f}"),
              f"{statistics.median(x[0] for x in rs) - base:+.1f} µs"] for name, rs in results.items()]

@@ -11,21 +11,15 @@ the node's namespace, so its CPU time is this process's while the flood runs.
 
 from __future__ import annotations
 
-import ipaddress
 import resource
-import subprocess
 import time
-import uuid
 
 import firstpacket
-import synthetic
 from report import spread, table
 
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.dataplane.droplog import DropLog
-from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import entered, sh
-from policyd.lab.topology import Topology
 from policyd.observe.droplog import DropLogger
 
 N_PODS, N_NS, N_NODES = 1_000, 20, 100
@@ -39,44 +33,27 @@ def cpu() -> float:
 
 
 def measure(args) -> list[str]:
-    exe = firstpacket.connbench()
     seconds, repeats = (1.5, 2) if args.quick else (3.0, 5)
     flood_seconds = 1.0 if args.quick else 2.0
-    prefix = f"pdl{uuid.uuid4().hex[:6]}"
-    topo = Topology(prefix, "routed", state_dir=f"/run/policyd/{prefix}")
-    servers: list[subprocess.Popen] = []
     variants = {"both off": (None, False), "drop log": (LOG, False), "rule counters": (None, True), "both on": (LOG, True)}
     conns: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
     floods: dict[str, list[float]] = {v: [] for v in variants}
     logged: list[tuple[int, float, float]] = []  # (lines, seconds of flood, CPU seconds of the logger)
-    try:
-        node = topo.add_node("node-0", ipaddress.ip_network("10.64.0.0/24"))
-        nss, pods, pols = firstpacket.bench_objects()
-        handles = [topo.add_pod(p, [], []) for p in pods]
-        topo.wait_ready(handles=handles)
-        server_ns, client_ns = handles[0].netns, handles[1].netns
-        server_ip = str(pods[0].ips[0])
-        servers = [subprocess.Popen(["ip", "netns", "exec", server_ns, exe, "server", "80"])]
-        time.sleep(0.3)
+    with firstpacket.pair("l") as it:
         for _ in range(repeats):
             for variant, (drop_log, counters) in variants.items():  # interleaved, so drift hits all alike
-                sh("nft", "flush", "ruleset", ns=node.netns)
                 cfg = RenderConfig(mode=DispatchMode.INTERFACE, drop_log=drop_log, counters=counters)
-                agent = NodeAgent(node.netns, "node-0", DispatchMode.INTERFACE, cfg=cfg)
-                agent.load(nss + synthetic.namespaces(N_NS), pods + [synthetic.pod(i, N_NS, N_NODES) for i in range(N_PODS)],
-                           pols + synthetic.policies(N_PODS // 10, N_NS))
-                agent.sync()
-                sh("conntrack", "-F", ns=node.netns, check=False)
-                conns[variant].append(firstpacket.run_client(exe, client_ns, server_ip, seconds))
+                agent = it.agent(N_PODS, cfg=cfg, n_ns=N_NS, n_nodes=N_NODES)
+                conns[variant].append(firstpacket.run_client(it.exe, it.client_ns, it.server_ip, seconds))
                 lines: list[str] = []
                 logger = None
                 if drop_log is not None:
                     logger = DropLogger(LOG.group, "node-0", lambda book, a=agent: book.refresh(
                         list(a.compiler.plans.values()), list(a.compiler.store.pods.values())), lines.append)
-                    with entered(node.netns):
+                    with entered(it.node.netns):
                         logger.start()
                 before = cpu()
-                out = sh(exe, "flood", server_ip, str(DENIED_PORT), str(flood_seconds), ns=client_ns).stdout.split()
+                out = sh(it.exe, "flood", it.server_ip, str(DENIED_PORT), str(flood_seconds), ns=it.client_ns).stdout.split()
                 floods[variant].append(float(out[1]))
                 if logger is not None:
                     time.sleep(0.3)  # the writer catches up
@@ -84,9 +61,6 @@ def measure(args) -> list[str]:
                     if not lines or not lines[0].startswith(f"drop egress bench/client → bench/server UDP/{DENIED_PORT}: "):
                         raise RuntimeError(f"the flood was not logged as the client's egress drops: {lines[:2]}")
                     logged.append((len(lines), flood_seconds, cpu() - before))
-        sh("nft", "flush", "ruleset", ns=node.netns)
-    finally:
-        firstpacket.teardown(servers, topo)
     base = {v: sum(x[0] for x in rs) / len(rs) for v, rs in conns.items()}
     rows = [[v, spread([x[0] for x in rs]), spread([x[1] for x in rs]), spread([x[2] for x in rs], "{:,.0f}"),
              spread(floods[v], "{:,.0f}"), f"{med(floods[v]) / med(floods['both off']):.1%}"] for v, rs in conns.items()]

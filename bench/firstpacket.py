@@ -18,18 +18,20 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import synthetic
 from report import spread, table
 
-from policyd.dataplane.config import DispatchMode
+from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.ipt.backend import IptBackend
 from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import delete_namespaces, entered, sh
-from policyd.lab.topology import Topology
-from policyd.model.objects import ContainerPort, Direction, Namespace, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule
+from policyd.lab.topology import NodeHandle, Topology
+from policyd.model.objects import ClusterNetworkPolicy, ContainerPort, Direction, Namespace, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule
 from policyd.model.selectors import LabelSelector
 
 HERE = Path(__file__).resolve().parent
@@ -66,6 +68,66 @@ def bench_objects() -> tuple[list[Namespace], list[Pod], list[NetworkPolicy]]:
         NetworkPolicy("bench", "client-to-server", sel("client"), (), (PolicyRule((Peer(sel("server")),), ports),), frozenset({Direction.EGRESS})),
     ]
     return [ns], [server, client], pols
+
+
+@dataclass
+class Pair:
+    """The bench's client and server pods on node-0 (routed, interface dispatch), the server
+    listening on TCP 80 (and iperf3 on 5201 when asked)."""
+
+    node: NodeHandle
+    exe: str  # connbench
+    client_ns: str
+    server_ns: str
+    client_ip: str
+    server_ip: str
+    objects: tuple[list[Namespace], list[Pod], list[NetworkPolicy]]
+    workdir: Path  # the topology's state directory, removed with it
+
+    def clear(self) -> None:
+        """Node-0's firewall back to nothing (both backends)."""
+        sh("nft", "flush", "ruleset", ns=self.node.netns)
+        with entered(self.node.netns):
+            IptBackend().delete_table()
+
+    def agent(self, n_pods: int, cfg: RenderConfig | None = None, backend: str = "nftables",
+              cnps: Sequence[ClusterNetworkPolicy] = (), n_ns: int = 20, n_nodes: int = 100) -> NodeAgent:
+        """A fresh agent on node-0, synced: the pair in the synthetic cluster of `n_pods` pods
+        (n_pods/10 NetworkPolicies, at least one) and `cnps`; conntrack flushed after."""
+        self.clear()
+        nss, pods, pols = self.objects
+        agent = NodeAgent(self.node.netns, "node-0", DispatchMode.INTERFACE, backend=backend, cfg=cfg)
+        agent.load(nss + synthetic.namespaces(n_ns), pods + [synthetic.pod(i, n_ns, n_nodes) for i in range(n_pods)],
+                   pols + synthetic.policies(max(1, n_pods // 10), n_ns), list(cnps))
+        agent.sync()
+        sh("conntrack", "-F", ns=self.node.netns, check=False)
+        return agent
+
+
+@contextmanager
+def pair(tag: str, iperf_server: bool = False) -> Iterator[Pair]:
+    """The pair in a topology of its own (prefix `pd<tag><random>`), removed on the way out
+    even half-built; the node's firewall is cleared before that."""
+    exe = connbench()
+    prefix = f"pd{tag}{uuid.uuid4().hex[:6]}"
+    topo = Topology(prefix, "routed", state_dir=f"/run/policyd/{prefix}")
+    servers: list[subprocess.Popen] = []
+    try:
+        node = topo.add_node("node-0", ipaddress.ip_network("10.64.0.0/24"))
+        objects = bench_objects()
+        pods = objects[1]
+        handles = [topo.add_pod(p, [], []) for p in pods]
+        topo.wait_ready(handles=handles)
+        server_ns = handles[0].netns
+        servers = [subprocess.Popen(["ip", "netns", "exec", server_ns, exe, "server", "80"])]
+        if iperf_server:
+            servers.append(subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s"], stdout=subprocess.DEVNULL))
+        time.sleep(0.3)  # the servers listen
+        it = Pair(node, exe, handles[1].netns, server_ns, str(pods[1].ips[0]), str(pods[0].ips[0]), objects, Path(topo.state_dir))
+        yield it
+        it.clear()
+    finally:
+        teardown(servers, topo)
 
 
 def linear_ruleset(peers: list[str], client: str, server: str) -> str:
@@ -113,59 +175,35 @@ class FirstPacket:
 def measure(args, kinds: tuple[str, ...] = ("policyd", "linear reference")) -> FirstPacket:
     """Variants: no firewall, then each kind at every scale ("policyd" and "policyd
     iptables" are the agent on each backend, "linear reference" the nft rule list)."""
-    exe = connbench()
     seconds, repeats = (1.5, 2) if args.quick else (3.0, 5)
     flow_seconds = 2 if args.quick else 5
-    prefix = f"pdf{uuid.uuid4().hex[:6]}"
-    topo = Topology(prefix, "routed", state_dir=f"/run/policyd/{prefix}")
-    servers: list[subprocess.Popen] = []
-    try:
-        node = topo.add_node("node-0", ipaddress.ip_network("10.64.0.0/24"))
-        nss, pods, pols = bench_objects()
-        handles = [topo.add_pod(p, [], []) for p in pods]
-        topo.wait_ready(handles=handles)
-        server_ns, client_ns = handles[0].netns, handles[1].netns
-        server_ip, client_ip = str(pods[0].ips[0]), str(pods[1].ips[0])
-        servers = [subprocess.Popen(["ip", "netns", "exec", server_ns, exe, "server", "80"]),
-                   subprocess.Popen(["ip", "netns", "exec", server_ns, "iperf3", "-s"], stdout=subprocess.DEVNULL)]
-        rules_file = Path(f"/run/policyd/{prefix}/linear.nft")
-
-        def clear() -> None:
-            sh("nft", "flush", "ruleset", ns=node.netns)
-            with entered(node.netns):
-                IptBackend().delete_table()
+    with pair("f", iperf_server=True) as it:
+        rules_file = it.workdir / "linear.nft"
 
         def install(kind: str, n: int) -> None:
-            clear()
             if kind.startswith("policyd"):
-                n_ns, n_nodes = 20, 100
-                backend = "iptables" if kind == "policyd iptables" else "nftables"
-                agent = NodeAgent(node.netns, "node-0", DispatchMode.INTERFACE, backend=backend)
-                agent.load(nss + synthetic.namespaces(n_ns), pods + [synthetic.pod(i, n_ns, n_nodes) for i in range(n)],
-                           pols + synthetic.policies(max(1, n // 10), n_ns))
-                agent.sync()
-            elif kind == "linear reference":
+                it.agent(n, backend="iptables" if kind == "policyd iptables" else "nftables")
+                return
+            it.clear()
+            if kind == "linear reference":
                 peers = [str(synthetic.pod(i, 20, 100).ips[0]) for i in range(n)]
-                rules_file.write_text(linear_ruleset(peers, client_ip, server_ip))
-                sh("nft", "-f", str(rules_file), ns=node.netns)
-            sh("conntrack", "-F", ns=node.netns, check=False)
+                rules_file.write_text(linear_ruleset(peers, it.client_ip, it.server_ip))
+                sh("nft", "-f", str(rules_file), ns=it.node.netns)
+                rules_file.unlink()  # or the topology's teardown cannot remove its directory
+            sh("conntrack", "-F", ns=it.node.netns, check=False)
 
         variants: list[tuple[str, int]] = [("no firewall", 0)]
         variants += [(k, n) for k in kinds for n in SCALES]
         conns: dict[tuple[str, int], list[tuple[float, float, float]]] = {v: [] for v in variants}
         flow_variants = [("no firewall", 0)] + [(k, SCALES[-1]) for k in kinds]
         flows: dict[tuple[str, int], list[tuple[float, float]]] = {v: [] for v in flow_variants}
-        time.sleep(0.3)  # the servers listen
         for _ in range(repeats):
             for kind, n in variants:  # interleaved, so drift hits every variant alike
                 install(kind, n)
-                conns[(kind, n)].append(run_client(exe, client_ns, server_ip, seconds))
+                conns[(kind, n)].append(run_client(it.exe, it.client_ns, it.server_ip, seconds))
                 if (kind, n) in flows:
-                    flows[(kind, n)].append((iperf(client_ns, server_ip, flow_seconds, False),
-                                             iperf(client_ns, server_ip, flow_seconds, True)))
-        clear()
-    finally:
-        teardown(servers, topo)
+                    flows[(kind, n)].append((iperf(it.client_ns, it.server_ip, flow_seconds, False),
+                                             iperf(it.client_ns, it.server_ip, flow_seconds, True)))
     return FirstPacket(seconds, repeats, conns, flows)
 
 
