@@ -20,7 +20,7 @@ from report import spread, table
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.dataplane.droplog import DropLog
 from policyd.lab.netns import entered, sh
-from policyd.observe.droplog import DropLogger
+from policyd.observe.droplog import CompiledSource, DropLogger
 
 N_PODS, N_NS, N_NODES = 1_000, 20, 100
 DENIED_PORT = 9  # the pair's policies allow TCP 80 and 5201, UDP 5201 only (client egress, server ingress)
@@ -48,8 +48,7 @@ def measure(args) -> list[str]:
                 lines: list[str] = []
                 logger = None
                 if drop_log is not None:
-                    logger = DropLogger(LOG.group, "node-0", lambda book, a=agent: book.refresh(
-                        list(a.compiler.plans.values()), list(a.compiler.store.pods.values())), lines.append)
+                    logger = DropLogger(LOG.group, "node-0", CompiledSource(agent.compiler), lines.append)
                     with entered(it.node.netns):
                         logger.start()
                 before = cpu()

@@ -6,7 +6,10 @@ each into a record: the pod whose chain dropped it, the direction, the peer (a p
 namespace/name when the agent knows the address, else the address), protocol and port, and
 the cause named by the rule's prefix (dataplane/droplog.py), never inferred from the
 packet. A prefix the agent has not seen (the plans changed) refreshes the cause book from
-the compiler once; what still has no cause is logged as unattributed, not guessed.
+the compiler once (only the plans that changed are read again); what still has no cause is
+logged as unattributed, not guessed. Peers are looked up in the store's address index when
+the record is written, so a pod created since the last refresh is named and a deleted
+pod's reused address is never named after it.
 """
 
 from __future__ import annotations
@@ -17,38 +20,68 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..compile.engine import Compiler
 from ..compile.plan import PodPlan
 from ..dataplane.droplog import AUDIT, DropCause
 from ..dataplane.renderer import drop_causes
-from ..model.objects import Direction, Pod
+from ..model.objects import Direction, PodKey
 from .nflog import NflogSocket, Packet
 
 
 class CauseBook:
-    """prefix → cause, and address → pod, from what the agent compiled. Causes are kept
-    after their plan changes (up to `limit`, oldest first out): a packet logged just before
-    a change is still named by the rule that dropped it."""
+    """prefix → cause, from what the agent compiled. Causes are kept after their plan
+    changes (up to `limit`, oldest first out): a packet logged just before a change is still
+    named by the rule that dropped it."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self.causes: OrderedDict[str, DropCause] = OrderedDict()
-        self.pods: dict[str, str] = {}
+        self._read: dict[PodKey, PodPlan] = {}  # the plans whose causes are in the book
 
-    def refresh(self, plans: Iterable[PodPlan], pods: Iterable[Pod]) -> None:
+    def refresh(self, plans: Iterable[PodPlan]) -> None:
+        """Read the causes of the plans that are new or changed since the last refresh
+        (plans are immutable: a changed plan is another object)."""
+        read: dict[PodKey, PodPlan] = {}
         for plan in plans:
-            for cause in drop_causes(plan):
-                self.causes[cause.prefix] = cause
-                self.causes.move_to_end(cause.prefix)
+            if self._read.get(plan.pod) is not plan:
+                for cause in drop_causes(plan):
+                    self.causes[cause.prefix] = cause
+                    self.causes.move_to_end(cause.prefix)
+            read[plan.pod] = plan
+        self._read = read
         while len(self.causes) > self.limit:
             self.causes.popitem(last=False)
-        self.pods = {str(ip): p.key for p in pods for ip in p.ips}
+
+
+class CompiledSource:
+    """What the drop log reads from an agent's compiler, under the agent's lock: the plans'
+    causes, and which pod holds an address (the store's address index, turned on here)."""
+
+    def __init__(self, compiler: Compiler, lock: AbstractContextManager[Any] | None = None) -> None:
+        self.compiler = compiler
+        self.lock: AbstractContextManager[Any] = lock if lock is not None else threading.Lock()
+        with self.lock:
+            compiler.store.index_addresses()
+
+    def fill(self, book: CauseBook) -> None:
+        with self.lock:
+            plans = list(self.compiler.plans.values())
+        book.refresh(plans)
+
+    def pod_at(self, address: str) -> str | None:
+        with self.lock:
+            return self.compiler.store.pod_at(address)
 
 
 @dataclass
 class DropCounters:
+    """Each field has one writer (queue_full and socket_overruns: the reader thread; the
+    rest: the writer thread); /metrics only reads them, so no lock is needed."""
+
     logged: int = 0  # records written
     unattributed: int = 0  # of those, with a prefix no plan of this agent produced
     queue_full: int = 0  # packets dropped because the writer fell behind
@@ -56,8 +89,9 @@ class DropCounters:
     by_direction: dict[str, int] = field(default_factory=dict)
 
 
-def record(packet: Packet, cause: DropCause | None, pods: dict[str, str], node: str, when: float) -> dict[str, Any]:
-    """One drop as a structured record (the JSON log line's fields)."""
+def record(packet: Packet, cause: DropCause | None, pod_at: Callable[[str], str | None], node: str, when: float) -> dict[str, Any]:
+    """One drop as a structured record (the JSON log line's fields); `pod_at` names the pod
+    that holds an address, if one does."""
     if cause is not None and cause.accepted:
         msg = "packet accepted (sampled)"
     elif cause is not None and cause.tier == AUDIT:
@@ -67,8 +101,8 @@ def record(packet: Packet, cause: DropCause | None, pods: dict[str, str], node: 
     out: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z",
         "msg": msg, "node": node,
-        "src": pods.get(packet.src, packet.src), "srcIP": packet.src,
-        "dst": pods.get(packet.dst, packet.dst), "dstIP": packet.dst,
+        "src": pod_at(packet.src) or packet.src, "srcIP": packet.src,
+        "dst": pod_at(packet.dst) or packet.dst, "dstIP": packet.dst,
         "protocol": packet.protocol,
     }
     if packet.dport is not None:
@@ -101,12 +135,11 @@ def json_line(rec: dict[str, Any]) -> str:
 
 class DropLogger:
     """Reads NFLOG `group` in the network namespace of the thread that calls `start` and
-    writes one line per packet through `emit`. `refresh(book)` fills the cause book from
-    the agent's compiler (under its lock)."""
+    writes one line per packet through `emit`, with causes and pods from `source`."""
 
-    def __init__(self, group: int, node: str, refresh: Callable[[CauseBook], None], emit: Callable[[str], None],
+    def __init__(self, group: int, node: str, source: CompiledSource, emit: Callable[[str], None],
                  fmt: str = "text", queue_size: int = 10_000) -> None:
-        self.group, self.node, self.refresh_book, self.emit = group, node, refresh, emit
+        self.group, self.node, self.source, self.emit = group, node, source, emit
         self.format = json_line if fmt == "json" else text_line
         self.book = CauseBook()
         self.counters = DropCounters()
@@ -119,7 +152,7 @@ class DropLogger:
     def start(self) -> None:
         """Bind the group now (so an error is the caller's) and start both threads."""
         self.sock = NflogSocket(self.group)
-        self.refresh_book(self.book)
+        self.source.fill(self.book)
         self._refreshed = time.monotonic()
         self.threads = [threading.Thread(target=self._read, name="nflog-read", daemon=True),
                         threading.Thread(target=self._write, name="nflog-write", daemon=True)]
@@ -154,10 +187,10 @@ class DropLogger:
     def handle(self, when: float, packet: Packet) -> dict[str, Any]:
         cause = self.book.causes.get(packet.prefix)
         if cause is None and time.monotonic() - self._refreshed > 0.5:  # at most twice a second
-            self.refresh_book(self.book)
+            self.source.fill(self.book)
             self._refreshed = time.monotonic()
             cause = self.book.causes.get(packet.prefix)
-        rec = record(packet, cause, self.book.pods, self.node, when)
+        rec = record(packet, cause, self.source.pod_at, self.node, when)
         self.counters.logged += 1
         if cause is None:
             self.counters.unattributed += 1

@@ -13,7 +13,7 @@ from ..dataplane.backend import AnyBackend
 from ..dataplane.config import RenderConfig
 from ..model.events import Event
 from ..observe.counters import CounterIndex, Counters
-from ..observe.droplog import CauseBook, DropLogger
+from ..observe.droplog import CompiledSource, DropLogger
 from .interfaces import RouteInterfaces
 from .runner import SyncRunner
 from .syncer import Syncer, SyncResult
@@ -41,18 +41,13 @@ class AgentCore:
             self.runner.request()
         return n > 0
 
-    def fill_causes(self, book: CauseBook) -> None:
-        """The drop log's cause book from what this agent compiled (under the lock)."""
-        with self.lock:
-            book.refresh(list(self.compiler.plans.values()), list(self.compiler.store.pods.values()))
-
     def drop_logger(self, fmt: str, emit: Callable[[str], None] | None = None) -> DropLogger:
         """A drop logger for this agent's configured group (start it in the node's namespace);
         lines go to stdout unless `emit` says otherwise."""
         drop_log = self.syncer.cfg.drop_log
         if drop_log is None:
             raise ValueError("no drop log is configured")
-        return DropLogger(drop_log.group, self.compiler.node or "", self.fill_causes, emit or _print_line, fmt)
+        return DropLogger(drop_log.group, self.compiler.node or "", CompiledSource(self.compiler, self.lock), emit or _print_line, fmt)
 
     def rule_counters(self) -> Counters:
         """The kernel's per-rule counters, summed by policy rule (observe/counters.py)."""

@@ -3,10 +3,11 @@ make "which pods of namespace N match selector S" cheap (no scan of every pod)."
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
+from ..model.objects import ClusterNetworkPolicy, IPAddress, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
 from ..model.selectors import LabelSelector
 
 
@@ -23,6 +24,9 @@ class ClusterStore:
         self._cnps_by_ns: dict[str, list[ClusterNetworkPolicy]] = {}
         # (namespace, label key, label value) → pods: narrows equality selectors.
         self._by_label: dict[tuple[str, str, str], set[PodKey]] = defaultdict(set)
+        # address → addressable pods: kept only once someone asks (the drop log names the
+        # pods of the packets it logs), so an agent without it pays no memory for it.
+        self._by_ip: dict[IPAddress, set[PodKey]] | None = None
 
     # --- writes ---------------------------------------------------------------------
 
@@ -34,6 +38,7 @@ class ClusterStore:
         self.pods_by_ns[pod.namespace].add(pod.key)
         for k, v in pod.labels.items():
             self._by_label[(pod.namespace, k, v)].add(pod.key)
+        self._index_ips(pod)
         return old
 
     def remove_pod(self, key: PodKey) -> Pod | None:
@@ -50,6 +55,37 @@ class ClusterStore:
                 bucket.discard(pod.key)
                 if not bucket:
                     del self._by_label[(pod.namespace, k, v)]
+        if self._by_ip is not None and pod.addressable:
+            for ip in pod.ips:
+                keys = self._by_ip.get(ip)
+                if keys is not None:
+                    keys.discard(pod.key)
+                    if not keys:
+                        del self._by_ip[ip]
+
+    def _index_ips(self, pod: Pod) -> None:
+        if self._by_ip is not None and pod.addressable:
+            for ip in pod.ips:
+                self._by_ip.setdefault(ip, set()).add(pod.key)
+
+    def index_addresses(self) -> None:
+        """Keep the address → pod index from now on (built once from what is held)."""
+        if self._by_ip is None:
+            self._by_ip = {}
+            for pod in self.pods.values():
+                self._index_ips(pod)
+
+    def pod_at(self, address: str) -> PodKey | None:
+        """The one addressable pod holding `address`; None when none or several do (a
+        host-network address, a reused one in transition): never a guess. Needs
+        `index_addresses()` first."""
+        if self._by_ip is None:
+            raise RuntimeError("pod_at needs index_addresses() first")
+        try:
+            keys = self._by_ip.get(ipaddress.ip_address(address))
+        except ValueError:
+            return None
+        return next(iter(keys)) if keys is not None and len(keys) == 1 else None
 
     def put_namespace(self, ns: Namespace) -> Namespace | None:
         old = self.namespaces.get(ns.name)

@@ -14,7 +14,7 @@ import pytest
 
 from policyd.dataplane.droplog import DropLog
 from policyd.lab.netns import entered
-from policyd.observe.droplog import DropLogger
+from policyd.observe.droplog import CompiledSource, DropLogger
 from tests.kernel.conftest import ALLOW_FRONTEND, VARIANTS, kernel_cluster
 
 ALSO_OPS = """
@@ -58,11 +58,7 @@ def logging_cluster(variant: str, drop_log: DropLog) -> Iterator[tuple]:
     with kernel_cluster(variant, drop_log) as cluster:
         lines: list[str] = []
         agent = cluster.agent
-
-        def fill(book):
-            book.refresh(list(agent.compiler.plans.values()), list(agent.compiler.store.pods.values()))
-
-        logger = DropLogger(drop_log.group, "node-1", fill, lines.append, fmt="json")
+        logger = DropLogger(drop_log.group, "node-1", CompiledSource(agent.compiler), lines.append, fmt="json")
         with entered(agent.netns):  # the socket is bound in node-1's namespace, where the rules are
             logger.start()
         try:

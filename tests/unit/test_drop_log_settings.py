@@ -9,10 +9,13 @@ import struct
 import pytest
 
 from policyd.cli import build_parser
+from policyd.compile.engine import Compiler
 from policyd.dataplane.droplog import DropCause, DropLog
 from policyd.kube.cli import RunError, settings_from
+from policyd.model.events import Delete, Upsert
+from policyd.model.manifests import Manifests, load_documents
 from policyd.model.objects import Direction
-from policyd.observe.droplog import record, text_line
+from policyd.observe.droplog import CauseBook, CompiledSource, record, text_line
 from policyd.observe.nflog import NFULA_PAYLOAD, NFULA_PREFIX, Packet, parse
 
 
@@ -58,10 +61,10 @@ def test_nflog_messages_parse_to_addresses_protocol_and_port():
 def test_a_record_names_peers_it_knows_and_never_guesses_a_cause():
     p = Packet("pd-1", "10.0.0.1", "10.0.0.2", "TCP", 80, None, None)
     cause = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/allow-frontend",))
-    r = record(p, cause, {"10.0.0.1": "default/u1", "10.0.0.2": "default/b1"}, "node-1", 0.0)
+    r = record(p, cause, {"10.0.0.1": "default/u1", "10.0.0.2": "default/b1"}.get, "node-1", 0.0)
     assert text_line(r) == ("drop ingress default/b1 ← default/u1 TCP/80: isolated by 1 NetworkPolicy (default/allow-frontend), "
                             "no rule allows")
-    unknown = record(p, None, {}, "node-1", 0.0)
+    unknown = record(p, None, {}.get, "node-1", 0.0)
     assert "pod" not in unknown and "policies" not in unknown and unknown["src"] == "10.0.0.1"
     assert text_line(unknown).startswith("drop 10.0.0.1 → 10.0.0.2 TCP/80: unattributed")
 
@@ -106,3 +109,71 @@ def test_the_drop_log_accounts_for_what_it_lost():
     text = generate_latest(m.registry).decode()
     assert "policyd_drop_log_records_total 7.0" in text and "policyd_drop_log_unattributed_total 1.0" in text
     assert 'policyd_drop_log_lost_total{reason="queue_full"} 3.0' in text and 'policyd_drop_log_lost_total{reason="socket_overrun"} 2.0' in text
+
+
+def pod(name: str, ip: str, app: str = "b", host_network: bool = False) -> str:
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {app}}}}}
+spec: {{nodeName: node-1, hostNetwork: {str(host_network).lower()}, containers: [{{name: c}}]}}
+status: {{podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+"""
+
+
+def objects(text: str) -> list:
+    m = Manifests()
+    load_documents("test", text, m)
+    assert not m.problems, m.problems
+    return [*m.pods, *m.policies]
+
+
+def test_peers_are_named_from_the_live_store_never_from_a_stale_or_shared_address():
+    """The drop log names a packet's pods when the record is written: a pod created after
+    the last refresh is named, a deleted pod's address is not named after it, and an address
+    two pods hold (host network, or a reuse in transition) is left an address."""
+    c = Compiler("node-1")
+    for o in objects(pod("u1", "10.0.0.1")):
+        c.apply(Upsert(o))
+    source = CompiledSource(c)  # turns the store's address index on, built from what it holds
+    assert source.pod_at("10.0.0.1") == "default/u1"
+    for o in objects(pod("walker", "10.0.0.7")):
+        c.apply(Upsert(o))
+    assert source.pod_at("10.0.0.7") == "default/walker"
+    c.apply(Delete("Pod", "default/walker"))
+    assert source.pod_at("10.0.0.7") is None
+    for o in objects(pod("h1", "192.168.0.1", host_network=True) + "---" + pod("h2", "192.168.0.1", host_network=True)):
+        c.apply(Upsert(o))
+    assert source.pod_at("192.168.0.1") is None
+    for o in objects(pod("u1", "10.0.0.2")):  # moved: the old address is free
+        c.apply(Upsert(o))
+    assert source.pod_at("10.0.0.1") is None and source.pod_at("10.0.0.2") == "default/u1"
+    for o in objects(pod("u2", "10.0.0.2")):  # two pods claim one address: no name
+        c.apply(Upsert(o))
+    assert source.pod_at("10.0.0.2") is None
+    assert source.pod_at("not an address") is None
+
+
+def test_the_cause_book_rereads_only_changed_plans_and_keeps_old_causes():
+    policy = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: default}
+spec: {podSelector: {matchLabels: {app: b}}}
+"""
+    c = Compiler("node-1")
+    for o in objects(pod("b1", "10.0.0.1") + "---" + policy):
+        c.apply(Upsert(o))
+    book = CauseBook()
+    book.refresh(c.plans.values())
+    first = dict(book.causes)
+    assert [x.policies for x in first.values()] == [("default/deny",)]
+    read = dict(book._read)
+    for o in objects(pod("b2", "10.0.0.2")):
+        c.apply(Upsert(o))
+    book.refresh(c.plans.values())
+    assert book._read["default/b1"] is read["default/b1"]  # unchanged: not read again
+    assert {x.pod for x in book.causes.values()} == {"default/b1", "default/b2"}
+    c.apply(Delete("NetworkPolicy", "default/deny"))
+    book.refresh(c.plans.values())
+    assert set(first) <= set(book.causes)  # a packet dropped just before the change is still named
