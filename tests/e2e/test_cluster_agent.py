@@ -1,6 +1,7 @@
-"""The fault a real API server cannot be made to produce on demand: a watch lost while a
+"""Faults a real API server cannot be made to produce on demand: a watch lost while a
 policy is deleted and the history compacted, so the deletion is never streamed and resuming
-watches get 410 Gone; only the agent's relist can reveal it. `policyd run` (kopf,
+watches get 410 Gone (only the agent's relist can reveal it); and a policy deleted and
+re-created under its name in the same instant, so kopf's per-uid workers race. `policyd run` (kopf,
 unmodified) runs in each node namespace of a lab topology and watches the test API server
 (tests/kubeapi, held to the real server's behaviour by tests/cluster/test_kubeapi_real.py);
 everything else about the agent is tested on a real cluster (tests/cluster/test_agent.py).
@@ -166,3 +167,19 @@ def test_relist_repairs_a_deletion_no_watch_reported(cluster: Cluster):
     assert len(gone) >= 4, "the agents did not re-watch after the drop"
     code, text = c.http("node-2", "/metrics")
     assert code == 200 and "policyd_relist_deletes_total 1.0" in text, text[-1500:]
+
+
+def test_a_policy_recreated_under_its_name_is_enforced_in_its_new_form(cluster: Cluster):
+    """The old object's DELETED and the new one's ADDED reach kopf back to back; kopf runs
+    each uid on its own worker, so the new ADDED may be handled first. The old DELETED must
+    not then remove the new policy (which would open backend to everyone). Repeated, since
+    the order between the workers is up to the event loop."""
+    c = cluster
+    c.kubectl("apply", "-f", str(POLICY))
+    c.eventually({("frontend", "backend", "TCP"): True, ("unallowed", "backend", "TCP"): False})
+    body = yaml.safe_load(POLICY.read_text())
+    for i in range(6):
+        app = "unallowed" if i % 2 == 0 else "frontend"
+        body["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] = app
+        c.api.recreate("networkpolicies", "default", "allow-frontend-to-backend", body)
+        c.eventually({("unallowed", "backend", "TCP"): app == "unallowed", ("frontend", "backend", "TCP"): app == "frontend"})

@@ -302,6 +302,16 @@ class KubeAPI:
             self._compact()
         self.call(outage)
 
+    def recreate(self, plural: str, ns: str, name: str, obj: dict) -> None:
+        """Delete the object and create `obj` under its name in one step, as a client that
+        deletes and re-creates within milliseconds does: watchers get DELETED and ADDED
+        back to back, and kopf hands each uid to its own worker."""
+        def both() -> None:
+            kind = next(k for k in KINDS if k.plural == plural)
+            self._store(kind, ns, copy.deepcopy(self.objects[(kind, ns, name)]), "DELETED")
+            self._store(kind, ns, copy.deepcopy(obj), "ADDED")
+        self.call(both)
+
     def writes(self, plurals: tuple[str, ...] = ("pods", "namespaces", "networkpolicies")) -> list[Request]:
         """Mutating requests that touched one of these resources (events are not among them)."""
         return [r for r in list(self.requests) if r.is_write and r.resource in plurals]
