@@ -81,6 +81,10 @@ MERGE_KEYS = {"containers": "name", "initContainers": "name", "ephemeralContaine
 MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
+def kind_of(plural: str) -> Kind:
+    return next(k for k in KINDS if k.plural == plural)
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -297,7 +301,7 @@ class KubeAPI:
         410 Gone, so only a relist can reveal it."""
         def outage() -> None:
             self._drop_watches()
-            kind = next(k for k in KINDS if k.plural == plural)
+            kind = kind_of(plural)
             self._store(kind, ns, copy.deepcopy(self.objects[(kind, ns, name)]), "DELETED")
             self._compact()
         self.call(outage)
@@ -307,7 +311,7 @@ class KubeAPI:
         deletes and re-creates within milliseconds does: watchers get DELETED and ADDED
         back to back, and kopf hands each uid to its own worker."""
         def both() -> None:
-            kind = next(k for k in KINDS if k.plural == plural)
+            kind = kind_of(plural)
             self._store(kind, ns, copy.deepcopy(self.objects[(kind, ns, name)]), "DELETED")
             self._store(kind, ns, copy.deepcopy(obj), "ADDED")
         self.call(both)
