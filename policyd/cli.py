@@ -171,11 +171,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from .backends import make_backend
+    from .backends import make_backend, resolve
     from .dataplane.backend import NotOwned
+    from .reconcile.presence import held
 
     try:
         backend = make_backend(args.backend, args.table)
+        if not args.force and held(resolve(args.backend), args.table):
+            raise UsageError(f"not removing {backend.describe()}: a policyd agent running in this network namespace "
+                             "would re-create it at once. Stop the agent first (after helm uninstall, wait until its "
+                             "pods are gone), or pass --force")
         removed = backend.delete_table()
     except (ValueError, RuntimeError, NotOwned) as e:
         raise UsageError(str(e)) from e
@@ -238,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", default="policyd")
     p.add_argument("--backend", choices=BACKENDS, default="nftables",
                    help="nftables: the table inet <table>; iptables: chains <TABLE>-* (both families) and ipsets <table>-*")
+    p.add_argument("--force", action="store_true",
+                   help="remove it even while a policyd agent for it runs in this network namespace (it will re-create it)")
     p.set_defaults(func=cmd_cleanup)
     return parser
 

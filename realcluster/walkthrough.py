@@ -65,7 +65,15 @@ def uninstall_chart(cluster: Cluster, backend: str, say: Say) -> None:
 
 
 def helm_uninstall(cluster: Cluster) -> None:
+    """`helm uninstall --wait` waits for the DaemonSet object only; its pods are deleted by
+    the garbage collector after it, and an agent still running re-creates its ruleset (a
+    cleanup before then is undone), so wait for the pods to be gone too."""
     cluster.run_in_fabric([str(HELM), "uninstall", RELEASE, "-n", RELEASE_NS, "--wait", "--timeout", "60s"])
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    cluster.kubectl("wait", "--for=delete", "pod", "-n", RELEASE_NS, "-l", selector, "--timeout=90s", check=False, timeout=100)
+    left = cluster.kubectl("get", "pods", "-n", RELEASE_NS, "-l", selector, "-o", "name").stdout.split()
+    if left:
+        raise ClusterError(f"helm uninstall: the agent pods are still there after 90 s: {' '.join(left)}")
 
 
 def cleanup_nodes(cluster: Cluster, backend: str) -> None:

@@ -114,6 +114,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("policyd agent for node %s: dispatch by %s (%s)%s, fail-%s, %s backend (%s)", st.node_name, mode.value, why,
              f", pod interfaces {', '.join(p + '*' for p in st.interface_prefixes)}" if st.interface_prefixes else "",
              st.fail_mode.value, st.backend, "table inet " + st.table if st.backend == "nftables" else f"chains {st.table.upper()}-*, ipsets {st.table}-*")
+    from ..reconcile.presence import wait_to_claim
     from .operator import run
 
-    return run(st, mode)
+    claim = wait_to_claim(st.backend, st.table, log.warning)  # held until the process ends
+    try:
+        return run(st, mode)
+    finally:
+        claim.close()

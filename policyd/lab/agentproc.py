@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..backends import BACKENDS, make_backend
+from ..backends import BACKENDS, make_backend, resolve
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..dataplane.droplog import DropLog
 from ..reconcile.core import AgentCore
+from ..reconcile.presence import wait_to_claim
 from ..sources.manifest_dir import ManifestDirSource
 
 log = logging.getLogger("policyd.lab.agent")
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    # Before the signal handlers: a SIGTERM while waiting ends the process.
+    claim = wait_to_claim(resolve(args.backend), args.table, log.warning)
     stop = False
 
     def on_term(*_: object) -> None:
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         time.sleep(args.interval)
     if drops is not None:
         drops.stop()
+    claim.close()
     log.info("stopping; the ruleset stays in place (policyd cleanup removes it)")
 
 

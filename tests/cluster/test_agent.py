@@ -16,11 +16,12 @@ import re
 import sys
 import time
 
+import pytest
 import yaml
 
 from policyd.lab.netns import http_get
-from realcluster.cluster import Cluster
-from realcluster.walkthrough import POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_nodes, helm_uninstall, install_chart, pods_of, rollout
+from realcluster.cluster import Cluster, ClusterError
+from realcluster.walkthrough import POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_node, cleanup_nodes, helm_uninstall, install_chart, pods_of, rollout
 
 AGENT_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}"
 SERIES = [  # what the metrics endpoint must serve
@@ -140,6 +141,10 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     c.kubectl("delete", "networkpolicy", "metrics-port")
     eventually(lambda: tcp(c, "walker", backend["ip"]), False, "allow-frontend-to-backend alone")
     frontend = next(p for p in pods_of(c) if p["app"] == "frontend")
+    # While the agent runs it would re-create what cleanup removes: cleanup refuses.
+    with pytest.raises(ClusterError, match="a policyd agent running in this network namespace would re-create it"):
+        cleanup_node(c, backend["node"], "nftables")
+    assert not tcp(c, "walker", backend["ip"]), "still enforced after the refused cleanup"
     helm_uninstall(c)
     assert not tcp(c, "walker", backend["ip"]) and tcp(c, frontend["name"], backend["ip"])
     cleanup_nodes(c, "nftables")

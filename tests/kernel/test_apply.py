@@ -157,3 +157,72 @@ def test_cleanup_refuses_what_policyd_did_not_make(cluster):
     assert ("KUBE-FORWARD" in after) if cluster.backend == "iptables" else ("table inet filter" in after)
     bad = subprocess.run([sys.executable, "-m", "policyd", "cleanup", "--table", "x y"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--table 'x y'" in bad.stderr
+
+
+HOLDER = """
+import sys, time
+from policyd.reconcile.presence import wait_to_claim
+claim = wait_to_claim(sys.argv[1], "policyd", lambda line: print(line, flush=True), every=0.5)
+print("claimed", flush=True)
+time.sleep(120)
+"""
+
+
+def test_cleanup_refuses_while_an_agent_runs_and_a_second_agent_waits(cluster):
+    """An agent would re-create at once what cleanup removes (CI once ran cleanup while a
+    terminating DaemonSet pod still synced): cleanup refuses while an agent holds the
+    ruleset in this namespace, --force overrides; a second agent for the same ruleset waits
+    for the first to end (even killed with SIGKILL), and an agent in another namespace or
+    for another backend does not count. The holders here use the agents' own claim
+    (`policyd run` and the lab agent call wait_to_claim first); the real agent is checked
+    on the real cluster (tests/cluster/test_agent.py)."""
+    import select
+    import subprocess
+    import sys
+
+    node, kind = cluster.agent.netns, cluster.agent.kind
+    other = "iptables" if kind == "nftables" else "nftables"
+    cluster.apply(POLICY)
+
+    def holder(backend: str, ns: str = node) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", HOLDER, backend],
+                                stdout=subprocess.PIPE, text=True)
+
+    def cleanup(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", node, sys.executable, "-m", "policyd", "cleanup", "--backend", kind,
+                               *extra], capture_output=True, text=True)
+
+    def line(p: subprocess.Popen[str]) -> str:
+        assert p.stdout is not None
+        ready, _, _ = select.select([p.stdout], [], [], 10)
+        assert ready, "no line within 10 s"
+        return p.stdout.readline().strip()
+
+    first = holder(kind)
+    unrelated = [holder(other), holder(kind, ns=cluster.topo.nodes["node-2"].netns)]
+    second = None
+    try:
+        assert line(first) == "claimed"
+        for p in unrelated:
+            assert line(p) == "claimed", "another backend or namespace"
+        refused = cleanup()
+        assert refused.returncode == 2 and "a policyd agent running in this network namespace" in refused.stderr, refused
+        assert not cluster.can("u1", "b1"), "the ruleset is still in place"
+
+        second = holder(kind)
+        assert "waiting for it to end" in line(second)
+        first.kill()
+        first.wait()
+        while (said := line(second)).startswith("another policyd agent"):
+            pass
+        assert said == "claimed", "the claim is free once its holder is gone"
+        assert cleanup().returncode == 2, "the second agent holds it now"
+        forced = cleanup("--force")
+        assert forced.returncode == 0 and forced.stdout.startswith("removed"), forced
+        assert cluster.can("u1", "b1")
+    finally:
+        for p in (first, second, *unrelated):
+            if p is not None:
+                p.kill()
+                p.wait()
+    assert cleanup().stdout.startswith("nothing to remove"), "no holder left: cleanup runs"
