@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from ..compile.engine import Compiler
 from ..model.events import Delete, Event, Upsert
@@ -71,6 +71,21 @@ class Finding:
     message: str
 
 
+class Held(NamedTuple):
+    """What the feed holds of an object: its resourceVersion and its uid (the incarnation),
+    each where the API server gave one."""
+
+    rv: int | None
+    uid: str | None
+
+    def is_not(self, uid: str | None, rv: int | None) -> bool:
+        """Whether a DELETED (with this uid and rv) is of another object than the one held
+        under its name: an earlier incarnation's, handled after the new one's ADDED."""
+        if uid is not None and self.uid is not None:
+            return uid != self.uid
+        return rv is not None and self.rv is not None and rv < self.rv
+
+
 @dataclass
 class FeedStats:
     events: int = 0
@@ -82,8 +97,7 @@ class FeedStats:
 @dataclass
 class ClusterFeed:
     compiler: Compiler
-    versions: dict[Ref, int | None] = field(default_factory=dict)
-    uids: dict[Ref, str] = field(default_factory=dict)  # the incarnation held, where the API server said
+    held: dict[Ref, Held] = field(default_factory=dict)
     pending: set[Ref] | None = None  # None: the gate is not open yet
     ready: bool = False
     invalid: dict[str, tuple[str, ...]] = field(default_factory=dict)  # policy key → problems
@@ -93,14 +107,14 @@ class ClusterFeed:
         """Every object the initial lists held; ready once all are observed."""
         if self.pending is not None:
             return
-        self.pending = set(listed) - set(self.versions)
+        self.pending = set(listed) - set(self.held)
         self._check_ready()
 
     def _check_ready(self) -> None:
         if not self.ready and self.pending is not None and not self.pending:
             self.ready = True
             log.info("initial lists complete: %d namespaces, %d pods, %d network policies, %d cluster network policies",
-                     *(sum(1 for k, _ in self.versions if k == kind) for kind in WATCHED_KINDS))
+                     *(sum(1 for k, _ in self.held if k == kind) for kind in WATCHED_KINDS))
 
     def observe(self, kind: WatchKind, typ: str | None, body: dict[str, Any]) -> Event | None:
         """One watch event; returns the model event applied to the compiler (None: nothing)."""
@@ -109,9 +123,10 @@ class ClusterFeed:
         if self.pending is not None:
             self.pending.discard(ref)
         try:
-            rv, known = rv_int(body), self.versions.get(ref)
+            rv, last = rv_int(body), self.held.get(ref)
+            known = last.rv if last is not None else None
             if typ == "DELETED":
-                if self._stale_delete(ref, uid_of(body), rv, known):
+                if last is not None and last.is_not(uid_of(body), rv):
                     self.stats.stale_deletes += 1
                     log.info("%s %s: a DELETED of an earlier incarnation, handled after the new one's ADDED: ignored", kind, ref[1])
                     return None
@@ -132,30 +147,16 @@ class ClusterFeed:
             if isinstance(obj, ClusterNetworkPolicy) and (obj.invalid or obj.notes):
                 log.warning("ClusterNetworkPolicy %s: %s", obj.name, "; ".join(
                     [f"invalid, so it denies all its subject's traffic: {'; '.join(obj.invalid)}"] if obj.invalid else list(obj.notes)))
-            self.versions[ref] = rv
-            uid = uid_of(body)
-            if uid is None:
-                self.uids.pop(ref, None)
-            else:
-                self.uids[ref] = uid
+            self.held[ref] = Held(rv, uid_of(body))
             event = Upsert(obj)
             self.compiler.apply(event)
             return event
         finally:
             self._check_ready()
 
-    def _stale_delete(self, ref: Ref, uid: str | None, rv: int | None, known: int | None) -> bool:
-        """A DELETED that belongs to an object other than the one held under its name."""
-        held = self.uids.get(ref)
-        if uid is not None and held is not None:
-            return uid != held
-        return rv is not None and known is not None and rv < known
-
     def _delete(self, ref: Ref) -> Event | None:
-        if ref not in self.versions:
+        if self.held.pop(ref, None) is None:
             return None
-        del self.versions[ref]
-        self.uids.pop(ref, None)
         if ref[0] == "NetworkPolicy":
             self.invalid.pop(ref[1], None)
         event = Delete(ref[0], ref[1])  # type: ignore[arg-type]
@@ -167,10 +168,10 @@ class ClusterFeed:
         delete what it no longer holds. An object we saw at a newer version than the list
         was created after it: kept."""
         gone = []
-        for ref, rv in list(self.versions.items()):
+        for ref, last in list(self.held.items()):
             if ref[0] != kind or ref in present:
                 continue
-            if list_rv is not None and rv is not None and rv > list_rv:
+            if list_rv is not None and last.rv is not None and last.rv > list_rv:
                 continue
             gone.append(ref)
         events = [e for e in (self._delete(r) for r in gone) if e is not None]
