@@ -3,10 +3,12 @@ the status it writes, wait until every agent has applied a manifest generation."
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +28,21 @@ class Agents:
     def log_path(self, node: str) -> Path:
         return self.dir / f"{node}.log"
 
-    def drops(self, node: str) -> list[str]:
-        """The drop log lines of a node's agent (`drop …`, and `audit …` for audit mode), oldest first."""
-        try:
-            return [line for line in self.log_path(node).read_text(errors="replace").splitlines()
-                    if line.startswith(("drop ", "audit "))]
-        except FileNotFoundError:
-            return []
+    def drops(self, node: str, last: int | None = None) -> list[str]:
+        """The drop log lines of a node's agent (`drop …`, and `audit …` for audit mode),
+        oldest first; the `last` ones only, if given. Read as a stream: a long-running lab's
+        log is never held in memory whole."""
+        return self._lines(node, last, lambda line: line.startswith(("drop ", "audit ")))
 
     def log_tail(self, node: str, lines: int = 15) -> str:
+        return "\n".join(self._lines(node, lines)) if self.log_path(node).exists() else "(no log)"
+
+    def _lines(self, node: str, last: int | None, keep: Callable[[str], bool] = lambda _: True) -> list[str]:
         try:
-            return "\n".join(self.log_path(node).read_text().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+            with open(self.log_path(node), errors="replace") as f:
+                return list(collections.deque((line.rstrip("\n") for line in f if keep(line)), maxlen=last))
+        except FileNotFoundError:
+            return []
 
     def status(self, node: str) -> dict[str, Any] | None:
         """What the agent last wrote about itself (None: nothing yet)."""

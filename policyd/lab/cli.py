@@ -106,12 +106,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_logs(args: argparse.Namespace) -> int:
     lab = _lab(args.name)
     rec = lab.load()
+    if args.lines < 1:
+        raise LabError(f"--lines {args.lines}: give a number of lines, 1 or more")
     for node in sorted(rec.nodes) if args.node is None else [args.node]:
         if node not in rec.nodes:
             raise LabError(f"lab {args.name} has no node {node!r} (nodes: {', '.join(sorted(rec.nodes))})")
-        lines = lab.agents.drops(node) if args.drops else lab.agents.log_tail(node, args.lines).splitlines()
+        lines = lab.agents.drops(node, args.lines) if args.drops else lab.agents.log_tail(node, args.lines).splitlines()
         print(f"--- {node} ({lab.agents.log_path(node)})")
-        for line in lines[-args.lines:]:
+        for line in lines:
             print(line)
     return EXIT_OK
 
