@@ -20,7 +20,7 @@ from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
-from .render import IptRenderer, Names
+from .render import IptRenderer, Names, map_families
 from .restore import FAMILIES, IptTransaction, Saved, chain_lines, diff, parse_ipset_save, parse_save, saved_counters, to_ruleset
 
 log = logging.getLogger("policyd.ipt")
@@ -92,15 +92,21 @@ class IptBackend(IptDialect):
 
     def check(self, believed: Ruleset) -> list[Drift]:
         """iptables-save of both families and ipset headers (three processes)."""
-        actual = self.read(elements=False)
+        saved = self._saved()
+        actual = self._ruleset(saved, elements=False)
         found = find_drift(believed, actual, self.chain_holds, False, self.describe())
-        # A jump from FORWARD/INPUT removed in one family: the chain still reads back hooked
-        # (the other family's jump), so say it here.
-        if actual is not None:
-            for n, c in sorted(believed.chains.items()):
-                have = actual.chains.get(n)
-                if c.hook is not None and have is not None and have.hooked_families is not None:
-                    found += [Drift("jump-missing", f"{n} (IPv{f})") for f in FAMILIES if f not in have.hooked_families]
+        if actual is None:
+            return found
+        # What exists in one family only still reads back under its name (the other
+        # family's copy), so say here what a family lacks: a chain, a dispatch chain, or a
+        # chain's jump from FORWARD/INPUT.
+        for n, c in sorted(believed.chains.items()):
+            found += [Drift("chain-missing", f"{n} (IPv{f})") for f in FAMILIES if n in actual.chains and n not in saved[f].chains]
+            have = actual.chains.get(n)
+            if c.hook is not None and have is not None and have.hooked_families is not None:
+                found += [Drift("jump-missing", f"{n} (IPv{f})") for f in FAMILIES if f not in have.hooked_families]
+        for n, m in sorted(believed.maps.items()):
+            found += [Drift("map-missing", f"{n} (IPv{f})") for f in map_families(m) if n in actual.maps and n not in saved[f].chains]
         return found
 
     # --- kernel calls ----------------------------------------------------------------------
@@ -122,7 +128,9 @@ class IptBackend(IptDialect):
 
     def read(self, elements: bool = True) -> Ruleset | None:
         """Without `elements` the sets come from `ipset list -t` (headers only)."""
-        saved = self._saved()
+        return self._ruleset(self._saved(), elements)
+
+    def _ruleset(self, saved: dict[int, Saved], elements: bool) -> Ruleset | None:
         sets = parse_ipset_save(self._run(["ipset", "save"] if elements else ["ipset", "list", "-t"]), self.names, elements)
         if not sets and not saved[4].chains and not saved[6].chains:
             return None

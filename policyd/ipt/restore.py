@@ -287,7 +287,9 @@ def to_ruleset(saved: dict[int, Saved], sets: dict[str, SetDef], desired_maps: d
         if n in desired_maps:
             typ = desired_maps[n].type
             fams = map_families(desired_maps[n])
-            got = [dispatch_elements(saved[f].chains.get(n, [])) for f in fams]
+            # Missing in one of its families is not "empty": an empty dispatch chain lists
+            # no rules either, so presence is checked first (else it is never re-created).
+            got = [dispatch_elements(saved[f].chains[n]) if n in saved[f].chains else None for f in fams]
             if all(g is not None and g == got[0] for g in got):
                 rs.maps[n] = MapDef(n, typ, got[0])  # type: ignore[arg-type]
             else:

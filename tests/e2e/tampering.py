@@ -35,6 +35,20 @@ def names(netns: str, backend: str) -> tuple[str, str]:
     return chain, sset
 
 
+def drop_family(netns: str, family: int) -> None:
+    """What a clumsy operator does to one address family: unhook policyd and flush and
+    delete every POLICYD-* chain of iptables (or ip6tables) only."""
+    tool = "iptables-legacy" if family == 4 else "ip6tables-legacy"
+    save = subprocess.run(["ip", "netns", "exec", netns, f"{tool}-save", "-t", "filter"], capture_output=True, text=True, check=True).stdout
+    chains = [line[1:].split()[0] for line in save.splitlines() if line.startswith(":POLICYD-")]
+    assert chains, save
+    for builtin in ("FORWARD", "INPUT"):
+        sh(netns, tool, "-D", builtin, "-j", f"POLICYD-{builtin}")
+    for flag in ("-F", "-X"):
+        for chain in chains:
+            sh(netns, tool, flag, chain)
+
+
 def tampers(backend: str, netns: str, chain: str, sset: str, member: str) -> list[tuple[str, str, Callable[[], None]]]:
     """(what is done, the drift kind the agent must report, how)."""
     t = "policyd"
@@ -66,6 +80,7 @@ def tampers(backend: str, netns: str, chain: str, sset: str, member: str) -> lis
         ("foreign set", "foreign-set", lambda: sh(netns, "ipset", "create", "policyd-intruder", "hash:ip")),
         ("set element removed", "set-elements", lambda: sh(netns, "ipset", "del", sset, member)),
         ("set element added", "set-elements", lambda: sh(netns, "ipset", "add", sset, "10.99.99.99")),
+        ("every chain removed from IPv4 only", "chain-missing", lambda: drop_family(netns, 4)),
     ]
 
 

@@ -1,7 +1,8 @@
 """Drift and tampering on a running lab: whatever is done to policyd's objects in the node's
 kernel — a rule inserted at the top of a chain (the chain's digest, in its last rule, is
 untouched), a rule appended, a chain flushed, the table deleted, a jump from the hook
-removed, a set element removed or added, a foreign chain or set in our namespace — the
+removed, a set element removed or added, a foreign chain or set in our namespace, every
+iptables chain removed from one address family only — the
 agent notices, names it (lab status: `drift_repairs` by kind) and repairs it, and the
 policy holds again. Each repair is timed: structural drift within a few seconds (the
 check runs every second), element drift at the next full resync (5 s here)."""

@@ -14,6 +14,7 @@ from policyd.ipt.restore import IptTransaction
 from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import sh
 from policyd.nft.diff import Transaction
+from tests.e2e.tampering import drop_family
 
 POLICY = (Path(__file__).parents[2] / "examples" / "policies" / "allow-frontend-to-backend.yaml").read_text()
 
@@ -226,3 +227,38 @@ def test_cleanup_refuses_while_an_agent_runs_and_a_second_agent_waits(cluster):
                 p.kill()
                 p.wait()
     assert cleanup().stdout.startswith("nothing to remove"), "no holder left: cleanup runs"
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("variant", ["routed-iptables", "bridge-iptables"])
+def test_chains_lost_in_one_family_are_recreated(variant, family):
+    """Every POLICYD-* chain gone from one family only (the other family, the ipsets and
+    the empty egress dispatch chain's twin still there): the one-second check names it, a
+    full sync re-creates it, and an agent started on such a node programs it too. It once
+    read the missing empty dispatch chain as present and empty, and every sync failed."""
+    from tests.kernel.conftest import kernel_cluster
+
+    with kernel_cluster(variant) as cluster:
+        cluster.apply(POLICY)
+        netns = cluster.agent.netns
+        assert not cluster.can("u1", "b1", family=family)
+        drop_family(netns, family)
+        assert cluster.can("u1", "b1", family=family), "the tamper opened the node (else this test proves nothing)"
+        drift = [str(d) for d in cluster.agent.check()]
+        assert any(f"(IPv{family})" in d for d in drift), drift
+        repaired = cluster.sync(full=True)
+        assert repaired.ops > 0 and repaired.drift
+        assert cluster.agent.check() == []
+        assert cluster.sync(full=True).ops == 0, "the repaired kernel reads back equal to desired"
+        for fam in (4, 6):
+            assert not cluster.can("u1", "b1", family=fam) and cluster.can("f1", "b1", family=fam)
+
+        # An agent starting on a node left that way programs it.
+        drop_family(netns, family)
+        old = cluster.agent
+        new = NodeAgent(old.netns, "node-1", old.syncer.cfg.mode, backend=old.kind)
+        new.load(cluster.namespaces, cluster.pods.values(), cluster.policies.values())
+        assert new.sync().ops > 0
+        cluster.agent = new
+        assert cluster.sync(full=True).ops == 0
+        assert not cluster.can("u1", "b1", family=family) and cluster.can("f1", "b1", family=family)
