@@ -30,6 +30,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
 from typing import Any, cast
 
 import kopf
@@ -47,6 +48,7 @@ from .events import EventPoster
 from .feed import WATCHED_KINDS, ClusterFeed, Finding, NotServed, WatchKind, ref_of
 from .metrics import AgentMetrics
 from .settings import AgentSettings, FailMode
+from .watch import LeanWatch
 
 log = logging.getLogger("policyd.agent")
 
@@ -89,6 +91,8 @@ class ClusterAgent:
         self.events = EventPoster(settings.node_name, settings.kubeconfig)
         self.relist_at: dict[WatchKind, float] = {}
         self.unserved: set[WatchKind] = set()  # kinds the API server does not serve (no CRD)
+        self.lean: dict[WatchKind, LeanWatch] = {}  # kinds watched by a LeanWatch, not kopf (set by serve())
+        self.list_rv: dict[WatchKind, int | None] = {}  # each initial list's resourceVersion
         self.next_relist = time.monotonic() + settings.relist_every
         self.heartbeat = time.monotonic()
         self.froze_after_relist = False
@@ -104,8 +108,8 @@ class ClusterAgent:
             # kopf lists at start (overlapping our own lists) and again after it lost a
             # watch (410 Gone). Either way an object deleted meanwhile sends no event; the
             # kind that lost it may have an empty list (no event at all), so check every
-            # kind for deletions.
-            self.schedule_relist(self.settings.relist_grace)
+            # kind kopf watches for deletions (a LeanWatch relists its own after a 410).
+            self.schedule_relist(self.settings.relist_grace, lean=False)
         self.metrics.events.labels(kind).inc()
         self.last_watch_event[kind] = time.monotonic()
         with self.lock:
@@ -129,7 +133,8 @@ class ClusterAgent:
             while True:
                 refs: list[tuple[str, str]] = []
                 try:
-                    async for items, _ in self.lister(kind):  # page by page: never a whole list in memory
+                    async for items, rv in self.lister(kind):  # page by page: never a whole list in memory
+                        self.list_rv[kind] = rv
                         with self.lock:
                             for item in items:
                                 self.feed.observe(kind, None, item)  # a retry re-observes: skipped by version
@@ -152,6 +157,46 @@ class ClusterAgent:
         self.runner.request()
         self.wake.set()
 
+    def lean_watch(self, kind: WatchKind) -> LeanWatch:
+        """kind's watch stream of our own (kopf no longer watches it)."""
+
+        async def credentials() -> kopf.ConnectionInfo:
+            return await asyncio.to_thread(connection_info, self.settings.kubeconfig)
+
+        def on_event(typ: str, raw: dict[str, Any]) -> None:
+            self.observe(kind, typ, raw)  # Pods raise no findings
+
+        async def relist() -> int | None:
+            return await self.relist(kind)
+
+        watch = self.lean[kind] = LeanWatch(kind, credentials, on_event, relist, server_timeout=self.settings.watch_timeout)
+        return watch
+
+    async def relist(self, kind: WatchKind) -> int | None:
+        """List `kind` again and fold it in: what changed is applied (newer versions win),
+        what the list lacks is deleted. The list's resourceVersion (a LeanWatch after 410
+        Gone resumes there)."""
+        assert self.lister is not None
+        present: set[tuple[str, str]] = set()
+        rv: int | None = None
+        changed = 0
+        async for items, page_rv in self.lister(kind):
+            rv = rv if rv is not None else page_rv
+            with self.lock:
+                for item in items:
+                    changed += self.feed.observe(kind, None, item) is not None
+                    present.add(ref_of(kind, item))
+        with self.lock:
+            deleted = self.feed.relisted(kind, present, rv)
+        self.last_relist_ok = time.monotonic()
+        self.metrics.relist_deletes.inc(len(deleted))
+        if changed or deleted:
+            self.arrivals.append(time.monotonic())
+            self.runner.request()
+            self.wake.set()
+        log.info("relisted %d %s objects: %d changed, %d deleted", len(present), kind, changed, len(deleted))
+        return rv
+
     def _new_findings(self, policy: NetworkPolicy, raw: dict[str, Any]) -> list[Finding]:
         rv = (raw.get("metadata") or {}).get("resourceVersion")
         out = []
@@ -172,13 +217,13 @@ class ClusterAgent:
         # Not ready while the kernel lacks what we wrote (drift seen, repair not yet done).
         return self.feed.ready and s.syncs > 0 and s.consecutive_failures == 0 and not s.drift_seen
 
-    def schedule_relist(self, delay: float) -> None:
-        """Relist every kind `delay` s from now. Each call moves the time: a listing of
-        thousands of objects arrives as a burst of events, and one relist after the burst
-        is enough."""
+    def schedule_relist(self, delay: float, lean: bool = True) -> None:
+        """Relist every kind (`lean`: those of our own watches too) `delay` s from now. Each
+        call moves the time: a listing of thousands of objects arrives as a burst of
+        events, and one relist after the burst is enough."""
         at = time.monotonic() + delay
         for k in WATCHED_KINDS:
-            if k not in self.unserved:
+            if k not in self.unserved and (lean or k not in self.lean):
                 self.relist_at[k] = at
 
     async def relist_due(self) -> None:
@@ -310,7 +355,8 @@ class ClusterAgent:
             # broken watch by itself (relisting after a 410, which the relist repair follows).
             doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, **self.core.status(),
                    "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
-                   "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1)}
+                   "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1),
+                   **{f"{k.lower()}_watch": asdict(w.stats) for k, w in self.lean.items()}}
             return web.json_response(doc, status=200 if self.ready else 503)
 
         apps: dict[int, web.Application] = {}
@@ -343,7 +389,7 @@ def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
         return connection_info(agent.settings.kubeconfig)
 
     for kind, (group, version, plural) in RESOURCES.items():
-        if kind in agent.unserved:
+        if kind in agent.unserved or kind in agent.lean:
             continue
         resource = (group, version, plural) if group else (version, plural)
 
@@ -405,16 +451,21 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
         agent.metrics.drop_log.attach(drops.counters)
         log.info("drop log on: NFLOG group %d, at most %d packets/s (burst %d) per drop rule", st.drop_log.group,
                  st.drop_log.rate, st.drop_log.burst)
+    watches: list[asyncio.Task[None]] = []
     try:
         if agent.lister is not None:
             # Before kopf starts: its own first listing keeps the event loop busy for
-            # seconds at thousands of pods, and readiness should not wait for that.
+            # seconds, and readiness should not wait for that. Pods are then watched by a
+            # LeanWatch from the list's resourceVersion, not by kopf (see kube/watch.py).
             await agent.initial_lists()
             freeze_heap("after the initial lists")
+            watches.append(asyncio.create_task(agent.lean_watch("Pod").run(agent.list_rv.get("Pod")), name="policyd-watch-pods"))
         await kopf.operator(registry=build_registry(agent), settings=operator_settings(), standalone=True,
                             clusterwide=True, stop_flag=stop)
     finally:
         sync.cancel()
+        for w in watches:
+            w.cancel()
         if drops is not None:
             drops.stop()
         for runner in runners:

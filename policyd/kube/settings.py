@@ -38,6 +38,7 @@ class AgentSettings:
     resync_every: float = 300.0
     relist_grace: float = 2.0  # after kopf relists a kind, compare with a list of ours
     relist_every: float = 1800.0  # and anyway this often: deletions a lost watch hid
+    watch_timeout: int = 300  # seconds the API server keeps one Pod watch stream open (then it resumes)
     drop_log: DropLog | None = None  # log the pod chains' drops (NFLOG) with their cause; None: off
     rule_counters: bool = False  # count packets per policy rule, served on /metrics
 

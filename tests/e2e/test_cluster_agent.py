@@ -183,3 +183,24 @@ def test_a_policy_recreated_under_its_name_is_enforced_in_its_new_form(cluster: 
         body["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] = app
         c.api.recreate("networkpolicies", "default", "allow-frontend-to-backend", body)
         c.eventually({("unallowed", "backend", "TCP"): app == "unallowed", ("frontend", "backend", "TCP"): app == "frontend"})
+
+
+def test_pods_are_watched_by_the_lean_watch_and_relisted_after_410(cluster: Cluster):
+    """Pods come through the agent's own watch (kube/watch.py), not kopf: a relabel is
+    streamed and enforced; a relabel made while every watch is down and the history is
+    compacted is never streamed, so the watch resumes into 410 Gone, relists and enforces
+    it; kopf never watches Pods."""
+    c = cluster
+    c.kubectl("apply", "-f", str(POLICY))
+    c.eventually({("frontend", "backend", "TCP"): True, ("unallowed", "backend", "TCP"): False})
+    c.kubectl("label", "pod", "unallowed", "app=frontend", "--overwrite")
+    c.eventually({("unallowed", "backend", "TCP"): True})
+    pod = json.loads(c.kubectl("get", "pod", "unallowed", "-o", "json").stdout)
+    pod["metadata"]["labels"]["app"] = "unallowed"
+    c.api.update_during_outage("pods", "default", "unallowed", pod)
+    c.eventually({("unallowed", "backend", "TCP"): False, ("frontend", "backend", "TCP"): True}, timeout=15)
+    watches = [r for r in c.api.requests if r.query.get("watch") == "true" and r.path.endswith("/pods")]
+    assert watches and all(r.user_agent.startswith("policyd/") and r.query.get("allowWatchBookmarks") == "true"
+                           for r in watches), "kopf watched Pods too"
+    assert len(watches) >= 4, "each agent watched Pods again after the drop"
+    assert "relisting" in c.log("node-2") and "relisted" in c.log("node-2"), c.log("node-2")

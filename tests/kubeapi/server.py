@@ -306,6 +306,16 @@ class KubeAPI:
             self._compact()
         self.call(outage)
 
+    def update_during_outage(self, plural: str, ns: str, name: str, obj: dict) -> None:
+        """As delete_during_outage, but the object is replaced by `obj`: the change is never
+        streamed, so only a relist can reveal it."""
+        def outage() -> None:
+            self._drop_watches()
+            kind = kind_of(plural)
+            self._store(kind, ns, copy.deepcopy(obj), "MODIFIED")
+            self._compact()
+        self.call(outage)
+
     def recreate(self, plural: str, ns: str, name: str, obj: dict) -> None:
         """Delete the object and create `obj` under its name in one step, as a client that
         deletes and re-creates within milliseconds does: watchers get DELETED and ADDED
