@@ -1,20 +1,21 @@
-"""Read-only access to a Kubernetes API through the `kubernetes` client: the relist check
-of the agent and the live what-if tools. Only `list` calls; the agent never writes objects."""
+"""Read-only reads of a live cluster for the what-if tools (`matrix/explain --kubeconfig`,
+through kube/api.py's paged lists), and the `kubernetes` client where the agent still
+uses it: Events (kube/events.py), node addresses, and credentials from kubeconfigs that
+kube/api.py does not read (exec plugins, auth providers). Only `list` calls."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from typing import Any
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
 from ..observe.counters import Counters, counters_from_metrics
-from .feed import NotServed, WatchKind, rv_int
+from .feed import WATCHED_KINDS, NotServed, WatchKind
 
-API_VERSIONS: dict[str, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1",
-                                "ClusterNetworkPolicy": "policy.networking.k8s.io/v1alpha2"}
+if TYPE_CHECKING:
+    import kopf
 
 
 def api_client(kubeconfig: str | None = None) -> Any:
@@ -31,52 +32,15 @@ def api_client(kubeconfig: str | None = None) -> Any:
     return config.new_client_from_config(config_file=kubeconfig)
 
 
-def list_pages(api: Any, kind: WatchKind, page: int = 500) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
-    """Every object of `kind` as the API serves it (with apiVersion/kind filled in, which
-    list items omit), one page at a time, with the list's resourceVersion: a caller that
-    folds each page in never holds a whole list of 100k pods."""
-    from kubernetes import client
+def list_all(kubeconfig: str | None, kind: WatchKind) -> list[dict[str, Any]]:
+    """Every object of `kind`, through the agent's own paged lists (kube/api.py)."""
+    from .api import credentials, list_pages
 
-    core, net, custom = client.CoreV1Api(api), client.NetworkingV1Api(api), client.CustomObjectsApi(api)
+    async def collect() -> list[dict[str, Any]]:
+        info = credentials(kubeconfig)
+        return [item async for items, _ in list_pages(info, kind) for item in items]
 
-    def cluster_network_policies(**kw: Any) -> Any:
-        try:
-            return custom.list_cluster_custom_object("policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies", **kw)
-        except client.ApiException as e:
-            if e.status == 404:
-                raise NotServed("no policy.networking.k8s.io/v1alpha2 clusternetworkpolicies") from None
-            raise
-
-    call = {"Namespace": core.list_namespace, "Pod": core.list_pod_for_all_namespaces,
-            "NetworkPolicy": net.list_network_policy_for_all_namespaces, "ClusterNetworkPolicy": cluster_network_policies}[kind]
-    token: str | None = None
-    rv: int | None = None
-    while True:
-        kw: dict[str, Any] = {"limit": page, "_preload_content": False}
-        if token:
-            kw["_continue"] = token
-        doc = json.loads(call(**kw).data)
-        items = doc.get("items") or []
-        for item in items:
-            item.setdefault("apiVersion", API_VERSIONS[kind])
-            item.setdefault("kind", kind)
-        meta = doc.get("metadata") or {}
-        if token is None:  # the first page's resourceVersion is the whole list's
-            rv = rv_int(doc)
-        yield items, rv
-        token = meta.get("continue")
-        if not token:
-            return
-
-
-def list_raw(api: Any, kind: WatchKind, page: int = 500) -> tuple[list[dict[str, Any]], int | None]:
-    """The whole list at once (the what-if tools)."""
-    items: list[dict[str, Any]] = []
-    version = None
-    for chunk, rv in list_pages(api, kind, page):
-        items += chunk
-        version = rv
-    return items, version
+    return asyncio.run(collect())
 
 
 def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy], list[ClusterNetworkPolicy]]:
@@ -84,12 +48,11 @@ def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[P
     A policy that fails validation is kept (it isolates and allows nothing, as the agent
     enforces it); any other unreadable object is an error listing every problem. Without
     the ClusterNetworkPolicy CRD there are none."""
-    api = api_client(kubeconfig)
-    out: dict[str, list[Any]] = {k: [] for k in API_VERSIONS}
+    out: dict[str, list[Any]] = {k: [] for k in WATCHED_KINDS}
     problems: list[Problem] = []
-    for kind in ("Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy"):
+    for kind in WATCHED_KINDS:
         try:
-            items, _ = list_raw(api, kind)
+            items = list_all(kubeconfig, kind)
         except NotServed:
             continue
         for item in items:
@@ -125,3 +88,18 @@ def agent_counters(address: str, port: int, timeout: float = 5.0) -> Counters:
 
     with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=timeout) as r:
         return counters_from_metrics(r.read().decode())
+
+
+def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same configuration the `kubernetes` client reads (an
+    explicit kubeconfig wins over the in-cluster service account)."""
+    import kopf
+    from kubernetes import client
+
+    cfg: client.Configuration = api_client(kubeconfig).configuration
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+                               username=cfg.username or None, password=cfg.password or None, scheme=scheme, token=token,
+                               certificate_path=cfg.cert_file, private_key_path=cfg.key_file)

@@ -44,6 +44,7 @@ from ..dataplane.config import DispatchMode, RenderConfig
 from ..model.objects import NetworkPolicy
 from ..reconcile.core import AgentCore
 from ..reconcile.syncer import SyncResult
+from .api import credentials, list_pages
 from .events import EventPoster
 from .feed import WATCHED_KINDS, ClusterFeed, Finding, NotServed, WatchKind, ref_of
 from .metrics import AgentMetrics
@@ -160,8 +161,8 @@ class ClusterAgent:
     def lean_watch(self, kind: WatchKind) -> LeanWatch:
         """kind's watch stream of our own (kopf no longer watches it)."""
 
-        async def credentials() -> kopf.ConnectionInfo:
-            return await asyncio.to_thread(connection_info, self.settings.kubeconfig)
+        async def read_credentials() -> kopf.ConnectionInfo:
+            return await asyncio.to_thread(credentials, self.settings.kubeconfig)
 
         def on_event(typ: str, raw: dict[str, Any]) -> None:
             self.observe(kind, typ, raw)  # Pods raise no findings
@@ -169,7 +170,7 @@ class ClusterAgent:
         async def relist() -> int | None:
             return await self.relist(kind)
 
-        watch = self.lean[kind] = LeanWatch(kind, credentials, on_event, relist, server_timeout=self.settings.watch_timeout)
+        watch = self.lean[kind] = LeanWatch(kind, read_credentials, on_event, relist, server_timeout=self.settings.watch_timeout)
         return watch
 
     async def relist(self, kind: WatchKind) -> int | None:
@@ -386,7 +387,7 @@ def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(agent.settings.kubeconfig)
+        return credentials(agent.settings.kubeconfig)
 
     for kind, (group, version, plural) in RESOURCES.items():
         if kind in agent.unserved or kind in agent.lean:
@@ -401,22 +402,6 @@ def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
 
         kopf.on.event(*resource, id=f"policyd_observe_{plural}", registry=registry)(on_event)
     return registry
-
-
-def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same configuration the `kubernetes` client reads (an
-    explicit kubeconfig wins over the in-cluster service account)."""
-    from kubernetes import client
-
-    from .client import api_client
-
-    cfg: client.Configuration = api_client(kubeconfig).configuration
-    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
-    parts = header.split(" ", 1) if header else []
-    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
-                               username=cfg.username or None, password=cfg.password or None, scheme=scheme, token=token,
-                               certificate_path=cfg.cert_file, private_key_path=cfg.key_file)
 
 
 def operator_settings() -> kopf.OperatorSettings:
@@ -474,17 +459,10 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
 
 
 def kube_lister(kubeconfig: str | None) -> Lister:
-    """Pages of each kind through the `kubernetes` client, fetched on a worker thread."""
-    from .client import api_client, list_pages
-
-    api = None
-
+    """Pages of each kind, through the agent's own HTTP access (kube/api.py)."""
     async def lister(kind: WatchKind) -> AsyncIterator[tuple[list[dict[str, Any]], int | None]]:
-        nonlocal api
-        if api is None:
-            api = await asyncio.to_thread(api_client, kubeconfig)
-        pages = list_pages(api, kind)
-        while (page := await asyncio.to_thread(next, pages, None)) is not None:
+        info = await asyncio.to_thread(credentials, kubeconfig)  # read each time: a rotated token is picked up
+        async for page in list_pages(info, kind):
             yield page
 
     return lister

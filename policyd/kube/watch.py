@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,13 +29,11 @@ from typing import Any
 import aiohttp
 import kopf
 
-from .. import __version__
+from .api import path_of, session
 from .feed import WatchKind, rv_int
 
 log = logging.getLogger("policyd.watch")
 
-PATHS: dict[WatchKind, str] = {"Pod": "/api/v1/pods"}
-USER_AGENT = f"policyd/{__version__} (lean watch)"  # tells its requests apart in the API server's audit log
 
 
 class Gone(Exception):
@@ -54,26 +51,6 @@ class WatchStats:
     errors: int = 0  # broken connections and refused requests (retried)
 
 
-def ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | None:
-    if not info.server.startswith("https:"):
-        return None
-    ctx = ssl.create_default_context(cafile=info.ca_path)
-    if info.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if info.certificate_path:
-        ctx.load_cert_chain(info.certificate_path, info.private_key_path)
-    return ctx
-
-
-def auth_headers(info: kopf.ConnectionInfo) -> tuple[dict[str, str], aiohttp.BasicAuth | None]:
-    if info.token:
-        return {"Authorization": f"{info.scheme or 'Bearer'} {info.token}"}, None
-    if info.username:
-        return {}, aiohttp.BasicAuth(info.username, info.password or "")
-    return {}, None
-
-
 class LeanWatch:
     """Watch `kind` cluster-wide from a resourceVersion and hand each event to `on_event`
     (type, object) on the event loop; `relist()` lists the kind again, folds it in and
@@ -83,7 +60,7 @@ class LeanWatch:
                  on_event: Callable[[str, dict[str, Any]], None], relist: Callable[[], Awaitable[int | None]],
                  server_timeout: int = 300, backoff: tuple[float, float] = (0.5, 10.0)) -> None:
         self.kind = kind
-        self.path = PATHS[kind]
+        self.path = path_of(kind)
         self.credentials = credentials
         self.on_event = on_event
         self.relist = relist
@@ -131,12 +108,9 @@ class LeanWatch:
         params = {"watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": str(self.server_timeout)}
         if self.rv is not None:
             params["resourceVersion"] = str(self.rv)
-        headers, auth = auth_headers(info)
-        headers["User-Agent"] = USER_AGENT
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.server_timeout + 30)
         got = False
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers, auth=auth) as session, \
-                session.get(info.server.rstrip("/") + self.path, params=params, ssl=ssl_context(info) or True) as resp:
+        async with session(info, timeout) as s, s.get(info.server.rstrip("/") + self.path, params=params) as resp:
             if resp.status == 410:
                 raise Gone()
             if resp.status == 401:
