@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import kopf
 import yaml
 
 from .. import __version__
 from .feed import NotServed, WatchKind, rv_int
+from .lean_kopf import kopf
 
 USER_AGENT = f"policyd/{__version__}"  # tells the agent's requests apart in the API server's audit log
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")

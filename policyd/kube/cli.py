@@ -102,7 +102,7 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import kopf
+    from .lean_kopf import kopf
 
     st, mode, why = settings_from(args)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON if st.log_format == "json" else kopf.LogFormat.FULL)

@@ -33,7 +33,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any, cast
 
-import kopf
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -47,6 +46,7 @@ from ..reconcile.syncer import SyncResult
 from .api import credentials, list_pages
 from .events import EventPoster
 from .feed import WATCHED_KINDS, ClusterFeed, Finding, NotServed, WatchKind, ref_of
+from .lean_kopf import kopf
 from .metrics import AgentMetrics
 from .settings import AgentSettings, FailMode
 from .watch import LeanWatch

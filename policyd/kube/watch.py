@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import kopf
 
 from .api import path_of, session
 from .feed import WatchKind, rv_int
+from .lean_kopf import kopf
 
 log = logging.getLogger("policyd.watch")
 

@@ -69,3 +69,16 @@ def test_collections_of_the_watched_kinds():
     assert [api.path_of(k) for k in api.PLURALS] == [
         "/api/v1/namespaces", "/api/v1/pods", "/apis/networking.k8s.io/v1/networkpolicies",
         "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"]
+
+
+def test_the_agent_loads_kopf_without_the_kubernetes_client():
+    """kopf would import the client only to recognise its models (19 MB in every agent);
+    the client stays importable for the tools that use it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from policyd.kube import cli, operator; assert 'kubernetes' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.startswith('kubernetes'))[:5]; "
+            "import kubernetes.client; from policyd.kube.client import api_client; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert r.stdout.strip() == "ok", r.stderr
