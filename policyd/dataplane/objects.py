@@ -127,6 +127,14 @@ class Ruleset:
         )
 
 
+def differences(a: Ruleset, b: Ruleset) -> list[str]:
+    """What differs between two rulesets as `same_as` compares them, by name (for logs)."""
+    out = [f"set {n}" for n in sorted(set(a.sets) | set(b.sets)) if a.sets.get(n) != b.sets.get(n)]
+    out += [f"map {n}" for n in sorted(set(a.maps) | set(b.maps)) if a.maps.get(n) != b.maps.get(n)]
+    chain = {n: (c.hook, c.digest) for n, c in a.chains.items()}, {n: (c.hook, c.digest) for n, c in b.chains.items()}
+    return out + [f"chain {n}" for n in sorted(set(chain[0]) | set(chain[1])) if chain[0].get(n) != chain[1].get(n)]
+
+
 @dataclass
 class Touched(SetChangeLog[str, Elem]):
     """Names changed in desired since the last sync; sets carry element deltas or were

@@ -44,6 +44,9 @@ class AgentMetrics:
                                      "handled after the new one's ADDED and ignored", registry=r)
         self.leftovers = Counter("policyd_kernel_leftovers", "Objects the kernel refused to remove (iptables: ipsets in use); "
                                  "the next full resync retries them", registry=r)
+        self.divergences = Counter("policyd_desired_divergences", "Full resyncs whose desired state, rebuilt from the "
+                                   "compiler, differed from the incrementally kept one (a bug; the rebuilt state is enforced)",
+                                   registry=r)
         self.ready = Gauge("policyd_ready", "1 once the initial lists are in and the first sync succeeded", registry=r)
         self.rules = RuleCounters()
         r.register(self.rules)

@@ -307,7 +307,8 @@ class ClusterAgent:
     def _gauges(self, c: Compiler, m: AgentMetrics) -> None:
         for name, counter, total in (("rejected", m.rejected_objects, self.feed.stats.rejected),
                                      ("stale_deletes", m.stale_deletes, self.feed.stats.stale_deletes),
-                                     ("leftovers", m.leftovers, self.syncer.backend.leftovers)):
+                                     ("leftovers", m.leftovers, self.syncer.backend.leftovers),
+                                     ("divergences", m.divergences, self.syncer.divergences)):
             if total > self.counted.get(name, 0):  # counts kept elsewhere: export what is new since the last look
                 counter.inc(total - self.counted.get(name, 0))
                 self.counted[name] = total

@@ -37,9 +37,11 @@ class NodeAgent:
         for pod in pods:
             self.compiler.upsert_pod(pod)
 
-    def sync(self, full: bool = False) -> SyncResult:
+    def sync(self, full: bool = False, rebuild: bool | None = None) -> SyncResult:
+        """`rebuild` defaults to `full`: a full sync here is what the agent's periodic
+        resync does, desired state rebuilt and compared with the kept one."""
         with entered(self.netns):
-            return self.syncer.sync(full)
+            return self.syncer.sync(full, full if rebuild is None else rebuild)
 
     def counters(self) -> Counters:
         """The kernel's per-rule counters of the node, summed by policy rule."""

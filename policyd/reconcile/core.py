@@ -81,6 +81,7 @@ class AgentCore:
             "last_sync_ms": round(s.last_result.seconds * 1e3, 2) if s.last_result else None,
             "last_ops": s.last_result.ops if s.last_result else None,
             "local_pods": local_pods, "pending_interfaces": pending, "kernel_leftovers": self.syncer.backend.leftovers,
+            "divergences": self.syncer.divergences,
         }
 
 

@@ -6,8 +6,10 @@ the agent's loop) decides whether a sync is due:
 * requested, and at least `min_interval` since the last sync (events arriving in between
   are batched into one transaction);
 * a local pod still waits for its interface (retried at the same pace);
-* after a failure: retry with exponential backoff; the Syncer makes that sync a full one;
-* every `resync_every` seconds: a full resync that repairs drift;
+* after a failure (any exception): retry with exponential backoff; the Syncer makes that
+  sync a full one, with desired state rebuilt from the compiler;
+* every `resync_every` seconds: a full resync that repairs drift, with desired state
+  rebuilt and compared with the incrementally kept one (`Syncer.divergences`);
 * every `check_every` seconds: a cheap look at the kernel (Syncer.check); if what policyd
   wrote has changed (a table deleted, a chain flushed, a rule inserted…), a full sync at
   once, so drift is repaired within about a second instead of at the next resync.
@@ -79,7 +81,7 @@ class SyncRunner:
         now = self.clock()
         if not self.due(now):
             return None
-        full = now >= self.next_full
+        periodic = full = now >= self.next_full
         seen: list[Drift] = []
         if not full and not self.stats.consecutive_failures and self.check_every > 0 and now >= self.next_check:
             self.next_check = now + self.check_every
@@ -90,7 +92,7 @@ class SyncRunner:
         self.requested = False
         self.last_at = now
         try:
-            result = self.syncer.sync(full=full)
+            result = self.syncer.sync(full=full, rebuild=periodic)
         except Exception as e:  # noqa: BLE001 - the agent must survive any kernel refusal
             self.requested = True
             s = self.stats

@@ -11,6 +11,15 @@ and repairs drift:
 * `check()` is the cheap look between syncs (names and rule counts from a terse listing for
   nftables, digests for iptables): the runner calls it every second and asks for a full
   sync when it finds drift.
+
+Failure is never partial. Any exception in a sync (absorbing the compiler's changes,
+rendering, diffing, reading or writing the kernel) leaves the syncer knowing neither what
+the kernel holds nor whether its incrementally kept desired state is whole (an absorb cut
+short has taken changes from the compiler it never folded in). So the next sync rebuilds
+desired from the compiler from scratch and diffs it against a fresh read of the kernel.
+A periodic full resync (`rebuild=True`) rebuilds too and compares the rebuilt state with
+the incrementally kept one first: any difference is a bug of the incremental path,
+counted in `divergences` (and logged), and the rebuilt state wins.
 """
 
 from __future__ import annotations
@@ -21,12 +30,11 @@ import time
 from dataclasses import dataclass
 
 from ..compile.engine import Compiler
-from ..compile.plan import SetSpec
-from ..dataplane.backend import AnyBackend, ApplyError
+from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..dataplane.desired import DesiredState
 from ..dataplane.drift import Drift, find_drift
-from ..dataplane.objects import Ruleset, Touched
+from ..dataplane.objects import Ruleset, Touched, differences
 from ..model.objects import IPAddress, PodKey
 from .interfaces import RouteInterfaces
 
@@ -40,6 +48,7 @@ class SyncResult:
     seconds: float
     pending_interfaces: int = 0
     drift: tuple[Drift, ...] = ()  # what a full resync found changed behind our back (and repaired)
+    rebuilt: bool = False  # desired state was rebuilt from the compiler (first sync, after a failure, periodic)
 
 
 class Syncer:
@@ -55,12 +64,11 @@ class Syncer:
         # (read, diff, apply) needs no lock: only sync() touches desired and believed.
         self.lock = threading.Lock()
         self.touched = Touched()
-        self.touched.update(self.desired.skeleton)
         self.pending: set[PodKey] = set()  # local pods whose interface is not known yet
         self._routes_fresh = False
-        # Whatever the compiler already holds is new to us.
-        compiler.take_changes()
-        self._seed: tuple[set[PodKey], set[SetSpec]] | None = (set(compiler.plans), set(compiler.sets))
+        # Whatever the compiler already holds is new to us: the first sync builds it all.
+        self.rebuild_next = True
+        self.divergences = 0  # rebuilt desired state != the incrementally kept one (a bug)
 
     def _interface(self, key: PodKey, ips: tuple[IPAddress, ...]) -> str | None:
         if self.cfg.mode is not DispatchMode.INTERFACE:
@@ -79,15 +87,29 @@ class Syncer:
         """Fold the compiler's changes (and pods still waiting for an interface) into desired."""
         changes = self.compiler.take_changes()
         self._routes_fresh = False
-        if self._seed is not None:
-            changes.pods |= self._seed[0]
-            for spec in self._seed[1]:
-                changes.set_replaced(spec)
-            self._seed = None
         for spec in changes.sets:
             self.touched.update(self.desired.update_set(spec, self.compiler, changes.deltas.get(spec)))
         for key in changes.pods | set(self.pending):
             self.touched.update(self.desired.update_pod(key, self.compiler, self._interface))
+
+    def rebuild(self, compare: bool) -> None:
+        """Desired state from the compiler alone, from scratch (under the lock). With
+        `compare`, the incrementally kept state should be equal: a difference is counted."""
+        self.compiler.take_changes()  # everything is read below
+        fresh = DesiredState(self.cfg, self.backend.renderer(self.cfg))
+        self._routes_fresh = False
+        self.pending = set()
+        for spec in self.compiler.sets:
+            fresh.update_set(spec, self.compiler)
+        for key in self.compiler.plans:
+            fresh.update_pod(key, self.compiler, self._interface)
+        if compare and not fresh.ruleset.same_as(self.desired.ruleset):
+            self.divergences += 1
+            log.error("the incrementally kept desired state differs from a rebuild from the compiler (a bug; the rebuilt "
+                      "state is enforced): %s", ", ".join(differences(self.desired.ruleset, fresh.ruleset)[:10]))
+        self.desired = fresh
+        self.touched = Touched()
+        self.rebuild_next = False
 
     def check(self) -> list[Drift]:
         """The frequent, cheap drift check (names and rule counts, or digests): what differs
@@ -96,11 +118,26 @@ class Syncer:
             return []
         return self.backend.check(self.believed)
 
-    def sync(self, full: bool = False) -> SyncResult:
+    def sync(self, full: bool = False, rebuild: bool = False) -> SyncResult:
+        """`full`: read the kernel and compare everything; `rebuild`: and rebuild desired
+        state from the compiler first (compared with the kept one). Any exception makes the
+        next sync both (see the module's docstring)."""
+        try:
+            return self._sync(full, rebuild)
+        except BaseException:
+            self.believed = None  # we no longer know what the kernel holds
+            self.rebuild_next = True  # nor whether desired state is whole
+            raise
+
+    def _sync(self, full: bool, rebuild: bool) -> SyncResult:
         start = time.perf_counter()
+        rebuilt = self.rebuild_next or rebuild
         with self.lock:
-            self.absorb()
-        full = full or self.believed is None
+            if rebuilt:
+                self.rebuild(compare=not self.rebuild_next)
+            else:
+                self.absorb()
+        full = full or rebuilt or self.believed is None
         drift: list[Drift] = []
         if full:
             # Everything, elements too, compared rule by rule: repairs any drift. What we
@@ -114,14 +151,10 @@ class Syncer:
             if not self.touched:
                 return SyncResult(False, 0, time.perf_counter() - start, len(self.pending))
             tx = self.backend.diff(self.believed, self.desired.ruleset, self.touched)
-        try:
-            self.backend.apply(tx)
-        except ApplyError:
-            self.believed = None  # we no longer know what the kernel holds
-            raise
+        self.backend.apply(tx)
         self.believed = self.desired.ruleset.copy()
         self.touched = Touched()
-        result = SyncResult(full, tx.ops, time.perf_counter() - start, len(self.pending), tuple(drift))
+        result = SyncResult(full, tx.ops, time.perf_counter() - start, len(self.pending), tuple(drift), rebuilt)
         for d in drift:
             log.warning("drift repaired: %s (changed in the kernel behind policyd's back)", d)
         if tx.ops:

@@ -106,7 +106,9 @@ class KernelCluster:
         self.sync()
 
     def sync(self, full: bool = False):
-        return self.agent.sync(full)
+        result = self.agent.sync(full)
+        assert self.agent.syncer.divergences == 0, "the incremental desired state differs from a rebuild"
+        return result
 
     def apply(self, *docs: str):
         """Replace the policy set (NetworkPolicies and ClusterNetworkPolicies) with these

@@ -197,3 +197,72 @@ def test_partial_syncs_leave_the_kernel_equal_to_a_scratch_build(base, events, m
     fresh.sync()
     assert s.backend.read().same_as(fresh.backend.read())
     assert s.sync(full=True).ops == 0
+
+
+class Flaky(Exception):
+    """An injected failure."""
+
+
+FAULTS = ["absorb-set", "absorb-pod", "diff", "read", "apply-before", "apply-after"]
+
+
+def _inject(s, fault: str, after: int):
+    """Make one step of the next sync fail (after `after` good calls, where a step is called
+    repeatedly): returns an undo."""
+    if fault.startswith("absorb"):
+        owner, name = s.desired, "update_set" if fault == "absorb-set" else "update_pod"
+    elif fault in ("diff", "read"):
+        owner, name = s.backend, fault
+    else:
+        owner, name = s.backend, "apply"
+    real = getattr(owner, name)
+    calls = [0]
+
+    def flaky(*args, **kw):
+        calls[0] += 1
+        if fault == "apply-after":
+            real(*args, **kw)  # the kernel took it; the syncer never learns
+            raise Flaky(fault)
+        if calls[0] > after:
+            raise Flaky(fault)
+        return real(*args, **kw)
+
+    setattr(owner, name, flaky)
+    return lambda: delattr(owner, name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(populated, st.lists(st.tuples(event, st.booleans(), st.one_of(st.none(), st.sampled_from(FAULTS)), st.integers(0, 2)),
+                           max_size=30),
+       st.sampled_from(["interface", "address"]), st.sampled_from(["nftables", "iptables"]))
+def test_a_failure_anywhere_in_a_sync_is_healed_by_the_next(base, steps, mode, backend):
+    """Failures injected at random points of random syncs (absorbing the compiler's changes
+    part way, diffing, reading the kernel, before or after the kernel takes a batch): the
+    sync after the last one must leave the (fake) kernel equal to a fresh agent's first
+    sync, and a periodic resync must then find nothing to do and no divergence between the
+    incrementally kept desired state and a rebuild."""
+    from policyd.dataplane.config import DispatchMode
+
+    c = Compiler("node-1")
+    for ev in base:
+        apply(c, ev)
+    s = _syncer(c, DispatchMode(mode), backend)
+    s.sync()
+    failed = 0
+    for ev, sync_now, fault, after in steps:
+        apply(c, ev)
+        if fault is None and not sync_now:
+            continue
+        undo = _inject(s, fault, after) if fault else (lambda: None)
+        try:
+            s.sync()
+        except Flaky:
+            failed += 1
+        finally:
+            undo()
+    s.sync()
+    fresh = _syncer(scratch(c), DispatchMode(mode), backend)
+    fresh.sync()
+    assert s.backend.read().same_as(fresh.backend.read())
+    assert s.sync(full=True, rebuild=True).ops == 0
+    assert s.divergences == 0
