@@ -67,31 +67,3 @@ def find_drift(believed: Ruleset, actual: Ruleset | None, holds: ChainHolds, ele
             out.append(Drift("map-elements", n))
     out += _foreign("map", believed.maps.keys(), actual.maps.keys())
     return out
-
-
-@dataclass(frozen=True)
-class Census:
-    """A cheap look at what the kernel holds of ours (names and rule counts, no elements, no
-    rule bodies): what the frequent drift check reads."""
-
-    chains: dict[str, int]  # chain → number of rules
-    sets: frozenset[str]
-    maps: frozenset[str]
-
-
-def census_drift(believed: Ruleset, census: Census | None, table: str) -> list[Drift]:
-    if census is None:
-        return [Drift("table-missing", table)]
-    out: list[Drift] = []
-    for n, want in sorted(believed.chains.items()):
-        count = census.chains.get(n)
-        if count is None:
-            out.append(Drift("chain-missing", n))
-        elif count != len(want.rules):
-            out.append(Drift("chain-flushed" if count == 0 else "rules-changed", n))
-    out += _foreign("chain", believed.chains.keys(), census.chains.keys())
-    out += [Drift("set-missing", n) for n in sorted(set(believed.sets) - census.sets)]
-    out += _foreign("set", believed.sets.keys(), census.sets)
-    out += [Drift("map-missing", n) for n in sorted(set(believed.maps) - census.maps)]
-    out += _foreign("map", believed.maps.keys(), census.maps)
-    return out

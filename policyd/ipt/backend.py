@@ -21,7 +21,7 @@ from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
 from .render import IptRenderer, Names, map_families
-from .restore import FAMILIES, IptTransaction, Saved, chain_lines, diff, parse_ipset_save, parse_save, saved_counters, to_ruleset
+from .restore import FAMILIES, IptTransaction, Saved, chain_lines, diff, entry_counts, parse_ipset_save, parse_save, saved_counters, to_ruleset
 
 log = logging.getLogger("policyd.ipt")
 SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
@@ -91,12 +91,20 @@ class IptBackend(IptDialect):
         return "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))  # no timestamps
 
     def check(self, believed: Ruleset) -> list[Drift]:
-        """iptables-save of both families and ipset headers (three processes)."""
+        """iptables-save of both families and ipset headers (three processes): every rule,
+        compared line by line (dispatch chains included: a deleted pod dispatch rule is
+        seen), and each ipset's number of entries (a flushed or edited set is seen; which
+        elements differ is for the full sync that follows)."""
         saved = self._saved()
-        actual = self._ruleset(saved, elements=False)
+        terse = self._run(["ipset", "list", "-t"])
+        actual = self._ruleset(saved, terse, elements=False)
         found = find_drift(believed, actual, self.chain_holds, False, self.describe())
         if actual is None:
             return found
+        found += [Drift("map-elements", n) for n, m in sorted(believed.maps.items())
+                  if n in actual.maps and actual.maps[n].elements != m.elements]
+        counts = entry_counts(terse)
+        found += [Drift("set-elements", n) for n, s in sorted(believed.sets.items()) if n in counts and counts[n] != len(s.elements)]
         # What exists in one family only still reads back under its name (the other
         # family's copy), so say here what a family lacks: a chain, a dispatch chain, or a
         # chain's jump from FORWARD/INPUT.
@@ -128,10 +136,10 @@ class IptBackend(IptDialect):
 
     def read(self, elements: bool = True) -> Ruleset | None:
         """Without `elements` the sets come from `ipset list -t` (headers only)."""
-        return self._ruleset(self._saved(), elements)
+        return self._ruleset(self._saved(), self._run(["ipset", "save"] if elements else ["ipset", "list", "-t"]), elements)
 
-    def _ruleset(self, saved: dict[int, Saved], elements: bool) -> Ruleset | None:
-        sets = parse_ipset_save(self._run(["ipset", "save"] if elements else ["ipset", "list", "-t"]), self.names, elements)
+    def _ruleset(self, saved: dict[int, Saved], ipsets: str, elements: bool) -> Ruleset | None:
+        sets = parse_ipset_save(ipsets, self.names, elements)
         if not sets and not saved[4].chains and not saved[6].chains:
             return None
         return to_ruleset(saved, sets, self.names.dispatch_maps())

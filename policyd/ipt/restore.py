@@ -276,6 +276,17 @@ def parse_ipset_save(text: str, names: Names, elements: bool = True) -> dict[str
     return sets
 
 
+def entry_counts(terse: str) -> dict[str, int]:
+    """`ipset list -t` → each set's number of entries."""
+    out, name = {}, None
+    for line in terse.splitlines():
+        if line.startswith("Name: "):
+            name = line[6:].strip()
+        elif line.startswith("Number of entries: ") and name is not None:
+            out[name] = int(line.split(":", 1)[1])
+    return out
+
+
 def to_ruleset(saved: dict[int, Saved], sets: dict[str, SetDef], desired_maps: dict[str, MapDef]) -> Ruleset:
     """Both families' chains and the sets → one Ruleset. A chain whose two families differ
     gets no digest (so it is rewritten); dispatch chains (named like desired's maps, or

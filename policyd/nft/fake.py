@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import Any
 
 from ..dataplane.backend import ApplyError
-from ..dataplane.drift import Census
 from ..dataplane.objects import DIGEST_RE, ChainDef, Hook, MapDef, Ruleset, SetDef
 from .backend import NftDialect
 from .diff import Transaction
@@ -53,11 +52,9 @@ class FakeBackend(NftDialect):
         return [(str(r.get("comment", "")), 0, 0) for rules in self.rules.values() for r in rules
                 if any(isinstance(e, dict) and "counter" in e for e in r.get("expr", []))]
 
-    def census(self) -> Census | None:
-        if self.ruleset is None:
-            return None
-        return Census({n: len(self.rules.get(n, [])) for n in self.ruleset.chains}, frozenset(self.ruleset.sets),
-                      frozenset(self.ruleset.maps))
+    def maps(self, names: list[str]) -> dict[str, MapDef]:
+        have = self.ruleset.maps if self.ruleset is not None else {}
+        return {n: have[n] for n in names if n in have}
 
     def delete_table(self) -> bool:
         had = self.ruleset is not None
