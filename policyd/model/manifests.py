@@ -7,6 +7,7 @@ classic "frontend/backend deployments" examples can be read as they are written.
 from __future__ import annotations
 
 import copy
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,9 +180,20 @@ def load_documents(source: str, text: str, into: Manifests) -> None:
 
 
 def read_text(f: Path, problems: list[Problem]) -> str | None:
-    """A manifest file's text, or None with the reason added to `problems`."""
+    """A manifest file's text, or None with the reason added to `problems`. Files and pipes
+    (`-f /dev/stdin`, `-f <(kubectl get …)`) are read, at most MAX_TEXT bytes of them, so an
+    endless input costs no more than a real manifest; devices and sockets are refused."""
     try:
-        return f.read_text(encoding="utf-8")
+        mode = f.stat().st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+            problems.append(Problem(str(f), None, "", "not a file: manifests are read from files, directories or pipes"))
+            return None
+        with f.open("rb") as fh:
+            data = fh.read(MAX_TEXT + 1)
+        if len(data) > MAX_TEXT:
+            problems.append(Problem(str(f), None, "", f"larger than the {MAX_TEXT // 2**20} MiB policyd reads in one file"))
+            return None
+        return data.decode("utf-8")
     except OSError as e:
         problems.append(Problem(str(f), None, "", f"cannot read: {e.strerror}"))
     except UnicodeDecodeError as e:

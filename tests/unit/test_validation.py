@@ -194,6 +194,33 @@ def test_non_utf8_file_is_a_problem(tmp_path):
     assert "not UTF-8" in load([tmp_path / "bin.yaml"]).problems[0].message
 
 
+def test_endless_and_device_inputs_cost_no_more_than_a_real_manifest(tmp_path):
+    """The size cap applies while reading (a 2 GiB file once took 4.2 GB before it was
+    refused, /dev/zero grew without bound); devices are refused; pipes are read."""
+    import os
+    import resource
+    import threading
+
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as f:
+        f.truncate(64 * 2**20)  # sparse: 64 MiB of zeros on no disk
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert "larger than the 16 MiB" in load([big]).problems[0].message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 40 * 1024, "read no more than the cap"
+    assert "not a file" in load(["/dev/zero"]).problems[0].message
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        fifo.write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: piped}\n")
+
+    t = threading.Thread(target=write)
+    t.start()
+    m = load([fifo])
+    t.join()
+    assert not m.problems and [n.name for n in m.namespaces] == ["piped"]
+
+
 def test_the_what_if_tools_load_neither_the_lab_library_nor_the_agent():
     """`policyd matrix`/`explain`/`render` run on a machine without kopf or the lab's needs:
     only the CLI registrations of `lab` and `run` are imported, not what they drive."""
