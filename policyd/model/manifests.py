@@ -89,8 +89,15 @@ def expand_deployment(obj: dict[str, Any], problems: list[Problem], source: str,
                                 "Deployment", str(meta.get("name"))))
         return []
     pods = []
+    names: set[str] = set()
     for i in range(replicas):
-        name = f"{meta.get('name')}-{stable_hash(str(meta.get('name')), str(i), length=5)}"
+        # 5 hex characters collide from a few hundred replicas on (the birthday bound):
+        # a replica whose name is taken draws again, so earlier names never change.
+        name, draw = f"{meta.get('name')}-{stable_hash(str(meta.get('name')), str(i), length=5)}", 0
+        while name in names:
+            draw += 1
+            name = f"{meta.get('name')}-{stable_hash(str(meta.get('name')), str(i), str(draw), length=5)}"
+        names.add(name)
         pod_meta = copy.deepcopy(_mapping(template, "metadata"))
         pod_meta.update({"name": name, "namespace": meta.get("namespace") or "default"})
         pods.append({"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta,

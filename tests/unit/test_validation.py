@@ -189,6 +189,21 @@ def test_input_that_would_cost_too_much_is_refused_quickly(tmp_path, text, messa
     assert any(message in p.message for p in m.problems), m.problems
 
 
+def test_a_deployment_expands_to_unique_pod_names_at_any_allowed_replica_count(tmp_path):
+    """5-hex-character names collide from a few hundred replicas on; a collision once made a
+    500-replica Deployment a "duplicate Pod" problem. The first names stay as they were."""
+    path = tmp_path / "d.yaml"
+    path.write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+                    "spec: {replicas: 10000, template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c}]}}}\n")
+    m = load([path])
+    assert not m.problems, m.problems[:3]
+    names = [p.name for p in m.pods]
+    assert len(names) == len(set(names)) == 10000 and all(n.startswith("web-") and len(n) == 9 for n in names)
+    one = tmp_path / "one.yaml"
+    one.write_text(path.read_text().replace("10000", "1"))
+    assert load([one]).pods[0].name == names[0]
+
+
 def test_non_utf8_file_is_a_problem(tmp_path):
     (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
     assert "not UTF-8" in load([tmp_path / "bin.yaml"]).problems[0].message
