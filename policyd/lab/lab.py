@@ -52,6 +52,7 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$")
 Say = Callable[[str], None]
 
 __all__ = ["Lab", "LabError", "LabRecord", "alive"]
+IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")  # the API server's NamespaceLifecycle refuses their deletion
 
 
 class Lab:
@@ -272,10 +273,14 @@ class Lab:
         self.agents.require(rec)
         missing = 0
         gone_pods: list[str] = []
-        for kind, key in identities(read_raw(paths)):  # like kubectl delete -f: names only
-            name = key.rpartition("/")[2]
+        named = identities(read_raw(paths))  # like kubectl delete -f: names only
+        for kind, key in named:  # refused before anything is deleted
             if kind == "Node":
-                raise LabError(f"node {name}: the lab's nodes are fixed at `lab up`")
+                raise LabError(f"node {key}: the lab's nodes are fixed at `lab up`")
+            if kind == "Namespace" and key in IMMORTAL_NAMESPACES:
+                raise LabError(f'namespaces "{key}" is forbidden: this namespace may not be deleted (as the API server says)')
+        for kind, key in named:
+            name = key.rpartition("/")[2]
             if not self.store.remove(kind, key):
                 say(f"{kind.lower()}/{name} not found")
                 missing += 1

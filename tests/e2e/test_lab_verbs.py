@@ -17,6 +17,20 @@ def test_delete_by_identity_alone(make_lab, tmp_path):
     assert lab.delete([str(bare)], say=lambda s: None) == 0
     assert all(lab.probe(src, dst, "TCP", 80, 0.4).allowed.values()), "deleting it reopens backend"
 
+    # The API server never deletes default, kube-system or kube-public; nor does the lab
+    # (and nothing named beside them in the same files is deleted either).
+    import pytest
+
+    from policyd.lab.lab import LabError
+
+    pods = len(lab.load().pods)
+    for ns in ("default", "kube-system", "kube-public"):
+        doomed = tmp_path / f"{ns}.yaml"
+        doomed.write_text(f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n{bare.read_text()}")
+        with pytest.raises(LabError, match="this namespace may not be deleted"):
+            lab.delete([str(doomed)], say=lambda s: None)
+    assert len(lab.load().pods) == pods
+
 
 def test_a_dead_agent_stops_changes_before_they_are_written(make_lab):
     """`lab label` (and apply, delete) with an agent down writes nothing and says how to
