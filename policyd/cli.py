@@ -94,6 +94,35 @@ def resolve_endpoint(w: World, ref: str) -> Endpoint:
     return endpoint(pod)
 
 
+def same_family(w: World, src_ref: str, dst_ref: str) -> tuple[Endpoint, Endpoint]:
+    """A packet has one address family: an end given as a pod takes its address of the other
+    end's family; ends that share no family are refused."""
+    src, dst = resolve_endpoint(w, src_ref), resolve_endpoint(w, dst_ref)
+    if src.ip.version == dst.ip.version:
+        return src, dst
+
+    def given_as_pod(ref: str, e: Endpoint, version: int) -> Endpoint | None:
+        if is_address(ref) or e.pod is None:
+            return None
+        a = next((a for a in e.pod.ips if a.version == version), None)
+        return None if a is None else Endpoint(a, e.pod)
+
+    if (moved := given_as_pod(src_ref, src, dst.ip.version)) is not None:
+        return moved, dst
+    if (moved := given_as_pod(dst_ref, dst, src.ip.version)) is not None:
+        return src, moved
+    raise UsageError(f"--from {src} ({src.ip}) and --to {dst} ({dst.ip}) share no address family: a packet has one; give "
+                     "addresses of one family, or pods that both have one")
+
+
+def is_address(ref: str) -> bool:
+    try:
+        ipaddress.ip_address(ref)
+        return True
+    except ValueError:
+        return False
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     lab = None
     if args.lab is not None:
@@ -107,7 +136,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.hits and not live:
         raise UsageError("--hits reads the node agents of a live cluster (--kubeconfig or --in-cluster); a lab: --lab NAME")
     w = world_from(args)
-    src, dst = resolve_endpoint(w, args.src), resolve_endpoint(w, args.dst)
+    src, dst = same_family(w, args.src, args.dst)
+    if src.pod is not None and src.pod == dst.pod:
+        print(f"{src} ({src.ip}) → {dst} ({dst.ip}) {report.service(args.protocol, args.port)}: ALLOWED\n"
+              "  a pod always reaches itself: the packet never leaves the pod's network namespace, so no policy applies "
+              "(as `policyd matrix` shows)")
+        return EXIT_OK
     v = Evaluator(w.compile()).verdict(src, dst, args.protocol, args.port)
     print(report.explain_text(v), end="")
     if lab is not None:

@@ -249,3 +249,48 @@ def test_the_what_if_tools_load_neither_the_lab_library_nor_the_agent():
             "or m.startswith(('policyd.lab.', 'policyd.kube.')))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2]).stdout.split()
     assert set(out) <= {"policyd.lab.cli", "policyd.lab.records", "policyd.kube.cli", "policyd.kube.settings"}, out
+
+
+DUAL_STACK = """
+apiVersion: v1
+kind: Pod
+metadata: {name: both, namespace: default, labels: {app: a}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.244.0.5}, {ip: "fd00::5"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: six, namespace: default, labels: {app: b}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIPs: [{ip: "fd00::6"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: four, namespace: default, labels: {app: c}}
+spec: {nodeName: node-1, containers: [{name: c}]}
+status: {podIPs: [{ip: 10.244.0.7}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: default}
+spec: {podSelector: {}}
+"""
+
+
+def test_explain_agrees_with_matrix_on_a_pod_reaching_itself_and_keeps_to_one_family(tmp_path, capsys):
+    """A pod reaches itself whatever the policies (matrix and the docs say so; explain once
+    said DENIED); a pod named as one end takes its address of the other end's family; ends
+    with no family in common are refused (exit 2), not answered."""
+    from policyd.cli import main
+
+    f = tmp_path / "c.yaml"
+    f.write_text(DUAL_STACK)
+    assert main(["explain", "-f", str(f), "--from", "default/four", "--to", "default/four"]) == 0
+    assert "a pod always reaches itself" in capsys.readouterr().out
+    assert main(["explain", "-f", str(f), "--from", "default/both", "--to", "default/six"]) == 1
+    assert "(fd00::5) → default/six (fd00::6)" in capsys.readouterr().out
+    assert main(["explain", "-f", str(f), "--from", "fd00::6", "--to", "default/both"]) == 1
+    assert "→ default/both (fd00::5)" in capsys.readouterr().out
+    assert main(["explain", "-f", str(f), "--from", "default/four", "--to", "default/six"]) == 2
+    assert main(["explain", "-f", str(f), "--from", "10.244.0.7", "--to", "fd00::6"]) == 2
+    assert "share no address family" in capsys.readouterr().err
