@@ -203,16 +203,20 @@ class IptBackend(IptDialect):
             if saved[fam].chains and not marked:
                 raise NotOwned(f"chains {self.names.chain_prefix}* exist in {RESTORE[fam].split('-')[0]} but policyd's base "
                                f"chains there do not carry its mark ({OWNER_MARK!r}): not removing anything")
+        # Only names our renderer makes: a POLICYD-FOO chain or policyd-foo ipset someone
+        # else made stays (a chain of ours that jumps to it would keep it referenced, so
+        # ours are flushed before any is deleted, and theirs are left as they are).
         found = False
         for fam in FAMILIES:
             s = saved[fam]
-            if not s.chains:
+            ours = sorted(n for n in s.chains if self.names.made_chain(n))
+            if not ours:
                 continue
             found = True
-            lines = ["-D" + line[2:] for line in s.jump_rules]  # as saved, whatever else the rule matches
-            lines += [f":{n} - [0:0]" for n in sorted(s.chains)] + [f"-X {n}" for n in sorted(s.chains)]
+            lines = ["-D" + line[2:] for line in s.jump_rules if self.names.made_chain(line.rsplit(" -j ", 1)[-1].strip())]
+            lines += [f":{n} - [0:0]" for n in ours] + [f"-X {n}" for n in ours]
             self._run([RESTORE[fam], "-w", "5", "--noflush"], "*filter\n" + "\n".join(lines) + "\nCOMMIT\n")
-        sets = parse_ipset_save(self._run(["ipset", "list", "-t"]), self.names, elements=False)
+        sets = [n for n in parse_ipset_save(self._run(["ipset", "list", "-t"]), self.names, elements=False) if self.names.made_set(n)]
         if sets:
             found = True
             self._run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in sorted(sets)))

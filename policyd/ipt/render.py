@@ -95,6 +95,16 @@ class Names:
             kind = "np" if spec.port_name else "sel"
         return f"{self.set_prefix}{kind}-{spec.digest}-{family}"
 
+    def made_chain(self, name: str) -> bool:
+        """Whether `name` is one of the chain names this prefix's renderer makes (not merely
+        one that starts with the prefix)."""
+        rest = name.removeprefix(self.chain_prefix)
+        return rest != name and re.fullmatch(r"FORWARD|INPUT|(EGRESS|INGRESS)-(IF|V4|V6)|(IN|OUT)[PA]?-[0-9a-f]{12}", rest) is not None
+
+    def made_set(self, name: str) -> bool:
+        rest = name.removeprefix(self.set_prefix)
+        return rest != name and re.fullmatch(r"(sel|np|blk)-[0-9a-f]{16}-[46]|(ifaces|addr)-[46]", rest) is not None
+
     def ifaces(self, family: int) -> str:
         return f"{self.set_prefix}ifaces-{family}"
 

@@ -120,12 +120,21 @@ def test_cleanup_removes_what_policyd_owns_only(cluster):
         sh("iptables-legacy", "-N", "SOMEONE-ELSE", ns=node)
         sh("iptables-legacy", "-A", "FORWARD", "-j", "SOMEONE-ELSE", ns=node)
         sh("ipset", "create", "someone-else", "hash:ip", ns=node)
+        # Foreign objects under our prefix, made after the agent's last sync: not ours by
+        # name, so cleanup leaves them (it once removed anything POLICYD-* / policyd-*).
+        sh("iptables-legacy", "-N", "POLICYD-FOO", ns=node)
+        sh("iptables-legacy", "-A", "FORWARD", "-j", "POLICYD-FOO", ns=node)
+        sh("ipset", "create", "policyd-foo", "hash:ip", ns=node)
         out = sh(sys.executable, "-m", "policyd", "cleanup", "--backend", "iptables", ns=node).stdout
         assert "removed iptables-legacy chains POLICYD-* and ipsets policyd-*" in out
         rules = sh("iptables-legacy-save", ns=node).stdout + sh("ip6tables-legacy-save", ns=node).stdout
-        assert "-A FORWARD -j SOMEONE-ELSE" in rules and "POLICYD" not in rules
+        assert "-A FORWARD -j SOMEONE-ELSE" in rules and "-A FORWARD -j POLICYD-FOO" in rules
+        assert [line for line in rules.splitlines() if "POLICYD" in line] == [":POLICYD-FOO - [0:0]", "-A FORWARD -j POLICYD-FOO"]
         sets = sh("ipset", "list", "-n", ns=node).stdout.split()
-        assert sets == ["someone-else"], sets
+        assert sorted(sets) == ["policyd-foo", "someone-else"], sets
+        sh("iptables-legacy", "-D", "FORWARD", "-j", "POLICYD-FOO", ns=node)
+        sh("iptables-legacy", "-X", "POLICYD-FOO", ns=node)
+        sh("ipset", "destroy", "policyd-foo", ns=node)
     else:
         sh("nft", "add", "table", "inet", "someone-else", ns=node)
         out = sh(sys.executable, "-m", "policyd", "cleanup", ns=node).stdout
