@@ -16,6 +16,7 @@ from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, compute_grouped, endpoint, pairs, service_port
 from .kube.cli import RunError
 from .lab.records import LabError
+from .model.addressing import check_addressing
 from .model.problems import InvalidInput
 from .observe.counters import Counters
 from .world import World, load_world
@@ -63,6 +64,10 @@ def world_from(args: argparse.Namespace) -> World:
         return World(namespaces, pods, policies, {}, cluster_policies)
     if not args.paths:
         raise UsageError("give manifests (-f PATH) or a live cluster (--kubeconfig PATH or --in-cluster)")
+    try:
+        check_addressing(args.cluster_cidr, args.node_prefix)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     return load_world(args.paths, args.cluster_cidr, args.node_prefix)
 
 

@@ -30,6 +30,12 @@ def _lab(name: str) -> Lab:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from ..model.addressing import check_addressing
+
+    try:
+        check_addressing(args.cluster_cidr, args.node_prefix)
+    except ValueError as e:
+        raise LabError(str(e)) from None
     _lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix, backend=args.backend)
     print(f"next: policyd lab probe --name {args.name} | policyd lab apply -f examples/policies/allow-frontend-to-backend.yaml --name {args.name}")
     return EXIT_OK

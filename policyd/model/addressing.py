@@ -30,6 +30,18 @@ class Allocation:
     problems: list[Problem]
 
 
+def check_addressing(cluster_cidr: str, node_prefix: int) -> None:
+    """--cluster-cidr and --node-prefix: a network, and a longer prefix within its family
+    (ValueError saying which option is wrong and why)."""
+    try:
+        net = ipaddress.ip_network(cluster_cidr)
+    except ValueError as e:
+        raise ValueError(f"--cluster-cidr {cluster_cidr!r}: {e} (a network such as 10.244.0.0/16)") from None
+    if not net.prefixlen <= node_prefix <= net.max_prefixlen:
+        raise ValueError(f"--node-prefix {node_prefix}: each node's pod CIDR is carved from --cluster-cidr {net}, so its prefix "
+                         f"length is {net.prefixlen}-{net.max_prefixlen}")
+
+
 def node_cidrs(nodes: list[Node], pods: list[Pod], cluster_cidr: str, node_prefix: int, default_nodes: tuple[str, ...]) -> dict[str, IPNetwork]:
     names = sorted({n.name for n in nodes} | {p.node for p in pods if p.node})
     if not names:

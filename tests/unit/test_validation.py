@@ -294,3 +294,13 @@ def test_explain_agrees_with_matrix_on_a_pod_reaching_itself_and_keeps_to_one_fa
     assert main(["explain", "-f", str(f), "--from", "default/four", "--to", "default/six"]) == 2
     assert main(["explain", "-f", str(f), "--from", "10.244.0.7", "--to", "fd00::6"]) == 2
     assert "share no address family" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["--node-prefix", "40"], ["--node-prefix", "8"], ["--cluster-cidr", "nonsense"],
+                                  ["--cluster-cidr", "10.0.0.0/30"], ["--cluster-cidr", "10.0.0.1/16"]])
+def test_bad_addressing_options_are_usage_errors_not_internal_ones(args, capsys):
+    """These reached the allocator and ended as exit 3 ("internal error")."""
+    from policyd.cli import main
+
+    assert main(["matrix", "-f", str(Path(__file__).parents[2] / "examples" / "cluster"), *args]) == 2
+    assert args[0] in capsys.readouterr().err
