@@ -19,6 +19,8 @@ down` removes exactly this lab's namespaces (and every process inside them) even
 from __future__ import annotations
 
 import copy
+import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -28,7 +30,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..backends import make_backend, resolve
 from ..compile.matrix import Matrix
@@ -52,6 +54,21 @@ NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?$")
 Say = Callable[[str], None]
 
 __all__ = ["Lab", "LabError", "LabRecord", "alive"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_at_a_time(method: F) -> F:
+    """Changes to one lab run one at a time (a lock file in its directory, held until the
+    verb returns): two `lab label` at once read the same generation, wrote the same
+    temporary file names and ended in an internal error."""
+    @functools.wraps(method)
+    def locked(self: Lab, *args: Any, **kw: Any) -> Any:
+        if not self.dir.is_dir():
+            return method(self, *args, **kw)  # no lab: the verb says so
+        with open(self.dir / ".lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            return method(self, *args, **kw)
+    return cast(F, locked)
 IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")  # the API server's NamespaceLifecycle refuses their deletion
 
 
@@ -201,6 +218,7 @@ class Lab:
         self.store.write("Pod", pod.key, out)
         return h
 
+    @_one_at_a_time
     def restart_agent(self, node: str, downtime: float = 0.0) -> int:
         """Stop a node's agent (SIGTERM: the ruleset stays), wait `downtime`, start a new
         one; returns when the new agent has adopted the table and applied the current
@@ -223,6 +241,7 @@ class Lab:
 
     # --- kubectl-like changes ----------------------------------------------------------------
 
+    @_one_at_a_time
     def apply(self, paths: list[str], say: Say = print) -> float:
         """Create or update objects; returns the seconds until every agent applied them."""
         rec = self.load()
@@ -266,6 +285,7 @@ class Lab:
         out["status"] = old_raw.get("status")
         return "configured" if self.store.write("Pod", pod.key, out) else "unchanged"
 
+    @_one_at_a_time
     def delete(self, paths: list[str], say: Say = print) -> int:
         """Delete the objects named in the files (a namespace takes its pods and policies
         with it). Returns the number of objects that were not found."""
@@ -299,6 +319,7 @@ class Lab:
         self.save(rec)
         return missing
 
+    @_one_at_a_time
     def label(self, kind: str, ref: str, pairs: list[str], namespace: str = "default", say: Say = print) -> float:
         """`k=v` sets, `k-` removes, like kubectl label --overwrite."""
         rec = self.load()

@@ -115,3 +115,30 @@ def test_lab_counters_and_explain_with_hits(make_lab, capsys, monkeypatch):
     assert main(["explain", "--lab", lab.name, "--from", src, "--to", dst]) == 1
     out = capsys.readouterr().out
     assert "DENIED" in out and "counted on node-2: ingress isolation of default pods by default/allow-frontend-to-backend: 2 packets" in out
+
+
+def test_concurrent_changes_to_one_lab_all_land(make_lab):
+    """Two `lab label` at once (separate Lab objects, as two processes would be): each
+    lands, none fails. They once shared a generation and temporary file names."""
+    import threading
+
+    from policyd.lab.lab import Lab
+
+    lab = make_lab(["examples/cluster/demo.yaml"], "routed")
+    pod = next(iter(lab.load().pods))
+    errors: list[BaseException] = []
+
+    def label(k: int) -> None:
+        try:
+            Lab(lab.name, root=lab.dir.parent).label("pod", pod, [f"k{k}=v"], say=lambda s: None)
+        except BaseException as e:  # noqa: BLE001 - collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=label, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    labels = lab.read_object("Pod", pod)["metadata"]["labels"]
+    assert all(labels.get(f"k{k}") == "v" for k in range(6)), labels
