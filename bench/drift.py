@@ -38,7 +38,7 @@ def measure(args: Any) -> list[str]:
     return [
         f"A lab node (routed, the demo cluster with allow-frontend-to-backend) with its agent running; each tampering done with "
         f"nft/iptables/ipset in the node's namespace, timed until the agent's status counts a repair of that kind; "
-        f"{REPEATS} rounds, median (min–max). The agent checks names and rule counts (iptables: saved lines) every second "
+        f"{REPEATS} rounds, median (min–max). The agent checks every rule and the dispatch entries (iptables: saved lines and ipset entry counts) every second "
         f"and repairs element drift at its next full resync ({RESYNC:.0f} s here; `resyncSeconds`, default 300, on a cluster).",
         "",
         *report.table(["backend", "tampering", "reported as", "noticed and repaired"], rows),
