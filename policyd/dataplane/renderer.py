@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -10,9 +11,10 @@ from typing import Protocol
 
 from ..compile.plan import AllowRule, DirectionPlan, Entry, PodPlan, SetSpec, TierRule
 from ..model.objects import Action, Direction, IPAddress
+from ..model.selectors import stable_hash
 from .config import DispatchMode, RenderConfig, valid_ifname
 from .droplog import DropCause, accept_cause, audit_cause, deny_cause, isolation_cause
-from .objects import ChainDef, Elem, MapDef, SetDef
+from .objects import COMMENT_MAX, ChainDef, Elem, MapDef, SetDef
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,22 @@ def addr_text(ip: IPAddress) -> str:
     """An address as both nft and ipset write it; inet_ntoa is 3x faster than str() for
     IPv4, which counts when a peer set of 100k pods is rendered."""
     return socket.inet_ntoa(ip.packed) if ip.version == 4 else str(ip)
+
+
+RULE_ID_RE = re.compile(r"\(r:([0-9a-f]{8})\)")
+
+
+def tagged(text: str) -> str:
+    """A counted rule's comment: its text, cut to what leaves room for the chain's digest
+    seal (ChainDef.build), and a stable id of the whole text, `(r:1a2b3c4d)`, which survives
+    any cut and the iptables comment alphabet: the counter index keys on it, so a rule of a
+    63-character namespace's 253-character pod is still attributed."""
+    room = COMMENT_MAX - 16 - 13  # the seal's room, and " (r:xxxxxxxx)"
+    return f"{text[:room]} (r:{rule_id(text)})"
+
+
+def rule_id(text: str) -> str:
+    return stable_hash(text, length=8)
 
 
 def drop_reason(pod_key: str, direction: Direction, plan: DirectionPlan) -> str:
@@ -97,20 +115,20 @@ def direction_steps(pod_key: str, direction: Direction, plan: DirectionPlan, aud
     in order (Pass, like Accept, ends at the default) and a final return."""
     def tier_step(r: TierRule, verdict: Verdict) -> Step:
         cause = deny_cause(pod_key, r) if verdict is Verdict.DROP else accept_cause(pod_key, r) if verdict is Verdict.RETURN else None
-        return Step(r, verdict, r.label(), cause)
+        return Step(r, verdict, tagged(r.label()), cause)
 
     admin = [tier_step(r, VERDICTS[r.action]) for r in plan.admin]
     if plan.isolated:
-        rest = [Step(r, Verdict.RETURN, r.label(), accept_cause(pod_key, r)) for r in plan.rules]
-        rest.append(Step(None, Verdict.DROP, drop_reason(pod_key, direction, plan), isolation_cause(pod_key, direction, plan)))
+        rest = [Step(r, Verdict.RETURN, tagged(r.label()), accept_cause(pod_key, r)) for r in plan.rules]
+        rest.append(Step(None, Verdict.DROP, tagged(drop_reason(pod_key, direction, plan)), isolation_cause(pod_key, direction, plan)))
     else:
         rest = [tier_step(r, Verdict.DROP if r.action is Action.DENY else Verdict.RETURN) for r in plan.baseline]
         rest.append(Step(None, Verdict.RETURN, f"{pod_key} {direction.value}: no policy decided, allowed"))
     audited = None
     if audit and plan.audit and not plan.isolated:
         rest.insert(0, Step(None, Verdict.AUDIT, f"{pod_key} {direction.value}: what audit-mode policies would drop"))
-        audited = [Step(r, Verdict.RETURN, r.label()) for r in plan.audit_rules]
-        audited.append(Step(None, Verdict.LOG, audit_comment(pod_key, direction), audit_cause(pod_key, direction, plan)))
+        audited = [Step(r, Verdict.RETURN, tagged(r.label())) for r in plan.audit_rules]
+        audited.append(Step(None, Verdict.LOG, tagged(audit_comment(pod_key, direction)), audit_cause(pod_key, direction, plan)))
     if any(s.verdict is Verdict.PASS for s in admin):
         return DirectionSteps([*admin, Step(None, Verdict.PASS, f"{pod_key} {direction.value}: on to NetworkPolicy and Baseline")],
                               rest, audited)

@@ -124,12 +124,13 @@ class FakeIptKernel:
                 raise Refused(f"{line}: unknown command")
         self.tables[family] = table
 
-    def save(self, family: int) -> str:
+    def save(self, family: int, counters: bool = False) -> str:
+        """As iptables-save lists it; `counters` (-c): each rule's, which in a fake never count."""
         table = self.tables[family]
         lines = ["*filter", *(f":{c} ACCEPT [0:0]" for c in BUILTIN_CHAINS)]
         lines += [f":{c} - [0:0]" for c in sorted(table) if c not in BUILTIN_CHAINS]
         for c in [*BUILTIN_CHAINS, *sorted(c for c in table if c not in BUILTIN_CHAINS)]:
-            lines += [f"-A {c} {r}" for r in table[c]]
+            lines += [f"{'[0:0] ' if counters else ''}-A {c} {r}" for r in table[c]]
         return "\n".join([*lines, "COMMIT"]) + "\n"
 
     def run(self, argv: list[str], text: str | None) -> str:
@@ -144,7 +145,7 @@ class FakeIptKernel:
             return ""
         family = 6 if tool.startswith("ip6") else 4
         if tool.endswith("-save"):
-            return self.save(family)
+            return self.save(family, counters="-c" in argv)
         self.restore(family, text or "")
         return ""
 

@@ -35,7 +35,7 @@ from ..dataplane.backend import OWNER_MARK
 from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import DispatchMode, RenderConfig, family_sets
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
-from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects
+from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects, tagged
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
 
@@ -246,7 +246,7 @@ class IptRenderer:
             flags = f"{side},{side}" if isinstance(spec, PodSetSpec) and spec.port_name else side
             peers = [(fam, f"-m set --match-set {self.names.spec_set(spec, fam)} {flags}") for fam in family_sets(spec)]
         ports = [""] if r.ports is None else port_matches(r.ports)
-        return [rule(" ".join(x for x in (pm, peer, extra) if x), target, r.label(), fam, goto) for fam, peer in peers for pm in ports]
+        return [rule(" ".join(x for x in (pm, peer, extra) if x), target, tagged(r.label()), fam, goto) for fam, peer in peers for pm in ports]
 
     def direction_chain(self, pod_key: str, direction: Direction, plan: DirectionPlan) -> list[ChainDef]:
         ds = direction_steps(pod_key, direction, plan, audit=self.cfg.drop_log is not None)

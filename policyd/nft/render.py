@@ -25,7 +25,7 @@ from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import FAMILIES, DispatchMode, RenderConfig, family_sets
 from ..dataplane.droplog import DropCause, DropLog
 from ..dataplane.objects import COMMENT_MAX, ChainDef, Elem, Hook, MapDef, RuleBody, SetDef
-from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects
+from ..dataplane.renderer import PodObjects, Step, Verdict, addr_text, direction_steps, pod_objects, tagged
 from ..model.objects import Direction, IPAddress
 from ..model.selectors import stable_hash
 
@@ -177,7 +177,7 @@ def match_rules(rule: AllowRule | TierRule, tail: list[dict[str, Any]]) -> list[
             else:
                 peer_terms.append([match(payload(proto, addr_field), "@" + name)])
     port_alts = [[]] if rule.ports is None else port_terms(rule.ports)
-    comment = rule.label()[:COMMENT_MAX]
+    comment = tagged(rule.label())
     out: list[RuleBody] = []
     for pt in peer_terms:
         for ports in port_alts:

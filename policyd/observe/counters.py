@@ -18,11 +18,8 @@ from dataclasses import dataclass, field
 
 from ..compile.evaluate import SideVerdict
 from ..compile.plan import PodPlan
-from ..dataplane.objects import COMMENT_MAX
-from ..dataplane.renderer import audit_comment, drop_reason
+from ..dataplane.renderer import RULE_ID_RE, audit_comment, drop_reason, rule_id
 from ..model.objects import Direction
-
-DIGEST_SUFFIX = re.compile(r" \[[0-9a-f]{12}\]$")  # ChainDef.build seals a chain's last rule
 
 
 @dataclass(frozen=True, order=True)
@@ -71,11 +68,6 @@ class Counters:
         c.rules += 1
 
 
-def comment_of(text: str) -> str:
-    """As the kernel holds it: cut at COMMENT_MAX, without the chain's digest seal."""
-    return DIGEST_SUFFIX.sub("", text)[:COMMENT_MAX]
-
-
 class CounterIndex:
     """Rule comments → RuleKey, from the plans that wrote them."""
 
@@ -89,20 +81,23 @@ class CounterIndex:
                     continue
                 for r in dp.rules:
                     pol_ns, _, pol = r.policy.partition("/")
-                    self.keys[comment_of(r.label())] = RuleKey("allow", pol_ns, pol, d.value, str(r.rule_index))
+                    self.keys[rule_id(r.label())] = RuleKey("allow", pol_ns, pol, d.value, str(r.rule_index))
                 for t in (*dp.admin, *dp.baseline):
                     label = t.label()
-                    self.keys[comment_of(label)] = RuleKey("tier", "", t.policy, d.value, label.split(" ", 1)[1])
+                    self.keys[rule_id(label)] = RuleKey("tier", "", t.policy, d.value, label.split(" ", 1)[1])
                 for r in dp.audit_rules:  # the audit chain's returns: what audited policies would allow
                     pol_ns, _, pol = r.policy.partition("/")
-                    self.keys[comment_of(r.label())] = RuleKey("audit", pol_ns, pol, d.value, str(r.rule_index))
+                    self.keys[rule_id(r.label())] = RuleKey("audit", pol_ns, pol, d.value, str(r.rule_index))
                 if dp.isolated:
-                    self.keys[comment_of(drop_reason(plan.pod, d, dp))] = RuleKey("drop", ns, ",".join(dp.policies), d.value, "")
+                    self.keys[rule_id(drop_reason(plan.pod, d, dp))] = RuleKey("drop", ns, ",".join(dp.policies), d.value, "")
                 elif dp.audit:  # what audit-mode policies would drop here
-                    self.keys[comment_of(audit_comment(plan.pod, d))] = RuleKey("audit-drop", ns, ",".join(dp.audit), d.value, "")
+                    self.keys[rule_id(audit_comment(plan.pod, d))] = RuleKey("audit-drop", ns, ",".join(dp.audit), d.value, "")
 
     def key(self, comment: str) -> RuleKey | None:
-        return self.keys.get(comment_of(comment))
+        """By the rule's stable id in its comment (dataplane.renderer.tagged); None for a
+        counted rule no policy rule wrote."""
+        m = RULE_ID_RE.search(comment)
+        return self.keys.get(m.group(1)) if m else None
 
     def sum(self, listed: Iterable[tuple[str, int, int]]) -> Counters:
         """(comment, packets, bytes) of every counted kernel rule → sums by policy rule."""
