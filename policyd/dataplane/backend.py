@@ -93,8 +93,8 @@ class Backend(Dialect[Tx], Protocol[Tx]):
         """Objects the kernel refused to remove since start (iptables: ipsets still "in
         use"); each is retried by the next full resync."""
 
-    def rule_counters(self) -> list[tuple[str, int, int]]:
-        """(comment, packets, bytes) of the pod chains' counting rules, read without set
+    def rule_counters(self) -> list[tuple[str, str, int, int]]:
+        """(chain, comment, packets, bytes) of the pod chains' counting rules, read without set
         elements (RenderConfig.counters; iptables counts every rule anyway)."""
 
     def listing(self) -> str:

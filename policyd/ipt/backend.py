@@ -126,8 +126,8 @@ class IptBackend(IptDialect):
             raise ApplyError(f"{argv[0]}: {err}")
         return p.stdout
 
-    def rule_counters(self) -> list[tuple[str, int, int]]:
-        """(comment, packets, bytes) of every RETURN and DROP rule of ours, both families
+    def rule_counters(self) -> list[tuple[str, str, int, int]]:
+        """(chain, comment, packets, bytes) of every RETURN and DROP rule of ours, both families
         (`iptables-save -c`: iptables counts every rule; no ipset is read)."""
         return [c for f in FAMILIES for c in saved_counters(self._run([SAVE[f], "-c", "-t", "filter"]), self.names.chain_prefix)]
 

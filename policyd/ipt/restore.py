@@ -210,15 +210,15 @@ def parse_save(text: str, names: Names) -> Saved:
 COUNTED_RE = re.compile(r"^\[(\d+):(\d+)\] -A (\S+) .*-j (RETURN|DROP)$")
 
 
-def saved_counters(text: str, chain_prefix: str) -> list[tuple[str, int, int]]:
-    """`iptables-save -c` → (comment, packets, bytes) of our chains' RETURN and DROP rules."""
+def saved_counters(text: str, chain_prefix: str) -> list[tuple[str, str, int, int]]:
+    """`iptables-save -c` → (chain, comment, packets, bytes) of our chains' RETURN and DROP rules."""
     out = []
     for line in text.splitlines():
         m = COUNTED_RE.match(line)
         if m is None or not m.group(3).startswith(chain_prefix):
             continue
         c = COMMENT_RE.search(line)
-        out.append(((c.group(1) or c.group(2)) if c else "", int(m.group(1)), int(m.group(2))))
+        out.append((m.group(3), (c.group(1) or c.group(2)) if c else "", int(m.group(1)), int(m.group(2))))
     return out
 
 

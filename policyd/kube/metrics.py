@@ -79,8 +79,10 @@ class DropLogMetrics:
 
 
 class RuleCounters:
-    """The kernel's per-rule counters as last read (--rule-counters), by policy rule: no pod
-    or address label, so the series are bounded by the policies' rules."""
+    """The kernel's per-rule counters (--rule-counters), by policy rule, as totals that never
+    go down (RuleTotals: a rewritten chain's counts start again at zero in the kernel); no
+    pod or address label, so the series are bounded by the policies' rules. What no policy
+    rule wrote is exported apart (policyd_rule_unattributed_*)."""
 
     LABELS = ["kind", "namespace", "policy", "direction", "rule"]
 
@@ -103,3 +105,6 @@ class RuleCounters:
             nbytes.add_metric(labels, count.bytes)
         yield packets
         yield nbytes
+        yield CounterMetricFamily("policyd_rule_unattributed_packets", "Packets counted by rules of ours that no policy rule "
+                                  "wrote (base chains, the default return of pods no policy isolates)", value=self.last.other.packets)
+        yield CounterMetricFamily("policyd_rule_unattributed_bytes", "Bytes of those packets", value=self.last.other.bytes)

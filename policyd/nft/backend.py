@@ -126,7 +126,7 @@ class NftBackend(NftDialect):
             raise ApplyError(err.strip())
         return out if rc == 0 else ""
 
-    def rule_counters(self) -> list[tuple[str, int, int]]:
+    def rule_counters(self) -> list[tuple[str, str, int, int]]:
         """(comment, packets, bytes) of every counting rule of ours, from a terse listing
         (no set elements)."""
         rc, out, err = self.nft.run("list ruleset", terse=True)

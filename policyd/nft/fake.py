@@ -47,9 +47,9 @@ class FakeBackend(NftDialect):
     def listing(self) -> str:
         return self.text(self.ruleset) if self.ruleset is not None else ""
 
-    def rule_counters(self) -> list[tuple[str, int, int]]:
+    def rule_counters(self) -> list[tuple[str, str, int, int]]:
         """No packets cross a fake: every counting rule at zero."""
-        return [(str(r.get("comment", "")), 0, 0) for rules in self.rules.values() for r in rules
+        return [(chain, str(r.get("comment", "")), 0, 0) for chain, rules in self.rules.items() for r in rules
                 if any(isinstance(e, dict) and "counter" in e for e in r.get("expr", []))]
 
     def maps(self, names: list[str]) -> dict[str, MapDef]:

@@ -136,8 +136,8 @@ def _counters_blank(exprs: list[Any]) -> list[Any]:
     return [{"counter": None} if isinstance(e, dict) and "counter" in e else e for e in exprs]
 
 
-def rule_counters(doc: dict[str, Any], table: str) -> list[tuple[str, int, int]]:
-    """(comment, packets, bytes) of every rule of our table with a counter, from a listing."""
+def rule_counters(doc: dict[str, Any], table: str) -> list[tuple[str, str, int, int]]:
+    """(chain, comment, packets, bytes) of every rule of our table with a counter, from a listing."""
     out = []
     for item in doc.get("nftables", []):
         body = item.get("rule")
@@ -146,7 +146,7 @@ def rule_counters(doc: dict[str, Any], table: str) -> list[tuple[str, int, int]]
         for e in body.get("expr", []):
             c = e.get("counter") if isinstance(e, dict) else None
             if isinstance(c, dict):
-                out.append((str(body.get("comment", "")), int(c.get("packets", 0)), int(c.get("bytes", 0))))
+                out.append((str(body.get("chain", "")), str(body.get("comment", "")), int(c.get("packets", 0)), int(c.get("bytes", 0))))
     return out
 
 

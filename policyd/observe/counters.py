@@ -99,12 +99,47 @@ class CounterIndex:
         m = RULE_ID_RE.search(comment)
         return self.keys.get(m.group(1)) if m else None
 
-    def sum(self, listed: Iterable[tuple[str, int, int]]) -> Counters:
-        """(comment, packets, bytes) of every counted kernel rule → sums by policy rule."""
+    def sum(self, listed: Iterable[tuple[str, str, int, int]]) -> Counters:
+        """(chain, comment, packets, bytes) of every counted kernel rule → sums by policy rule:
+        what the kernel holds now (a rewritten rule starts again at zero)."""
         out = Counters()
-        for comment, packets, nbytes in listed:
+        for _, comment, packets, nbytes in listed:
             out.add(self.key(comment), packets, nbytes)
         return out
+
+
+class RuleTotals:
+    """Counts by policy rule that never go down, for Prometheus counters: each kernel rule
+    (its chain, comment and place among the chain's rules of that comment) is followed from
+    read to read, and only its increase is added; a rule whose count fell was rewritten (its
+    chain changed) and counts from zero again, so its new count is its increase. Packets a
+    rule counted between the last read and its rewrite are lost, never counted twice. A new
+    agent's first read takes the kernel's counts as they are, so a restarted agent goes on
+    from where the kernel stands."""
+
+    def __init__(self) -> None:
+        self.totals = Counters()
+        self.last: dict[tuple[str, str, int], tuple[int, int]] = {}
+
+    def update(self, index: CounterIndex, listed: Iterable[tuple[str, str, int, int]]) -> Counters:
+        seen: dict[tuple[str, str, int], tuple[int, int]] = {}
+        place: dict[tuple[str, str], int] = {}
+        rules: dict[RuleKey | None, int] = {}
+        for chain, comment, packets, nbytes in listed:
+            n = place[(chain, comment)] = place.get((chain, comment), -1) + 1
+            ident = (chain, comment, n)
+            last_p, last_b = self.last.get(ident, (0, 0))
+            dp, db = (packets - last_p, nbytes - last_b) if packets >= last_p and nbytes >= last_b else (packets, nbytes)
+            key = index.key(comment)
+            c = self.totals.other if key is None else self.totals.by_rule.setdefault(key, Count())
+            c.packets += dp
+            c.bytes += db
+            rules[key] = rules.get(key, 0) + 1
+            seen[ident] = (packets, nbytes)
+        self.last = seen
+        for key, c in [(None, self.totals.other), *self.totals.by_rule.items()]:
+            c.rules = rules.get(key, 0)  # rules summed now; a rule gone keeps its total
+        return self.totals
 
 
 def side_key(side: SideVerdict) -> RuleKey | None:

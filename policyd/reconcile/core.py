@@ -5,6 +5,7 @@ in, a JSON status file out) differ only in where events come from and where stat
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,7 +13,7 @@ from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import RenderConfig
 from ..model.events import Event
-from ..observe.counters import CounterIndex, Counters
+from ..observe.counters import CounterIndex, Counters, RuleTotals
 from ..observe.droplog import CompiledSource, DropLogger
 from .interfaces import RouteInterfaces
 from .runner import SyncRunner
@@ -29,6 +30,8 @@ class AgentCore:
         # the kernel work of a sync may run on another thread than the event source.
         self.lock = self.syncer.lock
         self.drift_repairs: dict[str, int] = {}
+        self.rule_totals = RuleTotals()
+        self._totals_lock = threading.Lock()
 
     def apply(self, events: Iterable[Event]) -> bool:
         """Feed events to the compiler; True (and a sync requested) when there were any."""
@@ -50,10 +53,12 @@ class AgentCore:
         return DropLogger(drop_log.group, self.compiler.node or "", CompiledSource(self.compiler, self.lock), emit or _print_line, fmt)
 
     def rule_counters(self) -> Counters:
-        """The kernel's per-rule counters, summed by policy rule (observe/counters.py)."""
+        """The kernel's per-rule counters, summed by policy rule, as totals that never go
+        down (observe/counters.py: RuleTotals), for /metrics."""
         with self.lock:
             index = CounterIndex(list(self.compiler.plans.values()))
-        return index.sum(self.syncer.backend.rule_counters())
+        with self._totals_lock:  # two scrapes at once: one reads after the other
+            return self.rule_totals.update(index, self.syncer.backend.rule_counters())
 
     def run_once(self) -> SyncResult | None:
         """A sync if one is due (SyncRunner.run_once), counting the drift it repaired."""

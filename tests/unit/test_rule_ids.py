@@ -40,3 +40,32 @@ def test_counters_attribute_rules_of_the_longest_names(backend):
     allow = RuleKey("allow", NS, policy, "ingress", "0")
     assert got.by_rule.get(drop) is not None and got.by_rule[drop].rules >= 1, got.by_rule
     assert got.by_rule.get(allow) is not None and got.by_rule[allow].rules >= 1, got.by_rule
+
+
+def test_totals_never_go_down_across_rewrites_and_count_each_packet_once():
+    """Kernel counts as read at three scrapes: a pod's chain rewritten (its rule counts from
+    zero again), a rule in two families with one comment, a pod gone. Prometheus counters
+    must only grow, by what was counted since the last read."""
+    from policyd.observe.counters import RuleTotals
+
+    class Index:
+        def key(self, comment: str) -> RuleKey | None:
+            return {"(r:aaaaaaaa)": RuleKey("allow", "ns", "p", "ingress", "0")}.get(comment)
+
+    allow = RuleKey("allow", "ns", "p", "ingress", "0")
+    t = RuleTotals()
+    reads = [
+        [("pod-in-1", "(r:aaaaaaaa)", 10, 1000), ("pod-in-1", "(r:aaaaaaaa)", 3, 300), ("pod-in-2", "(r:aaaaaaaa)", 5, 500),
+         ("forward-hook", "base", 7, 70)],
+        # pod-in-1 rewritten: its two rules count 2 and 1 since; pod-in-2 went on to 6
+        [("pod-in-1", "(r:aaaaaaaa)", 2, 200), ("pod-in-1", "(r:aaaaaaaa)", 1, 100), ("pod-in-2", "(r:aaaaaaaa)", 6, 600),
+         ("forward-hook", "base", 9, 90)],
+        # pod 2 gone; pod-in-1 on to 4 and 1
+        [("pod-in-1", "(r:aaaaaaaa)", 4, 400), ("pod-in-1", "(r:aaaaaaaa)", 1, 100), ("forward-hook", "base", 9, 90)],
+    ]
+    c = t.update(Index(), reads[0])
+    assert (c.by_rule[allow].packets, c.by_rule[allow].bytes, c.other.packets) == (18, 1800, 7), "a first read takes the kernel's counts"
+    t.update(Index(), reads[1])
+    assert (t.totals.by_rule[allow].packets, t.totals.other.packets) == (18 + 2 + 1 + 1, 9)
+    t.update(Index(), reads[2])
+    assert (t.totals.by_rule[allow].packets, t.totals.by_rule[allow].rules) == (22 + 2, 2)
