@@ -76,6 +76,11 @@ class DropLogMetrics:
         lost.add_metric(["queue_full"], c.queue_full)
         lost.add_metric(["socket_overrun"], c.socket_overruns)
         yield lost
+        restarts = CounterMetricFamily("policyd_drop_log_restarts", "Times a drop log thread failed (logged) and was started "
+                                       "again", labels=["thread"])
+        for thread in ("read", "write"):
+            restarts.add_metric([thread], c.restarts.get(thread, 0))
+        yield restarts
 
 
 class RuleCounters:

@@ -359,6 +359,9 @@ class ClusterAgent:
                    "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
                    "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1),
                    **{f"{k.lower()}_watch": asdict(w.stats) for k, w in self.lean.items()}}
+            drops = self.metrics.drop_log.counters
+            if drops is not None:  # the drop log's threads are supervised: say when they failed
+                doc["drop_log"] = {"restarts": dict(drops.restarts), "last_error": drops.last_error}
             return web.json_response(doc, status=200 if self.ready else 503)
 
         apps: dict[int, web.Application] = {}

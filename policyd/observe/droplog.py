@@ -15,6 +15,7 @@ pod's reused address is never named after it.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -30,6 +31,8 @@ from ..dataplane.droplog import AUDIT, DropCause
 from ..dataplane.renderer import drop_causes
 from ..model.objects import Direction, PodKey
 from .nflog import NflogSocket, Packet
+
+log = logging.getLogger("policyd.droplog")
 
 
 class CauseBook:
@@ -87,6 +90,8 @@ class DropCounters:
     queue_full: int = 0  # packets dropped because the writer fell behind
     socket_overruns: int = 0  # times the kernel dropped messages (socket buffer full)
     by_direction: dict[str, int] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # thread → times it failed and was started again
+    last_error: str = ""
 
 
 def record(packet: Packet, cause: DropCause | None, pod_at: Callable[[str], str | None], node: str, when: float) -> dict[str, Any]:
@@ -151,13 +156,44 @@ class DropLogger:
 
     def start(self) -> None:
         """Bind the group now (so an error is the caller's) and start both threads."""
-        self.sock = NflogSocket(self.group)
+        self.sock = self.open_socket()
         self.source.fill(self.book)
         self._refreshed = time.monotonic()
-        self.threads = [threading.Thread(target=self._read, name="nflog-read", daemon=True),
-                        threading.Thread(target=self._write, name="nflog-write", daemon=True)]
+        self.threads = [threading.Thread(target=self._supervised, args=("read", self._read), name="nflog-read", daemon=True),
+                        threading.Thread(target=self._supervised, args=("write", self._write), name="nflog-write", daemon=True)]
         for t in self.threads:
             t.start()
+
+    def open_socket(self) -> NflogSocket:
+        return NflogSocket(self.group)
+
+    def _supervised(self, name: str, loop: Callable[[], None], backoff: tuple[float, float] = (0.1, 10.0)) -> None:
+        """Run `loop` until stopped; an exception is logged and counted, and the loop starts
+        again after a pause that doubles with each failure in a row (reset by a minute of
+        work): a drop log that died silently would leave /readyz green and the log empty.
+        The reader binds a new socket first (the old one may be what failed)."""
+        failures = 0
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            try:
+                loop()
+                return
+            except Exception as e:  # noqa: BLE001 - any failure: logged, counted, restarted
+                failures = 1 if time.monotonic() - started > 60 else failures + 1
+                self.counters.restarts[name] = self.counters.restarts.get(name, 0) + 1
+                self.counters.last_error = f"{name}: {type(e).__name__}: {e}"
+                delay = min(backoff[1], backoff[0] * 2 ** (failures - 1))
+                log.exception("drop log %s thread failed (%d in a row); starting it again in %.1f s", name, failures, delay)
+            if self.stopping.wait(delay):
+                return
+            if name == "read":
+                try:
+                    if self.sock is not None:
+                        self.sock.close()
+                    self.sock = self.open_socket()
+                except Exception as e:  # noqa: BLE001 - counted as a failure of the next round
+                    self.counters.last_error = f"read: cannot bind NFLOG group {self.group} again: {e}"
+                    log.error("%s", self.counters.last_error)
 
     def stop(self) -> None:
         self.stopping.set()

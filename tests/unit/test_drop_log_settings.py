@@ -185,3 +185,59 @@ spec: {podSelector: {matchLabels: {app: b}}}
     c.apply(Delete("NetworkPolicy", "default/deny"))
     book.refresh(c.plans.values())
     assert set(first) <= set(book.causes)  # a packet dropped just before the change is still named
+
+
+def test_a_failing_drop_log_thread_is_logged_counted_and_started_again():
+    """The reader's socket raising, the writer's formatting raising: each thread starts again
+    (the reader on a new socket), the failures are counted on /metrics and the packets after
+    them are still written. Before, one error ended a thread silently."""
+    import threading
+    import time
+
+    from prometheus_client import generate_latest
+
+    from policyd.kube.metrics import AgentMetrics
+    from policyd.observe.droplog import DropLogger
+
+    packet = Packet("prefix", "10.0.0.1", "10.0.0.2", "TCP", 80, None, None)
+    lines: list[str] = []
+
+    class Sock:
+        opened = 0
+
+        def __init__(self) -> None:
+            Sock.opened += 1
+            self.first = Sock.opened == 1
+            self.overruns = 0
+
+        def recv(self, timeout: float) -> list:
+            if self.first:
+                raise OSError("the socket broke")
+            time.sleep(0.01)
+            return [packet] if len(lines) < 3 else []
+
+        def close(self) -> None:
+            pass
+
+    logger = DropLogger(7, "n1", CompiledSource(Compiler("n1"), threading.Lock()), lines.append)
+    logger.open_socket = Sock  # type: ignore[method-assign]
+    real_format, calls = logger.format, [0]
+
+    def format_once_badly(rec):
+        calls[0] += 1
+        if calls[0] == 1:
+            raise ValueError("a record it cannot write")
+        return real_format(rec)
+
+    logger.format = format_once_badly
+    logger.start()
+    deadline = time.monotonic() + 5
+    while len(lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    logger.stop()
+    assert len(lines) >= 2 and Sock.opened >= 2, (lines, Sock.opened)
+    assert logger.counters.restarts == {"read": 1, "write": 1}, logger.counters.restarts
+    m = AgentMetrics()
+    m.drop_log.attach(logger.counters)
+    text = generate_latest(m.registry).decode()
+    assert 'policyd_drop_log_restarts_total{thread="read"} 1.0' in text and 'policyd_drop_log_restarts_total{thread="write"} 1.0' in text
