@@ -10,6 +10,7 @@ agent for the same ruleset waits for the first to end instead of fighting it.
 
 from __future__ import annotations
 
+import errno
 import socket
 import time
 from collections.abc import Callable
@@ -25,9 +26,11 @@ def claim(backend: str, table: str) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.bind(_address(backend, table))
-    except OSError:
+    except OSError as e:
         sock.close()
-        return None
+        if e.errno == errno.EADDRINUSE:
+            return None
+        raise  # not "held by another agent": say what really failed
     return sock
 
 
