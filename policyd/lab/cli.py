@@ -102,6 +102,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         last = f"last sync {a['last_sync_ago_s']} s ago ({a['last_sync_ms']} ms, {a['last_ops']} ops)" if a["last_sync_ago_s"] is not None else "no sync yet"
         extra = f", error: {a['last_error']}" if a["last_error"] else ""
         print(f"  {n['name']:<10} {n['podCIDR']:<16} agent pid {a['pid']} {health}, generation {a['generation']}, {a['local_pods']} local pods, {last}{extra}")
+        for _, problems in sorted(a["manifest_problems"].items()):
+            for problem in problems:
+                print(f"    manifest problem (the file's last good version is enforced): {problem}")
     print("pods:")
     for p in st["pods"]:
         ports = " ".join([f"tcp/{x}" for x in p["tcp"]] + [f"udp/{x}" for x in p["udp"]] + [f"sctp/{x}(not served)" for x in p["sctp_not_served"]])

@@ -378,7 +378,10 @@ class Lab:
                 "syncs": st.get("syncs"), "failures": st.get("failures"), "last_error": st.get("last_error") or None,
                 "local_pods": st.get("local_pods"), "pending_interfaces": st.get("pending_interfaces"),
                 "drift": st.get("drift") or [], "drift_repairs": st.get("drift_repairs") or {},
+                "manifest_problems": st.get("manifest_problems") or {},
             }
+            # A file the agent could not take (or took only in part) is not a healthy state.
+            agents[n.name]["healthy"] = agents[n.name]["healthy"] and not agents[n.name]["manifest_problems"]
         return {
             "name": rec.name, "topology": rec.topology, "dispatch": rec.mode, "backend": rec.backend, "state": str(self.dir),
             "generation": self.store.generation(),

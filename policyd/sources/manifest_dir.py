@@ -22,6 +22,7 @@ from ..model.objects import KubeObject
 from ..model.problems import Problem
 
 Stamp = tuple[int, int, int]  # size, mtime_ns, inode
+IGNORED = "this definition is ignored"
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ManifestDirSource:
     files: dict[str, tuple[Stamp, dict[tuple[str, str], KubeObject]]] = field(default_factory=dict)
     problems: dict[str, list[Problem]] = field(default_factory=dict)
     generation: int = 0
+    current: dict[tuple[str, str], KubeObject] = field(default_factory=dict)  # what the last events add up to
 
     def _scan(self) -> dict[str, Stamp]:
         out: dict[str, Stamp] = {}
@@ -65,7 +67,7 @@ class ManifestDirSource:
         the scan, a bump could be reported for files the scan missed)."""
         generation = self._generation_now()
         now = self._scan()
-        before: dict[tuple[str, str], KubeObject] = {k: o for _, objs in self.files.values() for k, o in objs.items()}
+        before = self.current
         changed = False
         for name in set(self.files) - set(now):
             del self.files[name]
@@ -85,10 +87,32 @@ class ManifestDirSource:
             self.generation = generation
         if not changed:
             return []
-        after: dict[tuple[str, str], KubeObject] = {k: o for _, objs in self.files.values() for k, o in objs.items()}
+        after = self.current = self._merged()
         events: list[Event] = [Delete(kind, key) for (kind, key) in before.keys() - after.keys()]  # type: ignore[arg-type]
         events += [Upsert(o) for k, o in sorted(after.items()) if before.get(k) != o]
         return events
+
+    def _merged(self) -> dict[tuple[str, str], KubeObject]:
+        """Every object of every file. An object defined in two files (by kind and name) is
+        taken from the first file by name and the other file is reported, as `policyd
+        matrix` refuses the duplicate: one silently winning over the other would enforce
+        whichever was read last."""
+        out: dict[tuple[str, str], KubeObject] = {}
+        where: dict[tuple[str, str], str] = {}
+        for name in sorted(self.files):
+            dups = []
+            for k, o in self.files[name][1].items():
+                if k in out:
+                    dups.append(Problem(name, None, "metadata.name", f"duplicate {k[0]} {k[1]}: already defined in {where[k]}; "
+                                        + IGNORED, k[0], k[1]))
+                    continue
+                out[k], where[k] = o, name
+            others = [p for p in self.problems.get(name, []) if not p.message.endswith(IGNORED)]
+            if dups or others:
+                self.problems[name] = others + dups
+            else:
+                self.problems.pop(name, None)  # no longer a duplicate
+        return out
 
     def _generation_now(self) -> int | None:
         try:

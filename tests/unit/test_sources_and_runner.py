@@ -47,6 +47,22 @@ def test_source_turns_file_changes_into_events(tmp_path):
     assert src.poll() == [Delete("Pod", "default/a")]
 
 
+def test_an_object_defined_in_two_files_is_taken_from_the_first_and_reported(tmp_path):
+    """matrix refuses a duplicate definition; the lab's agent cannot refuse its whole state,
+    so it keeps one (the first file by name), ignores the other and says so; a second file
+    once silently won."""
+    src = ManifestDirSource(tmp_path)
+    write(tmp_path / "a.yaml", POD.format(name="p", app="web", ip="10.244.0.2"))
+    src.poll()
+    write(tmp_path / "b.yaml", POD.format(name="p", app="db", ip="10.244.0.2"))
+    assert src.poll() == []
+    (problem,) = src.problems["b.yaml"]
+    assert "duplicate Pod default/p: already defined in a.yaml" in str(problem)
+    (tmp_path / "a.yaml").unlink()
+    (ev,) = src.poll()
+    assert isinstance(ev, Upsert) and ev.obj.labels == {"app": "db"} and src.problems == {}, "b.yaml's now the only one"
+
+
 def test_source_survives_a_file_removed_while_it_scans(tmp_path, monkeypatch):
     """`lab delete` may remove a manifest between the directory listing and its stat(): the
     lab agent crashed on that (it was the full-suite "agents did not apply generation" flake)."""
