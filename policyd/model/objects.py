@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NewType
@@ -29,14 +30,14 @@ class Namespace:
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerPort:
     port: int
     protocol: str = "TCP"
     name: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no per-object __dict__: 100k pods are held on every node
 class Pod:
     namespace: str
     name: str
@@ -49,7 +50,8 @@ class Pod:
 
     @property
     def key(self) -> PodKey:
-        return PodKey(f"{self.namespace}/{self.name}")
+        # Interned: every index and map that holds the key shares one string, not a copy each.
+        return PodKey(sys.intern(f"{self.namespace}/{self.name}"))
 
     @property
     def addressable(self) -> bool:

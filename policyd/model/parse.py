@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,7 +135,7 @@ def parse_labels(ctx: Context, path: str, raw: Any) -> dict[str, str]:
     out = {}
     for k, v in raw.items():
         if check_label_key(ctx, f"{path}[{k}]", k) & check_label_value(ctx, f"{path}[{k}]", v):
-            out[k] = v
+            out[sys.intern(k)] = sys.intern(v)  # shared by the many pods that carry them
     return out
 
 
@@ -193,6 +194,7 @@ def parse_metadata(ctx: Context, obj: dict[str, Any], namespaced: bool) -> tuple
     if not isinstance(ns, str):
         ctx.error("metadata.namespace", f"must be a string, not {type(ns).__name__}")
         ns = str(ns)
+    ns = sys.intern(ns)
     if name is not None and not isinstance(name, str):
         ctx.error("metadata.name", f"must be a string, not {type(name).__name__}")
         name = str(name)
@@ -301,7 +303,7 @@ def parse_pod(ctx: Context, obj: dict[str, Any]) -> Pod:
                 if isinstance(pname, str):
                     seen_names.add(pname)
             if ok:
-                ports.append(ContainerPort(number, proto, pname))
+                ports.append(ContainerPort(number, sys.intern(proto), sys.intern(pname) if isinstance(pname, str) else pname))
     raw_ips = [as_dict(ctx, f"status.podIPs[{i}]", e).get("ip") for i, e in enumerate(as_list(ctx, "status.podIPs", status.get("podIPs")))]
     if not raw_ips and status.get("podIP") is not None:
         raw_ips = [status["podIP"]]
@@ -316,6 +318,8 @@ def parse_pod(ctx: Context, obj: dict[str, Any]) -> Pod:
     node = spec.get("nodeName")
     if node is not None and not check_dns_subdomain(ctx, "spec.nodeName", node):
         node = None
+    if isinstance(node, str):
+        node = sys.intern(node)
     return Pod(
         namespace=ns,
         name=name,
@@ -324,7 +328,7 @@ def parse_pod(ctx: Context, obj: dict[str, Any]) -> Pod:
         ips=tuple(ips),
         ports=tuple(ports),
         host_network=spec.get("hostNetwork") is True,
-        phase=as_str(ctx, "status.phase", status.get("phase")) or "Running",
+        phase=sys.intern(as_str(ctx, "status.phase", status.get("phase")) or "Running"),
     )
 
 
