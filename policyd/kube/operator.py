@@ -25,6 +25,7 @@ ruleset in place (`policyd cleanup` removes it).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import time
@@ -382,7 +383,20 @@ def freeze_heap(why: str) -> None:
     t = time.perf_counter()
     gc.collect()
     gc.freeze()
-    log.info("heap frozen %s: %d objects, %.0f ms", why, gc.get_freeze_count(), (time.perf_counter() - t) * 1e3)
+    trimmed = release_free_memory()
+    log.info("heap frozen %s: %d objects, %.0f ms%s", why, gc.get_freeze_count(), (time.perf_counter() - t) * 1e3,
+             ", free memory returned to the system" if trimmed else "")
+
+
+def release_free_memory() -> bool:
+    """glibc keeps the memory of large transient buffers (a page of 500 pods as JSON, the
+    first transaction of 170k operations) for reuse instead of returning it: malloc_trim
+    hands it back, so the resident size is what the agent holds, not what it once needed."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False  # not glibc: nothing to trim
+    return bool(libc.malloc_trim(0))
 
 
 def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
@@ -414,6 +428,7 @@ def operator_settings() -> kopf.OperatorSettings:
     s.scanning.disabled = True
     s.persistence.finalizer = FINALIZER
     s.posting.enabled = False  # our Events are posted by EventPoster (node, action, no repeats)
+    s.batching.idle_timeout = 0.5  # kopf runs a worker per object; its default keeps each 5 s after its last event: at 10,000 policies listed at once, 70 MB more
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
     s.watching.connect_timeout = 10
