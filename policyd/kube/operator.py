@@ -428,7 +428,9 @@ def operator_settings() -> kopf.OperatorSettings:
     s.scanning.disabled = True
     s.persistence.finalizer = FINALIZER
     s.posting.enabled = False  # our Events are posted by EventPoster (node, action, no repeats)
-    s.batching.idle_timeout = 0.5  # kopf runs a worker per object; its default keeps each 5 s after its last event: at 10,000 policies listed at once, 70 MB more
+    # kopf runs a worker per object; its default keeps each 5 s after its last event: at
+    # 10,000 policies listed at once, 70 MB more.
+    s.batching.idle_timeout = 0.5
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
     s.watching.connect_timeout = 10
