@@ -8,9 +8,10 @@ and repairs drift:
   kernel's normal form, so any rule inserted, changed or removed, any element added or
   removed, any object added or deleted is repaired; what differs from what we believed is
   reported as drift (`SyncResult.drift`);
-* `check()` is the cheap look between syncs (names and rule counts from a terse listing for
-  nftables, digests for iptables): the runner calls it every second and asks for a full
-  sync when it finds drift.
+* `check()` is the cheap look between syncs (nftables: every rule from a terse listing and
+  the verdict maps' elements; iptables: saved lines of both families and ipset entry
+  counts; no peer-set elements): the runner calls it every second and asks for a full sync
+  when it finds drift.
 
 Failure is never partial. Any exception in a sync (absorbing the compiler's changes,
 rendering, diffing, reading or writing the kernel) leaves the syncer knowing neither what
