@@ -16,7 +16,7 @@ from ..compile.changes import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
-from ..dataplane.objects import ChainDef, Elem, MapDef, Ruleset, Touched
+from ..dataplane.objects import ChainDef, Elem, MapDef, Ruleset, SetDef, Touched
 from .diff import Transaction, chain_holds, diff
 from .render import NftRenderer
 from .ruleset import parse_listing, rule_counters
@@ -64,6 +64,9 @@ class Libnftables:
         return rc, out, err
 
 
+LOCAL_SET_PREFIX = "pod-"  # the node's own sets (render_skeleton); peer sets are sel-, np-, blk-
+
+
 class NftDialect:
     """What every nftables backend (the kernel's, the fake) shares: renderer and diff."""
 
@@ -99,17 +102,26 @@ class NftDialect:
         """These verdict maps with their elements (a few per node, one entry per local pod)."""
         raise NotImplementedError
 
+    def local_sets(self, names: list[str]) -> dict[str, SetDef]:
+        """These sets with their elements: the node's own (`pod-*`: its pods' interfaces and
+        addresses, for anti-spoofing and fail-closed), one entry per local pod."""
+        raise NotImplementedError
+
     def check(self, believed: Ruleset) -> list[Drift]:
         """Every rule of every chain from a terse listing (no set elements), compared rule by
         rule, so a rule replaced in place is seen as well as one added or removed; and the
-        verdict maps with their elements, so a flushed or edited map is seen. Peer sets'
-        elements (up to 100k) are left to the full resync."""
+        verdict maps and the node's own sets with their elements, so a flushed or edited map
+        or anti-spoofing set is seen. Peer sets' elements (up to 100k) are left to the full
+        resync."""
         actual = self.read(elements=False)
         found = find_drift(believed, actual, self.chain_holds, False, self.describe())
         if actual is not None:
             names = [n for n in sorted(believed.maps) if n in actual.maps]
             listed = self.maps(names)
             found += [Drift("map-elements", n) for n in names if n not in listed or listed[n].elements != believed.maps[n].elements]
+            own = [n for n in sorted(believed.sets) if n.startswith(LOCAL_SET_PREFIX) and n in actual.sets]
+            have = self.local_sets(own)
+            found += [Drift("set-elements", n) for n in own if n not in have or have[n].elements != believed.sets[n].elements]
         return found
 
 
@@ -150,13 +162,22 @@ class NftBackend(NftDialect):
         return parse_listing(doc, self.table)
 
     def maps(self, names: list[str]) -> dict[str, MapDef]:
-        out: dict[str, MapDef] = {}
+        return self._listed("map", names).maps
+
+    def local_sets(self, names: list[str]) -> dict[str, SetDef]:
+        return self._listed("set", names).sets
+
+    def _listed(self, what: str, names: list[str]) -> Ruleset:
+        """`list map|set` of each name, with elements (one small listing each)."""
+        out = Ruleset()
         for name in names:
-            rc, text, err = self.nft.run(f"list map inet {self.table} {name}")
+            rc, text, err = self.nft.run(f"list {what} inet {self.table} {name}")
             if rc == 0:
-                out.update(parse_listing(json.loads(text), self.table).maps)
+                got = parse_listing(json.loads(text), self.table)
+                out.maps.update(got.maps)
+                out.sets.update(got.sets)
             elif "No such file or directory" not in err:
-                raise ApplyError(f"list map {name}: {err.strip()}")
+                raise ApplyError(f"list {what} {name}: {err.strip()}")
         return out
 
     def apply(self, tx: Transaction) -> None:

@@ -56,6 +56,10 @@ class FakeBackend(NftDialect):
         have = self.ruleset.maps if self.ruleset is not None else {}
         return {n: have[n] for n in names if n in have}
 
+    def local_sets(self, names: list[str]) -> dict[str, SetDef]:
+        have = self.ruleset.sets if self.ruleset is not None else {}
+        return {n: have[n] for n in names if n in have}
+
     def delete_table(self) -> bool:
         had = self.ruleset is not None
         self.ruleset, self.rules = None, {}

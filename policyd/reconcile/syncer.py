@@ -9,7 +9,7 @@ and repairs drift:
   removed, any object added or deleted is repaired; what differs from what we believed is
   reported as drift (`SyncResult.drift`);
 * `check()` is the cheap look between syncs (nftables: every rule from a terse listing and
-  the verdict maps' elements; iptables: saved lines of both families and ipset entry
+  the elements of the verdict maps and the node's own sets; iptables: saved lines of both families and ipset entry
   counts; no peer-set elements): the runner calls it every second and asks for a full sync
   when it finds drift.
 

@@ -96,7 +96,7 @@ def test_resync_repairs_chain_drift_and_takes_pending_changes(agent):
     ("insert", "rules-changed"), ("replace", "rules-changed"), ("append", "rules-changed"), ("flush", "chain-flushed"),
     ("drop-element", "set-elements"), ("add-element", "set-elements"), ("foreign-set", "foreign-set"),
     ("foreign-chain", "foreign-chain"), ("delete-chain", "chain-missing"), ("delete-table", "table-missing"),
-    ("flush-map", "map-elements"),
+    ("flush-map", "map-elements"), ("flush-spoof-set", "set-elements"),
 ])
 def test_every_kind_of_drift_is_found_and_repaired(agent, tamper, kind):
     """A rule inserted at the top of a chain (the digest in the last rule's comment still
@@ -136,6 +136,11 @@ def test_every_kind_of_drift_is_found_and_repaired(agent, tamper, kind):
             fb.ruleset.maps[m] = replace(md, elements=tuple(e for e in md.elements if e[1] != victim))
     elif tamper == "delete-table":
         fb.delete_table()
+    elif tamper == "flush-spoof-set":
+        own = next((n for n, st in fb.ruleset.sets.items() if n.startswith("pod-") and st.elements), None)
+        if own is None:
+            pytest.skip("address dispatch keeps no sets of its own")
+        fb.ruleset.sets[own] = replace(fb.ruleset.sets[own], elements=frozenset())
     elif tamper == "flush-map":
         m = next(n for n, md in fb.ruleset.maps.items() if md.elements)
         fb.ruleset.maps[m] = replace(fb.ruleset.maps[m], elements=())
