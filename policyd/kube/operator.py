@@ -44,7 +44,7 @@ from ..dataplane.config import DispatchMode, RenderConfig
 from ..model.objects import NetworkPolicy
 from ..reconcile.core import AgentCore
 from ..reconcile.syncer import SyncResult
-from .api import credentials, list_pages
+from .api import API_VERSIONS, PLURALS, credentials, list_pages
 from .events import EventPoster
 from .feed import WATCHED_KINDS, ClusterFeed, Finding, NotServed, WatchKind, ref_of
 from .lean_kopf import kopf
@@ -54,14 +54,6 @@ from .watch import LeanWatch
 
 log = logging.getLogger("policyd.agent")
 
-RESOURCES: dict[WatchKind, tuple[str, str, str]] = {
-    "Namespace": ("", "v1", "namespaces"),
-    "Pod": ("", "v1", "pods"),
-    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
-    # v1alpha2: served by every release of the CRD that has this kind (v0.2 and v0.3, where
-    # v1beta1 is the storage version and the same schema).
-    "ClusterNetworkPolicy": ("policy.networking.k8s.io", "v1alpha2", "clusternetworkpolicies"),
-}
 MAX_POSTED = 10_000  # findings remembered as posted (each a few hundred bytes)
 FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
 Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict[str, Any]], int | None]]]  # pages and the list's resourceVersion
@@ -407,10 +399,11 @@ def build_registry(agent: ClusterAgent) -> kopf.OperatorRegistry:
     def login(**_: Any) -> kopf.ConnectionInfo:
         return credentials(agent.settings.kubeconfig)
 
-    for kind, (group, version, plural) in RESOURCES.items():
+    for kind, api_version in API_VERSIONS.items():
         if kind in agent.unserved or kind in agent.lean:
             continue
-        resource = (group, version, plural) if group else (version, plural)
+        plural = PLURALS[kind]
+        resource = (*api_version.split("/"), plural)  # (group, version, plural), or (version, plural) for the core group
 
         async def on_event(*, event: kopf.RawEvent, _kind: WatchKind = kind, **_: Any) -> None:
             body = cast("dict[str, Any]", event["object"])  # the object as the API server sent it
