@@ -95,7 +95,10 @@ class Syncer:
 
     def rebuild(self, compare: bool) -> None:
         """Desired state from the compiler alone, from scratch (under the lock). With
-        `compare`, the incrementally kept state should be equal: a difference is counted."""
+        `compare`, the incrementally kept state, brought up to date first, should be equal:
+        a difference is counted."""
+        if compare:
+            self.absorb()  # changes not yet folded in are not a divergence
         self.compiler.take_changes()  # everything is read below
         fresh = DesiredState(self.cfg, self.backend.renderer(self.cfg))
         self._routes_fresh = False
