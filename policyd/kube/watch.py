@@ -72,10 +72,12 @@ class LeanWatch:
     async def run(self, rv: int | None) -> None:
         """Until cancelled."""
         self.rv = rv
-        info = await self.credentials()
+        info: kopf.ConnectionInfo | None = None  # read (again) before the next request
         failures = 0
         while True:
             try:
+                if info is None:
+                    info = await self.credentials()
                 if await self._stream(info):
                     failures = 0
                 continue
@@ -94,7 +96,7 @@ class LeanWatch:
                     error = f"relist failed: {e}"
             except Unauthorized:
                 error = "401 Unauthorized: reading the credentials again"
-                info = await self.credentials()
+                info = None
             except Exception as e:  # noqa: BLE001 - broken connections, refusals, timeouts: resume from self.rv
                 error = f"{type(e).__name__}: {e}"
             self.stats.errors += 1

@@ -19,7 +19,8 @@ def pod(name: str, rv: int) -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "default", "resourceVersion": str(rv)}}
 
 
-async def run_script(script: list[tuple[int, list[dict[str, Any]]]], relist_rv: int = 100) -> tuple[list, list, int, LeanWatch]:
+async def run_script(script: list[tuple[int, list[dict[str, Any]]]], relist_rv: int = 100,
+                     fail_reads: tuple[int, ...] = ()) -> tuple[list, list, int, LeanWatch]:
     """Serve `script` (status, watch events) one entry per request; stop after the last."""
     requests: list[dict[str, str]] = []
     events: list[tuple[str, str]] = []
@@ -51,6 +52,8 @@ async def run_script(script: list[tuple[int, list[dict[str, Any]]]], relist_rv: 
     async def credentials() -> kopf.ConnectionInfo:
         nonlocal reads
         reads += 1
+        if reads in fail_reads:
+            raise OSError("the token file is being rotated")
         return kopf.ConnectionInfo(server=f"http://127.0.0.1:{port}", token=f"t{reads}")
 
     async def relist() -> int:
@@ -94,3 +97,12 @@ def test_an_expired_token_is_read_again():
 def test_http_410_at_connect_relists():
     requests, events, _, w = asyncio.run(run_script([(410, []), (200, [])], relist_rv=42))
     assert events == [("RELIST", "")] and requests[1]["resourceVersion"] == "42" and w.stats.relists == 1
+
+
+def test_credentials_that_cannot_be_read_are_retried_not_fatal():
+    """Reading the credentials failing (first at start, then after a 401) is an error to
+    retry: the watch must never end while the agent runs."""
+    script = [(401, []), (200, [{"type": "ADDED", "object": pod("c", 8)}])]
+    requests, events, reads, w = asyncio.run(run_script(script, fail_reads=(1, 3)))
+    assert events == [("ADDED", "c")] and reads == 4 and w.stats.errors >= 3
+    assert [r["auth"] for r in requests[:2]] == ["Bearer t2", "Bearer t4"]
