@@ -136,7 +136,7 @@ def large_sets(args) -> list[str]:
             f"| a batch of 10,000 more pods: render + diff + transaction ({batch.ops:,} operations) | {batch_s * 1e3:.0f} ms | ≤ 40 ms |",
             f"| one pod added: event → committed | {ms(adds)} | ≤ 3 ms p99 |",
             f"| one pod deleted: event → committed | {ms(dels)} | ≤ 3 ms p99 |",
-            *backends.resync_rows("nftables", *backends.timed_noop_resyncs(agent, 5))])
+            *backends.resync_rows(agent)[0]])
     finally:
         delete_namespaces(prefix)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol, TypeVar
 
 from ..compile.changes import SetDelta
@@ -73,9 +74,19 @@ class Backend(Dialect[Tx], Protocol[Tx]):
         """What the kernel holds of ours; None when there is nothing. Without `elements`,
         sets and maps may come back empty (a terse listing)."""
 
-    def check(self, believed: Ruleset) -> list[Drift]:
-        """How the kernel differs from what policyd last wrote, found cheaply (no elements;
-        rule counts or digests): the frequent drift check, which triggers a full sync."""
+    def check(self, believed: Ruleset, elements: bool = False, pending: AbstractSet[str] = frozenset()) -> list[Drift]:
+        """How the kernel differs from what policyd last wrote, found cheaply (no peer-set
+        elements; rules or digests): the frequent drift check, which triggers a full sync.
+        `elements`: peer sets' elements too, except those of `pending` sets (changes of ours
+        not yet written)."""
+
+    def generation(self) -> int | None:
+        """A number the kernel moves on every change to its rulesets, anyone's (nftables:
+        the namespace's ruleset generation), read without listing anything; None where the
+        kernel keeps none (iptables) or it cannot be read."""
+
+    def commits(self, tx: Tx) -> int:
+        """By how much `apply(tx)` moves `generation()` when nothing else changes the kernel."""
 
     def apply(self, tx: Tx) -> None:
         """Run the transaction atomically, or raise ApplyError having changed nothing.

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Set as AbstractSet
 
 from ..compile.changes import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
@@ -90,21 +91,30 @@ class IptBackend(IptDialect):
         text = re.sub(r" initval 0x[0-9a-f]+", "", text)  # each ipset's random hash seed (elements sorted: hash order)
         return "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))  # no timestamps
 
-    def check(self, believed: Ruleset) -> list[Drift]:
+    def generation(self) -> int | None:
+        return None  # legacy iptables and ipset keep no generation: every full resync reads all
+
+    def commits(self, tx: IptTransaction) -> int:
+        return 0
+
+    def check(self, believed: Ruleset, elements: bool = False, pending: AbstractSet[str] = frozenset()) -> list[Drift]:
         """iptables-save of both families and ipset headers (three processes): every rule,
         compared line by line (dispatch chains included: a deleted pod dispatch rule is
         seen), and each ipset's number of entries (a flushed or edited set is seen; which
-        elements differ is for the full sync that follows)."""
+        elements differ is for the full sync that follows). With `elements`, `ipset save`
+        instead, every element compared."""
         saved = self._saved()
-        terse = self._run(["ipset", "list", "-t"])
-        actual = self._ruleset(saved, terse, elements=False)
-        found = find_drift(believed, actual, self.chain_holds, False, self.describe())
+        listed = self._run(["ipset", "save"] if elements else ["ipset", "list", "-t"])
+        actual = self._ruleset(saved, listed, elements)
+        found = find_drift(believed, actual, self.chain_holds, elements, self.describe(), pending)
         if actual is None:
             return found
-        found += [Drift("map-elements", n) for n, m in sorted(believed.maps.items())
-                  if n in actual.maps and actual.maps[n].elements != m.elements]
-        counts = entry_counts(terse)
-        found += [Drift("set-elements", n) for n, s in sorted(believed.sets.items()) if n in counts and counts[n] != len(s.elements)]
+        if not elements:  # else find_drift compared maps and sets element by element
+            found += [Drift("map-elements", n) for n, m in sorted(believed.maps.items())
+                      if n in actual.maps and actual.maps[n].elements != m.elements]
+            counts = entry_counts(listed)
+            found += [Drift("set-elements", n) for n, s in sorted(believed.sets.items())
+                      if n in counts and n not in pending and counts[n] != len(s.elements)]
         # What exists in one family only still reads back under its name (the other
         # family's copy), so say here what a family lacks: a chain, a dispatch chain, or a
         # chain's jump from FORWARD/INPUT.

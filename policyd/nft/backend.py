@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import logging
 import threading
+from collections.abc import Set as AbstractSet
 
 from ..compile.changes import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
@@ -18,9 +20,12 @@ from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import ChainDef, Elem, MapDef, Ruleset, SetDef, Touched
 from .diff import Transaction, chain_holds, diff
+from .generation import Generation
 from .render import NftRenderer
 from .ruleset import parse_listing, rule_counters
 from .text import ruleset_text
+
+log = logging.getLogger("policyd.nft")
 
 NFT_CTX_OUTPUT_JSON = 1 << 4
 NFT_CTX_OUTPUT_TERSE = 1 << 11  # omit set and map elements from listings
@@ -107,12 +112,24 @@ class NftDialect:
         addresses, for anti-spoofing and fail-closed), one entry per local pod."""
         raise NotImplementedError
 
-    def check(self, believed: Ruleset) -> list[Drift]:
+    def generation(self) -> int | None:
+        return None
+
+    def commits(self, tx: Transaction) -> int:
+        """One commit per libnftables batch; two when the table is created (its marked
+        `add table` runs first, see NftBackend.apply)."""
+        if not tx:
+            return 0
+        return 2 if any("table" in c.get("add", {}) for c in tx.commands) else 1
+
+    def check(self, believed: Ruleset, elements: bool = False, pending: AbstractSet[str] = frozenset()) -> list[Drift]:
         """Every rule of every chain from a terse listing (no set elements), compared rule by
         rule, so a rule replaced in place is seen as well as one added or removed; and the
         verdict maps and the node's own sets with their elements, so a flushed or edited map
-        or anti-spoofing set is seen. Peer sets' elements (up to 100k) are left to the full
-        resync."""
+        or anti-spoofing set is seen. Peer sets' elements (up to 100k) only with `elements`:
+        then one complete listing, compared like a full sync's."""
+        if elements:
+            return find_drift(believed, self.read(elements=True), self.chain_holds, True, self.describe(), pending)
         actual = self.read(elements=False)
         found = find_drift(believed, actual, self.chain_holds, False, self.describe())
         if actual is not None:
@@ -131,6 +148,20 @@ class NftBackend(NftDialect):
     def __init__(self, table: str = "policyd", lib: Libnftables | None = None) -> None:
         super().__init__(table)
         self.nft = lib or Libnftables()
+        try:  # opened here, like libnftables' socket: in the caller's network namespace
+            self._generation: Generation | None = Generation()
+        except OSError as e:
+            log.warning("cannot read the nftables generation (%s): every full resync lists the whole table", e)
+            self._generation = None
+
+    def generation(self) -> int | None:
+        if self._generation is None:
+            return None
+        try:
+            return self._generation.read()
+        except OSError as e:
+            log.warning("reading the nftables generation failed (%s): assuming the kernel changed", e)
+            return None
 
     def listing(self) -> str:
         rc, out, err = self.nft.run(f"list table inet {self.table}", json_output=False)

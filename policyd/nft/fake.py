@@ -28,6 +28,13 @@ class FakeBackend(NftDialect):
         self.transactions: list[Transaction] = []
         self.fail_next = False  # inject a failure into the next apply
         self.reads: list[bool] = []  # one entry per read: were elements listed?
+        # The kernel's generation, modelled when set to a number: each applied transaction
+        # moves it by `commits`; a test that edits the fake behind the syncer's back moves it
+        # itself (as any commit to the kernel would).
+        self.gen: int | None = None
+
+    def generation(self) -> int | None:
+        return self.gen
 
     def read(self, elements: bool = True) -> Ruleset | None:
         self.reads.append(elements)
@@ -78,6 +85,8 @@ class FakeBackend(NftDialect):
         except ApplyError:
             self.ruleset, self.rules = saved
             raise
+        if self.gen is not None:
+            self.gen += self.commits(tx)
 
     # --- interpretation ---------------------------------------------------------------
 

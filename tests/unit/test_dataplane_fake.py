@@ -69,13 +69,15 @@ def test_failure_keeps_state_and_forces_full_sync(agent):
     assert r.full and r.ops > 0 and s.backend.read().same_as(s.desired.ruleset)
 
 
-def test_resync_lists_everything_and_the_check_lists_no_elements(agent):
+def test_resync_lists_everything_and_the_check_lists_elements_within_its_budget(agent):
     """A full resync reads elements too (element drift is repaired); the frequent check
-    reads every rule but no set element (peer sets can hold 100k)."""
+    reads every rule, and peer-set elements (up to 100k) only within its CPU budget: the
+    first look lists them, one right after it does not."""
     _, c, s = agent
     assert s.backend.reads == [True], "the first sync must list everything"
     assert s.sync(full=True).ops == 0 and s.backend.reads[-1] is True
-    assert s.check() == [] and s.backend.reads[-1] is False, "the check lists no set elements"
+    assert s.check() == [] and s.backend.reads[-1] is True and s.element_looks == 1
+    assert s.check() == [] and s.backend.reads[-1] is False and s.element_looks == 1, "no element listing within the budget"
 
 
 def test_resync_repairs_chain_drift_and_takes_pending_changes(agent):
@@ -144,8 +146,11 @@ def test_every_kind_of_drift_is_found_and_repaired(agent, tamper, kind):
     elif tamper == "flush-map":
         m = next(n for n, md in fb.ruleset.maps.items() if md.elements)
         fb.ruleset.maps[m] = replace(fb.ruleset.maps[m], elements=())
-    structural = tamper not in ("drop-element", "add-element")  # what the check sees
-    assert bool(s.check()) == structural, s.check()
+    structural = tamper not in ("drop-element", "add-element")  # what the check sees without listing elements
+    s.next_element_look = float("inf")
+    assert bool(s.check()) == structural
+    s.next_element_look = float("-inf")
+    assert s.check(), "a check that lists elements sees every tamper"
     r = s.sync(full=True)
     assert kind in {d.kind for d in r.drift}, r.drift
     assert fb.read().same_as(s.desired.ruleset) and s.sync(full=True).ops == 0 and s.check() == []
