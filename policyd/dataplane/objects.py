@@ -92,9 +92,15 @@ class ChainDef:
     hooked_families: frozenset[int] | None = None
 
     @staticmethod
-    def build(name: str, rules: list[RuleBody], hook: Hook | None = None) -> ChainDef:
-        """Seal the chain: the digest of its rules goes into the last rule's comment."""
-        payload = json.dumps([name, hook and (hook.hook, hook.priority), rules], sort_keys=True)
+    def build(name: str, rules: list[RuleBody], hook: Hook | None = None, keys: list[str] | None = None) -> ChainDef:
+        """Seal the chain: the digest of its rules goes into the last rule's comment. (The
+        digest is of `json.dumps([name, hook, rules], sort_keys=True)`, put together from
+        each rule's own JSON, which the chain keeps as its `keys`; a caller that has them
+        already passes them.)"""
+        if keys is None:
+            keys = [json.dumps(r, sort_keys=True) for r in rules]
+        head = json.dumps([name, hook and (hook.hook, hook.priority)], sort_keys=True)[:-1]
+        payload = f"{head}, [{', '.join(keys)}]]"
         digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
         sealed = list(rules)
         if sealed:

@@ -17,6 +17,7 @@ and comments, and as map keys (addresses, interface names checked here).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -155,6 +156,36 @@ def step_rules(step: Step, pass_chain: str, drop_log: DropLog | None = None, aud
     return out
 
 
+StepKey = tuple[Any, ...]
+RenderedStep = tuple[tuple[RuleBody, ...], tuple[str, ...]]
+# Two generations: a step rendered or used since the last turnover stays; when the newer
+# holds STEPS_KEPT entries it becomes the older and the older goes. The bodies are the
+# ones the desired chains hold anyway; what this adds is each rule's JSON and stale steps.
+STEPS_KEPT = 20_000
+_steps: list[dict[StepKey, RenderedStep]] = [{}, {}]
+
+
+def rendered_step(step: Step, pass_chain: str, drop_log: DropLog | None, audit_chain: str,
+                  counters: bool) -> RenderedStep:
+    """`step_rules` and each rule's canonical JSON, remembered: when one policy changes, a
+    pod chain's 200 other steps are not rendered and encoded again. The bodies are shared
+    between chain versions, so nothing may change them (ChainDef.build copies the rule it
+    seals)."""
+    key = (step, pass_chain, drop_log, audit_chain, counters)
+    newer, older = _steps
+    got = newer.get(key)
+    if got is None:
+        got = older.get(key)
+        if got is None:
+            rules = tuple(step_rules(step, pass_chain, drop_log, audit_chain, counters))
+            got = (rules, tuple(json.dumps(r, sort_keys=True) for r in rules))
+        if len(newer) >= STEPS_KEPT:
+            _steps[:] = [{}, newer]
+            newer = _steps[0]
+        newer[key] = got
+    return got
+
+
 def log_exprs(cause: DropCause, drop_log: DropLog) -> list[dict[str, Any]]:
     return [{"limit": {"rate": drop_log.logs(cause), "burst": drop_log.burst, "per": "second"}},
             {"log": {"prefix": cause.prefix, "group": drop_log.group}}]
@@ -191,7 +222,13 @@ def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPl
     pass_name, audit_name = pod_chain_name(pod_key, direction, "pass"), pod_chain_name(pod_key, direction, "audit")
 
     def chain(name: str, steps: list[Step]) -> ChainDef:
-        return ChainDef.build(name, [b for s in steps for b in step_rules(s, pass_name, drop_log, audit_name, counters)])
+        rules: list[RuleBody] = []
+        keys: list[str] = []
+        for s in steps:
+            r, k = rendered_step(s, pass_name, drop_log, audit_name, counters)
+            rules += r
+            keys += k
+        return ChainDef.build(name, rules, keys=keys)
 
     chains = [chain(pod_chain_name(pod_key, direction), ds.main)]
     if ds.passed is not None:
