@@ -15,7 +15,8 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute),
 `--only cluster-policies` only what 1,000 ClusterNetworkPolicies cost (bench/cluster_policies.py, about a minute),
 `--only drop-log` only the drop log and rule counters off and on (bench/drop_log.py, about 2 minutes),
-`--only cold-start` only start and memory at 1,000, 10,000 and 100,000 pods (about 6 minutes);
+`--only cold-start` only start and memory at 1,000, 10,000 and 100,000 pods (about 6 minutes),
+`--only scale` only the agent against the real API server at 1,000 to 100,000 pods (bench/scale.py, about 20 minutes);
 each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
 docs/benchmarks.md.
 """
@@ -40,6 +41,7 @@ import backends  # noqa: E402
 import cluster_latency  # noqa: E402
 import cluster_policies  # noqa: E402
 import drift  # noqa: E402
+import scale  # noqa: E402
 import drop_log  # noqa: E402
 import firstpacket  # noqa: E402
 import matrix  # noqa: E402
@@ -272,6 +274,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "cluster-policies": ("ClusterNetworkPolicy cost", cluster_policies.measure),
     "drop-log": ("The drop log and rule counters: off and on", drop_log.measure),
     "cold-start": ("Cold start and memory (scenario 3)", cold_starts),
+    "scale": ("Scale against the real API server", scale.measure),
 }
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -29,6 +30,9 @@ from .paths import STATE_ROOT, k8s_bin
 from .pki import PKI
 
 Say = Callable[[str], None]
+
+
+_HOST_DIRS = threading.Lock()  # host mount points are shared by the clusters of one process
 
 
 class ClusterError(RuntimeError):
@@ -128,20 +132,43 @@ class Cluster:
             pki.issue(f"kubelet-{node.name}", f"system:node:{node.name}", ("system:nodes",),
                       server_names=(node.name, str(node.ip)), client=False)
 
-    def _control_plane(self, bins: dict[str, str]) -> None:
+    def api_only(self, audit_policy: str, etcd_size: str = "1g", say: Say = print) -> None:
+        """The fabric and node namespaces, certificates, etcd and kube-apiserver, and nothing
+        else (no controller-manager, scheduler, containerd or kubelets): what a benchmark of
+        an agent against the real API server needs. `down` removes it like a whole cluster."""
+        lay = self.layout
+        if list_namespaces(lay.prefix + "."):
+            raise ClusterError(f"cluster {lay.name!r} exists (namespaces {lay.prefix}.*)")
+        lay.state.mkdir(parents=True, exist_ok=True)
+        (lay.state / "cluster.json").write_text(json.dumps(asdict(lay)))
+        try:
+            self._network()
+            self._pki()
+            self._api_server(str(k8s_bin("kube-apiserver")), audit_policy, etcd_size)
+        except BaseException:
+            say("up failed: taking down what was started")
+            self.down(say=lambda s: None)
+            raise
+
+    def _api_server(self, binary: str, audit_policy: str, etcd_size: str) -> None:
         cp, pki = self.layout.control_plane, self.pki_dir
         processes.make_mount_ns(cp.mount_ns)
         etcd_dir = cp.state / "etcd"
         etcd_dir.mkdir(parents=True, exist_ok=True)
         # etcd's data on a tmpfs inside the control plane's mount namespace: fast (no fsync
         # to disk) and gone with the namespace.
-        processes.in_mount_ns(cp.mount_ns, "mount", "-t", "tmpfs", "-o", "mode=0700,size=1g", "tmpfs", str(etcd_dir))
+        processes.in_mount_ns(cp.mount_ns, "mount", "-t", "tmpfs", "-o", f"mode=0700,size={etcd_size}", "tmpfs", str(etcd_dir))
         logs = cp.state / "logs"
         self._start(cp, "etcd", ["etcd", *config.etcd_args(etcd_dir / "data")], logs)
-        audit_policy = cp.state / "audit-policy.yaml"
-        audit_policy.write_text(config.AUDIT_POLICY)
-        self._start(cp, "kube-apiserver", [bins["kube-apiserver"], *config.apiserver_args(pki, audit_policy, self.audit_log)], logs)
+        policy = cp.state / "audit-policy.yaml"
+        policy.write_text(audit_policy)
+        self._start(cp, "kube-apiserver", [binary, *config.apiserver_args(pki, policy, self.audit_log)], logs)
         self._wait("kube-apiserver /readyz", lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, 90)
+
+    def _control_plane(self, bins: dict[str, str]) -> None:
+        cp, pki = self.layout.control_plane, self.pki_dir
+        self._api_server(bins["kube-apiserver"], config.AUDIT_POLICY, "1g")
+        logs = cp.state / "logs"
         self._start(cp, "kube-controller-manager",
                     [bins["kube-controller-manager"], *config.controller_manager_args(pki, pki / "controller-manager.kubeconfig")], logs)
         self._start(cp, "kube-scheduler", [bins["kube-scheduler"], *config.scheduler_args(pki / "scheduler.kubeconfig")], logs)
@@ -175,15 +202,16 @@ class Cluster:
 
     def _ensure_host_dir(self, path: Path) -> None:
         """A bind mount needs its mount point to exist on the host; remember the ones we made
-        so `down` removes them again."""
-        if path.exists():
-            return
-        made = self.layout.state.parent / "made-dirs"
-        missing = [p for p in [path, *path.parents] if not p.exists()]
-        path.mkdir(parents=True)
-        with open(made, "a") as f:
-            for p in missing:
-                f.write(f"{p}\n")
+        so `down` removes them again. (Locked: two clusters may come up side by side.)"""
+        with _HOST_DIRS:
+            if path.exists():
+                return
+            made = self.layout.state.parent / "made-dirs"
+            missing = [p for p in [path, *path.parents] if not p.exists()]
+            path.mkdir(parents=True)
+            with open(made, "a") as f:
+                for p in missing:
+                    f.write(f"{p}\n")
 
     def _start(self, node: Node, name: str, argv: list[str], logs: Path) -> None:
         processes.start(name, node.netns, node.mount_ns, argv, logs / f"{name}.log")

@@ -1,20 +1,23 @@
 """Real-cluster tests: Kubernetes built from its module (scripts/k8s-build.sh), etcd,
 containerd, runc and the CNI plugins from Debian, nodes as network namespaces with their
-own mount namespaces (realcluster/). One cluster per CNI style for the whole session; every
-test run uses fresh names, and teardown asserts that nothing is left: no
-process, mount, cgroup, network namespace or state directory."""
+own mount namespaces (realcluster/). One cluster per CNI style for the whole session, both
+brought up side by side (the upstream suites then run on both at once: they mostly wait for
+probe timeouts); every test run uses fresh names, and teardown asserts that nothing is
+left: no process, mount, cgroup, network namespace or state directory."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from policyd.lab.netns import list_namespaces
 from realcluster.cluster import Cluster, down
+from realcluster.images import build_all
 from realcluster.layout import Layout
 from realcluster.processes import CGROUP_FS, mounts_under
 
@@ -43,16 +46,31 @@ def fresh_layout(cni: str) -> Layout:
     return Layout(f"t{uuid.uuid4().hex[:6]}", cni=cni)
 
 
-@pytest.fixture(scope="session", params=["bridge", "ptp"])
-def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+CNI_STYLES = ("bridge", "ptp")
+
+
+@pytest.fixture(scope="session")
+def clusters() -> Iterator[dict[str, Cluster]]:
     """A two-node cluster in each CNI style: bridge (address dispatch), ptp (routed,
-    interface dispatch), shared by every test of the session that takes it (pytest groups
-    them by style, so each style is brought up once). Tests leave it as they found it."""
-    layout = fresh_layout(request.param)
-    cluster = Cluster(layout)
+    interface dispatch), up at the same time for the whole session. Tests leave them as they
+    found them."""
+    layouts = {cni: fresh_layout(cni) for cni in CNI_STYLES}
+    made = {cni: Cluster(lay) for cni, lay in layouts.items()}
     try:
-        cluster.up(say=lambda s: None)
-        yield cluster
+        build_all(lambda s: None)  # once, before both clusters load them
+        with ThreadPoolExecutor(len(made)) as pool:
+            ups = [pool.submit(c.up, lambda s: None) for c in made.values()]
+            for f in ups:
+                f.result()
+        yield made
     finally:
-        down(layout, say=lambda s: None)
-        assert not leftovers(layout), f"cluster {layout.name} left {leftovers(layout)}"
+        for lay in layouts.values():
+            down(lay, say=lambda s: None)
+        left = {lay.name: leftovers(lay) for lay in layouts.values()}
+        assert not any(left.values()), f"clusters left {left}"
+
+
+@pytest.fixture(scope="session", params=CNI_STYLES)
+def cluster(request: pytest.FixtureRequest, clusters: dict[str, Cluster]) -> Cluster:
+    """One of the session's clusters, for tests that run once per CNI style."""
+    return clusters[request.param]

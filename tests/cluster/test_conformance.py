@@ -6,13 +6,18 @@ bridge CNI with the nftables backend, ptp with iptables (the other two combinati
   realcluster/conformance.py): every spec of the focus must pass except the SCTP-connectivity
   ones, which this kernel cannot run (no SCTP sockets) and which are reported as skipped.
 * network-policy-api's ClusterNetworkPolicy conformance tests (realcluster/cnp_conformance.py):
-  every subtest of the claimed features must pass except those that probe SCTP."""
+  every subtest of the claimed features must pass except those that probe SCTP.
+
+Both clusters run their suites at the same time (one thread each, the NetworkPolicy suite
+then the ClusterNetworkPolicy suite): the suites mostly wait for probe timeouts, so side by
+side they take little longer than one cluster's."""
 
 from __future__ import annotations
 
 import re
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from realcluster import cnp_conformance, conformance
@@ -43,7 +48,7 @@ def with_chart(cluster: Cluster, run: Callable[[str, Path, Callable[[str], None]
     return report
 
 
-def test_upstream_netpol_suite(cluster: Cluster) -> None:
+def netpol_suite(cluster: Cluster) -> None:
     lay = cluster.layout
     report = with_chart(cluster, lambda backend, out, say: conformance.run_suite(
         cluster, backend, out, conformance.command_line(lay.cni, backend, lay.proxy_mode), say=say))
@@ -52,10 +57,27 @@ def test_upstream_netpol_suite(cluster: Cluster) -> None:
     assert report.count("passed") >= 40, f"only {report.count('passed')} specs passed: did the focus still select the suite?"
 
 
-def test_upstream_cluster_network_policy_suite(cluster: Cluster) -> None:
+def cluster_network_policy_suite(cluster: Cluster) -> None:
     lay = cluster.layout
     report = with_chart(cluster, lambda backend, out, say: cnp_conformance.run_suite(
         cluster, backend, out, cnp_conformance.command_line(lay.cni, backend, lay.proxy_mode), say=say))
     reasons = {s.reason for s in report.specs if s.state == "skipped"}
     assert all(r == cnp_conformance.NO_SCTP or r.startswith("not supported: ") for r in reasons), reasons
     assert report.count("passed") >= 50, f"only {report.count('passed')} subtests passed: did the suite still run?"
+
+
+def test_upstream_suites(clusters: dict[str, Cluster]) -> None:
+    """Both suites on each cluster (bridge/nftables, ptp/iptables), the clusters side by
+    side; every failure of every run is reported."""
+    def both(cluster: Cluster) -> list[str]:
+        failures = []
+        for suite in (netpol_suite, cluster_network_policy_suite):
+            try:
+                suite(cluster)
+            except AssertionError as e:
+                failures.append(f"{suite.__name__} on {cluster.layout.cni}/{BACKEND[cluster.layout.cni]}: {e}")
+        return failures
+
+    with ThreadPoolExecutor(len(clusters)) as pool:
+        failures = [f for result in pool.map(both, clusters.values()) for f in result]
+    assert not failures, "\n\n".join(failures)
