@@ -41,10 +41,10 @@ import backends  # noqa: E402
 import cluster_latency  # noqa: E402
 import cluster_policies  # noqa: E402
 import drift  # noqa: E402
-import scale  # noqa: E402
 import drop_log  # noqa: E402
 import firstpacket  # noqa: E402
 import matrix  # noqa: E402
+import scale  # noqa: E402
 import synthetic  # noqa: E402
 from backends import relabelled, timed  # noqa: E402
 from cluster import BenchCluster  # noqa: E402
