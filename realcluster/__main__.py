@@ -14,6 +14,10 @@
                                               (up, the chart, an upstream suite, down: netpol is
                                               Kubernetes' Netpol e2e specs, cnp network-policy-api's
                                               ClusterNetworkPolicy conformance tests)
+    cluster.sh chaos [--etcd-down 60] [--write]
+                                              (two clusters side by side, bridge/nftables and
+                                              ptp/iptables: faults while a prober runs;
+                                              --write records docs/reliability.md)
     cluster.sh down [--name N]
 """
 
@@ -47,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         for image in build_all(lambda s: print(f"==> {s}", flush=True)):
             print(f"==> image {image.name}: {image.archive} ({image.archive.stat().st_size / 2**20:.0f} MiB)")
         return 0
+    chaos = sub.add_parser("chaos")
+    chaos.add_argument("--etcd-down", type=float, default=60.0, help="seconds etcd stays stopped (default 60)")
+    chaos.add_argument("--write", action="store_true", help="record the table in docs/reliability.md")
     for verb in ("up", "down", "status", "logs", "walkthrough", "demo", "conformance"):
         p = sub.add_parser(verb)
         p.add_argument("--name", default="pdc", help="cluster name, 1-8 of [a-z0-9] (default pdc)")
@@ -71,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                            help="a control run: no chart, so specs that need isolation must fail (never recorded)")
     args = parser.parse_args(argv)
     try:
+        if args.verb == "chaos":
+            return chaos_run(args.etcd_down, args.write)
         if args.verb == "up":
             Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers)).up()
         elif args.verb == "conformance":
@@ -99,6 +108,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cluster.sh: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def chaos_run(etcd_down: float, write: bool) -> int:
+    """Both clusters up side by side, the faults on both at once, both down."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .chaos import CONFIGS, document, on_cluster, table
+    from .paths import ROOT
+
+    started = time.monotonic()
+    clusters = {cni: Cluster(Layout(f"x{uuid.uuid4().hex[:5]}", cni)) for cni in CONFIGS}
+    try:
+        with ThreadPoolExecutor(len(clusters)) as pool:
+            for f in [pool.submit(c.up, lambda s: None) for c in clusters.values()]:
+                f.result()
+            runs = {CONFIGS[cni]: pool.submit(on_cluster, c, print, etcd_down) for cni, c in clusters.items()}
+            results = {backend: f.result() for backend, f in runs.items()}
+    finally:
+        for c in clusters.values():
+            c.down(say=lambda s: None)
+    print("\n".join(table(results)))
+    if write:
+        command = "scripts/cluster.sh chaos" + (f" --etcd-down {etcd_down:g}" if etcd_down != 60 else "") + " --write"
+        (ROOT / "docs" / "reliability.md").write_text(document(results, time.monotonic() - started, command))
+    failed = [f"{b}: {r.fault}" for b, rs in results.items() for r in rs if not r.held and not r.opens_node]
+    if failed:
+        print(f"cluster.sh: denied probes connected during: {'; '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def demo(layout: Layout, backend: str, keep: bool) -> int:

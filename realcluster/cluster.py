@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -215,6 +216,32 @@ class Cluster:
 
     def _start(self, node: Node, name: str, argv: list[str], logs: Path) -> None:
         processes.start(name, node.netns, node.mount_ns, argv, logs / f"{name}.log")
+
+    def restart(self, node: Node, name: str, down_for: float = 0.0) -> None:
+        """Stop a component of `node` (the control plane: etcd, kube-apiserver, …; a worker:
+        kubelet, containerd) with SIGTERM (SIGKILL after 15 s) and start it again with the
+        same command line and environment, `down_for` seconds later: what a restart of its
+        systemd unit does."""
+        logs = node.state / "logs"
+        pid = int((logs / f"{name}.pid").read_text())
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")]
+        env = dict(e.decode().split("=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{pid}").exists() and not _zombie(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(down_for)
+        processes.start(name, node.netns, node.mount_ns, argv, logs / f"{name}.log", env)
+
+    def ctr(self, node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+        """`ctr` against a node's containerd (namespace k8s.io)."""
+        return self._ctr(node.containerd_socket, *args)
 
     @staticmethod
     def _ctr(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
