@@ -327,7 +327,9 @@ def measure_size(pods: int, policies: int, steady_s: float) -> SizeFigures:
             time.sleep(0.2)
         f.requests = cp.requests()
         f.churn_events, f.churn_write, f.churn_programmed, f.readyz_checks, f.readyz_misses = churn(cp, remote, pods)
-        say(f"1 % churn: {f.churn_events} writes in {f.churn_write:.1f} s, programmed {f.churn_programmed * 1e3:.0f} ms after the last")
+        say(f"1 % churn: {f.churn_events} writes in {f.churn_write:.1f} s, programmed {f.churn_programmed * 1e3:.0f} ms after the last; "
+            f"RSS steady {f.rss_steady:.0f} MB; /readyz {f.readyz_checks - f.readyz_misses} of {f.readyz_checks}; "
+            f"requests {dict(f.requests)}")
     finally:
         cp.down()
     return f

@@ -124,13 +124,14 @@ class FaultResult:
     longest_outage: float  # seconds: the longest run of failed allowed probes
     opens_node: bool  # the fault removes policyd's own kernel objects: open until repaired
     open_for: float  # first to last denied probe that connected (0 when none did)
+    error: str = ""  # the fault could not be made or was not repaired in time (with the agent's log)
 
     @property
     def held(self) -> bool:
-        return self.denied_connected == 0
+        return self.denied_connected == 0 and not self.error
 
 
-def window(probes: list[Probe], start: float, end: float, fault: str, opens_node: bool) -> FaultResult:
+def window(probes: list[Probe], start: float, end: float, fault: str, opens_node: bool, error: str = "") -> FaultResult:
     inside = [p for p in probes if start <= p.at < end]
     denied = [p for p in inside if p.target == "denied"]
     allowed = sorted((p for p in inside if p.target == "allowed"), key=lambda p: p.at)
@@ -140,7 +141,7 @@ def window(probes: list[Probe], start: float, end: float, fault: str, opens_node
         longest = max(longest, run)
     through = [p.at for p in denied if p.connected]
     return FaultResult(fault, end - start, len(denied), len(through), len(allowed), sum(not p.connected for p in allowed),
-                       longest * EVERY, opens_node, (max(through) - min(through) + EVERY) if through else 0.0)
+                       longest * EVERY, opens_node, (max(through) - min(through) + EVERY) if through else 0.0, error)
 
 
 def manifests(backend: str) -> str:
@@ -195,14 +196,15 @@ class Chaos:
 
     def wait(self, what: str, ready: Callable[[], bool], timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
+        last = ""
         while True:
             try:
                 if ready():
                     return
-            except (ClusterError, StopIteration, KeyError, json.JSONDecodeError):
-                pass
+            except (ClusterError, StopIteration, KeyError, json.JSONDecodeError) as e:
+                last = f" (last look: {type(e).__name__}: {e})"
             if time.monotonic() > deadline:
-                raise ClusterError(f"chaos: {what} not within {timeout:.0f} s")
+                raise ClusterError(f"chaos: {what} not within {timeout:.0f} s{last}")
             time.sleep(0.5)
 
     def api_ready(self) -> bool:
@@ -211,6 +213,13 @@ class Chaos:
     def agent_ready(self) -> bool:
         p = self.agent_pod()
         return any(c.get("type") == "Ready" and c.get("status") == "True" for c in p["status"].get("conditions", []))
+
+    def agent_log(self, lines: int = 40) -> str:
+        try:
+            name = self.agent_pod()["metadata"]["name"]
+        except (ClusterError, StopIteration, KeyError) as e:
+            return f"(no agent pod on node-2: {e})"
+        return self.cluster.kubectl("logs", "-n", RELEASE_NS, name, f"--tail={lines}", check=False).stdout
 
     def in_node(self, *argv: str) -> None:
         proc = self.cluster.run_in_fabric(["nsenter", f"--net=/run/netns/{self.node2.netns}", "--", *argv], check=False)
@@ -221,7 +230,7 @@ class Chaos:
         """policyd_drift_repairs_total of node-2's agent (its metrics port on the host network)."""
         code, out = http_get(self.cluster.layout.fabric, f"http://{self.node2.ip}:9808/metrics", timeout=2.0)
         if code != 200:
-            raise ClusterError(f"node-2's /metrics: {code}")
+            raise ClusterError(f"node-2's /metrics: {code} {out[:200]}")
         return sum(float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if line.startswith("policyd_drift_repairs_total{"))
 
     # --- the faults ------------------------------------------------------------------------
@@ -282,16 +291,14 @@ class Chaos:
 
     def delete_ruleset(self) -> None:
         """What policyd owns in node-2's kernel, removed: the nftables table; for iptables
-        the jump from FORWARD and every POLICYD chain of IPv4 (the family probed)."""
+        every POLICYD chain of IPv4 (the family probed) and the jumps to them."""
         before = self.drift_repairs()
         if self.backend == "nftables":
             self.in_node("nft", "delete", "table", "inet", "policyd")
         else:
-            self.in_node("sh", "-c", "iptables-legacy -D FORWARD -j POLICYD-FORWARD; "
-                         "for c in $(iptables-legacy-save -t filter | sed -n 's/^:\\(POLICYD-[^ ]*\\).*/\\1/p'); "
-                         "do iptables-legacy -F $c; done; "
-                         "for c in $(iptables-legacy-save -t filter | sed -n 's/^:\\(POLICYD-[^ ]*\\).*/\\1/p'); "
-                         "do iptables-legacy -X $c; done")
+            # One atomic table replacement (what restoring a saved configuration does), not a
+            # sequence of commands the agent could repair half-way through.
+            self.in_node("sh", "-c", "iptables-legacy-save -t filter | grep -v POLICYD | iptables-legacy-restore -T filter")
         self.wait("the agent's drift repair", lambda: self.drift_repairs() > before, timeout=30)
 
     def flush_denied_chain(self) -> None:
@@ -331,9 +338,14 @@ class Chaos:
             self.say(f"chaos ({self.backend}): policies enforced after {time.monotonic() - start:.1f} s; faults one at a time")
             for name, fault, opens in faults:
                 start = time.monotonic()
-                fault()
+                error = ""
+                try:
+                    fault()
+                except ClusterError as e:  # recorded with the agent's words; the next faults still run
+                    error = f"{e}\nnode-2's agent:\n{self.agent_log()}"
+                    self.say(f"chaos ({self.backend}): {name}: {error}")
                 time.sleep(SETTLE)
-                r = window(prober.probes, start, time.monotonic(), name, opens)
+                r = window(prober.probes, start, time.monotonic(), name, opens, error)
                 results.append(r)
                 self.say(f"chaos ({self.backend}): {name}: {r.denied_connected} of {r.denied} denied probes connected"
                          f"{f' within {r.open_for * 1e3:.0f} ms' if r.denied_connected else ''}; longest allowed outage "
@@ -358,6 +370,8 @@ def table(results: dict[str, list[FaultResult]]) -> list[str]:
     for backend, rs in results.items():
         for r in rs:
             through = f"{r.denied_connected} of {r.denied}" + (f" (open {r.open_for * 1e3:.0f} ms, until the repair)" if r.denied_connected else " (held)")
+            if r.error:
+                through = f"{r.denied_connected} of {r.denied} (**not repaired in time**)"
             rows.append(f"| {backend} | {r.fault} | {through} | {r.allowed_failed} of {r.allowed} | {r.longest_outage * 1e3:.0f} ms | {r.seconds:.0f} s |")
     return rows
 

@@ -22,14 +22,20 @@ OPEN_AT_MOST = 2.0  # seconds a removed ruleset may stay missing: the check's pe
 
 def test_chaos(clusters: dict[str, Cluster]) -> None:
     lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)  # progress, with -s
+
     with ThreadPoolExecutor(len(clusters)) as pool:
-        runs = {CONFIGS[cni]: pool.submit(on_cluster, c, lines.append) for cni, c in clusters.items()}
+        runs = {CONFIGS[cni]: pool.submit(on_cluster, c, say) for cni, c in clusters.items()}
         results: dict[str, list[FaultResult]] = {backend: f.result() for backend, f in runs.items()}
     report = "\n".join(table(results) + lines)
     print("\n" + report)
     for backend, rs in results.items():
         assert len(rs) == 7, report
         for r in rs:
+            assert not r.error, f"{backend}: {r.fault}: {r.error}\n{report}"
             if r.opens_node:
                 assert r.open_for <= OPEN_AT_MOST, f"{backend}: {r.fault}: open for {r.open_for:.2f} s\n{report}"
             else:
