@@ -32,6 +32,7 @@ class NodeFigures:
     resync_cpu: list[float]
     resync_rows: list[str]
     checks: list[float]  # the one-second drift check (Syncer.check), nothing changed
+    chain: list[float]  # a policy added to a pod whose chain grows from 100 to 200 rules: event → committed
 
 
 def timed(*steps) -> float:
@@ -143,9 +144,30 @@ def node_figures(args, backend: str, iptables_api: str = "restore") -> NodeFigur
         if moved:
             rrows.append(f"| drift check after another program's commit (every rule, the verdict maps; peer-set elements "
                          f"when within 5 % of the time: {agent.syncer.element_looks - looks} of {len(moved)}) | {ms(moved)} | — |")
-        return NodeFigures(backend, len(agent.compiler.plans), r.ops, inits, events, noops, resyncs, cpus, rrows, checks)
+        chain = chain_growth(agent, pods, 100 if args.quick else 200)
+        return NodeFigures(backend, len(agent.compiler.plans), r.ops, inits, events, noops, resyncs, cpus, rrows, checks, chain)
     finally:
         delete_namespaces(prefix)
+
+
+def chain_growth(agent, pods: list, n: int) -> list[float]:
+    """One local pod relabelled to be selected alone, then `n` policies selecting it, each
+    admitting one more port from one app: its ingress chain grows by one rule per policy
+    (scenario 1's shape, in process). Event → committed for the second half (n/2 to n rules)."""
+    from policyd.model.objects import NetworkPolicy, Peer, PolicyPort, PolicyRule
+    from policyd.model.selectors import LabelSelector
+
+    local = next(p for p in pods if p.node == "node-0")
+    agent.compiler.upsert_pod(replace(local, labels={**local.labels, "bench-chain": "grow"}))
+    agent.sync()
+    out = []
+    for k in range(n):
+        pol = NetworkPolicy(local.namespace, f"bench-chain-{k}", LabelSelector.build({"bench-chain": "grow"}, None),
+                            (PolicyRule((Peer(LabelSelector.build({"app": synthetic.APPS[0]}, None)),), (PolicyPort("TCP", 20000 + k),)),))
+        t = timed(lambda pol=pol: agent.compiler.upsert_policy(pol), agent.sync)
+        if k >= n // 2:
+            out.append(t)
+    return out
 
 
 def resync_rows(agent, runs: int = 5) -> tuple[list[str], list[float], list[float]]:
@@ -182,6 +204,8 @@ def node_rows(f: NodeFigures) -> list[str]:
     return [
         f"| initial programming (compile + render + one transaction) | {ms(f.inits)} | ≤ 2 s |",
         f"| one pod relabelled: event → committed transaction | {ms(f.events)} | ≤ 10 ms p99 |",
+        f"| a policy added to a pod whose chain grows from {len(f.chain)} to {2 * len(f.chain)} policy rules: event → committed "
+        f"| {ms(f.chain)} | ≤ 10 ms p99 |",
         f"| partial sync with nothing changed (no kernel call) | {ms(f.noops)} | ≤ 50 ms |",
         *f.resync_rows,
         f"| drift check with nothing changed (every second; {CHECKED[f.backend]}) | {ms(f.checks)} | — |",
@@ -204,6 +228,8 @@ def compare(args) -> list[str]:
         both("initial programming, median", lambda f: f"{firstpacket.med(f.inits) * 1e3:.0f} ms"),
         both("one pod relabelled: event → committed, p50", lambda f: f"{p(f.events, 0.5):.2f} ms"),
         both("the same, p99", lambda f: f"{p(f.events, 0.99):.2f} ms"),
+        both(f"a policy added to a pod whose chain grows from {len(nodes['nftables'].chain)} to {2 * len(nodes['nftables'].chain)} "
+             "policy rules: event → committed, p99", lambda f: f"{p(f.chain, 0.99):.2f} ms"),
         both("full resync with nothing changed (desired state rebuilt and compared, complete listing, rules compared), median",
              lambda f: f"{firstpacket.med(f.resyncs) * 1e3:.1f} ms"),
         both("the same, CPU (incl. child processes)", lambda f: f"{firstpacket.med(f.resync_cpu) * 1e3:.1f} ms"),
