@@ -67,21 +67,66 @@ def policy_doc(ns: str, name: str, selector: dict, ingress: list[dict]) -> dict:
             "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"], "ingress": ingress}}
 
 
-def synthetic_policy(i: int, n_ns: int, rnd: random.Random) -> dict:
-    """The mix of bench/synthetic.py: pod selectors, namespace+pod selectors, ipBlocks with
-    except, all namespaces; numbered and named ports."""
+def synthetic_peer(i: int, rnd: random.Random, apps: list[str] = APPS, teams: list[str] = TEAMS) -> dict[str, Any]:
+    """Peer i of the mix of bench/synthetic.py: pod selectors, namespace+pod selectors,
+    ipBlocks with except, pods of every namespace."""
     kind = i % 4
     if kind == 0:
-        peer: dict[str, Any] = {"podSelector": {"matchLabels": {"app": rnd.choice(APPS)}}}
-    elif kind == 1:
-        peer = {"podSelector": {"matchLabels": {"tier": "web"}}, "namespaceSelector": {"matchLabels": {"team": rnd.choice(TEAMS)}}}
-    elif kind == 2:
+        return {"podSelector": {"matchLabels": {"app": rnd.choice(apps)}}}
+    if kind == 1:
+        return {"podSelector": {"matchLabels": {"tier": "web"}}, "namespaceSelector": {"matchLabels": {"team": rnd.choice(teams)}}}
+    if kind == 2:
         third = rnd.randrange(256)
-        peer = {"ipBlock": {"cidr": f"172.{16 + third % 16}.0.0/16", "except": [f"172.{16 + third % 16}.{third}.0/24"]}}
-    else:
-        peer = {"podSelector": {"matchLabels": {"app": rnd.choice(APPS)}}, "namespaceSelector": {}}
+        return {"ipBlock": {"cidr": f"172.{16 + third % 16}.0.0/16", "except": [f"172.{16 + third % 16}.{third}.0/24"]}}
+    return {"podSelector": {"matchLabels": {"app": rnd.choice(apps)}}, "namespaceSelector": {}}
+
+
+def synthetic_policy(i: int, n_ns: int, rnd: random.Random) -> dict:
+    """The mix of bench/synthetic.py (`synthetic_peer`); numbered and named ports."""
+    peer = synthetic_peer(i, rnd)
     port = {"protocol": "TCP", "port": "http" if i % 5 == 0 else 80 + i % 10}
     return policy_doc(f"ns{i % n_ns}", f"pol{i}", {"app": rnd.choice(APPS)}, [{"from": [peer], "ports": [port]}])
+
+
+def start_until_ready(netns: str, args: list[str], log: Path, http: Any, timeout: float,
+                      cwd: Path | None = None) -> tuple[subprocess.Popen, float]:
+    """`policyd run` (args) in a network namespace, appending to `log`; (the process, seconds
+    until `http("/readyz")` answers 200)."""
+    with open(log, "ab") as out:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, *args], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=cwd)
+    while time.monotonic() < t0 + timeout:
+        if http("/readyz")[0] == 200:
+            return proc, time.monotonic() - t0
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited: {log.read_text()[-3000:]}")
+        time.sleep(0.01)
+    stop(proc)
+    raise RuntimeError(f"agent not ready within {timeout} s: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL if it has not ended 10 s later."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident set of a process in MB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def probe_policy(k: int) -> dict:
@@ -169,22 +214,11 @@ class BenchCluster:
     def start_agent(self, timeout: float = 120.0) -> float:
         """Start `policyd run` on an empty kernel table; seconds until /readyz answers 200."""
         sh("nft", "delete", "table", "inet", "policyd", ns=self.node.netns, check=False)
-        log = open(self.tmp / "agent.log", "ab")
         args = [sys.executable, "-m", "policyd", "run", "--node-name", NODE, "--kubeconfig", str(self.kubeconfig),
                 "--dispatch-mode", "interface", "--interface-prefix", "cali", "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT),
                 "--resync", str(self.resync)]
-        t0 = time.monotonic()
-        self.agent = subprocess.Popen(["ip", "netns", "exec", self.node.netns, *args], stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        log.close()
-        deadline = t0 + timeout
-        while time.monotonic() < deadline:
-            if self.http("/readyz")[0] == 200:
-                return time.monotonic() - t0
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"agent exited: {self.log_tail()}")
-            time.sleep(0.01)
-        raise RuntimeError(f"agent not ready within {timeout} s: {self.log_tail()}")
+        self.agent, seconds = start_until_ready(self.node.netns, args, self.tmp / "agent.log", self.http, timeout)
+        return seconds
 
     def wait_settled(self, timeout: float = 120.0) -> None:
         """Until kopf has delivered its own first listing of the kinds it watches (it starts
@@ -202,26 +236,19 @@ class BenchCluster:
         raise RuntimeError(f"kopf did not deliver its first listing within {timeout} s: {self.log_tail()}")
 
     def stop_agent(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            try:
-                self.agent.wait(10)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait()
+        if self.agent is not None:
+            stop(self.agent)
         self.agent = None
 
     def rss_mb(self) -> tuple[float, float]:
         """(current, peak) resident set of the agent process in MB."""
         assert self.agent is not None
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.agent.pid}/status").read_text().splitlines() if ":" in line)
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+        return rss_mb(self.agent.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU the agent process has used so far (its main and worker threads)."""
         assert self.agent is not None
-        fields = Path(f"/proc/{self.agent.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.agent.pid)
 
     def http(self, path: str) -> tuple[int, str]:
         port = METRICS_PORT if path == "/metrics" else HEALTH_PORT

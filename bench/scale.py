@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import ssl
 import subprocess
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
+from cluster import cpu_seconds, rss_mb, start_until_ready, stop, synthetic_peer  # noqa: E402
 
 from policyd.lab.netns import entered, http_get, sh  # noqa: E402
 from realcluster.cluster import Cluster, down  # noqa: E402
@@ -88,16 +88,7 @@ def policy_doc(i: int, rnd: random.Random) -> dict[str, Any]:
     """Pod selectors, namespace selectors, ipBlocks with except, named and numbered ports,
     one in five with egress."""
     ns = f"ns{i % NAMESPACES}"
-    kind = i % 4
-    if kind == 0:
-        peer: dict[str, Any] = {"podSelector": {"matchLabels": {"app": rnd.choice(APPS)}}}
-    elif kind == 1:
-        peer = {"podSelector": {"matchLabels": {"tier": "web"}}, "namespaceSelector": {"matchLabels": {"team": rnd.choice(TEAMS)}}}
-    elif kind == 2:
-        third = rnd.randrange(256)
-        peer = {"ipBlock": {"cidr": f"172.{16 + third % 16}.0.0/16", "except": [f"172.{16 + third % 16}.{third}.0/24"]}}
-    else:
-        peer = {"podSelector": {"matchLabels": {"app": rnd.choice(APPS)}}, "namespaceSelector": {}}
+    peer = synthetic_peer(i, rnd, APPS, TEAMS)
     port = {"protocol": "TCP", "port": "http" if i % 5 == 0 else 8000 + i % 100}
     spec: dict[str, Any] = {"podSelector": {"matchLabels": {"app": rnd.choice(APPS)}}, "policyTypes": ["Ingress"],
                             "ingress": [{"from": [peer], "ports": [port]}]}
@@ -216,20 +207,10 @@ class ScaleControlPlane:
     # --- the agent ----------------------------------------------------------------------------
 
     def start_agent(self, timeout: float = 600.0) -> float:
-        log = open(self.tmp / "agent.log", "ab")
         args = [sys.executable, "-m", "policyd", "run", "--node-name", NODE, "--kubeconfig", str(self.kubeconfig),
                 "--dispatch-mode", "address", "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT)]
-        t0 = time.monotonic()
-        self.agent = subprocess.Popen(["ip", "netns", "exec", self.node_netns, *args], stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True, cwd=ROOT)
-        log.close()
-        while time.monotonic() < t0 + timeout:
-            if self.http("/readyz")[0] == 200:
-                return time.monotonic() - t0
-            if self.agent.poll() is not None:
-                raise RuntimeError(f"agent exited: {self.log_tail()}")
-            time.sleep(0.01)
-        raise RuntimeError(f"agent not ready within {timeout} s: {self.log_tail()}")
+        self.agent, seconds = start_until_ready(self.node_netns, args, self.tmp / "agent.log", self.http, timeout, cwd=ROOT)
+        return seconds
 
     def http(self, path: str) -> tuple[int, str]:
         port = METRICS_PORT if path == "/metrics" else HEALTH_PORT
@@ -244,9 +225,7 @@ class ScaleControlPlane:
     def proc(self) -> tuple[float, float]:
         """(RSS MB, CPU seconds) of the agent."""
         assert self.agent is not None
-        status = dict(line.split(":", 1) for line in Path(f"/proc/{self.agent.pid}/status").read_text().splitlines() if ":" in line)
-        stat = Path(f"/proc/{self.agent.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(status["VmRSS"].split()[0]) / 1024, (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        return rss_mb(self.agent.pid)[0], cpu_seconds(self.agent.pid)
 
     def requests(self) -> Counter[str]:
         """The agent's requests from the audit log: list / list page / watch, per resource."""
@@ -276,13 +255,8 @@ class ScaleControlPlane:
         return p.read_text()[-n:] if p.exists() else ""
 
     def down(self) -> None:
-        if self.agent is not None and self.agent.poll() is None:
-            self.agent.terminate()
-            try:
-                self.agent.wait(10)
-            except subprocess.TimeoutExpired:
-                self.agent.kill()
-                self.agent.wait()
+        if self.agent is not None:
+            stop(self.agent)
         down(self.layout, say=lambda s: None)
 
 
