@@ -266,6 +266,13 @@ class ClusterAgent:
         if self.feed.ready:
             failures, batch = self.runner.stats.failures, self._take_arrivals()
             self._record(failures, batch, await asyncio.to_thread(self.core.run_once))
+            if self.arrivals:
+                # Events that arrived while the worker ran may have had their request
+                # cleared by it (the runner resets `requested` as a sync starts): their
+                # changes are committed by that sync or the next, but only a sync counts
+                # their arrival, so ask for one (a no-op when that sync took them in).
+                self.runner.request()
+                self.wake.set()
 
     def _take_arrivals(self) -> list[float]:
         batch, self.arrivals = self.arrivals, []
