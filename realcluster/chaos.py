@@ -144,8 +144,8 @@ def window(probes: list[Probe], start: float, end: float, fault: str, opens_node
                        longest * EVERY, opens_node, (max(through) - min(through) + EVERY) if through else 0.0, error)
 
 
-def manifests(backend: str) -> str:
-    del backend
+def manifests() -> str:
+    """The chaos namespace: the client, the two servers, their policies (a List)."""
     pod = ('{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}", "namespace": "' + NS + '", "labels": {{"app": "{name}"}}}}, '
            '"spec": {{"nodeName": "{node}", "terminationGracePeriodSeconds": 0, "containers": [{{"name": "c", "image": "' + TESTBOX
            + '", "imagePullPolicy": "Never", "command": {cmd}}}]}}}}')
@@ -244,7 +244,7 @@ class Chaos:
             while not stop.is_set():
                 name = f"churn-{i % 4}"
                 self.kubectl("delete", "pod", "-n", NS, name, "--wait=false", "--ignore-not-found", check=False)
-                doc = json.loads(manifests(self.backend))["items"][2]  # an httpd pod like `allowed`
+                doc = json.loads(manifests())["items"][2]  # an httpd pod like `allowed`
                 doc["metadata"] = {"name": f"churn-{(i + 2) % 4}", "namespace": NS, "labels": {"app": "allowed"}}
                 self.cluster.kubectl("create", "-f", "-", input=json.dumps(doc), check=False)
                 i += 1
@@ -324,7 +324,7 @@ class Chaos:
             ("policyd's ruleset deleted on node-2", self.delete_ruleset, True),
             ("the denied pod's chain flushed on node-2", self.flush_denied_chain, True),
         ]
-        self.cluster.kubectl("apply", "-f", "-", input=manifests(self.backend))
+        self.cluster.kubectl("apply", "-f", "-", input=manifests())
         self.wait("the chaos pods running", lambda: all(self.pod(NS, n)["status"].get("phase") == "Running"
                                                         and self.pod(NS, n)["status"].get("podIP") for n in ("client", "allowed", "denied")))
         targets = {t: (self.pod(NS, t)["status"]["podIP"], 80) for t in ("allowed", "denied")}
