@@ -112,7 +112,8 @@ def wait_committed(c: BenchCluster, before: dict, events: int, timeout: float = 
         if delta(before, c.metrics(), EVENTS) >= events:
             return time.monotonic() - t
         time.sleep(0.02)
-    raise RuntimeError(f"the agent did not commit {events} events within {timeout} s: {c.log_tail()}")
+    got = delta(before, c.metrics(), EVENTS)
+    raise RuntimeError(f"the agent committed {got:.0f} of {events} events within {timeout} s: {c.log_tail()}")
 
 
 def pod_churn(c: BenchCluster, rate: float, seconds: float) -> ChurnResult:

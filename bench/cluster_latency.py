@@ -118,13 +118,16 @@ def wait_running(api: Any, name: str, timeout: float = 60) -> Any:
     raise RuntimeError(f"pod {name} not running within {timeout} s")
 
 
-def policy_create(cluster: Cluster, api: Any, server_ip: str, client_uid: str, count: int, rate: float) -> list[float]:
+def policy_create(cluster: Cluster, api: Any, server_ip: str, client_uid: str, count: int, rate: float,
+                  connected: bool = False) -> list[float]:
+    """`connected`: only a completed connection counts (the server must listen on every
+    probed port): for agents that reject with ICMP, which a connect reads as "refused"."""
     from kubernetes import client
 
     net = client.NetworkingV1Api(api)
     pid = pod_netns_pid(cluster, client_uid)
     prober = subprocess.Popen(["nsenter", f"--net=/proc/{pid}/ns/net", connbench(), "probe", server_ip, str(PROBE_PORT0),
-                               str(count), "10"], stdout=subprocess.PIPE, text=True)
+                               str(count), "10", *(["connected"] if connected else [])], stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)  # the first port is seen closed before its policy exists
     created = []
     t0 = time.monotonic()
@@ -160,7 +163,7 @@ sleep 3600
 """
 
 
-def pod_create(api: Any, server_ip: str, count: int, parallel: int = 4) -> tuple[list[float], list[float]]:
+def pod_create(api: Any, server_ip: str, count: int, parallel: int = 4, prefix: str = "new") -> tuple[list[float], list[float]]:
     from kubernetes import client
 
     core = client.CoreV1Api(api)
@@ -170,7 +173,7 @@ def pod_create(api: Any, server_ip: str, count: int, parallel: int = 4) -> tuple
     lock = threading.Lock()
 
     def one(i: int) -> None:
-        name = f"new-{i}"
+        name = f"{prefix}-{i}"
         t_create = time.time()
         core.create_namespaced_pod(NS, _pod(name, {"app": "bench-new"}, "node-1", ["sh", "-c", script]))
         deadline = time.monotonic() + 60

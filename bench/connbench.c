@@ -8,6 +8,11 @@
  *                                      mean "allowed"; silence means "dropped"); prints
  *                                      "k t" when port PORT0+k first answers, t on the
  *                                      CLOCK_MONOTONIC clock (Python's time.monotonic)
+ *   connbench probe IP PORT0 COUNT MS connected
+ *                                      the same, but only a completed connection counts: for
+ *                                      a firewall that rejects (ICMP port-unreachable reads as
+ *                                      "refused"), with `listen` serving every probed port
+ *   connbench listen PORT0 COUNT       accept and close on ports PORT0 … PORT0+COUNT-1 (forever)
  *   connbench flood IP PORT SECONDS    64-byte UDP datagrams as fast as one socket sends them;
  *                                      prints: sent packets_per_s (what a firewall that drops
  *                                      them costs the sender: veth delivery runs in its context)
@@ -80,8 +85,9 @@ static int client(const char *ip, int port, double seconds) {
     return 0;
 }
 
-/* One attempt: 1 when the port answered (connected or refused), 0 on silence. */
-static int answered(const struct sockaddr_in *a, int ms) {
+/* One attempt: 1 when the port answered (connected, or refused unless `connected` is asked
+ * for), 0 on silence. */
+static int answered(const struct sockaddr_in *a, int ms, int connected) {
     int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), r = 0;
     if (connect(s, (const struct sockaddr *)a, sizeof *a) == 0) {
         r = 1;
@@ -91,10 +97,10 @@ static int answered(const struct sockaddr_in *a, int ms) {
             int err = 0;
             socklen_t len = sizeof err;
             getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len);
-            r = err == 0 || err == ECONNREFUSED;
+            r = err == 0 || (!connected && err == ECONNREFUSED);
         }
     } else {
-        r = errno == ECONNREFUSED;
+        r = !connected && errno == ECONNREFUSED;
     }
     /* Drop the half-open attempt without a FIN/RST dance: linger 0. */
     struct linger l = {.l_onoff = 1, .l_linger = 0};
@@ -103,7 +109,7 @@ static int answered(const struct sockaddr_in *a, int ms) {
     return r;
 }
 
-static int probe(const char *ip, int port0, int count, int ms) {
+static int probe(const char *ip, int port0, int count, int ms, int connected) {
     struct sockaddr_in a = {.sin_family = AF_INET};
     if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) { fprintf(stderr, "bad address\n"); return 2; }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -111,12 +117,31 @@ static int probe(const char *ip, int port0, int count, int ms) {
         a.sin_port = htons(port0 + k);
         for (;;) {
             double t = now();
-            if (answered(&a, ms)) { printf("%d %.6f\n", k, now()); break; }
+            if (answered(&a, ms, connected)) { printf("%d %.6f\n", k, now()); break; }
             double left = t + ms / 1e3 - now();  /* a refused-fast error still waits its turn */
             if (left > 0) { struct timespec ts = {0, (long)(left * 1e9)}; nanosleep(&ts, NULL); }
         }
     }
     return 0;
+}
+
+static int listen_many(int port0, int count) {
+    struct pollfd *p = calloc(count, sizeof *p);
+    for (int k = 0; k < count; k++) {
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port0 + k), .sin_addr.s_addr = INADDR_ANY};
+        if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 128)) { perror("bind/listen"); return 1; }
+        p[k] = (struct pollfd){.fd = s, .events = POLLIN};
+    }
+    for (;;) {
+        if (poll(p, count, -1) < 0) continue;
+        for (int k = 0; k < count; k++) {
+            if (!(p[k].revents & POLLIN)) continue;
+            int c;
+            while ((c = accept(p[k].fd, NULL, NULL)) >= 0) close(c);
+        }
+    }
 }
 
 static int flood(const char *ip, int port, double seconds) {
@@ -138,9 +163,11 @@ static int flood(const char *ip, int port, double seconds) {
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "server")) return server(atoi(argv[2]));
     if (argc == 5 && !strcmp(argv[1], "client")) return client(argv[2], atoi(argv[3]), atof(argv[4]));
-    if (argc == 6 && !strcmp(argv[1], "probe")) return probe(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+    if ((argc == 6 || (argc == 7 && !strcmp(argv[6], "connected"))) && !strcmp(argv[1], "probe"))
+        return probe(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc == 7);
+    if (argc == 4 && !strcmp(argv[1], "listen")) return listen_many(atoi(argv[2]), atoi(argv[3]));
     if (argc == 5 && !strcmp(argv[1], "flood")) return flood(argv[2], atoi(argv[3]), atof(argv[4]));
     fprintf(stderr, "usage: connbench server PORT | connbench client IP PORT SECONDS | connbench probe IP PORT0 COUNT MS | "
-                    "connbench flood IP PORT SECONDS\n");
+                    "connbench flood IP PORT SECONDS | connbench probe IP PORT0 COUNT MS connected | connbench listen PORT0 COUNT\n");
     return 2;
 }

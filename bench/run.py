@@ -18,8 +18,9 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only cold-start` only start and memory at 1,000, 10,000 and 100,000 pods (about 6 minutes),
 `--only scale` only the agent against the real API server at 1,000 to 100,000 pods (bench/scale.py, about 11 minutes),
 `--only agent` only the running agent's scenarios 1, 2 (pod churn up to 1,000 events/s) and 8 (about 10 minutes);
-each replaces its own section of docs/benchmarks.md. `--replot` redraws docs/first-packet.png from the table in
-docs/benchmarks.md.
+each replaces its own section of docs/benchmarks.md. `--only peers` (bench/peers.py, about 50 minutes) runs policyd,
+kube-network-policies and kube-router one after another on one real cluster and replaces the table in docs/peers.md.
+`--replot` redraws docs/first-packet.png from the table in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import drift  # noqa: E402
 import drop_log  # noqa: E402
 import firstpacket  # noqa: E402
 import matrix  # noqa: E402
+import peers  # noqa: E402
 import scale  # noqa: E402
 import synthetic  # noqa: E402
 from backends import relabelled, timed  # noqa: E402
@@ -281,6 +283,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "cold-start": ("Cold start and memory (scenario 3)", cold_starts),
     "scale": ("Scale against the real API server", scale.measure),
     "agent": ("The running agent (scenarios 1, 2, 8)", agent_events),
+    "peers": ("policyd beside kube-network-policies and kube-router", peers.measure),  # → docs/peers.md
 }
 
 
@@ -308,7 +311,8 @@ def main() -> None:
     started = time.monotonic()
     steal_before = cpu_times()
     setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane", "iptables-api", "cluster-policies", "drop-log") else
-             "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh")
+             "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh"
+             + (" && scripts/peers-build.sh" if args.only == "peers" else ""))
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
            + (f" --only {args.only}" if args.only else "") + " --write")
 
@@ -327,7 +331,7 @@ def main() -> None:
         text_of_section = "\n".join(section(args.only, step(title, fn), True))
         print(text_of_section)
         if args.write:
-            path = docs / "benchmarks.md"
+            path = docs / ("peers.md" if args.only == "peers" else "benchmarks.md")
             text = path.read_text()
             start, end = f"<!-- section: {args.only} -->", f"<!-- end of section: {args.only} -->"
             if start in text:

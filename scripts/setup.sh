@@ -26,7 +26,7 @@ if [ $cluster = 1 ]; then
   # The real cluster (realcluster/): Kubernetes itself is built from its Go module by
   # scripts/k8s-build.sh; the rest comes from Debian.
   APT_PACKAGES+=(etcd-server containerd runc containernetworking-plugins umoci skopeo debootstrap
-                 debian-archive-keyring busybox-static gcc libc6-dev openssl util-linux)
+                 debian-archive-keyring busybox-static gcc libc6-dev openssl util-linux patch)
 fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,370 @@
+"""policyd beside kube-network-policies and kube-router on one real cluster
+(`bench/run.py --only peers`, docs/peers.md).
+
+One cluster (realcluster/: two nodes, bridge CNI, kube-proxy in iptables mode); the agents one
+after another, each removed and every node's kernel checked for its leftovers before the next:
+policyd from its chart (nftables, then iptables), kube-network-policies and kube-router
+(realcluster/peers.py: built from their modules, installed from our manifests).
+
+Phase 1, for each agent: idle RSS and CPU per node (30 s after its pods are Ready), then the
+upstream Netpol e2e suite (realcluster/conformance.py: the same binary, focus, skips and
+parallelism as docs/conformance.md), with every agent process's RSS sampled every 2 s and its
+CPU counted over the suite.
+
+Phase 2, with 1,000 more pods in the cluster (bound to a node no kubelet runs, as
+bench/cluster_latency.py makes them), for each agent: policy create → enforced (100 policies at
+5/s, each opening one port to an isolated server; a probe from the client pod counts only
+completed connections, so an agent that rejects with ICMP is not read as allowing) and pod
+create → reachable (100 pods, 4 at a time), with RSS and CPU per node during the pod churn.
+The suite needs every node Ready, so the node without a kubelet exists only in phase 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cluster_latency as cl  # noqa: E402
+import report  # noqa: E402
+from firstpacket import connbench  # noqa: E402
+
+from policyd.lab.netns import entered  # noqa: E402
+from realcluster import conformance, peers  # noqa: E402
+from realcluster.cluster import Cluster  # noqa: E402
+from realcluster.layout import Layout  # noqa: E402
+from realcluster.paths import ROOT, k8s_version  # noqa: E402
+from realcluster.walkthrough import RELEASE, RELEASE_NS, install_chart, kernel_is_clean, uninstall_chart  # noqa: E402
+
+COMMAND = "bench/run.py --only peers"  # names the e2e reports
+IDLE_SECONDS = 30
+SAMPLES = 100
+GHOSTS = 1000
+OUT = ROOT / "bench" / ".peers"  # e2e logs and reports of the last run (ignored by git)
+
+
+def say(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    version: str
+    namespace: str
+    selector: str
+    install: Callable[[Cluster], None]
+    uninstall: Callable[[Cluster], list[str]]  # → what it left in the kernel (removed)
+
+
+def policyd_agent(backend: str) -> Agent:
+    def uninstall(cluster: Cluster) -> list[str]:
+        uninstall_chart(cluster, backend, say)  # the README's way: helm uninstall, then policyd cleanup
+        return [f"{n.name}: policyd's {backend} objects" for n in cluster.layout.nodes if not kernel_is_clean(cluster, n.netns, backend)]
+
+    version = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    return Agent(f"policyd {backend}", version, RELEASE_NS, f"app.kubernetes.io/instance={RELEASE}",
+                 lambda c: install_chart(c, backend, say), uninstall)
+
+
+def peer_agent(peer: peers.Peer) -> Agent:
+    return Agent(peer.name, peer.version, peers.NAMESPACE, peer.selector,
+                 lambda c: peers.install(c, peer, say), lambda c: peers.uninstall(c, peer, say))
+
+
+AGENTS = [policyd_agent("nftables"), policyd_agent("iptables"), peer_agent(peers.KUBE_NETWORK_POLICIES),
+          peer_agent(peers.KUBE_ROUTER)]
+
+
+# --- what an agent costs a node ------------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def agent_processes(cluster: Cluster, agent: Agent) -> dict[str, list[int]]:
+    """Node → the agent's processes there (found by the pod's cgroup; the sandbox's pause
+    process left out)."""
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", agent.namespace, "-l", agent.selector, "-o", "json").stdout)["items"]
+    nodes = {n.name for n in cluster.layout.nodes}  # not the node without a kubelet, where a peer's pod waits forever
+    uid_node = {p["metadata"]["uid"]: p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName") in nodes}
+    out: dict[str, list[int]] = {n: [] for n in uid_node.values()}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cgroup = (entry / "cgroup").read_text()
+            if (entry / "comm").read_text().strip() == "pause":
+                continue
+        except OSError:
+            continue
+        for uid, node in uid_node.items():
+            if f"pod{uid}" in cgroup:
+                out[node].append(int(entry.name))
+    return out
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def cpu_s(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            continue
+    return total / CLOCK_TICKS
+
+
+@dataclass
+class Usage:
+    """Per node: the largest RSS seen and the CPU seconds spent over one stretch of time."""
+
+    seconds: float = 0.0
+    rss: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    def rss_range(self) -> str:
+        return _range(list(self.rss.values()), "{:.0f}", " MB")
+
+    def cpu_range(self) -> str:
+        return _range(list(self.cpu.values()), "{:.1f}", " s")
+
+    def cpu_share(self) -> str:
+        return _range([c / self.seconds * 100 for c in self.cpu.values()], "{:.2f}", " %")
+
+
+def _range(xs: list[float], fmt: str, unit: str) -> str:
+    if not xs:
+        return "—"
+    lo, hi = min(xs), max(xs)
+    return fmt.format(lo) + unit if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}–{fmt.format(hi)}{unit}"
+
+
+class Meter:
+    """RSS sampled every 2 s and CPU counted from start to stop, per node, of the agent's
+    processes (looked up again at each sample: a restarted agent is still counted)."""
+
+    def __init__(self, cluster: Cluster, agent: Agent) -> None:
+        self.cluster, self.agent = cluster, agent
+        self.usage = Usage()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Meter:
+        self._started = time.monotonic()
+        self._cpu0 = {n: cpu_s(p) for n, p in agent_processes(self.cluster, self.agent).items()}
+        self._thread.start()
+        return self
+
+    def _sample(self) -> dict[str, list[int]]:
+        procs = agent_processes(self.cluster, self.agent)
+        for node, pids in procs.items():
+            self.usage.rss[node] = max(self.usage.rss.get(node, 0.0), rss_mb(pids))
+        return procs
+
+    def _run(self) -> None:
+        while not self._stop.wait(2.0):
+            try:
+                self._sample()
+            except Exception as e:  # noqa: BLE001 (an API hiccup must not end the measurement)
+                say(f"usage sample failed: {e}")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        procs = self._sample()
+        self.usage.seconds = time.monotonic() - self._started
+        self.usage.cpu = {n: cpu_s(p) - self._cpu0.get(n, 0.0) for n, p in procs.items()}
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    agent: Agent
+    idle: Usage | None = None
+    suite: conformance.Report | None = None
+    suite_usage: Usage | None = None
+    policy_create: list[float] = field(default_factory=list)
+    pod_create: list[float] = field(default_factory=list)
+    churn_usage: Usage | None = None
+    leftovers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def phase_suite(cluster: Cluster, agent: Agent, result: Result) -> None:
+    agent.install(cluster)
+    time.sleep(5)  # its first sync
+    with Meter(cluster, agent) as idle:
+        time.sleep(IDLE_SECONDS)
+    result.idle = idle.usage
+    say(f"{agent.name} idle: RSS {idle.usage.rss_range()}, CPU {idle.usage.cpu_share()}")
+    out = OUT / agent.name.replace(" ", "-")
+    with Meter(cluster, agent) as during:
+        result.suite = conformance.run_suite(cluster, agent.name, out, COMMAND, say)
+    result.suite_usage = during.usage
+    say(f"{agent.name} during the suite: RSS ≤ {during.usage.rss_range()}, CPU {during.usage.cpu_range()}")
+
+
+def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result) -> None:
+    from kubernetes import client
+
+    agent.install(cluster)
+    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    run = uuid.uuid4().hex[:4]
+    server = core.create_namespaced_pod(cl.NS, cl._pod(f"server-{run}", {"app": "bench-server"}, "node-2",
+                                                       ["httpd", "-f", "-p", "80", "-h", "/www"]))
+    client_pod = core.create_namespaced_pod(cl.NS, cl._pod(f"client-{run}", {"app": "bench-client"}, "node-1", ["sleep", "3600"]))
+    server = cl.wait_running(api, server.metadata.name)
+    client_pod = cl.wait_running(api, client_pod.metadata.name)
+    listener = subprocess.Popen(["nsenter", f"--net=/proc/{cl.pod_netns_pid(cluster, server.metadata.uid)}/ns/net",
+                                 connbench(), "listen", str(cl.PROBE_PORT0), str(SAMPLES)])
+    try:
+        net.create_namespaced_network_policy(cl.NS, cl._policy("admit-new", "bench-new", 80))
+        time.sleep(3)
+        say(f"{agent.name}: policy create → enforced, {SAMPLES} policies at 5/s")
+        result.policy_create = cl.policy_create(cluster, api, server.status.pod_ip, client_pod.metadata.uid, SAMPLES, 5.0,
+                                                connected=True)
+        say(f"{agent.name}: pod create → reachable, {SAMPLES} pods 4 at a time")
+        with Meter(cluster, agent) as churn:
+            result.pod_create, _ = cl.pod_create(api, server.status.pod_ip, SAMPLES, prefix=f"new-{run}")
+        result.churn_usage = churn.usage
+    finally:
+        listener.kill()
+        listener.wait()
+        for name in (server.metadata.name, client_pod.metadata.name):
+            core.delete_namespaced_pod(name, cl.NS, grace_period_seconds=0)
+        net.delete_collection_namespaced_network_policy(cl.NS)
+
+
+def measure(args: Any) -> list[str]:
+    for p in peers.PEERS:  # before any network namespace is entered: the build fetches Debian packages
+        peers.build_image(p, say)
+    started = time.monotonic()
+    layout = Layout(f"p{uuid.uuid4().hex[:6]}", cni="bridge")
+    cluster = Cluster(layout)
+    results = [Result(a) for a in AGENTS]
+    cluster.up(say=say)
+    try:
+        for r in results:
+            _step(r, "suite", lambda r=r: phase_suite(cluster, r.agent, r), cluster)
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(config_file=str(layout.kubeconfig))
+        with entered(layout.fabric):
+            client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": cl.NS}})
+            say(f"{GHOSTS} extra pods on a node without kubelet")
+            cl.ghosts(api, GHOSTS)
+            pods = len(client.CoreV1Api(api).list_pod_for_all_namespaces().items)
+            for r in results:
+                _step(r, "latency", lambda r=r: phase_latency(cluster, api, r.agent, r), cluster)
+    finally:
+        cluster.down(say=say)
+    return document(results, pods, time.monotonic() - started)
+
+
+def _step(r: Result, what: str, body: Callable[[], None], cluster: Cluster) -> None:
+    """One phase of one agent; whatever happens, the agent is removed and its leftovers
+    counted, and a failure is reported in the table rather than ending the run."""
+    try:
+        body()
+    except Exception as e:  # noqa: BLE001
+        say(f"{r.agent.name} {what} failed: {e}")
+        r.errors.append(f"{what}: {str(e).splitlines()[0][:300]}")
+    finally:
+        try:
+            r.leftovers += r.agent.uninstall(cluster)
+        except Exception as e:  # noqa: BLE001
+            r.errors.append(f"uninstall after {what}: {str(e).splitlines()[0][:300]}")
+            raise
+
+
+# --- docs/peers.md ---------------------------------------------------------------------------
+
+
+def _p(xs: list[float], q: float) -> float:
+    return report.quantile(xs, q) * 1e3
+
+
+def _lat(xs: list[float]) -> str:
+    return f"{statistics.median(xs) * 1e3:.1f} / {_p(xs, 0.99):.1f} ms" if xs else "—"
+
+
+def _suite(s: conformance.Report | None) -> str:
+    if s is None:
+        return "—"
+    return f"{s.count('passed')} passed, {s.count('failed')} failed, {s.count('skipped')} skipped ({s.seconds / 60:.1f} min)"
+
+
+def _ratio(ours: list[float], theirs: list[float]) -> str:
+    if not ours or not theirs:
+        return "—"
+    return f"{statistics.median(theirs) / statistics.median(ours):.2f}× / {_p(theirs, 0.99) / _p(ours, 0.99):.2f}×"
+
+
+def document(results: list[Result], pods: int, seconds: float) -> list[str]:
+    names = [r.agent.name for r in results]
+    base = results[0]
+
+    def row(label: str, cell: Callable[[Result], str]) -> list[str]:
+        return [label, *(cell(r) for r in results)]
+
+    def usage(u: Usage | None, what: str) -> str:
+        if u is None:
+            return "—"
+        return u.rss_range() if what == "rss" else u.cpu_share() if what == "share" else u.cpu_range()
+
+    rows = [
+        row("upstream Netpol e2e", lambda r: _suite(r.suite)),
+        row(f"policy create → enforced, p50 / p99 ({pods} pods)", lambda r: _lat(r.policy_create)),
+        row(f"pod create → reachable, p50 / p99 ({pods} pods)", lambda r: _lat(r.pod_create)),
+        row(f"RSS per node, idle ({IDLE_SECONDS} s after ready)", lambda r: usage(r.idle, "rss")),
+        row("CPU per node, idle (share of one CPU)", lambda r: usage(r.idle, "share")),
+        row("RSS per node, max during the suite", lambda r: usage(r.suite_usage, "rss")),
+        row("CPU per node during the suite", lambda r: usage(r.suite_usage, "cpu")),
+        row(f"RSS per node, max during pod churn ({pods} pods)", lambda r: usage(r.churn_usage, "rss")),
+        row("CPU per node during pod churn", lambda r: usage(r.churn_usage, "cpu")),
+        row("left in the kernel after uninstall", lambda r: f"{len(r.leftovers)} objects" if r.leftovers else "nothing"),
+    ]
+    ratios = [
+        [f"{r.agent.name}: policy create → enforced", _ratio(base.policy_create, r.policy_create)] for r in results[1:]
+    ] + [[f"{r.agent.name}: pod create → reachable", _ratio(base.pod_create, r.pod_create)] for r in results[1:]]
+    errors = [f"* {r.agent.name}: {e}" for r in results for e in r.errors]
+    left = [f"* {r.agent.name}: {', '.join(r.leftovers[:12])}{' …' if len(r.leftovers) > 12 else ''}" for r in results if r.leftovers]
+    return [
+        f"One real cluster (two nodes, bridge CNI, kube-proxy iptables mode, Kubernetes {k8s_version()}), the agents one "
+        f"after another ({seconds / 60:.0f} min in all).",
+        "",
+        *report.table(["measure", *names], rows),
+        "",
+        f"Latency ratios, peer ÷ {base.agent.name} (p50 / p99; above 1: {base.agent.name} is faster):",
+        "",
+        *report.table(["measure", "ratio"], ratios),
+        "",
+        *(["What the agents left behind (removed before the next agent):", "", *left, ""] if left else []),
+        *(["Failures (the row shows — where a phase did not finish):", "", *errors, ""] if errors else []),
+        "Versions: " + ", ".join(f"{r.agent.name} {r.agent.version}" for r in results) + ".",
+    ]
