@@ -15,7 +15,11 @@ Phase 2, with 1,000 more pods in the cluster (bound to a node no kubelet runs, a
 bench/cluster_latency.py makes them), for each agent: policy create → enforced (100 policies at
 5/s, each opening one port to an isolated server; a probe from the client pod counts only
 completed connections, so an agent that rejects with ICMP is not read as allowing) and pod
-create → reachable (100 pods, 4 at a time), with RSS and CPU per node during the pod churn.
+create → reachable (100 pods, 4 at a time), with RSS and CPU per node during the pod churn;
+then the data path between two pods on one node (node-1), the server selected by all 102 of
+the bench's policies: new connections one at a time for 10 s (connbench: rate, p50, p99), one
+iperf3 TCP stream and 64-byte UDP datagrams for 5 s each, against the same pair with no agent
+at all (the limit), measured in the same phase before the first agent.
 The suite needs every node Ready, so the node without a kubelet exists only in phase 2.
 """
 
@@ -37,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cluster_latency as cl  # noqa: E402
+import firstpacket  # noqa: E402
 import report  # noqa: E402
 from firstpacket import connbench  # noqa: E402
 
@@ -202,6 +207,64 @@ class Meter:
 # --- the run ---------------------------------------------------------------------------------
 
 
+FLOW_SECONDS = 10.0
+IPERF_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class Flows:
+    conn_rate: float  # new connections per second, one at a time
+    p50_us: float
+    p99_us: float
+    tcp_gbps: float  # one iperf3 stream
+    udp_pps: float  # 64-byte datagrams received per second
+
+
+class FlowPair:
+    """A client and a server pod on node-1, their network namespaces given names of the
+    cluster's prefix (so `down` kills what runs in them), the server running connbench on
+    TCP 80 and iperf3 on 5201 (TCP and UDP), both allowed from the client by one policy."""
+
+    def __init__(self, cluster: Cluster, api: Any) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(api)
+        self.cluster, self.names, self.servers = cluster, [], []
+        pods = {}
+        for role, app in (("flow-server", "bench-server"), ("flow-client", "bench-client")):
+            core.create_namespaced_pod(cl.NS, cl._pod(role, {"app": app}, "node-1", ["sleep", "36000"]))
+            pods[role] = cl.wait_running(api, role)
+            name = f"{cluster.layout.prefix}.{role}"
+            subprocess.run(["ip", "netns", "attach", name, str(cl.pod_netns_pid(cluster, pods[role].metadata.uid))], check=True)
+            self.names.append(name)
+        self.server_ns, self.client_ns = self.names
+        self.server_ip = pods["flow-server"].status.pod_ip
+        for argv in ([connbench(), "server", "80"], ["iperf3", "-s", "-p", str(firstpacket.IPERF)]):
+            self.servers.append(subprocess.Popen(["ip", "netns", "exec", self.server_ns, *argv], stdout=subprocess.DEVNULL))
+        time.sleep(0.5)
+
+    @staticmethod
+    def policy() -> dict[str, Any]:
+        ports = [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": firstpacket.IPERF},
+                 {"protocol": "UDP", "port": firstpacket.IPERF}]
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "flows", "namespace": cl.NS},
+                "spec": {"podSelector": {"matchLabels": {"app": "bench-server"}}, "policyTypes": ["Ingress"],
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "bench-client"}}}], "ports": ports}]}}
+
+    def measure(self) -> Flows:
+        p50, p99, rate = firstpacket.run_client(connbench(), self.client_ns, self.server_ip, FLOW_SECONDS)
+        tcp = firstpacket.iperf(self.client_ns, self.server_ip, IPERF_SECONDS, udp=False)
+        udp = firstpacket.iperf(self.client_ns, self.server_ip, IPERF_SECONDS, udp=True)
+        return Flows(rate, p50, p99, tcp, udp)
+
+    def close(self) -> None:
+        for proc in self.servers:
+            proc.kill()
+            proc.wait()
+        for name in self.names:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)  # the name only: the pod keeps its namespace
+
+
 @dataclass
 class Result:
     agent: Agent
@@ -211,6 +274,7 @@ class Result:
     policy_create: list[float] = field(default_factory=list)
     pod_create: list[float] = field(default_factory=list)
     churn_usage: Usage | None = None
+    flows: Flows | None = None
     leftovers: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -229,7 +293,7 @@ def phase_suite(cluster: Cluster, agent: Agent, result: Result) -> None:
     say(f"{agent.name} during the suite: RSS ≤ {during.usage.rss_range()}, CPU {during.usage.cpu_range()}")
 
 
-def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result) -> None:
+def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result, pair: FlowPair) -> None:
     from kubernetes import client
 
     agent.install(cluster)
@@ -244,6 +308,7 @@ def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result) -> N
                                  connbench(), "listen", str(cl.PROBE_PORT0), str(SAMPLES)])
     try:
         net.create_namespaced_network_policy(cl.NS, cl._policy("admit-new", "bench-new", 80))
+        net.create_namespaced_network_policy(cl.NS, pair.policy())
         time.sleep(3)
         say(f"{agent.name}: policy create → enforced, {SAMPLES} policies at 5/s")
         result.policy_create = cl.policy_create(cluster, api, server.status.pod_ip, client_pod.metadata.uid, SAMPLES, 5.0,
@@ -252,6 +317,8 @@ def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result) -> N
         with Meter(cluster, agent) as churn:
             result.pod_create, _ = cl.pod_create(api, server.status.pod_ip, SAMPLES, prefix=f"new-{run}")
         result.churn_usage = churn.usage
+        say(f"{agent.name}: new connections and flows between two pods on node-1")
+        result.flows = pair.measure()
     finally:
         listener.kill()
         listener.wait()
@@ -278,12 +345,18 @@ def measure(args: Any) -> list[str]:
             client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": cl.NS}})
             say(f"{GHOSTS} extra pods on a node without kubelet")
             cl.ghosts(api, GHOSTS)
-            pods = len(client.CoreV1Api(api).list_pod_for_all_namespaces().items)
-            for r in results:
-                _step(r, "latency", lambda r=r: phase_latency(cluster, api, r.agent, r), cluster)
+            pair = FlowPair(cluster, api)
+            try:
+                say("new connections and flows between two pods on node-1 with no agent (the limit)")
+                limit = pair.measure()
+                pods = len(client.CoreV1Api(api).list_pod_for_all_namespaces().items)
+                for r in results:
+                    _step(r, "latency", lambda r=r: phase_latency(cluster, api, r.agent, r, pair), cluster)
+            finally:
+                pair.close()
     finally:
         cluster.down(say=say)
-    return document(results, pods, time.monotonic() - started)
+    return document(results, pods, limit, time.monotonic() - started)
 
 
 def _step(r: Result, what: str, body: Callable[[], None], cluster: Cluster) -> None:
@@ -325,7 +398,7 @@ def _ratio(ours: list[float], theirs: list[float]) -> str:
     return f"{statistics.median(theirs) / statistics.median(ours):.2f}× / {_p(theirs, 0.99) / _p(ours, 0.99):.2f}×"
 
 
-def document(results: list[Result], pods: int, seconds: float) -> list[str]:
+def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> list[str]:
     names = [r.agent.name for r in results]
     base = results[0]
 
@@ -352,6 +425,14 @@ def document(results: list[Result], pods: int, seconds: float) -> list[str]:
     ratios = [
         [f"{r.agent.name}: policy create → enforced", _ratio(base.policy_create, r.policy_create)] for r in results[1:]
     ] + [[f"{r.agent.name}: pod create → reachable", _ratio(base.pod_create, r.pod_create)] for r in results[1:]]
+    def flow_row(name: str, f: Flows | None) -> list[str]:
+        if f is None:
+            return [name, "—", "—", "—", "—", "—", "—"]
+        return [name, f"{f.conn_rate:,.0f} ({f.conn_rate / limit.conn_rate:.2f}×)", f"{f.p50_us:.0f} ({f.p50_us / limit.p50_us:.2f}×)",
+                f"{f.p99_us:.0f} ({f.p99_us / limit.p99_us:.2f}×)", f"{f.tcp_gbps:.1f} ({f.tcp_gbps / limit.tcp_gbps:.2f}×)",
+                f"{f.udp_pps / 1e3:,.0f} ({f.udp_pps / limit.udp_pps:.2f}×)", "the limit" if f is limit else ""]
+
+    flows = [flow_row("no agent", limit), *(flow_row(r.agent.name, r.flows) for r in results)]
     errors = [f"* {r.agent.name}: {e}" for r in results for e in r.errors]
     left = [f"* {r.agent.name}: {', '.join(r.leftovers[:12])}{' …' if len(r.leftovers) > 12 else ''}" for r in results if r.leftovers]
     return [
@@ -363,6 +444,12 @@ def document(results: list[Result], pods: int, seconds: float) -> list[str]:
         f"Latency ratios, peer ÷ {base.agent.name} (p50 / p99; above 1: {base.agent.name} is faster):",
         "",
         *report.table(["measure", "ratio"], ratios),
+        "",
+        f"Data path between two pods on node-1, the server selected by the bench's {SAMPLES + 2} policies ({pods} pods in the "
+        f"cluster): new TCP connections one at a time for {FLOW_SECONDS:.0f} s (connect → a byte → close), one iperf3 TCP stream and "
+        f"64-byte UDP datagrams for {IPERF_SECONDS} s; in brackets the ratio to no agent at all, measured in the same run:",
+        "",
+        *report.table(["agent", "connections/s", "connect p50 (µs)", "connect p99 (µs)", "TCP Gbit/s", "UDP kpackets/s", ""], flows),
         "",
         *(["What the agents left behind (removed before the next agent):", "", *left, ""] if left else []),
         *(["Failures (the row shows — where a phase did not finish):", "", *errors, ""] if errors else []),
