@@ -256,14 +256,16 @@ class ClusterAgent:
 
     def sync_once(self) -> None:
         """One sync on this thread (tests; the agent uses sync_in_worker)."""
-        if self.feed.ready:
+        # Not due (the common idle tick): no hop to the worker thread at all.
+        if self.feed.ready and self.runner.due(time.monotonic()):
             failures, batch = self.runner.stats.failures, self._take_arrivals()
             self._record(failures, batch, self.core.run_once())
 
     async def sync_in_worker(self) -> None:
         """One sync with its kernel work (read, diff, apply) on a worker thread: the event
         loop keeps serving the watches and the health endpoints during a long commit."""
-        if self.feed.ready:
+        # Not due (the common idle tick): no hop to the worker thread at all.
+        if self.feed.ready and self.runner.due(time.monotonic()):
             failures, batch = self.runner.stats.failures, self._take_arrivals()
             self._record(failures, batch, await asyncio.to_thread(self.core.run_once))
             if self.arrivals:
@@ -321,15 +323,22 @@ class ClusterAgent:
         m.set_elements.set(sum(len(s.counts) for s in c.sets.values()))
         m.ready.set(int(self.ready))
 
-    async def sync_loop(self, tick: float = 0.1) -> None:
+    async def sync_loop(self, longest: float = 1.0) -> None:
+        """Sleep until an event wakes it or the runner or a relist is next due (at most
+        `longest`): an idle agent wakes about once a second, for the drift check."""
         while True:
             self.heartbeat = time.monotonic()
             await self.relist_due()
             await self.sync_in_worker()
-            try:
-                await asyncio.wait_for(self.wake.wait(), tick)
-            except TimeoutError:
-                pass
+            now = time.monotonic()
+            at = min(now + longest, self.next_relist, *self.relist_at.values())
+            if self.feed.ready:
+                at = min(at, self.runner.next_due(now))
+            if at > now and not self.wake.is_set():
+                try:
+                    await asyncio.wait_for(self.wake.wait(), at - now)
+                except TimeoutError:
+                    pass
             self.wake.clear()
 
     # --- http: /metrics, /healthz, /readyz ------------------------------------------------

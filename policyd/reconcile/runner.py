@@ -76,6 +76,20 @@ class SyncRunner:
         waiting = self.requested or bool(self.syncer.pending)
         return waiting and now - self.last_at >= self.min_interval
 
+    def next_due(self, now: float, poll: float = 0.1) -> float:
+        """When `due` turns true if nothing new is asked for: the retry after a failure, else
+        the earliest of the next check and the next full resync; now (or after the minimum
+        interval) when a sync is requested; `poll` from now while interfaces are pending
+        (nothing announces them). The sync loop sleeps until then unless an event wakes it."""
+        if self.stats.consecutive_failures:
+            return self.retry_at
+        at = self.next_full if self.check_every <= 0 else min(self.next_full, self.next_check)
+        if self.requested:
+            at = min(at, self.last_at + self.min_interval)
+        if self.syncer.pending:
+            at = min(at, max(now + poll, self.last_at + self.min_interval))
+        return at
+
     def run_once(self) -> SyncResult | None:
         """Sync if one is due; never raises (failures are counted, logged and retried)."""
         now = self.clock()

@@ -184,6 +184,40 @@ def test_runner_resyncs_periodically():
     assert res is not None and res.full and res.ops == 0
 
 
+def test_next_due_is_when_run_once_would_sync_so_an_idle_loop_sleeps_until_then():
+    """The agent's sync loop sleeps until `next_due` (or an event): every sleep must end no
+    later than the runner turns due, and an idle runner must not be due before its check."""
+    r, clock, s = runner(min_interval=0.5, resync_every=100, check_every=1.0, backoff=(0.2, 1.0))
+    assert r.next_due(0.0) <= 0.0 and r.due(0.0), "the first sync is requested at start"
+    r.run_once()
+    assert r.next_due(0.0) == 1.0, "idle: the next drift check"
+    assert not r.due(0.99) and r.due(1.0)
+    r.request()
+    assert r.next_due(0.1) == 0.5, "a request waits out the minimum interval"
+    assert not r.due(0.49) and r.due(0.5)
+    clock.now = 0.5
+    r.run_once()
+    s.pending.add("cali-late")  # an interface nothing announces: polled, no sooner than the minimum interval
+    assert r.next_due(0.6) == 1.0 and r.due(1.0)
+    r.min_interval = 0.0
+    assert r.next_due(0.6) == pytest.approx(0.7) and r.due(0.7)
+    import ipaddress
+
+    from policyd.model.objects import Namespace, NetworkPolicy, Pod
+    from policyd.model.selectors import MATCH_ALL
+
+    s.pending.clear()
+    s.compiler.upsert_namespace(Namespace("default", {}))
+    s.compiler.upsert_policy(NetworkPolicy("default", "deny", MATCH_ALL))
+    s.compiler.upsert_pod(Pod("default", "a", {}, "node-1", (ipaddress.ip_address("10.244.0.2"),)))
+    s.backend.fail_next = True
+    r.request()
+    clock.now = 1.2
+    r.run_once()  # fails: backs off
+    assert r.stats.consecutive_failures == 1 and r.next_due(1.2) == r.retry_at > 1.2
+    assert not r.due(r.retry_at - 0.01) and r.due(r.retry_at)
+
+
 @pytest.mark.parametrize("text,labels,ok", [
     ("app=web", {"app": "web"}, True),
     ("app=web,tier!=db", {"app": "web", "tier": "db"}, False),
