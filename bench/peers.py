@@ -275,7 +275,7 @@ class Result:
     pod_create: list[float] = field(default_factory=list)
     churn_usage: Usage | None = None
     flows: Flows | None = None
-    leftovers: list[str] = field(default_factory=list)
+    leftovers: list[list[str]] = field(default_factory=list)  # per uninstall (one after each phase)
     errors: list[str] = field(default_factory=list)
 
 
@@ -369,7 +369,7 @@ def _step(r: Result, what: str, body: Callable[[], None], cluster: Cluster) -> N
         r.errors.append(f"{what}: {str(e).splitlines()[0][:300]}")
     finally:
         try:
-            r.leftovers += r.agent.uninstall(cluster)
+            r.leftovers.append(r.agent.uninstall(cluster))
         except Exception as e:  # noqa: BLE001
             r.errors.append(f"uninstall after {what}: {str(e).splitlines()[0][:300]}")
             raise
@@ -420,7 +420,8 @@ def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> 
         row("CPU per node during the suite", lambda r: usage(r.suite_usage, "cpu")),
         row(f"RSS per node, max during pod churn ({pods} pods)", lambda r: usage(r.churn_usage, "rss")),
         row("CPU per node during pod churn", lambda r: usage(r.churn_usage, "cpu")),
-        row("left in the kernel after uninstall", lambda r: f"{len(r.leftovers)} objects" if r.leftovers else "nothing"),
+        row("left in the kernel after uninstall (each of 2)",
+            lambda r: " and ".join(str(len(x)) for x in r.leftovers) + " objects" if any(r.leftovers) else "nothing"),
     ]
     ratios = [
         [f"{r.agent.name}: policy create → enforced", _ratio(base.policy_create, r.policy_create)] for r in results[1:]
@@ -434,7 +435,8 @@ def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> 
 
     flows = [flow_row("no agent", limit), *(flow_row(r.agent.name, r.flows) for r in results)]
     errors = [f"* {r.agent.name}: {e}" for r in results for e in r.errors]
-    left = [f"* {r.agent.name}: {', '.join(r.leftovers[:12])}{' …' if len(r.leftovers) > 12 else ''}" for r in results if r.leftovers]
+    left = [f"* {r.agent.name}, after the suite: {', '.join(x[:12])}{' …' if len(x) > 12 else ''}"
+            for r in results if r.leftovers and (x := r.leftovers[0])]
     return [
         f"One real cluster (two nodes, bridge CNI, kube-proxy iptables mode, Kubernetes {k8s_version()}), the agents one "
         f"after another ({seconds / 60:.0f} min in all).",
