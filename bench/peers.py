@@ -9,7 +9,10 @@ policyd from its chart (nftables, then iptables), kube-network-policies and kube
 Phase 1, for each agent: idle RSS and CPU per node (30 s after its pods are Ready), then the
 upstream Netpol e2e suite (realcluster/conformance.py: the same binary, focus, skips and
 parallelism as docs/conformance.md), with every agent process's RSS sampled every 2 s and its
-CPU counted over the suite.
+CPU counted over the suite. Then the agent's process on node-2 is killed (SIGKILL) while
+realcluster/chaos.py's prober, in a client pod on node-1, opens a connection every 20 ms to
+an allowed and to a denied server on node-2: how many denied probes got through, how many
+allowed ones failed and the longest run of them, until 3 s after the agent is Ready again.
 
 Phase 2, with 1,000 more pods in the cluster (bound to a node no kubelet runs, as
 bench/cluster_latency.py makes them), for each agent: policy create → enforced (100 policies at
@@ -46,7 +49,7 @@ import report  # noqa: E402
 from firstpacket import connbench  # noqa: E402
 
 from policyd.lab.netns import entered  # noqa: E402
-from realcluster import conformance, peers  # noqa: E402
+from realcluster import chaos, conformance, peers  # noqa: E402
 from realcluster.cluster import Cluster  # noqa: E402
 from realcluster.layout import Layout  # noqa: E402
 from realcluster.paths import ROOT, k8s_version  # noqa: E402
@@ -275,6 +278,7 @@ class Result:
     pod_create: list[float] = field(default_factory=list)
     churn_usage: Usage | None = None
     flows: Flows | None = None
+    restart: chaos.FaultResult | None = None
     leftovers: list[list[str]] = field(default_factory=list)  # per uninstall (one after each phase)
     errors: list[str] = field(default_factory=list)
 
@@ -291,6 +295,54 @@ def phase_suite(cluster: Cluster, agent: Agent, result: Result) -> None:
         result.suite = conformance.run_suite(cluster, agent.name, out, COMMAND, say)
     result.suite_usage = during.usage
     say(f"{agent.name} during the suite: RSS ≤ {during.usage.rss_range()}, CPU {during.usage.cpu_range()}")
+    phase_restart(cluster, agent, result)
+
+
+def phase_restart(cluster: Cluster, agent: Agent, result: Result) -> None:
+    """kill -9 of the agent on node-2 under chaos.py's prober (the chaos namespace's client,
+    allowed and denied pods and their policies)."""
+
+    def pod(name: str) -> dict[str, Any]:
+        return json.loads(cluster.kubectl("get", "pod", "-n", chaos.NS, name, "-o", "json").stdout)  # type: ignore[no-any-return]
+
+    def agent_pod() -> dict[str, Any]:
+        pods = json.loads(cluster.kubectl("get", "pods", "-n", agent.namespace, "-l", agent.selector, "-o", "json").stdout)["items"]
+        return next(p for p in pods if p["spec"].get("nodeName") == "node-2" and not p["metadata"].get("deletionTimestamp"))
+
+    def ready(p: dict[str, Any]) -> bool:
+        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in p["status"].get("conditions", []))
+
+    def wait(what: str, ok: Callable[[], bool], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ok():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+            time.sleep(0.2)
+
+    cluster.kubectl("apply", "-f", "-", input=chaos.manifests())
+    try:
+        wait("the chaos pods running", lambda: all(pod(n)["status"].get("podIP") and ready(pod(n)) for n in ("client", "allowed", "denied")))
+        targets = {n: (pod(n)["status"]["podIP"], 80) for n in ("allowed", "denied")}
+        prober = chaos.Prober(f"/proc/{chaos.pod_pid(pod('client')['metadata']['uid'])}/ns/net", targets)
+        prober.start()
+        try:
+            time.sleep(3.0)  # the policies enforced (the agent was installed before the suite)
+            start = time.monotonic()
+            before = agent_pod()
+            restarts = before["status"]["containerStatuses"][0]["restartCount"]
+            for pid in agent_processes(cluster, agent)["node-2"]:
+                os.kill(pid, 9)
+            wait("the agent restarted", lambda: agent_pod()["status"]["containerStatuses"][0]["restartCount"] > restarts)
+            wait("the agent Ready again", lambda: ready(agent_pod()))
+            time.sleep(chaos.SETTLE)
+            end = time.monotonic()
+        finally:
+            prober.finish()
+        result.restart = chaos.window(prober.probes, start, end, "kill -9 of the agent on node-2", False)
+        say(f"{agent.name} restart: {result.restart.denied_connected} of {result.restart.denied} denied probes connected, "
+            f"{result.restart.allowed_failed} of {result.restart.allowed} allowed failed")
+    finally:
+        cluster.kubectl("delete", "namespace", chaos.NS, "--wait=true", "--timeout=90s", check=False, timeout=100)
 
 
 def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result, pair: FlowPair) -> None:
@@ -420,6 +472,12 @@ def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> 
         row("CPU per node during the suite", lambda r: usage(r.suite_usage, "cpu")),
         row(f"RSS per node, max during pod churn ({pods} pods)", lambda r: usage(r.churn_usage, "rss")),
         row("CPU per node during pod churn", lambda r: usage(r.churn_usage, "cpu")),
+        row("kill -9 of the agent under a prober: denied probes that connected",
+            lambda r: "—" if r.restart is None else f"{r.restart.denied_connected} of {r.restart.denied}"
+            + (f" (open {r.restart.open_for:.2f} s)" if r.restart.denied_connected else "")),
+        row("kill -9 of the agent under a prober: allowed probes that failed (longest run)",
+            lambda r: "—" if r.restart is None else f"{r.restart.allowed_failed} of {r.restart.allowed} "
+            f"({r.restart.longest_outage:.2f} s; the window {r.restart.seconds:.1f} s)"),
         row("left in the kernel after uninstall (each of 2)",
             lambda r: " and ".join(str(len(x)) for x in r.leftovers) + " objects" if any(r.leftovers) else "nothing"),
     ]
