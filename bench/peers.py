@@ -43,6 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cluster as bench_cluster  # noqa: E402
 import cluster_latency as cl  # noqa: E402
 import firstpacket  # noqa: E402
 import report  # noqa: E402
@@ -97,9 +98,6 @@ AGENTS = [policyd_agent("nftables"), policyd_agent("iptables"), peer_agent(peers
 
 # --- what an agent costs a node ------------------------------------------------------------
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
 def agent_processes(cluster: Cluster, agent: Agent) -> dict[str, list[int]]:
     """Node → the agent's processes there (found by the pod's cgroup; the sandbox's pause
     process left out)."""
@@ -123,26 +121,19 @@ def agent_processes(cluster: Cluster, agent: Agent) -> dict[str, list[int]]:
 
 
 def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
+    """The processes' summed resident set (one that just exited counts nothing)."""
+    return sum(_alive(lambda p=p: bench_cluster.rss_mb(p)[0]) for p in pids)
 
 
 def cpu_s(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except OSError:
-            continue
-    return total / CLOCK_TICKS
+    return sum(_alive(lambda p=p: bench_cluster.cpu_seconds(p)) for p in pids)
+
+
+def _alive(read: Callable[[], float]) -> float:
+    try:
+        return read()
+    except OSError:
+        return 0.0
 
 
 @dataclass

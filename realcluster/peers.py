@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from policyd.lab.netns import sh
 
 from .cluster import Cluster, ClusterError
 from .images import Image, ImageConfig, _cached, _debian_base, _digest, _drop_stale, _run_in_chroot, pack, run
@@ -161,7 +164,7 @@ def uninstall(cluster: Cluster, peer: Peer, say: Say) -> list[str]:
 
 
 def _in(netns: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=60)
+    return sh(*argv, ns=netns, check=False)
 
 
 def _filter_chains(netns: str) -> list[str]:
@@ -202,6 +205,4 @@ def remove_leftovers(netns: str) -> None:
 
 def _rule_args(line: str) -> list[str]:
     """`-A CHAIN <spec>` from iptables-save → the spec as arguments (quoted comments kept whole)."""
-    import shlex
-
     return shlex.split(line)[2:]

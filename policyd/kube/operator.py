@@ -256,8 +256,7 @@ class ClusterAgent:
 
     def sync_once(self) -> None:
         """One sync on this thread (tests; the agent uses sync_in_worker)."""
-        # Not due (the common idle tick): no hop to the worker thread at all.
-        if self.feed.ready and self.runner.due(time.monotonic()):
+        if self.feed.ready:
             failures, batch = self.runner.stats.failures, self._take_arrivals()
             self._record(failures, batch, self.core.run_once())
 
