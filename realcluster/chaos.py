@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,7 @@ class FaultResult:
     opens_node: bool  # the fault removes policyd's own kernel objects: open until repaired
     open_for: float  # first to last denied probe that connected (0 when none did)
     error: str = ""  # the fault could not be made or was not repaired in time (with the agent's log)
+    agent_log: str = ""  # node-2's agent's last lines, kept when the node opened (when it found and repaired what)
 
     @property
     def held(self) -> bool:
@@ -346,6 +347,8 @@ class Chaos:
                     self.say(f"chaos ({self.backend}): {name}: {error}")
                 time.sleep(SETTLE)
                 r = window(prober.probes, start, time.monotonic(), name, opens, error)
+                if r.denied_connected:
+                    r = replace(r, agent_log=self.agent_log())
                 results.append(r)
                 self.say(f"chaos ({self.backend}): {name}: {r.denied_connected} of {r.denied} denied probes connected"
                          f"{f' within {r.open_for * 1e3:.0f} ms' if r.denied_connected else ''}; longest allowed outage "

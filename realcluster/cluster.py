@@ -26,7 +26,7 @@ from policyd.lab.netns import add_namespace, delete_namespaces, ip, list_namespa
 
 from . import config, processes
 from .images import Image, build_all
-from .layout import API_ADDR, API_PORT, API_SERVICE_IP, FABRIC_NET, NODE_BINDS, SERVICE_CIDR, Layout, Node
+from .layout import API_ADDR, API_PORT, API_SERVICE_IP, FABRIC_NET, NODE_BINDS, NODE_FILE_BINDS, SERVICE_CIDR, Layout, Node
 from .paths import STATE_ROOT, k8s_bin
 from .pki import PKI
 
@@ -182,6 +182,11 @@ class Cluster:
             src.mkdir(parents=True, exist_ok=True)
             self._ensure_host_dir(Path(target))
             processes.in_mount_ns(node.mount_ns, "mount", "--bind", str(src), target)
+        for target in NODE_FILE_BINDS:
+            src = node.bind_source(target)
+            src.touch()
+            self._ensure_host_file(Path(target))
+            processes.in_mount_ns(node.mount_ns, "mount", "--bind", str(src), target)
         etc = node.bind_source("/etc/kubernetes")
         (etc / "containerd.toml").write_text(config.containerd_toml())
         name, text = config.cni_conflist(lay.cni, node)
@@ -213,6 +218,15 @@ class Cluster:
             with open(made, "a") as f:
                 for p in missing:
                     f.write(f"{p}\n")
+
+    @staticmethod
+    def _ensure_host_file(path: Path) -> None:
+        """A file's mount point: the host's own lock file, made empty if missing (what iptables
+        itself does on first use) and left in place by `down`: removing a lock file another
+        process may hold would break its mutual exclusion."""
+        with _HOST_DIRS:
+            if not path.exists():
+                path.touch(mode=0o600)
 
     def _start(self, node: Node, name: str, argv: list[str], logs: Path) -> None:
         processes.start(name, node.netns, node.mount_ns, argv, logs / f"{name}.log")

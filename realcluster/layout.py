@@ -24,6 +24,9 @@ NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
 # bind mount of a directory of that node's state, so two nodes on one machine never share.
 NODE_BINDS = ("/var/lib/kubelet", "/var/lib/containerd", "/run/containerd", "/etc/cni/net.d", "/var/lib/cni",
               "/var/log/pods", "/var/log/containers", "/run/netns", "/etc/kubernetes")
+# Files likewise: each node's own iptables lock, as on separate machines (shared, one node's
+# kube-proxy would hold up every other node's iptables-restore, policyd's included).
+NODE_FILE_BINDS = ("/run/xtables.lock",)
 
 
 @dataclass(frozen=True)

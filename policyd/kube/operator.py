@@ -90,6 +90,7 @@ class ClusterAgent:
         self.next_relist = time.monotonic() + settings.relist_every
         self.heartbeat = time.monotonic()
         self.froze_after_relist = False
+        self.relisting: asyncio.Task[None] | None = None  # the relist running beside the sync loop
         self.last_watch_event: dict[WatchKind, float] = {}
         self.last_relist_ok: float | None = None
         self.lock = self.core.lock  # around every change to the compiler (see the module's docstring)
@@ -322,15 +323,34 @@ class ClusterAgent:
         m.set_elements.set(sum(len(s.counts) for s in c.sets.values()))
         m.ready.set(int(self.ready))
 
+    def start_relists(self) -> None:
+        """A due relist runs as a task of its own beside the sync loop, never inside it: a slow
+        or unreachable API server must not hold up a sync or the drift check (a node whose
+        ruleset was removed stays open until that check has run)."""
+        if self.relisting is not None and not self.relisting.done():
+            return
+        now = time.monotonic()
+        if now >= self.next_relist or any(now >= at for at in self.relist_at.values()):
+            self.relisting = asyncio.create_task(self._relist_task(), name="policyd-relist")
+
+    async def _relist_task(self) -> None:
+        try:
+            await self.relist_due()
+        except Exception:  # noqa: BLE001 - logged; the next due relist tries again
+            log.exception("relist failed")
+        finally:
+            self.wake.set()
+
     async def sync_loop(self, longest: float = 1.0) -> None:
         """Sleep until an event wakes it or the runner or a relist is next due (at most
         `longest`): an idle agent wakes about once a second, for the drift check."""
         while True:
             self.heartbeat = time.monotonic()
-            await self.relist_due()
+            self.start_relists()
             await self.sync_in_worker()
             now = time.monotonic()
-            at = min(now + longest, self.next_relist, *self.relist_at.values())
+            relisting = self.relisting is not None and not self.relisting.done()  # its end wakes the loop
+            at = min([now + longest, *(() if relisting else (self.next_relist, *self.relist_at.values()))])
             if self.feed.ready:
                 at = min(at, self.runner.next_due(now))
             if at > now and not self.wake.is_set():
@@ -478,6 +498,8 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
                             clusterwide=True, stop_flag=stop)
     finally:
         sync.cancel()
+        if agent.relisting is not None:
+            agent.relisting.cancel()
         for w in watches:
             w.cancel()
         if drops is not None:

@@ -37,7 +37,7 @@ def test_chaos(clusters: dict[str, Cluster]) -> None:
         for r in rs:
             assert not r.error, f"{backend}: {r.fault}: {r.error}\n{report}"
             if r.opens_node:
-                assert r.open_for <= OPEN_AT_MOST, f"{backend}: {r.fault}: open for {r.open_for:.2f} s\n{report}"
+                assert r.open_for <= OPEN_AT_MOST, f"{backend}: {r.fault}: open for {r.open_for:.2f} s\n{report}\nnode-2's agent:\n{r.agent_log}"
             else:
                 assert r.held, f"{backend}: {r.fault}: {r.denied_connected} denied probes connected\n{report}"
             assert r.allowed > 0 and r.denied > 0, f"{backend}: {r.fault}: the prober did not run\n{report}"

@@ -443,3 +443,41 @@ def test_a_kind_the_api_server_does_not_serve_is_not_watched_and_does_not_block_
     assert "ClusterNetworkPolicy" not in agent.relist_at
     handlers = [h.id for h in build_registry(agent)._watching.get_all_handlers()]
     assert "policyd_observe_networkpolicies" in handlers and "policyd_observe_clusternetworkpolicies" not in handlers, handlers
+
+
+def test_a_relist_stuck_on_the_api_server_does_not_hold_up_the_drift_check():
+    """A relist waits on the API server (etcd down: for its whole request timeout); the sync
+    loop must go on checking the kernel meanwhile, or a node whose ruleset was removed stays
+    open until the API server answers."""
+    import asyncio
+
+    from policyd.kube.operator import ClusterAgent
+    from policyd.nft.fake import FakeBackend
+
+    stuck = asyncio.Event()
+    relisting: list[str] = []
+
+    async def lister(kind):
+        if agent.feed.ready:  # the relist, not the initial lists
+            relisting.append(kind)
+            await stuck.wait()
+        yield [], 5
+
+    agent = ClusterAgent(AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS), DispatchMode.ADDRESS, backend=FakeBackend(), lister=lister)
+    agent.runner.check_every, agent.runner.next_check = 0.05, 0.0
+
+    async def run() -> None:
+        await agent.initial_lists(max_delay=0.01)
+        agent.schedule_relist(0)
+        loop = asyncio.create_task(agent.sync_loop(longest=0.05))
+        await asyncio.sleep(0.2)
+        checks = agent.runner.stats.checks
+        await asyncio.sleep(0.5)
+        assert relisting, "the relist started and hangs"
+        assert agent.runner.stats.checks >= checks + 5, "drift checks went on during the relist"
+        stuck.set()
+        await asyncio.sleep(0.1)
+        assert agent.relisting is not None and agent.relisting.done() and not agent.relist_at
+        loop.cancel()
+
+    asyncio.run(run())
