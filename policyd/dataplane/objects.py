@@ -90,9 +90,6 @@ class ChainDef:
     # INPUT in each of iptables and ip6tables): the families that do jump here. None when
     # not known that way (chains we built; nftables, whose inet chains hook both at once).
     hooked_families: frozenset[int] | None = None
-    # Read back from nftables: each listed rule's handle, in order (what a rule-level edit
-    # names); None otherwise. Not part of what the chain is.
-    handles: tuple[int, ...] | None = field(default=None, compare=False)
 
     @staticmethod
     def build(name: str, rules: list[RuleBody], hook: Hook | None = None, keys: list[str] | None = None) -> ChainDef:

@@ -19,17 +19,15 @@ from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import ChainDef, Elem, MapDef, Ruleset, SetDef, Touched
-from .diff import Transaction, chain_holds, diff, learn_handles
+from .diff import Transaction, chain_holds, diff
 from .generation import Generation
 from .render import NftRenderer
-from .ruleset import echoed_rules, parse_listing, rule_counters
+from .ruleset import parse_listing, rule_counters
 from .text import ruleset_text
 
 log = logging.getLogger("policyd.nft")
 
-NFT_CTX_OUTPUT_HANDLE = 1 << 3
 NFT_CTX_OUTPUT_JSON = 1 << 4
-NFT_CTX_OUTPUT_ECHO = 1 << 5  # print back each command of a batch, with the handles the kernel gave
 NFT_CTX_OUTPUT_TERSE = 1 << 11  # omit set and map elements from listings
 
 
@@ -60,12 +58,10 @@ class Libnftables:
         lib.nft_ctx_buffer_error(self.ctx)
         self.lock = threading.Lock()
 
-    def run(self, command: str, terse: bool = False, json_output: bool = True, echo: bool = False) -> tuple[int, str, str]:
-        """`json_output` False: text output (what libnftables 1.0.6 prints table comments in);
-        `echo`: the batch's commands printed back with their handles."""
+    def run(self, command: str, terse: bool = False, json_output: bool = True) -> tuple[int, str, str]:
+        """`json_output` False: text output (what libnftables 1.0.6 prints table comments in)."""
         with self.lock:
             flags = (NFT_CTX_OUTPUT_JSON if json_output else 0) | (NFT_CTX_OUTPUT_TERSE if terse else 0)
-            flags |= (NFT_CTX_OUTPUT_ECHO | NFT_CTX_OUTPUT_HANDLE) if echo else 0
             self.lib.nft_ctx_output_set_flags(self.ctx, flags)
             rc = self.lib.nft_run_cmd_from_buffer(self.ctx, command.encode())
             out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
@@ -74,10 +70,6 @@ class Libnftables:
 
 
 LOCAL_SET_PREFIX = "pod-"  # the node's own sets (render_skeleton); peer sets are sel-, np-, blk-
-# A transaction is echoed (for the handles of the rules it adds) up to this many operations:
-# the echo prints every element too, and a first load of 90k elements need not be read back.
-# Chains written without the echo are rewritten whole at their next change.
-ECHO_MAX_OPS = 5000
 
 
 class NftDialect:
@@ -87,14 +79,6 @@ class NftDialect:
 
     def __init__(self, table: str = "policyd") -> None:
         self.table = table
-        # chain → (digest, its rules' handles) as the kernel holds it, from our transactions'
-        # echo and the last listing: what lets a changed chain be edited rule by rule.
-        self.handles: dict[str, tuple[str, tuple[int, ...]]] = {}
-
-    def remember(self, rs: Ruleset | None) -> Ruleset | None:
-        """A listing's handles replace what we knew (the kernel's word: chains it lacks go)."""
-        self.handles = {n: (c.digest, c.handles) for n, c in (rs.chains.items() if rs is not None else ()) if c.handles is not None}
-        return rs
 
     def text(self, ruleset: Ruleset, as_json: bool = False) -> str:
         return diff(None, ruleset, self.table).to_json() + "\n" if as_json else ruleset_text(ruleset, self.table)
@@ -104,7 +88,7 @@ class NftDialect:
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
              deltas: dict[str, SetDelta[Elem]] | None = None) -> Transaction:
-        return diff(actual, desired, self.table, touched, deltas, self.handles)
+        return diff(actual, desired, self.table, touched, deltas)
 
     def describe(self) -> str:
         return f"table inet {self.table}"
@@ -201,12 +185,12 @@ class NftBackend(NftDialect):
         rc, out, err = self.nft.run(cmd, terse=not elements)
         if rc != 0:
             if "No such file or directory" in err:
-                return self.remember(None)
+                return None
             raise ApplyError(f"{cmd}: {err.strip()}")
         doc = json.loads(out)
         if not any(i.get("table", {}).get("name") == self.table and i["table"].get("family") == "inet" for i in doc.get("nftables", [])):
-            return self.remember(None)
-        return self.remember(parse_listing(doc, self.table))
+            return None
+        return parse_listing(doc, self.table)
 
     def maps(self, names: list[str]) -> dict[str, MapDef]:
         return self._listed("map", names).maps
@@ -236,12 +220,9 @@ class NftBackend(NftDialect):
             rc, _, err = self.nft.run(f'add table inet {self.table} {{ comment "{OWNER_MARK}" ; }}')
             if rc != 0:
                 raise ApplyError(err.strip())
-        echo = 0 < tx.rule_adds and tx.ops <= ECHO_MAX_OPS
-        rc, out, err = self.nft.run(tx.to_json(), echo=echo)
+        rc, _, err = self.nft.run(tx.to_json())
         if rc != 0:
-            self.handles.clear()  # the next sync is full and lists them again
             raise ApplyError(err.strip() or f"libnftables returned {rc}")
-        learn_handles(self.handles, tx, echoed_rules(json.loads(out)) if echo else None)
 
     def owned(self) -> bool | None:
         """None: no such table; else whether it carries policyd's mark."""

@@ -2,9 +2,7 @@
 
 It interprets the transaction's JSON commands with the kernel's all-or-nothing semantics
 and its refusals (adding an existing chain, deleting a missing element, deleting a chain
-or set that is still referenced, naming a rule handle the chain does not hold), so that
-ordering bugs fail here as they would there. Rules get handles as the kernel gives them
-(one counter per table), listed and echoed back.
+or set that is still referenced), so that ordering bugs fail here as they would there.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ from typing import Any
 from ..dataplane.backend import ApplyError
 from ..dataplane.objects import DIGEST_RE, ChainDef, Hook, MapDef, Ruleset, SetDef
 from .backend import NftDialect
-from .diff import Transaction, learn_handles
+from .diff import Transaction
 from .ruleset import canonical_rule, elem_from_json
 
 
@@ -34,8 +32,6 @@ class FakeBackend(NftDialect):
         # moves it by `commits`; a test that edits the fake behind the syncer's back moves it
         # itself (as any commit to the kernel would).
         self.gen: int | None = None
-        self.next_handle = 1
-        self.echo: dict[str, list[int]] = {}  # the running batch's added rules' handles
 
     def generation(self) -> int | None:
         return self.gen
@@ -43,22 +39,17 @@ class FakeBackend(NftDialect):
     def read(self, elements: bool = True) -> Ruleset | None:
         self.reads.append(elements)
         if self.ruleset is None:
-            return self.remember(None)
+            return None
         rs = self.ruleset.copy()
         if not elements:
             rs.sets = {n: replace(s, elements=frozenset()) for n, s in rs.sets.items()}
             rs.maps = {n: replace(m, elements=()) for n, m in rs.maps.items()}
         for name, chain in rs.chains.items():
             rules = self.rules.get(name, [])
-            for r in rules:
-                if "handle" not in r:  # written by a test as someone else would: the kernel numbers it
-                    r["handle"] = self.next_handle
-                    self.next_handle += 1
             m = DIGEST_RE.search(rules[-1].get("comment", "")) if rules else None
             # Listed as the kernel would: in libnftables' normal form.
-            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(canonical_rule(r) for r in rules),
-                                       handles=tuple(r["handle"] for r in rules))
-        return self.remember(rs)
+            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(canonical_rule(r) for r in rules))
+        return rs
 
     def listing(self) -> str:
         return self.text(self.ruleset) if self.ruleset is not None else ""
@@ -87,16 +78,13 @@ class FakeBackend(NftDialect):
             self.fail_next = False
             raise ApplyError("injected failure")
         saved = (copy.deepcopy(self.ruleset), copy.deepcopy(self.rules))
-        self.echo = {}
         try:
             for cmd in json.loads(tx.to_json())["nftables"][1:]:
                 self._run(cmd)
             self._check_references()
         except ApplyError:
             self.ruleset, self.rules = saved
-            self.handles.clear()
             raise
-        learn_handles(self.handles, tx, self.echo)
         if self.gen is not None:
             self.gen += self.commits(tx)
 
@@ -146,7 +134,8 @@ class FakeBackend(NftDialect):
                 del rs.chains[name]
                 self.rules.pop(name, None)
         elif kind == "rule":
-            self._rule(rs, verb, body)
+            self._need(rs.chains, body["chain"])
+            self.rules[body["chain"]].append({k: v for k, v in body.items() if k in ("expr", "comment")})
         elif kind == "element":
             self._element(rs, verb, name, body["elem"])
         else:
@@ -180,34 +169,6 @@ class FakeBackend(NftDialect):
             else:
                 members.discard(e)
         rs.sets[name] = SetDef(s.name, s.type, s.interval, s.comment, frozenset(members))
-
-    def _rule(self, rs: Ruleset, verb: str, body: dict[str, Any]) -> None:
-        """add (after `handle`, else at the end), insert (before `handle`, else first),
-        replace and delete (the rule `handle`), as the kernel does them."""
-        chain = body["chain"]
-        self._need(rs.chains, chain)
-        rules = self.rules[chain]
-        at = None
-        if "handle" in body:
-            at = next((i for i, r in enumerate(rules) if r["handle"] == body["handle"]), None)
-            if at is None:
-                raise ApplyError(f"No such file or directory: rule handle {body['handle']} in chain {chain}")
-        elif verb in ("replace", "delete"):
-            raise ApplyError(f"{verb} rule needs a handle")
-        if verb == "delete":
-            del rules[at]  # type: ignore[arg-type]
-            return
-        rule = {k: v for k, v in body.items() if k in ("expr", "comment")}
-        if verb == "replace":
-            rules[at] = {**rule, "handle": body["handle"]}  # type: ignore[index]
-            return
-        rule["handle"] = self.next_handle
-        self.next_handle += 1
-        if verb == "add":
-            rules.insert(len(rules) if at is None else at + 1, rule)
-        else:
-            rules.insert(0 if at is None else at, rule)
-        self.echo.setdefault(chain, []).append(rule["handle"])
 
     @staticmethod
     def _need(d: dict[str, Any], name: str) -> None:

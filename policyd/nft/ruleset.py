@@ -159,7 +159,6 @@ def parse_listing(doc: dict[str, Any], table: str) -> Ruleset:
     rs = Ruleset()
     last_comment: dict[str, str] = {}
     listed: dict[str, list[tuple[str, str]]] = {}
-    handles: dict[str, list[int]] = {}
     for item in doc.get("nftables", []):
         body = next(iter(item.values()))
         if not isinstance(body, dict) or body.get("family") != "inet" or body.get("table") != table:
@@ -181,22 +180,7 @@ def parse_listing(doc: dict[str, Any], table: str) -> Ruleset:
             r = item["rule"]
             last_comment[r["chain"]] = r.get("comment", "")
             listed.setdefault(r["chain"], []).append(listed_rule(r))
-            handles.setdefault(r["chain"], []).append(int(r.get("handle", -1)))
     for name, chain in rs.chains.items():
         m = DIGEST_RE.search(last_comment.get(name, ""))
-        rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(listed.get(name, ())),
-                                   handles=tuple(handles.get(name, ())))
+        rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(listed.get(name, ())))
     return rs
-
-
-def echoed_rules(doc: dict[str, Any]) -> dict[str, list[int]]:
-    """chain → the handles of the rules a batch added or inserted, in command order (the
-    batch's echo)."""
-    out: dict[str, list[int]] = {}
-    for item in doc.get("nftables", []):
-        for verb in ("add", "insert"):
-            body = item.get(verb)
-            rule = body.get("rule") if isinstance(body, dict) else None
-            if isinstance(rule, dict):
-                out.setdefault(str(rule["chain"]), []).append(int(rule["handle"]))
-    return out
