@@ -1,10 +1,12 @@
 """Shared helpers (a world from inline YAML) and the markers by directory: everything under
 tests/kernel, tests/e2e and tests/cluster needs root (network namespaces, nftables, real
 processes) and is marked `kernel`; tests/cluster is also marked `cluster`. The root-free lane
-is `pytest -m "not kernel"`."""
+is `pytest -m "not kernel"`. Without root, selecting a `kernel` test is an error at the end of
+collection (after `-m` has deselected what it deselects), never a silent skip."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -23,6 +25,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.kernel)
         if top == "cluster":
             item.add_marker(pytest.mark.cluster)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tests that need root, selected without root: stop with what to run instead."""
+    if os.geteuid() == 0:
+        return
+    need = [i.nodeid for i in session.items if i.get_closest_marker("kernel") is not None]
+    if need:
+        pytest.exit(f"{len(need)} selected tests need root (network namespaces, nftables, real processes), e.g. {need[0]}; "
+                    'without root run the root-free lane: pytest -m "not kernel"', returncode=1)
 
 
 @pytest.fixture

@@ -21,9 +21,6 @@ from realcluster.images import build_all
 from realcluster.layout import Layout
 from realcluster.processes import CGROUP_FS, mounts_under
 
-if os.geteuid() != 0:  # pragma: no cover
-    pytest.exit("real-cluster tests need root (namespaces, mounts, cgroups)", returncode=1)
-
 
 def leftovers(layout: Layout) -> list[str]:
     """What of this cluster the machine still holds."""

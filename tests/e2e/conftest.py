@@ -15,9 +15,6 @@ import pytest
 from policyd.lab.lab import Lab
 from policyd.lab.netns import list_namespaces
 
-if os.geteuid() != 0:  # pragma: no cover
-    pytest.exit("e2e tests need root (network namespaces, nftables)", returncode=1)
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -6,7 +6,6 @@ a per-run prefix and are removed even when a test fails."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -63,10 +62,6 @@ spec:
   ingress:
   - from: [{podSelector: {matchLabels: {app: frontend}}}]
 """
-
-
-if os.geteuid() != 0:  # pragma: no cover
-    pytest.exit("kernel tests need root (network namespaces, nftables)", returncode=1)
 
 
 def parse(*docs: str) -> Manifests:
