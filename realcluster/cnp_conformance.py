@@ -43,7 +43,7 @@ NOT_SUPPORTED = {
 NO_SCTP = "it probes SCTP, and this kernel has no SCTP sockets: agnhost can neither serve nor connect over SCTP"
 TIMEOUT = "40m"
 NPAPI_MOD = ROOT / "realcluster" / "npapi" / "go.mod"
-CRD = ROOT / "charts" / "policyd" / "crds" / "clusternetworkpolicies.yaml"  # scripts/k8s-build.sh
+CRD = ROOT / "charts" / "policyd" / "crds" / "clusternetworkpolicies.yaml"  # committed: scripts/chart-crd.sh
 CRD_NAME = "clusternetworkpolicies.policy.networking.k8s.io"
 
 

@@ -7,9 +7,9 @@
 #                          (the e2e suite's test image, packed by `scripts/cluster.sh images`,
 #                          its tag in agnhost.version) and ginkgo (runs e2e.test in parallel);
 #                          and, of the network-policy-api release pinned in
-#                          realcluster/npapi/go.mod, the ClusterNetworkPolicy CRD into
-#                          charts/policyd/crds/ and its conformance tests (our driver in
+#                          realcluster/npapi/go.mod, its conformance tests (our driver in
 #                          realcluster/npapi/conformance, `go test -c`) into cnp-conformance.test
+#                          (its CRD is committed in the chart: scripts/chart-crd.sh)
 # A cold build takes ~8 min on 2 cores, module downloads included; Go's module and build
 # caches make a second version cheaper.
 set -euo pipefail
@@ -19,16 +19,7 @@ VERSION=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$MOD/go
 [ -n "$VERSION" ] || { echo "k8s-build: no 'require k8s.io/kubernetes' line in $MOD/go.mod" >&2; exit 1; }
 OUT=$PWD/.tools/k8s/$VERSION
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl agnhost ginkgo e2e.test)
-CRD=charts/policyd/crds/clusternetworkpolicies.yaml
 NPAPI=$(awk '$1 == "sigs.k8s.io/network-policy-api" {print $2}' realcluster/npapi/go.mod)
-if [ ! -s "$CRD" ]; then
-  command -v go >/dev/null || { echo "k8s-build: Go is not installed (see README, 'A real cluster')" >&2; exit 1; }
-  dir=$(cd realcluster/npapi && go mod download -json sigs.k8s.io/network-policy-api >/dev/null && go list -m -f '{{.Dir}}' sigs.k8s.io/network-policy-api)
-  mkdir -p "$(dirname "$CRD")"
-  # The experimental channel: it has destinationNamedPort, which policyd enforces.
-  install -m 0644 "$dir/config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml" "$CRD.partial" && mv "$CRD.partial" "$CRD"
-  echo "==> ClusterNetworkPolicy CRD of network-policy-api $NPAPI in $CRD"
-fi
 missing=()
 for b in "${BINARIES[@]}"; do [ -x "$OUT/$b" ] || missing+=("$b"); done
 [ -s "$OUT/agnhost.version" ] || [[ " ${missing[*]} " == *" agnhost "* ]] || missing+=(agnhost)

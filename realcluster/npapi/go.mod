@@ -1,6 +1,7 @@
-// The network-policy-api release policyd implements (ClusterNetworkPolicy): its CRD goes into
-// the chart and its conformance tests into .tools/ at build time (scripts/k8s-build.sh;
-// ./conformance is our driver); nothing of it is committed.
+// The network-policy-api release policyd implements (ClusterNetworkPolicy): its conformance
+// tests go into .tools/ at build time (scripts/k8s-build.sh; ./conformance is our driver);
+// its CRD file is the one thing of it committed, in the chart, so that the chart installs
+// from a fresh clone (scripts/chart-crd.sh writes it and checks it against this pin).
 module policyd.local/npapi
 
 go 1.26.6

@@ -127,3 +127,42 @@ def test_metrics_off_keeps_the_probes_and_one_port_may_serve_both():
     assert [p["name"] for p in c["ports"]] == ["health"] and c["readinessProbe"]["httpGet"]["port"] == "health"
     c = render("healthPort=9808")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
     assert c["ports"] == [{"name": "health", "containerPort": 9808, "protocol": "TCP"}]
+
+
+def test_the_crd_ships_with_the_chart_and_is_the_pinned_modules():
+    """A fresh clone installs the ClusterNetworkPolicy CRD with nothing built: it is in the
+    chart (helm template --include-crds), and it is exactly the experimental-channel file of
+    the network-policy-api release pinned in realcluster/npapi/go.mod."""
+    import shutil
+
+    out = helm("template", "pd", str(CHART), "--include-crds").stdout
+    crds = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "CustomResourceDefinition"]
+    assert [d["metadata"]["name"] for d in crds] == ["clusternetworkpolicies.policy.networking.k8s.io"]
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed: the CRD cannot be compared with the pinned module here")
+    r = subprocess.run([str(ROOT / "scripts" / "chart-crd.sh"), "--check"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("backend,expect,absent", [
+    ("nftables", "policyd cleanup --table policyd\n", "--backend iptables"),
+    ("iptables", "policyd cleanup --table policyd --backend iptables", None),
+    ("auto", "nftables: policyd cleanup --table policyd\n", None),
+])
+def test_notes_name_the_cleanup_of_the_backend_in_use(backend, expect, absent, tmp_path):
+    # `helm template` skips NOTES.txt and `helm install --dry-run` wants a cluster (the chart
+    # has a kubeVersion): a copy of the chart renders it through `tpl` into a ConfigMap.
+    import shutil
+
+    chart = tmp_path / "policyd"
+    shutil.copytree(CHART, chart)
+    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "notes.txt")
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: |\n{{ tpl (.Files.Get "notes.txt") . | indent 4 }}\n')
+    out = helm("template", "pd", str(chart), "--namespace", "kube-system", "--set", f"backend={backend}").stdout
+    notes = next(d for d in yaml.safe_load_all(out) if d and d["metadata"]["name"] == "notes")["data"]["notes"]
+    assert expect in notes, notes
+    if absent is not None:
+        assert absent not in notes, notes
+    if backend == "auto":
+        assert "iptables: policyd cleanup --table policyd --backend iptables" in notes, notes
