@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from .compile.evaluate import SideVerdict, Verdict
-from .compile.matrix import GroupedMatrix, Matrix
+from .compile.matrix import POD_MATRIX, GroupedMatrix, Matrix
 from .compile.plan import AllowRule, PortMatch, TierRule
 from .model.objects import Action, NetworkPolicy
 from .observe.counters import Count, Counters, side_key
@@ -45,7 +45,8 @@ def grouped_table(m: GroupedMatrix) -> str:
 
 def write_pairs_json(out: TextIO, protocol: str, port: int | None, pods: list[str], rows: Iterable[tuple[str, list[str]]]) -> None:
     """Matrix.to_json() of every pair, one source per line, written as it is computed."""
-    out.write(f'{{"protocol": {json.dumps(protocol)}, "port": {json.dumps(port)},\n "pods": {json.dumps(pods)},\n "allowed": {{')
+    out.write(f'{{"kind": "{POD_MATRIX}", "version": 1, "protocol": {json.dumps(protocol)}, "port": {json.dumps(port)},\n'
+              f' "pods": {json.dumps(pods)},\n "allowed": {{')
     for n, (src, allowed) in enumerate(rows):
         out.write(f'{"," if n else ""}\n  {json.dumps(src)}: {json.dumps(allowed)}')
     out.write("\n }\n}\n")

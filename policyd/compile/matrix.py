@@ -20,6 +20,11 @@ from .engine import Compiler
 from .evaluate import Endpoint
 from .plan import AllowRule, BlockSetSpec, DirectionPlan, SetSpec, TierRule, addresses, named_ports
 
+# The JSON shapes' names (docs/json.md): a script checks `kind` and `version`; a shape that
+# changes gets a new version, never silently.
+POD_MATRIX = "PodMatrix"
+PROFILE_MATRIX = "ProfileMatrix"
+
 
 @dataclass(frozen=True)
 class Matrix:
@@ -30,7 +35,7 @@ class Matrix:
     targets: list[str] | None = None  # destinations considered (None: all of `pods`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "port": self.port, "pods": self.pods, "allowed": self.allowed}
+        return {"kind": POD_MATRIX, "version": 1, "protocol": self.protocol, "port": self.port, "pods": self.pods, "allowed": self.allowed}
 
     def is_allowed(self, src: str, dst: str) -> bool:
         return dst in self.allowed.get(src, ())
@@ -48,8 +53,8 @@ class GroupedMatrix:
     allowed: dict[str, list[str]]  # group → every group its pods may open connections to
 
     def to_json(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "port": self.port, "groups": self.groups, "allowed": self.allowed,
-                "note": "every pod also reaches itself"}
+        return {"kind": PROFILE_MATRIX, "version": 1, "protocol": self.protocol, "port": self.port, "groups": self.groups,
+                "allowed": self.allowed, "note": "every pod also reaches itself"}
 
     @property
     def pod_count(self) -> int:

@@ -383,7 +383,7 @@ class ClusterAgent:
             # Readiness is about enforcement (lists in, kernel in step); the watches are
             # reported, not judged: a quiet cluster sends no events, and kopf re-opens a
             # broken watch by itself (relisting after a 410, which the relist repair follows).
-            doc = {"ready": self.ready, "initial_lists_complete": self.feed.ready, **self.core.status(),
+            doc = {"kind": "AgentStatus", "version": 1, "ready": self.ready, "initial_lists_complete": self.feed.ready, **self.core.status(),
                    "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
                    "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1),
                    **{f"{k.lower()}_watch": asdict(w.stats) for k, w in self.lean.items()}}

@@ -91,7 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     st = _lab(args.name).status()
     if args.output == "json":
-        print(json.dumps(st, indent=2))
+        print(json.dumps({"kind": "LabStatus", "version": 1, **st}, indent=2))
         return EXIT_OK
     print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, {st['backend']} backend, "
           f"manifest generation {st['generation']}, state {st['state']}")

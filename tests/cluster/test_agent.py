@@ -135,6 +135,7 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     code, body = http_get(c.layout.fabric, f"http://{node.ip}:9809/readyz")
     doc = json.loads(body)
     assert code == 200 and doc["ready"] and doc["initial_lists_complete"] and "Pod" in doc["seconds_since_watch_event"]
+    assert (doc["kind"], doc["version"]) == ("AgentStatus", 1), "the body names its shape (docs/json.md)"
 
     # `helm uninstall` leaves the ruleset: backend stays isolated without any agent, until
     # `policyd cleanup` on each node removes it.

@@ -255,7 +255,8 @@ spec: {nodeName: node-1}
 def test_matrix_json_shape(world):
     w = world(CLUSTER, policy("  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]"))
     m = compute(w.compile(), w.pods, "TCP", 80).to_json()
-    assert set(m) == {"protocol", "port", "pods", "allowed"}
+    assert set(m) == {"kind", "version", "protocol", "port", "pods", "allowed"}
+    assert (m["kind"], m["version"]) == ("PodMatrix", 1), "the shape names itself (docs/json.md)"
     assert m["protocol"] == "TCP" and m["port"] == 80 and len(m["pods"]) == 9
     assert "x/a" in m["allowed"]["x/a"], "a pod reaches itself over its own loopback"
     assert "x/a" not in m["allowed"]["y/b"]
@@ -273,6 +274,7 @@ def test_matrix_cli_groups_by_profile_and_prints_every_pair_on_request(world, tm
     assert g["allowed"][name["x/b"]] == sorted(set(name.values()), key=lambda k: int(k[1:]))
     assert name["x/a"] not in g["allowed"][name["y/a"]] and name["x/a"] in g["allowed"][name["x/b"]]
     assert g["note"] == "every pod also reaches itself"
+    assert (g["kind"], g["version"]) == ("ProfileMatrix", 1), "the default shape says it is not the every-pair one"
 
     assert main(["matrix", "-f", str(tmp_path), "-o", "json", "--by", "pod"]) == 0
     assert json.loads(capsys.readouterr().out) == compute(w.compile(), w.pods).to_json()
