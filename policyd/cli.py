@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
@@ -38,6 +39,7 @@ def add_input(p: argparse.ArgumentParser, live: bool = True) -> None:
     if live:
         p.add_argument("--kubeconfig", metavar="PATH", help="read a live cluster through this kubeconfig instead of files")
         p.add_argument("--in-cluster", action="store_true", help="read the live cluster this pod runs in")
+        p.add_argument("--context", metavar="NAME", help="with a kubeconfig: this context instead of its current one")
     p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="pod addresses for pods without status.podIPs")
     p.add_argument("--node-prefix", type=int, default=24, help="prefix length of each node's pod CIDR")
 
@@ -48,15 +50,20 @@ def add_service(p: argparse.ArgumentParser, icmp: bool) -> None:
     p.add_argument("--port", type=int, default=80)
 
 
+def is_live(args: argparse.Namespace) -> bool:
+    """Read a live cluster: a kubeconfig, a context of the default one, or in-cluster."""
+    return bool(getattr(args, "kubeconfig", None) or getattr(args, "context", None) or getattr(args, "in_cluster", False))
+
+
 def world_from(args: argparse.Namespace) -> World:
-    live = getattr(args, "kubeconfig", None) or getattr(args, "in_cluster", False)
+    live = is_live(args)
     if live and args.paths:
         raise UsageError("read either manifests (-f) or a live cluster (--kubeconfig/--in-cluster), not both")
     if live:
         from .kube.client import read_cluster
 
         try:
-            namespaces, pods, policies, cluster_policies = read_cluster(args.kubeconfig)
+            namespaces, pods, policies, cluster_policies = read_cluster(args.kubeconfig, args.context)
         except InvalidInput:
             raise  # listed problem by problem by main()
         except Exception as e:  # noqa: BLE001 - connection, auth, config: say what failed
@@ -74,6 +81,11 @@ def world_from(args: argparse.Namespace) -> World:
 def cmd_matrix(args: argparse.Namespace) -> int:
     w = world_from(args)
     compiler, proto = w.compile(), args.protocol
+    if args.namespace is not None:  # verdicts from every policy; only these pods shown
+        shown = [p for p in w.pods if p.namespace == args.namespace]
+        if not shown:
+            raise UsageError(f"no pods in namespace {args.namespace!r}")
+        w = dataclasses.replace(w, pods=shown)
     if args.by == "pod" and args.output == "json":  # every pair, written as computed
         keys, rows = pairs(compiler, w.pods, proto, args.port)
         report.write_pairs_json(sys.stdout, proto, service_port(proto, args.port), keys, rows)
@@ -131,14 +143,13 @@ def is_address(ref: str) -> bool:
 def cmd_explain(args: argparse.Namespace) -> int:
     lab = None
     if args.lab is not None:
-        if args.paths or getattr(args, "kubeconfig", None) or getattr(args, "in_cluster", False):
-            raise UsageError("--lab reads the lab's own manifests: give no -f, --kubeconfig or --in-cluster")
+        if args.paths or is_live(args):
+            raise UsageError("--lab reads the lab's own manifests: give no -f, --kubeconfig, --context or --in-cluster")
         from .lab.lab import Lab
 
         lab = Lab(args.lab)
         args.paths = [str(lab.manifests)]
-    live = getattr(args, "kubeconfig", None) or getattr(args, "in_cluster", False)
-    if args.hits and not live:
+    if args.hits and not is_live(args):
         raise UsageError("--hits reads the node agents of a live cluster (--kubeconfig or --in-cluster); a lab: --lab NAME")
     w = world_from(args)
     src, dst = same_family(w, args.src, args.dst)
@@ -160,7 +171,7 @@ def agents_counters(args: argparse.Namespace) -> Callable[[str], Counters]:
     """node → its agent's rule counters, read from its /metrics (a clear error if it cannot)."""
     from .kube.client import agent_counters, node_addresses
 
-    addresses = node_addresses(None if args.in_cluster else args.kubeconfig)
+    addresses = node_addresses(None if args.in_cluster else args.kubeconfig, args.context)
 
     def of(node: str) -> Counters:
         if node not in addresses:
@@ -241,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.add_argument("--by", choices=["profile", "pod"], default="profile",
                    help="profile (default): one row per group of pods that every pod treats alike; pod: every pair")
+    p.add_argument("-n", "--namespace", default=None,
+                   help="only this namespace's pods, as sources and destinations (every policy still counts)")
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("explain", help="verdict for one connection and the rule that decides it (exit 0 allowed, 1 denied)")

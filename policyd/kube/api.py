@@ -55,23 +55,45 @@ class UnsupportedKubeconfig(Exception):
     """A kubeconfig user this module does not read (exec plugins, auth providers)."""
 
 
-def credentials(kubeconfig: str | None) -> kopf.ConnectionInfo:
-    """The API server and how to authenticate, as kubectl would find them."""
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT / "token").exists():
+def credentials(kubeconfig: str | None, context: str | None = None) -> kopf.ConnectionInfo:
+    """The API server and how to authenticate, as kubectl would find them (`context`: that
+    context of the kubeconfig instead of its current one)."""
+    if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT / "token").exists():
         host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         host = f"[{host}]" if ":" in host else host
         return kopf.ConnectionInfo(server=f"https://{host}:{port}", ca_path=str(SERVICE_ACCOUNT / "ca.crt"),
                                    token=(SERVICE_ACCOUNT / "token").read_text().strip(), scheme="Bearer")
-    path = Path(kubeconfig or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or "~/.kube/config").expanduser()
+    path = kubeconfig_path(kubeconfig)
     try:
-        return from_kubeconfig(yaml.safe_load(path.read_text()) or {}, path.parent)
+        return from_kubeconfig(yaml.safe_load(path.read_text()) or {}, path.parent, context)
     except UnsupportedKubeconfig:
         from .client import connection_info  # the kubernetes client's reading: exec plugins, auth providers
 
-        return connection_info(str(path))
+        return connection_info(str(path), context)
 
 
-def from_kubeconfig(doc: dict[str, Any], base: Path) -> kopf.ConnectionInfo:
+def kubeconfig_path(kubeconfig: str | None) -> Path:
+    """The kubeconfig kubectl reads: the one given, else the first of $KUBECONFIG, else
+    ~/.kube/config."""
+    return Path(kubeconfig or (os.environ.get("KUBECONFIG") or "").split(os.pathsep)[0] or "~/.kube/config").expanduser()
+
+
+def context_namespace(kubeconfig: str | None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig's context (`context`, else its current one), as kubectl
+    uses it when no -n is given: `default` when the context names none."""
+    path = kubeconfig_path(kubeconfig)
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ValueError(f"kubeconfig {path}: {e.strerror}") from None
+    name = context or doc.get("current-context")
+    for item in doc.get("contexts") or []:
+        if item.get("name") == name:
+            return str((item.get("context") or {}).get("namespace") or "default")
+    raise ValueError(f"kubeconfig {path}: no context named {name!r}")
+
+
+def from_kubeconfig(doc: dict[str, Any], base: Path, context: str | None = None) -> kopf.ConnectionInfo:
     def named(section: str, name: str) -> dict[str, Any]:
         for item in doc.get(section) or []:
             if item.get("name") == name:
@@ -81,11 +103,11 @@ def from_kubeconfig(doc: dict[str, Any], base: Path) -> kopf.ConnectionInfo:
     def local(p: str | None) -> str | None:
         return None if p is None else str(base / Path(p).expanduser())
 
-    current = doc.get("current-context")
+    current = context or doc.get("current-context")
     if not current:
         raise ValueError("kubeconfig: no current-context")
-    context = named("contexts", current)
-    cluster, user = named("clusters", context.get("cluster", "")), named("users", context.get("user", ""))
+    ctx = named("contexts", current)
+    cluster, user = named("clusters", ctx.get("cluster", "")), named("users", ctx.get("user", ""))
     if user.get("exec") or user.get("auth-provider"):
         raise UnsupportedKubeconfig()
     token = user.get("token")

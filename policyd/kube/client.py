@@ -18,32 +18,33 @@ if TYPE_CHECKING:
     import kopf
 
 
-def api_client(kubeconfig: str | None = None) -> Any:
-    """In-cluster config when running in a pod (and no kubeconfig is given), else the
-    kubeconfig file (`None`: $KUBECONFIG or ~/.kube/config)."""
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """In-cluster config when running in a pod (and no kubeconfig or context is given), else
+    the kubeconfig file (`None`: $KUBECONFIG or ~/.kube/config), at `context` if given."""
     from kubernetes import client, config
 
-    if kubeconfig is None:
+    if kubeconfig is None and context is None:
         try:
             config.load_incluster_config()
             return client.ApiClient()
         except config.ConfigException:
             pass
-    return config.new_client_from_config(config_file=kubeconfig)
+    return config.new_client_from_config(config_file=kubeconfig, context=context)
 
 
-def list_all(kubeconfig: str | None, kind: WatchKind) -> list[dict[str, Any]]:
+def list_all(kubeconfig: str | None, kind: WatchKind, context: str | None = None) -> list[dict[str, Any]]:
     """Every object of `kind`, through the agent's own paged lists (kube/api.py)."""
     from .api import credentials, list_pages
 
     async def collect() -> list[dict[str, Any]]:
-        info = credentials(kubeconfig)
+        info = credentials(kubeconfig, context)
         return [item async for items, _ in list_pages(info, kind) for item in items]
 
     return asyncio.run(collect())
 
 
-def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy], list[ClusterNetworkPolicy]]:
+def read_cluster(kubeconfig: str | None = None, context: str | None = None,
+                 ) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy], list[ClusterNetworkPolicy]]:
     """The cluster's namespaces, pods and policies for `policyd matrix/explain --kubeconfig`.
     A policy that fails validation is kept (it isolates and allows nothing, as the agent
     enforces it); any other unreadable object is an error listing every problem. Without
@@ -52,7 +53,7 @@ def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[P
     problems: list[Problem] = []
     for kind in WATCHED_KINDS:
         try:
-            items = list_all(kubeconfig, kind)
+            items = list_all(kubeconfig, kind, context)
         except NotServed:
             continue
         for item in items:
@@ -68,13 +69,13 @@ def read_cluster(kubeconfig: str | None = None) -> tuple[list[Namespace], list[P
     return out["Namespace"], out["Pod"], out["NetworkPolicy"], out["ClusterNetworkPolicy"]
 
 
-def node_addresses(kubeconfig: str | None = None) -> dict[str, str]:
+def node_addresses(kubeconfig: str | None = None, context: str | None = None) -> dict[str, str]:
     """Each node's InternalIP (else its first address): where its agent serves /metrics on
     the host network."""
     from kubernetes import client
 
     out = {}
-    for node in client.CoreV1Api(api_client(kubeconfig)).list_node().items:
+    for node in client.CoreV1Api(api_client(kubeconfig, context)).list_node().items:
         addresses = node.status.addresses or []
         pick = next((a for a in addresses if a.type == "InternalIP"), addresses[0] if addresses else None)
         if pick is not None:
@@ -90,13 +91,13 @@ def agent_counters(address: str, port: int, timeout: float = 5.0) -> Counters:
         return counters_from_metrics(r.read().decode())
 
 
-def connection_info(kubeconfig: str | None) -> kopf.ConnectionInfo:
+def connection_info(kubeconfig: str | None, context: str | None = None) -> kopf.ConnectionInfo:
     """kopf's credentials from the same configuration the `kubernetes` client reads (an
     explicit kubeconfig wins over the in-cluster service account)."""
     import kopf
     from kubernetes import client
 
-    cfg: client.Configuration = api_client(kubeconfig).configuration
+    cfg: client.Configuration = api_client(kubeconfig, context).configuration
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
     parts = header.split(" ", 1) if header else []
     scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])

@@ -12,15 +12,18 @@ is deleted and the history compacted) stays in tests/e2e/test_cluster_agent.py."
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
 from policyd.lab.netns import http_get
 from realcluster.cluster import Cluster, ClusterError
+from realcluster.paths import k8s_bin
 from realcluster.walkthrough import POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_node, cleanup_nodes, helm_uninstall, install_chart, pods_of, rollout
 
 AGENT_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}"
@@ -131,6 +134,12 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     assert proc.returncode == 1 and re.search(r"counted on node-2: ingress isolation of default pods by "
                                               r"default/allow-frontend-to-backend,default/metrics-port: [1-9]\d* packets", proc.stdout), \
         proc.stdout + proc.stderr
+    # The same through kubectl itself: it finds the kubectl-policyd plugin on PATH (the package
+    # installs it), which reads $KUBECONFIG's current context and its namespace (default).
+    venv_bin = str(Path(sys.executable).parent)
+    proc = c.run_in_fabric(["env", f"PATH={venv_bin}:{os.environ['PATH']}", str(k8s_bin("kubectl")), "policyd", "explain", "walker",
+                            backend["name"], "--hits"], check=False)
+    assert proc.returncode == 1 and re.search(r"counted on node-2: .*: [1-9]\d* packets", proc.stdout), proc.stdout + proc.stderr
     assert "policyd_ready 1.0" in text
     code, body = http_get(c.layout.fabric, f"http://{node.ip}:9809/readyz")
     doc = json.loads(body)
