@@ -12,6 +12,7 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only realcluster` only the real-cluster latencies (bench/cluster_latency.py, about 2 minutes),
 `--only drift` only the drift repair times (bench/drift.py, about 2 minutes),
 `--only dataplane` only the nftables dataplane and large sets (about 5 minutes),
+`--only nft-ops` only what each kind of libnftables command costs in a busy node's table (bench/nft_ops.py, under a minute),
 `--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute),
 `--only cluster-policies` only what 1,000 ClusterNetworkPolicies cost (bench/cluster_policies.py, about a minute),
 `--only drop-log` only the drop log and rule counters off and on (bench/drop_log.py, about 2 minutes),
@@ -46,6 +47,7 @@ import drift  # noqa: E402
 import drop_log  # noqa: E402
 import firstpacket  # noqa: E402
 import matrix  # noqa: E402
+import nft_ops  # noqa: E402
 import peers  # noqa: E402
 import scale  # noqa: E402
 import synthetic  # noqa: E402
@@ -278,6 +280,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "drift": ("Drift repair", drift.measure),
     "matrix": ("policyd matrix at scale", matrix.measure),
     "iptables-api": ("iptables: restore or libiptc", backends.iptables_apis),
+    "nft-ops": ("libnftables: what each kind of command costs", nft_ops.measure),
     "cluster-policies": ("ClusterNetworkPolicy cost", cluster_policies.measure),
     "drop-log": ("The drop log and rule counters: off and on", drop_log.measure),
     "cold-start": ("Cold start and memory (scenario 3)", cold_starts),
@@ -310,7 +313,8 @@ def main() -> None:
         return
     started = time.monotonic()
     steal_before = cpu_times()
-    setup = ("scripts/setup.sh --bench" if args.only in ("backends", "drift", "matrix", "dataplane", "iptables-api", "cluster-policies", "drop-log") else
+    local = ("backends", "drift", "matrix", "dataplane", "iptables-api", "nft-ops", "cluster-policies", "drop-log")
+    setup = ("scripts/setup.sh --bench" if args.only in local else
              "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh"
              + (" && scripts/peers-build.sh" if args.only == "peers" else ""))
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")
