@@ -90,9 +90,19 @@ class ChainDef:
     # INPUT in each of iptables and ip6tables): the families that do jump here. None when
     # not known that way (chains we built; nftables, whose inet chains hook both at once).
     hooked_families: frozenset[int] | None = None
+    # Built here: each rule's JSON (the keys ChainDef.build digests; the last one unsealed).
+    keys: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+    # Steps that may stand in any order (NetworkPolicy allow rules: each one returns, none
+    # excludes another), just before the chain's last step: (the index of their first rule,
+    # each step's number of rules). The kernel may hold them in another order (a policy's
+    # rules appended as it comes) and still hold this chain.
+    free: tuple[int, tuple[int, ...]] | None = field(default=None, compare=False)
+    # Read back from nftables: each listed rule's handle, in order. Not part of what it is.
+    handles: tuple[int, ...] | None = field(default=None, compare=False)
 
     @staticmethod
-    def build(name: str, rules: list[RuleBody], hook: Hook | None = None, keys: list[str] | None = None) -> ChainDef:
+    def build(name: str, rules: list[RuleBody], hook: Hook | None = None, keys: list[str] | None = None,
+              free: tuple[int, tuple[int, ...]] | None = None) -> ChainDef:
         """Seal the chain: the digest of its rules goes into the last rule's comment. (The
         digest is of `json.dumps([name, hook, rules], sort_keys=True)`, put together from
         each rule's own JSON, which the chain keeps as its `keys`; a caller that has them
@@ -107,7 +117,7 @@ class ChainDef:
             last = RuleBody(**sealed[-1])
             last["comment"] = (last.get("comment", "")[: COMMENT_MAX - 16] + f" [{digest}]").strip()
             sealed[-1] = last
-        return ChainDef(name, tuple(sealed), hook, digest)
+        return ChainDef(name, tuple(sealed), hook, digest, keys=tuple(keys), free=free)
 
 
 @dataclass

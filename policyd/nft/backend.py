@@ -19,7 +19,7 @@ from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import ChainDef, Elem, MapDef, Ruleset, SetDef, Touched
-from .diff import Transaction, chain_holds, diff
+from .diff import KernelChain, Transaction, chain_holds, diff
 from .generation import Generation
 from .render import NftRenderer
 from .ruleset import parse_listing, rule_counters
@@ -79,6 +79,55 @@ class NftDialect:
 
     def __init__(self, table: str = "policyd") -> None:
         self.table = table
+        # What our writes left in each chain (in the kernel's order), and the handles of its
+        # rules once read: what lets a changed chain be edited in place (nft/diff.py).
+        self.kernel_chains: dict[str, KernelChain] = {}
+        self.handle_cache: dict[str, tuple[int, ...]] = {}
+
+    def rule_handles(self, chain: str) -> tuple[int, ...] | None:
+        """The chain's rules' handles in the kernel's order (None: cannot say)."""
+        return None
+
+    def handles_of(self, chain: str) -> tuple[int, ...] | None:
+        """The handles of what we wrote in `chain`, read once per write; None unless the
+        kernel holds exactly as many rules."""
+        got = self.handle_cache.get(chain)
+        if got is None:
+            km = self.kernel_chains.get(chain)
+            got = self.rule_handles(chain) if km is not None else None
+            if km is None or got is None or len(got) != len(km.keys):
+                return None
+            self.handle_cache[chain] = got
+        return got
+
+    def committed(self, tx: Transaction) -> None:
+        """After `tx` reached the kernel: the chains it wrote hold its layouts, with handles
+        not read yet."""
+        for n in tx.forget:
+            self.kernel_chains.pop(n, None)
+            self.handle_cache.pop(n, None)
+        for n, layout in tx.layouts.items():
+            self.kernel_chains[n] = layout
+            self.handle_cache.pop(n, None)
+
+    def failed(self) -> None:
+        """A transaction failed: what the kernel holds is read again before any edit."""
+        self.kernel_chains.clear()
+        self.handle_cache.clear()
+
+    def listed(self, rs: Ruleset | None) -> Ruleset | None:
+        """A listing shows the kernel's handles: a chain whose handles are not what we last
+        read (or whose length differs) is refilled at its next change."""
+        chains = rs.chains if rs is not None else {}
+        for n in list(self.kernel_chains):
+            listed = chains[n].handles if n in chains else None
+            cached = self.handle_cache.get(n)
+            if listed is None or len(listed) != len(self.kernel_chains[n].keys) or (cached is not None and cached != listed):
+                self.kernel_chains.pop(n)
+                self.handle_cache.pop(n, None)
+            else:
+                self.handle_cache[n] = listed
+        return rs
 
     def text(self, ruleset: Ruleset, as_json: bool = False) -> str:
         return diff(None, ruleset, self.table).to_json() + "\n" if as_json else ruleset_text(ruleset, self.table)
@@ -88,7 +137,7 @@ class NftDialect:
 
     def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
              deltas: dict[str, SetDelta[Elem]] | None = None) -> Transaction:
-        return diff(actual, desired, self.table, touched, deltas)
+        return diff(actual, desired, self.table, touched, deltas, self.kernel_chains, self.handles_of)
 
     def describe(self) -> str:
         return f"table inet {self.table}"
@@ -185,12 +234,12 @@ class NftBackend(NftDialect):
         rc, out, err = self.nft.run(cmd, terse=not elements)
         if rc != 0:
             if "No such file or directory" in err:
-                return None
+                return self.listed(None)
             raise ApplyError(f"{cmd}: {err.strip()}")
         doc = json.loads(out)
         if not any(i.get("table", {}).get("name") == self.table and i["table"].get("family") == "inet" for i in doc.get("nftables", [])):
-            return None
-        return parse_listing(doc, self.table)
+            return self.listed(None)
+        return self.listed(parse_listing(doc, self.table))
 
     def maps(self, names: list[str]) -> dict[str, MapDef]:
         return self._listed("map", names).maps
@@ -222,7 +271,20 @@ class NftBackend(NftDialect):
                 raise ApplyError(err.strip())
         rc, _, err = self.nft.run(tx.to_json())
         if rc != 0:
+            self.failed()
             raise ApplyError(err.strip() or f"libnftables returned {rc}")
+        self.committed(tx)
+
+    def rule_handles(self, chain: str) -> tuple[int, ...] | None:
+        """A raw netlink dump of the one chain (libnftables would first read every set
+        element of the table)."""
+        if self._generation is None:
+            return None
+        try:
+            return self._generation.rule_handles(self.table, chain)
+        except OSError as e:
+            log.warning("reading the rule handles of chain %s failed (%s): it is refilled", chain, e)
+            return None
 
     def owned(self) -> bool | None:
         """None: no such table; else whether it carries policyd's mark."""
@@ -235,6 +297,7 @@ class NftBackend(NftDialect):
         return len(lines) > 1 and lines[1].strip() == f'comment "{OWNER_MARK}"'
 
     def delete_table(self) -> bool:
+        self.failed()  # nothing we wrote stays there
         owned = self.owned()
         if owned is None:
             return False

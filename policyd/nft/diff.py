@@ -1,7 +1,16 @@
 """(what the kernel holds, what we want) → one Transaction, in an order the kernel accepts.
 
-Order: create new sets, maps and (empty) chains; refill changed chains (flush + add);
-update set and map elements; then delete chains and sets nothing refers to any more.
+Order: create new sets, maps and (empty) chains; change the rules of changed chains; update
+set and map elements; then delete chains and sets nothing refers to any more.
+
+A changed chain is flushed and refilled, unless only its order-free steps (ChainDef.free:
+NetworkPolicy allow rules) changed and the kernel's handles of its rules are known: then
+the steps that went are deleted by handle, the old last step (it carries the digest) too,
+and the new steps and the new last step are appended. Appends and deletes by handle are the
+two commands libnftables runs without first reading the whole table (`bench/run.py --only
+nft-ops`), so a policy added to a pod with 200 rules is a handful of operations, not 200.
+The kernel then holds the steps in the order they came (`KernelChain`), which holds the
+same chain (`chain_holds`).
 With `touched` only those names are compared (partial sync); without it, everything
 (full sync). Sets with an element delta send just that delta: `actual` may share the very
 element set desired keeps (they are equal after every sync), so comparing would find
@@ -11,6 +20,8 @@ nothing. An unchanged state yields a transaction with zero operations.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,12 +39,29 @@ from .ruleset import (
 )
 
 
+@dataclass(frozen=True)
+class KernelChain:
+    """A chain as our last write left it in the kernel: the desired chain's digest, each
+    rule's key in the kernel's order, and where its order-free steps are in that order."""
+
+    digest: str
+    keys: tuple[str, ...]
+    free: tuple[int, tuple[int, ...]] | None
+
+
+# A chain's rules' handles in the kernel's order, read when an edit needs them (None: not
+# known, or not what we wrote: the chain is refilled).
+HandlesOf = Callable[[str], tuple[int, ...] | None]
+
+
 @dataclass
 class Transaction:
     """One libnftables batch. `ops` counts commands and elements, the unit of kernel work."""
 
     commands: list[dict[str, Any]] = field(default_factory=list)
     ops: int = 0
+    layouts: dict[str, KernelChain] = field(default_factory=dict)  # what each chain it writes holds after it
+    forget: list[str] = field(default_factory=list)  # chains it deletes
 
     def add(self, verb: str, obj: dict[str, Any], weight: int = 1) -> None:
         self.commands.append({verb: obj})
@@ -62,13 +90,22 @@ def canonical_chain(c: ChainDef) -> tuple[tuple[str, str], ...]:
 
 
 def chain_holds(have: ChainDef, want: ChainDef) -> bool:
-    """Whether the chain `have` (believed, or listed by the kernel) is `want`."""
+    """Whether the chain `have` (believed, or listed by the kernel) is `want`. Listed rules
+    are compared one by one, but for the steps that may stand in any order (`free`), which
+    must be there as many times each, in any order."""
     if have.digest != want.digest or have.hook != want.hook:
         return False
     if have.listed is None:
         return True
-    wanted = want.listed if want.listed is not None else canonical_chain(want)
-    return tuple(have.listed) == tuple(wanted)
+    wanted = tuple(want.listed if want.listed is not None else canonical_chain(want))
+    listed = tuple(have.listed)
+    if listed == wanted:
+        return True
+    if want.free is None or len(listed) != len(wanted):
+        return False
+    a = want.free[0]
+    b = a + sum(want.free[1])
+    return listed[:a] == wanted[:a] and listed[b:] == wanted[b:] and Counter(listed[a:b]) == Counter(wanted[a:b])
 
 
 def diff(
@@ -77,9 +114,12 @@ def diff(
     table: str,
     touched: Touched | None = None,
     deltas: dict[str, SetDelta[Elem]] | None = None,
+    kernel: Mapping[str, KernelChain] | None = None,
+    handles_of: HandlesOf | None = None,
 ) -> Transaction:
     """`touched` limits the names compared; `deltas` (default: touched's) are trusted element
-    changes of sets whose kernel elements equal desired's before the delta."""
+    changes of sets whose kernel elements equal desired's before the delta; `kernel` and
+    `handles_of` (what our writes left, and its handles) let a chain be edited in place."""
     tx = Transaction()
     if deltas is None:
         deltas = touched.deltas if touched is not None else {}
@@ -115,6 +155,10 @@ def diff(
         if have_c is not None:
             if have_c.hook != want_c.hook:
                 raise ValueError(f"chain {n} changed its hook; delete the table to re-create it")
+            km = (kernel or {}).get(n)
+            if km is not None and handles_of is not None and have_c.listed is None and km.digest == have_c.digest \
+                    and _edit_free_steps(tx, table, want_c, km, handles_of):
+                continue
             tx.add("flush", {"chain": {"family": "inet", "table": table, "name": n}})
         _add_rules(tx, table, want_c)
 
@@ -155,6 +199,7 @@ def diff(
         tx.add("flush", {"chain": {"family": "inet", "table": table, "name": n}})
     for n in stale:
         tx.add("delete", {"chain": {"family": "inet", "table": table, "name": n}})
+        tx.forget.append(n)
     for n in set_names:
         if n in actual.sets and n not in desired.sets:
             tx.add("delete", {"set": {"family": "inet", "table": table, "name": n}})
@@ -164,3 +209,60 @@ def diff(
 def _add_rules(tx: Transaction, table: str, chain: ChainDef) -> None:
     for r in chain.rules:
         tx.add("add", rule_json(table, chain.name, r))
+    if chain.keys is not None:
+        tx.layouts[chain.name] = KernelChain(chain.digest, chain.keys, chain.free)
+
+
+def _steps(keys: tuple[str, ...], free: tuple[int, tuple[int, ...]]) -> list[tuple[int, tuple[str, ...]]]:
+    """The order-free steps: (index of the first rule, the rules' keys), in order."""
+    out, at = [], free[0]
+    for size in free[1]:
+        out.append((at, keys[at:at + size]))
+        at += size
+    return out
+
+
+def _edit_free_steps(tx: Transaction, table: str, want: ChainDef, km: KernelChain, handles_of: HandlesOf) -> bool:
+    """`km` → `want` by deleting the steps that went and the old last step, and appending the
+    new steps and the new last step, when only order-free steps differ before the last step
+    and that is cheaper than a refill; False (nothing added) otherwise."""
+    if want.free is None or km.free is None or want.keys is None or want.free[0] != km.free[0]:
+        return False
+    start = want.free[0]
+    if km.keys[:start] != want.keys[:start]:
+        return False  # something before the order-free steps changed
+    have_steps, want_steps = _steps(km.keys, km.free), _steps(want.keys, want.free)
+    wanted = Counter(k for _, k in want_steps)
+    kept: list[tuple[str, ...]] = []
+    gone: list[int] = []
+    for at, k in have_steps:
+        if wanted[k] > 0:
+            wanted[k] -= 1
+            kept.append(k)
+        else:
+            gone += range(at, at + len(k))
+    spare = Counter(kept)
+    added: list[tuple[int, tuple[str, ...]]] = []
+    for at, k in want_steps:
+        if spare[k] > 0:
+            spare[k] -= 1
+        else:
+            added.append((at, k))
+    old_last = range(start + sum(km.free[1]), len(km.keys))
+    new_last = start + sum(want.free[1])
+    ops = len(gone) + len(old_last) + sum(len(k) for _, k in added) + len(want.rules) - new_last
+    if ops >= len(want.rules) + 1:
+        return False
+    handles = handles_of(want.name)
+    if handles is None or len(handles) != len(km.keys):
+        return False
+    for i in [*gone, *old_last]:
+        tx.add("delete", {"rule": {"family": "inet", "table": table, "chain": want.name, "handle": handles[i]}})
+    for at, k in added:
+        for r in want.rules[at:at + len(k)]:
+            tx.add("add", rule_json(table, want.name, r))
+    for r in want.rules[new_last:]:
+        tx.add("add", rule_json(table, want.name, r))
+    keys = (*km.keys[:start], *(x for k in kept for x in k), *(x for _, k in added for x in k), *want.keys[new_last:])
+    tx.layouts[want.name] = KernelChain(want.digest, keys, (start, (*map(len, kept), *(len(k) for _, k in added))))
+    return True

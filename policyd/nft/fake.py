@@ -2,7 +2,9 @@
 
 It interprets the transaction's JSON commands with the kernel's all-or-nothing semantics
 and its refusals (adding an existing chain, deleting a missing element, deleting a chain
-or set that is still referenced), so that ordering bugs fail here as they would there.
+or set that is still referenced, deleting a rule by a handle the chain does not hold), so
+that ordering bugs fail here as they would there. Rules get handles as the kernel gives
+them (one counter per table).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class FakeBackend(NftDialect):
         # moves it by `commits`; a test that edits the fake behind the syncer's back moves it
         # itself (as any commit to the kernel would).
         self.gen: int | None = None
+        self.next_handle = 1
 
     def generation(self) -> int | None:
         return self.gen
@@ -39,7 +42,7 @@ class FakeBackend(NftDialect):
     def read(self, elements: bool = True) -> Ruleset | None:
         self.reads.append(elements)
         if self.ruleset is None:
-            return None
+            return self.listed(None)
         rs = self.ruleset.copy()
         if not elements:
             rs.sets = {n: replace(s, elements=frozenset()) for n, s in rs.sets.items()}
@@ -47,9 +50,18 @@ class FakeBackend(NftDialect):
         for name, chain in rs.chains.items():
             rules = self.rules.get(name, [])
             m = DIGEST_RE.search(rules[-1].get("comment", "")) if rules else None
-            # Listed as the kernel would: in libnftables' normal form.
-            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(canonical_rule(r) for r in rules))
-        return rs
+            # Listed as the kernel would: in libnftables' normal form, with handles.
+            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(canonical_rule(r) for r in rules),
+                                       handles=self.rule_handles(name))
+        return self.listed(rs)
+
+    def rule_handles(self, chain: str) -> tuple[int, ...] | None:
+        rules = self.rules.get(chain, [])
+        for r in rules:
+            if "handle" not in r:  # written by a test as someone else would: the kernel numbers it
+                r["handle"] = self.next_handle
+                self.next_handle += 1
+        return tuple(r["handle"] for r in rules)
 
     def listing(self) -> str:
         return self.text(self.ruleset) if self.ruleset is not None else ""
@@ -70,6 +82,7 @@ class FakeBackend(NftDialect):
     def delete_table(self) -> bool:
         had = self.ruleset is not None
         self.ruleset, self.rules = None, {}
+        self.failed()  # nothing we wrote is there any more
         return had
 
     def apply(self, tx: Transaction) -> None:
@@ -84,7 +97,9 @@ class FakeBackend(NftDialect):
             self._check_references()
         except ApplyError:
             self.ruleset, self.rules = saved
+            self.failed()
             raise
+        self.committed(tx)
         if self.gen is not None:
             self.gen += self.commits(tx)
 
@@ -135,7 +150,17 @@ class FakeBackend(NftDialect):
                 self.rules.pop(name, None)
         elif kind == "rule":
             self._need(rs.chains, body["chain"])
-            self.rules[body["chain"]].append({k: v for k, v in body.items() if k in ("expr", "comment")})
+            rules = self.rules[body["chain"]]
+            if verb == "delete":
+                at = next((i for i, r in enumerate(rules) if r.get("handle") == body.get("handle")), None)
+                if at is None:
+                    raise ApplyError(f"No such file or directory: rule handle {body.get('handle')} in chain {body['chain']}")
+                del rules[at]
+            elif verb == "add" and "handle" not in body:
+                rules.append({**{k: v for k, v in body.items() if k in ("expr", "comment")}, "handle": self.next_handle})
+                self.next_handle += 1
+            else:
+                raise ApplyError(f"fake backend: unsupported {verb} rule {body}")
         elif kind == "element":
             self._element(rs, verb, name, body["elem"])
         else:

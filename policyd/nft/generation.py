@@ -23,8 +23,14 @@ NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETGEN = 16
 NFT_MSG_NEWGEN = 15
 NFTA_GEN_ID = 1
+NFT_MSG_NEWRULE = 6
+NFT_MSG_GETRULE = 7
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE = 1, 2, 3
+NFPROTO_INET = 1
 NLM_F_REQUEST = 1
+NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, resource id
 _ATTR = struct.Struct("=HH")  # nlattr: length, type
@@ -61,6 +67,40 @@ class Generation:
                     raise OSError(f"NFT_MSG_GETGEN: unexpected answer type {kind:#x}")
                 return _gen_id(data[_HEADER.size + _NFGEN.size:length])
 
+    def rule_handles(self, table: str, chain: str) -> tuple[int, ...]:
+        """The handles of an inet chain's rules, in order: a dump of that one chain's rules
+        (the kernel filters by table and chain; no set or element is read, unlike
+        libnftables' `list chain`, which first reads every element of the table)."""
+        with self.lock:
+            if self.sock is None:
+                raise OSError("the generation socket is closed")
+            self.seq += 1
+            attrs = _attr(NFTA_RULE_TABLE, table.encode() + b"\0") + _attr(NFTA_RULE_CHAIN, chain.encode() + b"\0")
+            body = _NFGEN.pack(NFPROTO_INET, 0, 0) + attrs
+            msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE
+            self.sock.send(_HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
+            handles: list[int] = []
+            while True:
+                data = self.sock.recv(1 << 16)
+                off = 0
+                while off + _HEADER.size <= len(data):
+                    length, kind, _, seq, _ = _HEADER.unpack_from(data, off)
+                    if length < _HEADER.size:
+                        raise OSError("NFT_MSG_GETRULE: a malformed answer")
+                    msg = data[off:off + length]
+                    off += (length + 3) & ~3
+                    if seq != self.seq:
+                        continue  # an answer to an earlier request that timed out
+                    if kind == NLMSG_DONE:
+                        return tuple(handles)
+                    if kind == NLMSG_ERROR:
+                        (errno,) = struct.unpack_from("=i", msg, _HEADER.size)
+                        if errno == 0:
+                            continue
+                        raise OSError(-errno, f"NFT_MSG_GETRULE {table}/{chain} refused")
+                    if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE:
+                        handles.append(_u64(msg[_HEADER.size + _NFGEN.size:], NFTA_RULE_HANDLE))
+
     def close(self) -> None:
         with self.lock:
             if self.sock is not None:
@@ -78,3 +118,19 @@ def _gen_id(attrs: bytes) -> int:
             return int(struct.unpack_from(">I", attrs, off + _ATTR.size)[0])
         off += (alen + 3) & ~3
     raise OSError("NFT_MSG_GETGEN: the answer carries no generation")
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    return _ATTR.pack(_ATTR.size + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+
+def _u64(attrs: bytes, want: int) -> int:
+    off = 0
+    while off + _ATTR.size <= len(attrs):
+        alen, atype = _ATTR.unpack_from(attrs, off)
+        if alen < _ATTR.size:
+            break
+        if atype & 0x3FFF == want:
+            return int(struct.unpack_from(">Q", attrs, off + _ATTR.size)[0])
+        off += (alen + 3) & ~3
+    raise OSError(f"netlink: the answer carries no attribute {want}")

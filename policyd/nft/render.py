@@ -216,6 +216,19 @@ def match_rules(rule: AllowRule | TierRule, tail: list[dict[str, Any]]) -> list[
     return out
 
 
+def free_steps(steps: list[Step], sizes: list[int]) -> tuple[int, tuple[int, ...]] | None:
+    """The run of NetworkPolicy allow steps just before the chain's last step (which matches
+    everything): any order of them decides the same (ChainDef.free)."""
+    if len(steps) < 2 or steps[-1].rule is not None:
+        return None
+    first = len(steps) - 1
+    while first > 0 and isinstance(steps[first - 1].rule, AllowRule) and steps[first - 1].verdict is Verdict.RETURN:
+        first -= 1
+    if first == len(steps) - 1:
+        return None
+    return sum(sizes[:first]), tuple(sizes[first:-1])
+
+
 def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPlan, drop_log: DropLog | None = None,
                            counters: bool = False) -> list[ChainDef]:
     ds = direction_steps(pod_key, direction, plan, audit=drop_log is not None)
@@ -224,11 +237,13 @@ def render_direction_chain(pod_key: str, direction: Direction, plan: DirectionPl
     def chain(name: str, steps: list[Step]) -> ChainDef:
         rules: list[RuleBody] = []
         keys: list[str] = []
+        sizes: list[int] = []
         for s in steps:
             r, k = rendered_step(s, pass_name, drop_log, audit_name, counters)
             rules += r
             keys += k
-        return ChainDef.build(name, rules, keys=keys)
+            sizes.append(len(r))
+        return ChainDef.build(name, rules, keys=keys, free=free_steps(steps, sizes))
 
     chains = [chain(pod_chain_name(pod_key, direction), ds.main)]
     if ds.passed is not None:

@@ -159,6 +159,7 @@ def parse_listing(doc: dict[str, Any], table: str) -> Ruleset:
     rs = Ruleset()
     last_comment: dict[str, str] = {}
     listed: dict[str, list[tuple[str, str]]] = {}
+    handles: dict[str, list[int]] = {}
     for item in doc.get("nftables", []):
         body = next(iter(item.values()))
         if not isinstance(body, dict) or body.get("family") != "inet" or body.get("table") != table:
@@ -180,7 +181,9 @@ def parse_listing(doc: dict[str, Any], table: str) -> Ruleset:
             r = item["rule"]
             last_comment[r["chain"]] = r.get("comment", "")
             listed.setdefault(r["chain"], []).append(listed_rule(r))
+            handles.setdefault(r["chain"], []).append(int(r.get("handle", -1)))
     for name, chain in rs.chains.items():
         m = DIGEST_RE.search(last_comment.get(name, ""))
-        rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(listed.get(name, ())))
+        rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(listed.get(name, ())),
+                                   handles=tuple(handles.get(name, ())))
     return rs

@@ -271,3 +271,33 @@ def test_chains_lost_in_one_family_are_recreated(variant, family):
         cluster.agent = new
         assert cluster.sync(full=True).ops == 0
         assert not cluster.can("u1", "b1", family=family) and cluster.can("f1", "b1", family=family)
+
+
+def test_random_policy_changes_edit_chains_in_place_and_the_kernel_holds_desired():
+    """The in-place chain edits (deletes by handle, appends; handles read by a raw netlink
+    dump of the one chain) against the real kernel: after each of 120 random policy changes
+    a full sync that lists the table finds nothing to do."""
+    import uuid
+
+    from policyd.lab.netns import add_namespace, delete_namespaces, entered
+    from policyd.nft.backend import NftBackend
+    from tests.chain_edits import run
+
+    prefix = f"pde{uuid.uuid4().hex[:6]}"
+    try:
+        add_namespace(f"{prefix}-n")
+        with entered(f"{prefix}-n"):
+            backend = NftBackend()
+            transactions: list[Transaction] = []
+            apply = backend.apply
+
+            def recorded(tx: Transaction) -> None:
+                transactions.append(tx)
+                apply(tx)
+
+            backend.apply = recorded  # type: ignore[method-assign]
+            backend.transactions = transactions  # type: ignore[attr-defined]
+            out = run(backend, 120, seed=11)
+        assert out.edited > 40 and out.refilled < out.edited, out
+    finally:
+        delete_namespaces(prefix)

@@ -208,3 +208,36 @@ def test_a_periodic_rebuild_with_changes_not_yet_synced_is_no_divergence(agent):
     c.upsert_pod(replace(pod, name="frontend-late", ips=(ipaddress.ip_address("10.244.1.88"),)))
     assert s.sync(full=True, rebuild=True).ops > 0
     assert s.divergences == 0 and s.backend.read().same_as(s.desired.ruleset)
+
+
+def test_a_policy_added_to_a_pod_is_appended_not_refilled():
+    """A pod selected by 40 policies, one more: its chain is changed by deleting the old
+    final drop and appending the new policy's rule and a new drop, not flushed and refilled
+    (the cost of an event must not grow with the chain); one removed from the middle: its
+    rule deleted by handle. The kernel then holds the rules in another order than a fresh
+    render, which is the same chain: a full sync finds nothing to do."""
+    from tests.chain_edits import policy
+
+    w = load_world(["examples/cluster/demo.yaml"])
+    c = w.compile("node-1")
+    fb = FakeBackend()
+    s = Syncer(c, fb, RenderConfig(mode=DispatchMode.ADDRESS))
+    for i in range(40):
+        c.upsert_policy(policy(f"p{i}", "frontend", [1000 + i]))
+    s.sync()
+    for name, change in (("p40", lambda: c.upsert_policy(policy("p40", "frontend", [2000]))), ("p7", lambda: c.delete_policy("default/p7"))):
+        change()
+        n = len(fb.transactions)
+        r = s.sync()
+        verbs = sorted({next(iter(cmd)) for tx in fb.transactions[n:] for cmd in tx.commands})
+        assert verbs == ["add", "delete"] and r.ops <= 8, (name, r.ops, fb.transactions[n:][0].commands)
+        assert s.sync(full=True).ops == 0, f"{name}: the kernel holds desired, in its own order"
+    rebuilt = s.sync(full=True, rebuild=True)
+    assert rebuilt.ops == 0 and s.divergences == 0
+
+
+def test_random_policy_changes_leave_the_fake_holding_desired():
+    from tests.chain_edits import run
+
+    out = run(FakeBackend(), 150, seed=3)
+    assert out.edited > 50 and out.refilled < out.edited, out
