@@ -219,8 +219,8 @@ def match_rules(rule: AllowRule | TierRule, tail: list[dict[str, Any]]) -> list[
 def free_steps(steps: list[Step], sizes: list[int]) -> tuple[int, tuple[int, ...]] | None:
     """The run of NetworkPolicy allow steps just before the chain's last step (which matches
     everything): any order of them decides the same (ChainDef.free)."""
-    if len(steps) < 2 or steps[-1].rule is not None:
-        return None
+    if len(steps) < 2 or steps[-1].rule is not None or sizes[-1] == 0:
+        return None  # (a last step of no rules: the digest would sit on an order-free rule)
     first = len(steps) - 1
     while first > 0 and isinstance(steps[first - 1].rule, AllowRule) and steps[first - 1].verdict is Verdict.RETURN:
         first -= 1
