@@ -13,6 +13,7 @@ from typing import Any
 
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.dataplane.drift import find_drift
+from policyd.dataplane.droplog import DropLog
 from policyd.model.objects import NetworkPolicy
 from policyd.model.parse import parse_object
 from policyd.reconcile.syncer import Syncer
@@ -38,11 +39,14 @@ class Outcome:
     refilled: int = 0  # transactions that flushed a pod chain
 
 
-def run(backend: Any, steps: int, seed: int) -> Outcome:
+def run(backend: Any, steps: int, seed: int, logged: bool = False) -> Outcome:
+    """`logged`: with the drop log (and accept logging) and rule counters on, so that a step
+    is several rules (a log rule before its verdict)."""
     rng = random.Random(seed)
     w = load_world(["examples/cluster/demo.yaml"])
     c = w.compile("node-1")
-    s = Syncer(c, backend, RenderConfig(mode=DispatchMode.ADDRESS))
+    cfg = RenderConfig(mode=DispatchMode.ADDRESS, drop_log=DropLog(accepts=5) if logged else None, counters=logged)
+    s = Syncer(c, backend, cfg)
     s.sync()
     live: dict[str, NetworkPolicy] = {}
     out = Outcome()

@@ -273,7 +273,8 @@ def test_chains_lost_in_one_family_are_recreated(variant, family):
         assert not cluster.can("u1", "b1", family=family) and cluster.can("f1", "b1", family=family)
 
 
-def test_random_policy_changes_edit_chains_in_place_and_the_kernel_holds_desired():
+@pytest.mark.parametrize("logged", [False, True])
+def test_random_policy_changes_edit_chains_in_place_and_the_kernel_holds_desired(logged):
     """The in-place chain edits (deletes by handle, appends; handles read by a raw netlink
     dump of the one chain) against the real kernel: after each of 120 random policy changes
     a full sync that lists the table finds nothing to do."""
@@ -297,7 +298,7 @@ def test_random_policy_changes_edit_chains_in_place_and_the_kernel_holds_desired
 
             backend.apply = recorded  # type: ignore[method-assign]
             backend.transactions = transactions  # type: ignore[attr-defined]
-            out = run(backend, 120, seed=11)
+            out = run(backend, 120, seed=11, logged=logged)
         assert out.edited > 40 and out.refilled < out.edited, out
     finally:
         delete_namespaces(prefix)

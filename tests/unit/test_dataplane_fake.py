@@ -236,8 +236,9 @@ def test_a_policy_added_to_a_pod_is_appended_not_refilled():
     assert rebuilt.ops == 0 and s.divergences == 0
 
 
-def test_random_policy_changes_leave_the_fake_holding_desired():
+@pytest.mark.parametrize("logged", [False, True])
+def test_random_policy_changes_leave_the_fake_holding_desired(logged):
     from tests.chain_edits import run
 
-    out = run(FakeBackend(), 150, seed=3)
+    out = run(FakeBackend(), 150, seed=3, logged=logged)
     assert out.edited > 50 and out.refilled < out.edited, out
