@@ -109,15 +109,7 @@ class Generation:
 
 
 def _gen_id(attrs: bytes) -> int:
-    off = 0
-    while off + _ATTR.size <= len(attrs):
-        alen, atype = _ATTR.unpack_from(attrs, off)
-        if alen < _ATTR.size:
-            break
-        if atype & 0x3FFF == NFTA_GEN_ID:
-            return int(struct.unpack_from(">I", attrs, off + _ATTR.size)[0])
-        off += (alen + 3) & ~3
-    raise OSError("NFT_MSG_GETGEN: the answer carries no generation")
+    return _number(attrs, NFTA_GEN_ID, ">I", "NFT_MSG_GETGEN: the answer carries no generation")
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -125,12 +117,17 @@ def _attr(kind: int, payload: bytes) -> bytes:
 
 
 def _u64(attrs: bytes, want: int) -> int:
+    return _number(attrs, want, ">Q", f"netlink: the answer carries no attribute {want}")
+
+
+def _number(attrs: bytes, want: int, fmt: str, missing: str) -> int:
+    """The big-endian number of attribute `want` in a run of netlink attributes."""
     off = 0
     while off + _ATTR.size <= len(attrs):
         alen, atype = _ATTR.unpack_from(attrs, off)
         if alen < _ATTR.size:
             break
         if atype & 0x3FFF == want:
-            return int(struct.unpack_from(">Q", attrs, off + _ATTR.size)[0])
+            return int(struct.unpack_from(fmt, attrs, off + _ATTR.size)[0])
         off += (alen + 3) & ~3
-    raise OSError(f"netlink: the answer carries no attribute {want}")
+    raise OSError(missing)
