@@ -18,6 +18,7 @@ from report import ms, table
 
 from policyd.lab.netns import add_namespace, delete_namespaces, entered
 from policyd.nft.backend import NFT_CTX_OUTPUT_JSON, Libnftables
+from policyd.nft.generation import Generation
 
 HANDLE, ECHO = 1 << 3, 1 << 5  # libnftables' NFT_CTX_OUTPUT_HANDLE and NFT_CTX_OUTPUT_ECHO
 
@@ -73,6 +74,19 @@ def _time(nft: Libnftables, batches: Callable[[int], str], n: int, echo: bool = 
     return out
 
 
+def _dumps(n: int) -> list[float]:
+    gen = Generation()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        got = gen.rule_handles("t", "p6")
+        out.append(time.perf_counter() - t)
+        if len(got) != RULES:
+            raise RuntimeError(f"the dump of chain p6 gave {len(got)} handles, not {RULES}")
+    gen.close()
+    return out
+
+
 def one_size(elements: int, n: int) -> list[list[str]]:
     prefix = f"pdo{uuid.uuid4().hex[:6]}"
     ns = f"{prefix}-n"
@@ -95,6 +109,7 @@ def one_size(elements: int, n: int) -> list[list[str]]:
                 ("append a rule, echoed (the new handle printed back)", _time(nft, lambda i: doc({"add": _rule("p3", 40_000 + i)}), n,
                                                                                echo=True)),
                 ("list one chain", _time(nft, lambda i: "list chain inet t p4", n, text=True)),
+                ("one chain's rule handles by a raw netlink dump (what policyd uses)", _dumps(n)),
             ]
             flush_refill = _time(nft, lambda i: doc({"flush": {"chain": {"family": "inet", "table": "t", "name": "p5"}}},
                                                     *({"add": _rule("p5", 50_000 + k)} for k in range(RULES))), n)
