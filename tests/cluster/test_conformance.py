@@ -9,8 +9,8 @@ bridge CNI with the nftables backend, ptp with iptables (the other two combinati
   every subtest of the claimed features must pass except those that probe SCTP.
 
 Both clusters run their suites at the same time (one thread each, the NetworkPolicy suite
-then the ClusterNetworkPolicy suite): the suites mostly wait for probe timeouts, so side by
-side they take little longer than one cluster's."""
+then the ClusterNetworkPolicy suite, the chart installed once for both): the suites mostly
+wait for probe timeouts, so side by side they take little longer than one cluster's."""
 
 from __future__ import annotations
 
@@ -28,29 +28,25 @@ from realcluster.walkthrough import RELEASE, RELEASE_NS, install_chart, uninstal
 BACKEND = {"bridge": "nftables", "ptp": "iptables"}
 
 
-def with_chart(cluster: Cluster, run: Callable[[str, Path, Callable[[str], None]], Report]) -> Report:
-    """Install the chart with this CNI style's backend, run a suite (given the backend, an
-    output directory and where to say progress), uninstall; no subtest may have failed."""
+def run_checked(cluster: Cluster, run: Callable[[str, Path, Callable[[str], None]], Report]) -> Report:
+    """Run a suite against the installed chart (given the backend, an output directory and
+    where to say progress); no subtest may have failed."""
     backend = BACKEND[cluster.layout.cni]
     lines: list[str] = []
-    install_chart(cluster, backend, lines.append)
-    try:
-        with tempfile.TemporaryDirectory(prefix="policyd-e2e-") as out:
-            report = run(backend, Path(out), lines.append)
-        failed = [f"{s.name}: {s.reason}" for s in report.specs if s.state == "failed"]
-        if failed:  # what the agents said, while they still run: CI keeps nothing else
-            lines += ["agent logs (last 60 lines of each):",
-                      *cluster.kubectl("logs", "-n", RELEASE_NS, f"daemonset/{RELEASE}", "--all-pods", "--prefix",
-                                       "--tail=60", check=False).stdout.splitlines()]
-    finally:
-        uninstall_chart(cluster, backend, lines.append)
+    with tempfile.TemporaryDirectory(prefix="policyd-e2e-") as out:
+        report = run(backend, Path(out), lines.append)
+    failed = [f"{s.name}: {s.reason}" for s in report.specs if s.state == "failed"]
+    if failed:  # what the agents said, while they still run: CI keeps nothing else
+        lines += ["agent logs (last 60 lines of each):",
+                  *cluster.kubectl("logs", "-n", RELEASE_NS, f"daemonset/{RELEASE}", "--all-pods", "--prefix",
+                                   "--tail=60", check=False).stdout.splitlines()]
     assert not failed, "\n".join(failed + lines)
     return report
 
 
 def netpol_suite(cluster: Cluster) -> None:
     lay = cluster.layout
-    report = with_chart(cluster, lambda backend, out, say: conformance.run_suite(
+    report = run_checked(cluster, lambda backend, out, say: conformance.run_suite(
         cluster, backend, out, conformance.command_line(lay.cni, backend, lay.proxy_mode), say=say))
     skipped = [s.name for s in report.specs if s.state == "skipped"]
     assert skipped and all(re.search("|".join(conformance.SKIPS), n) for n in skipped), skipped
@@ -59,7 +55,7 @@ def netpol_suite(cluster: Cluster) -> None:
 
 def cluster_network_policy_suite(cluster: Cluster) -> None:
     lay = cluster.layout
-    report = with_chart(cluster, lambda backend, out, say: cnp_conformance.run_suite(
+    report = run_checked(cluster, lambda backend, out, say: cnp_conformance.run_suite(
         cluster, backend, out, cnp_conformance.command_line(lay.cni, backend, lay.proxy_mode), say=say))
     reasons = {s.reason for s in report.specs if s.state == "skipped"}
     assert all(r == cnp_conformance.NO_SCTP or r.startswith("not supported: ") for r in reasons), reasons
@@ -71,11 +67,17 @@ def test_upstream_suites(clusters: dict[str, Cluster]) -> None:
     side; every failure of every run is reported."""
     def both(cluster: Cluster) -> list[str]:
         failures = []
-        for suite in (netpol_suite, cluster_network_policy_suite):
-            try:
-                suite(cluster)
-            except AssertionError as e:
-                failures.append(f"{suite.__name__} on {cluster.layout.cni}/{BACKEND[cluster.layout.cni]}: {e}")
+        lines: list[str] = []
+        backend = BACKEND[cluster.layout.cni]
+        install_chart(cluster, backend, lines.append)  # once for both suites: each cleans up its own objects
+        try:
+            for suite in (netpol_suite, cluster_network_policy_suite):
+                try:
+                    suite(cluster)
+                except AssertionError as e:
+                    failures.append(f"{suite.__name__} on {cluster.layout.cni}/{backend}: {e}")
+        finally:
+            uninstall_chart(cluster, backend, lines.append)
         return failures
 
     with ThreadPoolExecutor(len(clusters)) as pool:
