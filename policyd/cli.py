@@ -23,6 +23,7 @@ from .observe.counters import Counters
 from .world import World, load_world
 
 if TYPE_CHECKING:
+    from .compile.engine import Compiler
     from .dataplane.config import RenderConfig
 
 EXIT_OK, EXIT_DENIED, EXIT_INVALID = 0, 1, 2
@@ -86,6 +87,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if not shown:
             raise UsageError(f"no pods in namespace {args.namespace!r}")
         w = dataclasses.replace(w, pods=shown)
+    if args.by == "pod" and args.output == "html":
+        raise UsageError("-o html shows groups of pods (--by profile, the default); every pair: -o json --by pod")
     if args.by == "pod" and args.output == "json":  # every pair, written as computed
         keys, rows = pairs(compiler, w.pods, proto, args.port)
         report.write_pairs_json(sys.stdout, proto, service_port(proto, args.port), keys, rows)
@@ -93,9 +96,29 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         print(report.matrix_table(compute(compiler, w.pods, proto, args.port)) + report.audit_note(w.policies), end="")
     elif args.output == "json":
         print(json.dumps(compute_grouped(compiler, w.pods, proto, args.port).to_json(), indent=2))
+    elif args.output == "html":
+        print(matrix_page(w, compiler, proto, args.port), end="")
     else:
         print(report.grouped_table(compute_grouped(compiler, w.pods, proto, args.port)) + report.audit_note(w.policies), end="")
     return EXIT_OK
+
+
+def matrix_page(w: World, compiler: Compiler, proto: str, port: int | None) -> str:
+    """The grouped matrix as HTML, each cell's tooltip the explanation between the groups'
+    first pods (a group's pod to another of its pods, or to itself)."""
+    from .matrix_html import matrix_html
+
+    m = compute_grouped(compiler, w.pods, proto, port)
+    pods = {str(p.key): p for p in w.pods}
+    ev = Evaluator(compiler)
+
+    def explain(src: str, dst: str) -> str:
+        a, b = m.groups[src][0], m.groups[dst][1 if src == dst and len(m.groups[dst]) > 1 else 0]
+        if a == b:
+            return f"{a} → itself: allowed (a pod always reaches itself)"
+        return report.explain_text(ev.verdict(endpoint(pods[a]), endpoint(pods[b]), proto, port)).strip()
+
+    return matrix_html(m, explain)
 
 
 def resolve_endpoint(w: World, ref: str) -> Endpoint:
@@ -249,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("matrix", help="reachability matrix of the pods in manifests, from the policy engine")
     add_input(p)
     add_service(p, icmp=True)
-    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.add_argument("-o", "--output", choices=["table", "json", "html"], default="table",
+                   help="html: one self-contained page (the deciding rule in each cell's tooltip)")
     p.add_argument("--by", choices=["profile", "pod"], default="profile",
                    help="profile (default): one row per group of pods that every pod treats alike; pod: every pair")
     p.add_argument("-n", "--namespace", default=None,

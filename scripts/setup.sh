@@ -22,6 +22,9 @@ for arg in "$@"; do
 done
 
 APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping iptables ipset conntrack iperf3 python3 python3-venv)
+if [ "$extras" != agent ]; then
+  APT_PACKAGES+=(chromium)  # the tests take a headless screenshot of `policyd matrix -o html`
+fi
 if [ $cluster = 1 ]; then
   # The real cluster (realcluster/): Kubernetes itself is built from its Go module by
   # scripts/k8s-build.sh; the rest comes from Debian.
