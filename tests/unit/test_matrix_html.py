@@ -107,7 +107,7 @@ def test_chromium_shows_green_and_red_cells(tmp_path: Path):
     n = round(len(got) ** 0.5)
     for cls, colour in (("y", ALLOWED), ("n", DENIED)):
         rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
-        lit = [any(all(abs(a - b) <= 8 for a, b in zip(pixels[y * width + x], rgb)) for x in range(width)) for y in range(height)]
+        lit = [any(all(abs(a - b) <= 8 for a, b in zip(pixels[y * width + x], rgb, strict=True)) for x in range(width)) for y in range(height)]
         bands = sum(1 for y in range(height) if lit[y] and (y == 0 or not lit[y - 1]))
         rows = sum(1 for r in range(n) if any(c == cls for c, _ in got[r * n:(r + 1) * n]))
         assert rows > 0 and bands == 1 + rows, (colour, bands, rows)
