@@ -82,13 +82,16 @@ def services(rec: LabRecord) -> list[tuple[str, int | None]]:
 
 
 def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, say: Say = print,
-              progress: Say | None = None) -> int:
-    """Probe every service and compare with the engine; returns the number of mismatches."""
+              progress: Say | None = None, seen: dict[tuple[str, int | None], Matrix] | None = None) -> int:
+    """Probe every service and compare with the engine; returns the number of mismatches
+    (`seen`: also gets what each service's probes observed)."""
     rec = lab.load()
     wanted = [(protocol, port if protocol != "ICMP" else None)] if protocol else services(rec)
     total = 0
     for proto, prt in wanted:
         observed = lab.probe(None, None, proto, prt, timeout, progress=progress)
+        if seen is not None:
+            seen[(proto, prt)] = observed
         targets = observed.targets or observed.pods
         engine = lab.expected(proto, prt, list(observed.allowed), targets)
         bad = [(s, d, engine.is_allowed(s, d)) for s in observed.allowed for d in targets
