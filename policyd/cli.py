@@ -118,7 +118,7 @@ def matrix_page(w: World, compiler: Compiler, proto: str, port: int | None) -> s
             return f"{a} → itself: allowed (a pod always reaches itself)"
         return report.explain_text(ev.verdict(endpoint(pods[a]), endpoint(pods[b]), proto, port)).strip()
 
-    return matrix_html(m, explain)
+    return matrix_html(m, explain, audit=report.audit_note(w.policies))
 
 
 def resolve_endpoint(w: World, ref: str) -> Endpoint:

@@ -17,9 +17,10 @@ ALLOWED, DENIED = "#2e7d32", "#c62828"  # the cells' colours (the test looks for
 MAX_EXPLAINED = 200  # groups up to which every cell carries its deciding rule (G² verdicts)
 
 
-def matrix_html(m: GroupedMatrix, explain: Callable[[str, str], str] | None, title: str = "") -> str:
+def matrix_html(m: GroupedMatrix, explain: Callable[[str, str], str] | None, title: str = "", audit: str = "") -> str:
     """`explain(source group, destination group)`: the deciding rule, for the tooltip (None,
-    or more than MAX_EXPLAINED groups: the cells say only allowed or denied)."""
+    or more than MAX_EXPLAINED groups: the cells say only allowed or denied); `audit`: the
+    audit-mode policies the matrix leaves out (report.audit_note), shown under the legend."""
     names = list(m.groups)
     detail = explain if explain is not None and len(names) <= MAX_EXPLAINED else None
     head = title or f"Reachability for {service(m.protocol, m.port)}"
@@ -47,6 +48,8 @@ def matrix_html(m: GroupedMatrix, explain: Callable[[str, str], str] | None, tit
         f"<h3>{escape(ns)}</h3><ul>" + "".join(f"<li><b>{escape(g)}</b> {escape(p)}</li>" for g, p in sorted(items)) + "</ul>"
         for ns, items in sorted(by_ns.items()))
     note = "" if detail is not None or explain is None else f"<p>More than {MAX_EXPLAINED} groups: the cells do not name their rules.</p>"
+    if audit:
+        note += f'<p class="audit">{escape(audit.strip())}</p>'
     n = m.pod_count
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(head)}</title>

@@ -90,7 +90,7 @@ class ChainDef:
     # INPUT in each of iptables and ip6tables): the families that do jump here. None when
     # not known that way (chains we built; nftables, whose inet chains hook both at once).
     hooked_families: frozenset[int] | None = None
-    # Built here: each rule's JSON (the keys ChainDef.build digests; the last one unsealed).
+    # Each rule's JSON, when the builder passed it to ChainDef.build (the last one unsealed).
     keys: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     # Steps that may stand in any order (NetworkPolicy allow rules: each one returns, none
     # excludes another), just before the chain's last step: (the index of their first rule,
@@ -106,7 +106,9 @@ class ChainDef:
         """Seal the chain: the digest of its rules goes into the last rule's comment. (The
         digest is of `json.dumps([name, hook, rules], sort_keys=True)`, put together from
         each rule's own JSON, which the chain keeps as its `keys`; a caller that has them
-        already passes them.)"""
+        already passes them, and only then does the chain keep them: the nftables renderer's
+        in-place edits compare them, and they are shared with its render cache.)"""
+        given = keys is not None
         if keys is None:
             keys = [json.dumps(r, sort_keys=True) for r in rules]
         head = json.dumps([name, hook and (hook.hook, hook.priority)], sort_keys=True)[:-1]
@@ -117,7 +119,7 @@ class ChainDef:
             last = RuleBody(**sealed[-1])
             last["comment"] = (last.get("comment", "")[: COMMENT_MAX - 16] + f" [{digest}]").strip()
             sealed[-1] = last
-        return ChainDef(name, tuple(sealed), hook, digest, keys=tuple(keys), free=free)
+        return ChainDef(name, tuple(sealed), hook, digest, keys=tuple(keys) if given else None, free=free)
 
 
 @dataclass

@@ -78,7 +78,7 @@ def test_upstream_suites(clusters: dict[str, Cluster]) -> None:
                     failures.append(f"{suite.__name__} on {cluster.layout.cni}/{backend}: {e}")
         finally:
             uninstall_chart(cluster, backend, lines.append)
-        return failures
+        return [f"{f}\n" + "\n".join(lines) for f in failures]  # with what installing and removing the chart said
 
     with ThreadPoolExecutor(len(clusters)) as pool:
         failures = [f for result in pool.map(both, clusters.values()) for f in result]

@@ -111,3 +111,15 @@ def test_chromium_shows_green_and_red_cells(tmp_path: Path):
         bands = sum(1 for y in range(height) if lit[y] and (y == 0 or not lit[y - 1]))
         rows = sum(1 for r in range(n) if any(c == cls for c, _ in got[r * n:(r + 1) * n]))
         assert rows > 0 and bands == 1 + rows, (colour, bands, rows)
+
+
+def test_page_names_the_audit_mode_policies_it_leaves_out(tmp_path: Path):
+    """As the table does: an audit-mode policy enforces nothing, so the page says it is not
+    in the matrix rather than leaving it out silently."""
+    policy = tmp_path / "audited.yaml"
+    policy.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n"
+                      "metadata: {name: watch-only, namespace: default, annotations: {policyd.io/audit: 'true'}}\n"
+                      "spec: {podSelector: {matchLabels: {app: backend}}, policyTypes: [Ingress]}\n")
+    html = page("-f", str(policy))
+    assert re.search(r'<p class="audit">audit mode, not enforced and not in this matrix .*default/watch-only</p>', html), html[:2000]
+    assert '<p class="audit">' not in page()
