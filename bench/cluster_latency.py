@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 import report  # noqa: E402
 from firstpacket import connbench  # noqa: E402
 
-from policyd.lab.netns import entered  # noqa: E402
+from policyd.lab.netns import entered, http_get  # noqa: E402
 from realcluster.cluster import Cluster  # noqa: E402
 from realcluster.images import TESTBOX  # noqa: E402
 from realcluster.layout import Layout  # noqa: E402
@@ -58,6 +58,22 @@ class RealResult:
     pod_create: list[float]
     pod_start: list[float]
     seconds: float
+    agent: dict[str, float]  # node-2's agent during the policy samples: mean seconds per event / per sync
+
+
+def agent_means(cluster: Cluster) -> dict[str, tuple[float, float]]:
+    """node-2's agent's histograms (sum, count): event → committed and partial sync time."""
+    node = next(n for n in cluster.layout.nodes if n.name == "node-2")
+    code, text = http_get(cluster.layout.fabric, f"http://{node.ip}:9808/metrics")
+    if code != 200:
+        raise RuntimeError(f"node-2's /metrics: {code}")
+    got = {}
+    for name, series in (("event → committed", "policyd_event_to_programmed_seconds_{}"),
+                         ("sync", 'policyd_sync_duration_seconds_{}{{kind="partial"}}')):
+        values = {part: next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                              if line.startswith(series.format(part) + " ")), 0.0) for part in ("sum", "count")}
+        got[name] = (values["sum"], values["count"])
+    return got
 
 
 def _pod(name: str, labels: dict[str, str], node: str, command: list[str]) -> dict[str, Any]:
@@ -224,18 +240,23 @@ def measure(args: Any) -> list[str]:
             net.create_namespaced_network_policy(NS, _policy("admit-new", "bench-new", 80))
             pods = len(core.list_pod_for_all_namespaces().items)
             say(f"policy create → enforced: {samples} policies at 5/s ({pods} pods in the cluster)")
+            before = agent_means(cluster)
             policy = policy_create(cluster, api, server.status.pod_ip, client_pod.metadata.uid, samples, 5.0)
+            after = agent_means(cluster)
+            agent = {k: (after[k][0] - before[k][0]) / max(1.0, after[k][1] - before[k][1]) for k in after}
             say(f"pod create → reachable: {samples} pods, 4 at a time")
             pod_create_s, pod_start_s = pod_create(api, server.status.pod_ip, samples)
     finally:
         cluster.down(say=say)
-    r = RealResult(pods, policy, pod_create_s, pod_start_s, time.monotonic() - started)
+    r = RealResult(pods, policy, pod_create_s, pod_start_s, time.monotonic() - started, agent)
     return lines(r)
 
 
 def lines(r: RealResult) -> list[str]:
     rows = [
         ["policy create → enforced (API write → first answer on the new port)", report.ms(r.policy_create)],
+        ["of which node-2's agent: event → committed, and its sync (mean, from its /metrics histograms)",
+         f"{r.agent['event → committed'] * 1e3:.2f} ms, {r.agent['sync'] * 1e3:.2f} ms"],
         ["pod create → reachable (API write → first connection allowed)", report.ms(r.pod_create)],
         ["pod start → reachable (container start → first connection allowed)", report.ms(r.pod_start)],
     ]

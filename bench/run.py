@@ -273,6 +273,15 @@ def dataplane_section(args) -> list[str]:
     return [*dataplane(args), "", "### Large peer sets (scenario 7)", "", *large_sets(args)]
 
 
+NOTES_HEADING = "## Where targets are missed, and why"
+
+
+def notes_block() -> list[str]:
+    """The last section of docs/benchmarks.md: bench/notes.md as it is."""
+    return [NOTES_HEADING, "", "(Hand-written in bench/notes.md, checked against the figures above when they were produced.)", "",
+            (Path(__file__).resolve().parent / "notes.md").read_text().strip()]
+
+
 SECTIONS = {  # --only NAME: (title, the function that measures it)
     "dataplane": ("nftables dataplane, in process (scenarios 4 and 7)", dataplane_section),
     "backends": ("nftables and iptables side by side", backends.compare),
@@ -343,6 +352,8 @@ def main() -> None:
             else:
                 at = text.index("## Where targets are missed")
                 text = text[:at] + text_of_section + "\n\n" + text[at:]
+            if path.name == "benchmarks.md":  # the hand-written notes as they are now, with the figures they discuss
+                text = text[:text.index(NOTES_HEADING)] + "\n".join(notes_block()) + "\n"
             path.write_text(text)
         return
 
@@ -407,11 +418,7 @@ def main() -> None:
         "",
         *section("drop-log", drop_log_lines, False),
         "",
-        "## Where targets are missed, and why",
-        "",
-        "(Hand-written in bench/notes.md, checked against the figures above when they were produced.)",
-        "",
-        (Path(__file__).resolve().parent / "notes.md").read_text().strip(),
+        *notes_block(),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

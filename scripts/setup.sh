@@ -2,7 +2,7 @@
 # Idempotent set-up on Debian 12 (as root): system packages, a virtualenv in .venv, the
 # package in it. Used by the README's two commands, by CI and by the Dockerfile.
 #   scripts/setup.sh           runtime (agent, lab, CLI)
-#   scripts/setup.sh --test    plus test tools
+#   scripts/setup.sh --test    plus test tools (and Debian's chromium, for a headless screenshot)
 #   scripts/setup.sh --bench   plus test tools and the benchmark's plotting (matplotlib)
 #   scripts/setup.sh --cluster plus what the real cluster needs (etcd, containerd, runc, the
 #                              CNI plugins, image tools); combine with --test or --bench
