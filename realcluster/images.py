@@ -6,9 +6,10 @@
   from the pinned Kubernetes module, named exactly as that release's e2e framework expects.
 * `policyd`: built from the project's `Dockerfile` itself, so the image CI tests and the
   image a user builds with Docker come from one definition. `FROM debian:12-slim` becomes a
-  `debootstrap --variant=minbase bookworm` root file system; WORKDIR, COPY, RUN (in a
-  chroot), ENV, ENTRYPOINT and CMD are carried out as Docker would; anything else in the
-  Dockerfile is refused rather than skipped.
+  `debootstrap --variant=minbase bookworm` root file system, `FROM scratch` an empty one;
+  stages are named with `AS`; WORKDIR, COPY (also `--from=<stage>`), RUN (in a chroot),
+  ENV, ENTRYPOINT and CMD are carried out as Docker would; anything else in the Dockerfile
+  is refused rather than skipped. The last stage is the image.
 
 Each image is a root file system packed with umoci into an OCI layout and saved with skopeo
 as a docker-archive, which `ctr images import` loads into a node's containerd. Archives are
@@ -37,7 +38,7 @@ PAUSE = "localhost/policyd/pause:1"
 TESTBOX = "localhost/policyd/testbox:1"
 AGNHOST_REPOSITORY = "registry.k8s.io/e2e-test-images/agnhost"  # test/utils/image: PromoterE2eRegistry
 POLICYD = "localhost/policyd/policyd:dev"
-BASES = {"debian:12-slim": "bookworm"}  # FROM → debootstrap suite
+BASES = {"debian:12-slim": "bookworm", "scratch": ""}  # FROM → debootstrap suite ("": empty)
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
@@ -233,9 +234,17 @@ def dockerfile_inputs(steps: list[Step]) -> list[Path]:
     """Every file the build reads from the project: the key of the image cache."""
     paths = [ROOT / "Dockerfile"]
     for s in steps:
-        if s.op == "COPY":
+        if s.op == "COPY" and not s.arg.startswith("--from="):
             paths += [ROOT / p for p in s.arg.split()[:-1]]
     return paths
+
+
+def stage_of(step: Step) -> tuple[str, str]:
+    """`FROM image [AS name]` → (image, name); the image must be one the build knows."""
+    words = step.arg.split()
+    if len(words) not in (1, 3) or (len(words) == 3 and words[1].upper() != "AS") or words[0] not in BASES:
+        raise ValueError(f"Dockerfile line {step.line}: FROM must name one of {sorted(BASES)} (optionally AS <stage>)")
+    return words[0], words[2] if len(words) == 3 else ""
 
 
 @contextlib.contextmanager
@@ -280,29 +289,45 @@ def build_policyd(say: Say) -> Image:
     out = _cached("policyd", _digest(POLICYD.encode(), *key_parts))
     if out.exists():
         return Image(POLICYD, out)
-    if not steps or steps[0].op != "FROM" or steps[0].arg not in BASES:
-        raise ValueError(f"Dockerfile: the first instruction must be FROM one of {sorted(BASES)}")
+    if not steps or steps[0].op != "FROM":
+        raise ValueError("Dockerfile: the first instruction must be FROM")
     say(f"building image {POLICYD} from the Dockerfile (debootstrap + its steps in a chroot)")
-    base = _debian_base(BASES[steps[0].arg], say)
-    config = ImageConfig()
     with tempfile.TemporaryDirectory(prefix="pdimg-", dir=IMAGE_CACHE) as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        rootfs.mkdir()
-        run("tar", "-C", rootfs, "--numeric-owner", "-xf", base)
-        for step in steps[1:]:
-            _carry_out(step, rootfs, config, say)
+        stages: dict[str, Path] = {}
+        rootfs, config = Path(), ImageConfig()
+        for n, step in enumerate(steps):
+            if step.op == "FROM":
+                image, name = stage_of(step)
+                rootfs, config = Path(tmp) / f"stage-{n}", ImageConfig()
+                rootfs.mkdir()
+                if BASES[image]:
+                    run("tar", "-C", rootfs, "--numeric-owner", "-xf", _debian_base(BASES[image], say))
+                if name:
+                    stages[name] = rootfs
+            else:
+                _carry_out(step, rootfs, config, say, stages)
         pack(rootfs, POLICYD, config, out)
     _drop_stale("policyd", out)
+    say(f"image {POLICYD}: {out.stat().st_size / 2**20:.0f} MiB (the archive: one uncompressed layer)")
     return Image(POLICYD, out)
 
 
-def _carry_out(step: Step, rootfs: Path, config: ImageConfig, say: Say) -> None:
+def _carry_out(step: Step, rootfs: Path, config: ImageConfig, say: Say, stages: dict[str, Path]) -> None:
     def inside(p: str) -> Path:
         return rootfs / os.path.join(config.workdir, p).lstrip("/")
 
     if step.op == "WORKDIR":
         config.workdir = os.path.join(config.workdir, step.arg)
         inside(".").mkdir(parents=True, exist_ok=True)
+    elif step.op == "COPY" and step.arg.startswith("--from="):
+        stage, *sources, dest = step.arg.split()
+        source_root = stages.get(stage.removeprefix("--from="))
+        if source_root is None or not sources:
+            raise ValueError(f"Dockerfile line {step.line}: COPY {stage} names no earlier stage (FROM ... AS <stage>)")
+        for src in sources:  # a directory's contents into the destination, as Docker does
+            path, target = source_root / src.lstrip("/"), inside(dest)
+            (target if path.is_dir() else target.parent).mkdir(parents=True, exist_ok=True)
+            run("cp", "-a", f"{path}/." if path.is_dir() else path, target)
     elif step.op == "COPY":
         *sources, dest = step.arg.split()
         for src in sources:

@@ -6,22 +6,30 @@
 #   scripts/setup.sh --bench   plus test tools and the benchmark's plotting (matplotlib)
 #   scripts/setup.sh --cluster plus what the real cluster needs (etcd, containerd, runc, the
 #                              CNI plugins, image tools); combine with --test or --bench
+#   scripts/setup.sh --image   only what `policyd run` needs on a node, installed (not
+#                              editable) without the `kubernetes` client: the Dockerfile's
+#                              build stage (scripts/slim-root.sh then keeps what it uses)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 extras="agent"
 cluster=0
+image=0
 for arg in "$@"; do
   case "$arg" in
+    --image) extras="node"; image=1 ;;
     --test) extras="agent,test" ;;
     --bench) extras="agent,test,bench" ;;
     --cluster) cluster=1 ;;
-    *) echo "setup.sh: unknown option $arg (--test, --bench, --cluster)" >&2; exit 2 ;;
+    *) echo "setup.sh: unknown option $arg (--test, --bench, --cluster, --image)" >&2; exit 2 ;;
   esac
 done
 
 APT_PACKAGES=(nftables libnftables1 iproute2 iputils-ping iptables ipset conntrack iperf3 python3 python3-venv)
+if [ $image = 1 ]; then
+  APT_PACKAGES=(nftables libnftables1 iptables ipset python3 python3-venv busybox)  # the lab's tools stay out
+fi
 if [ "$extras" != agent ]; then
   APT_PACKAGES+=(chromium)  # the tests take a headless screenshot of `policyd matrix -o html`
 fi
@@ -50,5 +58,9 @@ if [ ! -x .venv/bin/python ]; then
   $PY -m venv .venv
 fi
 say "installing policyd[$extras] into .venv"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+if [ $image = 1 ]; then
+  .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir ".[$extras]"
+else
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+fi
 say "ready: $(.venv/bin/policyd --version 2>/dev/null || echo policyd) in .venv"

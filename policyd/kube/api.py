@@ -2,10 +2,10 @@
 credentials, TLS, and paged lists of the watched kinds.
 
 Why not the `kubernetes` client here: importing it costs the agent 19 MB and 0.6 s of
-start-up (it loads every API model), and the agent needs four GET endpoints. The client
-is still what `policyd matrix/explain --kubeconfig` use, what posts Events (loaded only
-when one is posted), and what reads a kubeconfig this module does not (a user
-authenticated by an `exec` plugin or an `auth-provider`): behaviour stays the client's.
+start-up (it loads every API model), 126 MB in the image, and the agent needs four list
+endpoints and two for Events (kube/events.py). The client is still what reads a kubeconfig
+this module does not (a user authenticated by an `exec` plugin or an `auth-provider`):
+behaviour stays the client's; the agent image has no client and says so.
 
 Credentials are read as `kubectl` reads them: in a pod with a service account and no
 kubeconfig, the service account (its token re-read on every call, so a rotated token is

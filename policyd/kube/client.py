@@ -1,7 +1,8 @@
 """Read-only reads of a live cluster for the what-if tools (`matrix/explain --kubeconfig`,
-through kube/api.py's paged lists), and the `kubernetes` client where the agent still
-uses it: Events (kube/events.py), node addresses, and credentials from kubeconfigs that
-kube/api.py does not read (exec plugins, auth providers). Only `list` calls."""
+through kube/api.py's paged lists), and the `kubernetes` client where the tools need it:
+node addresses, and credentials from kubeconfigs that kube/api.py does not read (exec
+plugins, auth providers). Only `list` calls. The agent image carries no `kubernetes`
+client (`pip install policyd[node]`): such a kubeconfig there is refused with the reason."""
 
 from __future__ import annotations
 
@@ -21,7 +22,12 @@ if TYPE_CHECKING:
 def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """In-cluster config when running in a pod (and no kubeconfig or context is given), else
     the kubeconfig file (`None`: $KUBECONFIG or ~/.kube/config), at `context` if given."""
-    from kubernetes import client, config
+    try:
+        from kubernetes import client, config
+    except ImportError as e:  # the agent image (policyd[node]) has no client
+        raise RuntimeError("this needs the `kubernetes` Python client (pip install 'policyd[agent]'): "
+                           "the kubeconfig's user authenticates by an exec plugin or auth provider, "
+                           "which only that client reads") from e
 
     if kubeconfig is None and context is None:
         try:
@@ -95,9 +101,8 @@ def connection_info(kubeconfig: str | None, context: str | None = None) -> kopf.
     """kopf's credentials from the same configuration the `kubernetes` client reads (an
     explicit kubeconfig wins over the in-cluster service account)."""
     import kopf
-    from kubernetes import client
 
-    cfg: client.Configuration = api_client(kubeconfig, context).configuration
+    cfg = api_client(kubeconfig, context).configuration
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
     parts = header.split(" ", 1) if header else []
     scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])

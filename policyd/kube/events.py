@@ -15,7 +15,11 @@ import datetime
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
+
+from .api import credentials, session
 from .feed import Finding
 
 log = logging.getLogger("policyd.agent")
@@ -61,36 +65,37 @@ def already_posted(events: list[dict[str, Any]], body: dict[str, Any]) -> bool:
 
 
 class EventPoster:
-    """Posts through the `kubernetes` client on a worker thread; a failure is logged, never
-    raised (Events inform, enforcement does not depend on them)."""
+    """Posts through the agent's own HTTP access (kube/api.py: no `kubernetes` client, which
+    the agent image does not carry); a failure is logged, never raised (Events inform,
+    enforcement does not depend on them). Credentials are read again for every Event, so a
+    rotated service account token is picked up."""
 
     def __init__(self, node: str, kubeconfig: str | None) -> None:
         self.node = node
         self.kubeconfig = kubeconfig
-        self._api: Any = None
 
     async def post(self, finding: Finding, policy: dict[str, Any]) -> bool:
         try:
-            return await asyncio.to_thread(self._post, finding, policy)
+            return await self._post(finding, policy)
         except Exception as e:  # noqa: BLE001 - the API may refuse or be away
             log.warning("could not post Event %s on %s: %s", finding.reason, finding.policy, e)
             return False
 
-    def _post(self, finding: Finding, policy: dict[str, Any]) -> bool:
-        from kubernetes import client
-
-        from .client import api_client
-
-        if self._api is None:
-            self._api = api_client(self.kubeconfig)
-        core = client.CoreV1Api(self._api)
+    async def _post(self, finding: Finding, policy: dict[str, Any]) -> bool:
+        info = await asyncio.to_thread(credentials, self.kubeconfig)
         body = event_body(finding, policy, self.node, datetime.datetime.now(datetime.UTC))
-        ns = body["metadata"]["namespace"]
+        url = f"{info.server.rstrip('/')}/api/v1/namespaces/{quote(body['metadata']['namespace'], safe='')}/events"
         selector = f"involvedObject.uid={body['involvedObject']['uid']},reason={finding.reason}"
-        listed = json.loads(core.list_namespaced_event(ns, field_selector=selector, _preload_content=False).data)
-        if already_posted(listed.get("items") or [], body):
-            log.info("Event %s on %s was posted before (same policy version): not again", finding.reason, finding.policy)
-            return False
-        core.create_namespaced_event(ns, body, _preload_content=False)
+        async with session(info, aiohttp.ClientTimeout(total=30)) as s:
+            async with s.get(url, params={"fieldSelector": selector}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"list events: {resp.status} {(await resp.text())[:300]}")
+                listed = json.loads(await resp.read())
+            if already_posted(listed.get("items") or [], body):
+                log.info("Event %s on %s was posted before (same policy version): not again", finding.reason, finding.policy)
+                return False
+            async with s.post(url, json=body) as resp:
+                if resp.status not in (200, 201):
+                    raise RuntimeError(f"create event: {resp.status} {(await resp.text())[:300]}")
         log.warning("%s: %s: %s", finding.policy, finding.reason, finding.message)
         return True

@@ -168,3 +168,25 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     mine = [w for w in writes if w["user"]["username"] == AGENT_USER]
     assert mine, "the audit log shows no write by the agent at all (not even its Events)"
     assert {(w["verb"], w["objectRef"]["resource"]) for w in mine} == {("create", "events")}, mine
+
+
+def test_the_agent_image_is_small_and_carries_only_the_agent():
+    """The image the chart runs (built from the Dockerfile, as in every test here) is at
+    most 150 MiB and holds what `policyd run` uses: no package manager, pip or `kubernetes`
+    client; Python, nft, iptables-legacy and ipset are there."""
+    import tarfile
+
+    from realcluster.images import build_policyd
+
+    archive = build_policyd(lambda s: None).archive
+    assert archive.stat().st_size <= 150 * 2**20, f"{archive.name}: {archive.stat().st_size / 2**20:.0f} MiB"
+    with tarfile.open(archive) as outer:
+        layer = next(m for m in outer.getmembers() if m.name.endswith(".tar") and m.size > 2**20)
+        with tarfile.open(fileobj=outer.extractfile(layer)) as inner:
+            names = {n.removeprefix("./").removeprefix("/") for n in inner.getnames()}
+    site = next(n for n in names if n.endswith("/site-packages")).rstrip("/")
+    for wanted in ("usr/bin/python3.11", "usr/sbin/nft", "usr/sbin/iptables-legacy-restore", "usr/sbin/ipset",
+                   "opt/policyd/.venv/bin/policyd", f"{site}/kopf", f"{site}/policyd"):
+        assert wanted in names, wanted
+    for unwanted in ("usr/bin/apt-get", "usr/bin/dpkg", f"{site}/pip", f"{site}/kubernetes", f"{site}/setuptools"):
+        assert unwanted not in names, unwanted

@@ -394,6 +394,47 @@ def test_events_name_the_node_and_the_action_and_are_not_repeated():
     assert event_body(Finding(f.policy, "PolicyInvalid", "x"), raw, "n", now)["action"] == "IsolateAllowingNothing"
 
 
+def test_events_are_posted_over_http_once_per_policy_version(tmp_path, monkeypatch):
+    """The agent posts its Events through its own HTTP access (no `kubernetes` client: the
+    image carries none): against the test API server, the first agent posts, a restarted
+    one lists that Event and posts nothing, a finding on a new version posts again."""
+    import asyncio
+    import sys
+
+    import yaml
+
+    from policyd.kube.events import EventPoster
+    from policyd.kube.feed import Finding
+
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as in the image: `import kubernetes` fails
+    api = KubeAPI()
+    url = api.serve()
+    try:
+        kc = tmp_path / "kubeconfig"
+        kc.write_text(yaml.safe_dump(api.kubeconfig(url)))
+        raw = policy("named", rv=3, port="metrics")
+        raw["metadata"]["uid"] = "u-1"
+        f = Finding("default/named", "NamedPortUnresolved", "ingress[0].ports[0]: no container port named 'metrics'")
+
+        def events() -> list[dict]:
+            return [o for (k, ns, _), o in list(api.objects.items())
+                    if k.plural == "events" and k.group == "" and ns == "default" and o.get("reason") == f.reason]
+
+        assert asyncio.run(EventPoster("node-1", str(kc)).post(f, raw)) is True
+        assert asyncio.run(EventPoster("node-1", str(kc)).post(f, raw)) is False  # a restarted agent
+        posted = events()
+        assert len(posted) == 1
+        assert posted[0]["involvedObject"]["uid"] == "u-1" and posted[0]["reportingInstance"] == "node-1"
+        assert posted[0]["metadata"]["name"].startswith("named.")
+        raw["metadata"]["resourceVersion"] = "4"
+        assert asyncio.run(EventPoster("node-1", str(kc)).post(f, raw)) is True
+        assert len(events()) == 2
+    finally:
+        api.stop()
+    # An API server that is away: logged, never raised.
+    assert asyncio.run(EventPoster("node-1", str(kc)).post(f, raw)) is False
+
+
 def test_a_stored_cidr_with_host_bits_is_read_as_the_api_server_did():
     """Kubernetes 1.33+ refuses `10.0.0.1/24` in a new policy (and so does policyd for a
     manifest), but an object stored earlier keeps it and is still served: the agent reads
