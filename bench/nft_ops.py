@@ -9,6 +9,7 @@ those sets (10,000 rules), as a node's pod chains do."""
 from __future__ import annotations
 
 import json
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -17,10 +18,8 @@ from typing import Any
 from report import ms, table
 
 from policyd.lab.netns import add_namespace, delete_namespaces, entered
-from policyd.nft.backend import NFT_CTX_OUTPUT_JSON, Libnftables
+from policyd.nft.backend import Libnftables
 from policyd.nft.generation import Generation
-
-HANDLE, ECHO = 1 << 3, 1 << 5  # libnftables' NFT_CTX_OUTPUT_HANDLE and NFT_CTX_OUTPUT_ECHO
 
 SETS, CHAINS, RULES = 20, 100, 100
 
@@ -55,10 +54,14 @@ def _handles(nft: Libnftables, chain: str) -> list[int]:
 def _echoed(nft: Libnftables, cmd: str) -> tuple[int, str, str]:
     """A batch with `--echo --handle` (what prints the kernel's new handles back)."""
     with nft.lock:
-        nft.lib.nft_ctx_output_set_flags(nft.ctx, NFT_CTX_OUTPUT_JSON | ECHO | HANDLE)
-        rc = nft.lib.nft_run_cmd_from_buffer(nft.ctx, cmd.encode())
-        out = (nft.lib.nft_ctx_get_output_buffer(nft.ctx) or b"").decode()
-        err = (nft.lib.nft_ctx_get_error_buffer(nft.ctx) or b"").decode()
+        nft.nft.set_json_output(True)
+        nft.nft.set_echo_output(True)
+        nft.nft.set_handle_output(True)
+        try:
+            rc, out, err = nft.nft.cmd(cmd)
+        finally:
+            nft.nft.set_echo_output(False)
+            nft.nft.set_handle_output(False)
     return int(rc), out, err
 
 
@@ -85,6 +88,61 @@ def _dumps(n: int) -> list[float]:
             raise RuntimeError(f"the dump of chain p6 gave {len(got)} handles, not {RULES}")
     gen.close()
     return out
+
+
+class BareCtypes:
+    """The fewest C calls a command can take (flags set once, no lock): the yardstick for
+    the official binding's own cost per call."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        lib = ctypes.CDLL("libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        for f in ("nft_ctx_output_set_flags", "nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, f).argtypes = [ctypes.c_void_p] + ([ctypes.c_uint] if f.endswith("flags") else [])
+        for f in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, f).restype, getattr(lib, f).argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        self.lib, self.ctx = lib, lib.nft_ctx_new(0)
+        lib.nft_ctx_output_set_flags(self.ctx, 1 << 4)  # JSON
+        lib.nft_ctx_buffer_output(self.ctx)
+        lib.nft_ctx_buffer_error(self.ctx)
+
+    def run(self, command: str, json_output: bool = True) -> tuple[int, str, str]:
+        rc = self.lib.nft_run_cmd_from_buffer(self.ctx, command.encode())
+        return int(rc), self.lib.nft_ctx_get_output_buffer(self.ctx).decode(), self.lib.nft_ctx_get_error_buffer(self.ctx).decode()
+
+
+def binding(n: int) -> list[list[str]]:
+    """`list tables` and an appended rule in an otherwise empty namespace, where the call's
+    own cost is the largest share: policyd's Libnftables (the official binding) against bare
+    ctypes, interleaved."""
+    prefix = f"pdo{uuid.uuid4().hex[:6]}"
+    ns = f"{prefix}-n"
+    try:
+        add_namespace(ns)
+        with entered(ns):
+            ours, bare = Libnftables(), BareCtypes()
+            ours.run("add table inet t; add chain inet t c", json_output=False)
+            rows: dict[str, list[float]] = {}
+            runners: list[tuple[str, Callable[[str], tuple[int, str, str]]]] = [
+                ("policyd's Libnftables (nftables.Nftables)", ours.run), ("bare ctypes", bare.run)]
+            for _ in range(5):
+                for name, run in runners:
+                    for cmd in ("list tables", "add rule inet t c counter"):
+                        times = rows.setdefault(f"{cmd}: {name}", [])
+                        for _ in range(n // 5):
+                            t = time.perf_counter()
+                            rc, _, err = run(cmd)
+                            times.append(time.perf_counter() - t)
+                            if rc != 0:
+                                raise RuntimeError(err)
+                ours.run("flush chain inet t c", json_output=False)
+    finally:
+        delete_namespaces(prefix)
+    return [[what, f"median {statistics.median(xs) * 1e6:.1f} µs (mean {statistics.mean(xs) * 1e6:.1f})"]
+            for what, xs in sorted(rows.items())]
 
 
 def one_size(elements: int, n: int) -> list[list[str]]:
@@ -127,4 +185,7 @@ def measure(args: Any) -> list[str]:
     for elements in (100, 2000):
         out += [f"With {elements:,} elements per set ({SETS * elements:,} in all):", "",
                 *table(["command", "time per batch"], one_size(elements, n)), ""]
+    calls = 200 if args.quick else 2000
+    out += [f"The binding's own cost ({calls:,} calls each, interleaved, an empty namespace):", "",
+            *table(["command: binding", "time per call"], binding(calls)), ""]
     return out[:-1]

@@ -1,14 +1,14 @@
 """libnftables in-process: one long-lived context, one call per transaction.
 
-A minimal ctypes binding to `libnftables.so.1` (the same C API the official Python
-bindings wrap), so the agent runs in any virtualenv. With libnftables 1.0.6, JSON input is
-parsed only while JSON output is enabled, so the context always has JSON output on.
+Through the nftables project's own Python binding (`nftables.Nftables`, the python3-nftables
+module, installed from PyPI as `pip-nftables`), so the agent runs in any virtualenv; it
+measured as fast as the ctypes binding it replaced (docs/benchmarks.md, `--only nft-ops`).
+With libnftables 1.0.6, JSON input is parsed only while JSON output is enabled, so the
+context always has JSON output on.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import threading
@@ -27,46 +27,30 @@ from .text import ruleset_text
 
 log = logging.getLogger("policyd.nft")
 
-NFT_CTX_OUTPUT_JSON = 1 << 4
-NFT_CTX_OUTPUT_TERSE = 1 << 11  # omit set and map elements from listings
-
-
 class Libnftables:
-    """The C library, loaded once per process."""
+    """One libnftables context for the process, behind a lock (the C context is not
+    thread-safe; the agent's kernel work runs on a worker thread)."""
 
     def __init__(self) -> None:
-        path = ctypes.util.find_library("nftables") or "libnftables.so.1"
         try:
-            lib = ctypes.CDLL(path)
+            import nftables
+        except ImportError as e:
+            raise RuntimeError("the nftables Python binding is missing: pip install 'policyd[agent]' (it brings pip-nftables)") from e
+        try:
+            self.nft = nftables.Nftables()
         except OSError as e:
-            raise RuntimeError(f"cannot load libnftables ({path}): install the libnftables1 package") from e
-        lib.nft_ctx_new.restype = ctypes.c_void_p
-        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
-        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
-        lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-        lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
-        self.lib = lib
-        self.ctx = lib.nft_ctx_new(0)
-        lib.nft_ctx_output_set_flags(self.ctx, NFT_CTX_OUTPUT_JSON)
-        lib.nft_ctx_buffer_output(self.ctx)
-        lib.nft_ctx_buffer_error(self.ctx)
+            raise RuntimeError(f"cannot load libnftables (libnftables.so.1: {e}): install the libnftables1 package") from e
+        self.nft.set_json_output(True)
         self.lock = threading.Lock()
 
     def run(self, command: str, terse: bool = False, json_output: bool = True) -> tuple[int, str, str]:
-        """`json_output` False: text output (what libnftables 1.0.6 prints table comments in)."""
+        """`terse`: listings without set and map elements; `json_output` False: text output
+        (what libnftables 1.0.6 prints table comments in)."""
         with self.lock:
-            flags = (NFT_CTX_OUTPUT_JSON if json_output else 0) | (NFT_CTX_OUTPUT_TERSE if terse else 0)
-            self.lib.nft_ctx_output_set_flags(self.ctx, flags)
-            rc = self.lib.nft_run_cmd_from_buffer(self.ctx, command.encode())
-            out = (self.lib.nft_ctx_get_output_buffer(self.ctx) or b"").decode()
-            err = (self.lib.nft_ctx_get_error_buffer(self.ctx) or b"").decode()
-        return rc, out, err
+            self.nft.set_json_output(json_output)
+            self.nft.set_terse_output(terse)
+            rc, out, err = self.nft.cmd(command)
+        return int(rc), out or "", err or ""
 
 
 LOCAL_SET_PREFIX = "pod-"  # the node's own sets (render_skeleton); peer sets are sel-, np-, blk-
