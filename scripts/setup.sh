@@ -2,7 +2,8 @@
 # Idempotent set-up on Debian 12 (as root): system packages, a virtualenv in .venv, the
 # package in it. Used by the README's two commands, by CI and by the Dockerfile.
 #   scripts/setup.sh           runtime (agent, lab, CLI)
-#   scripts/setup.sh --test    plus test tools (and Debian's chromium, for a headless screenshot)
+#   scripts/setup.sh --test    plus test tools (and Debian's chromium, for a headless screenshot,
+#                              and prometheus, whose server and promtool check the chart's alerts)
 #   scripts/setup.sh --bench   plus test tools and the benchmark's plotting (matplotlib)
 #   scripts/setup.sh --cluster plus what the real cluster needs (etcd, containerd, runc, the
 #                              CNI plugins, image tools); combine with --test or --bench
@@ -31,7 +32,7 @@ if [ $image = 1 ]; then
   APT_PACKAGES=(nftables libnftables1 iptables ipset python3 python3-venv busybox)  # the lab's tools stay out
 fi
 if [ "$extras" != agent ]; then
-  APT_PACKAGES+=(chromium)  # the tests take a headless screenshot of `policyd matrix -o html`
+  APT_PACKAGES+=(chromium prometheus)  # a headless screenshot of `policyd matrix -o html`; the alerts
 fi
 if [ $cluster = 1 ]; then
   # The real cluster (realcluster/): Kubernetes itself is built from its Go module by
@@ -47,6 +48,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # No service is started on this machine by the install (Debian's prometheus, containerd
+  # and etcd would start theirs): the tests run their own, in namespaces of their own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   say "Debian packages present: ${APT_PACKAGES[*]}"

@@ -25,6 +25,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.kernel)
         if top == "cluster":
             item.add_marker(pytest.mark.cluster)
+    # The upstream suites run in the background (tests/cluster/test_conformance.py): started
+    # after every other test of the real clusters, judged by the session's last test, so
+    # the tests that need no cluster run beside them.
+    start = [i for i in items if i.name == "test_upstream_suites_start"]
+    judge = [i for i in items if i.name == "test_upstream_suites"]
+    rest = [i for i in items if i not in start and i not in judge]
+    last_cluster = max((n for n, i in enumerate(rest) if i.get_closest_marker("cluster")), default=-1)
+    items[:] = rest[:last_cluster + 1] + start + rest[last_cluster + 1:] + judge
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
 
+from ..dataplane.drift import DRIFT_KINDS
 from ..observe.counters import Counters
 from ..observe.droplog import DropCounters
+from .feed import WATCHED_KINDS
 
 # Fine below 100 ms, where the targets are (event → commit p99 ≤ 10 ms and ≤ 30 ms), so
 # that histogram_quantile() answers with a useful resolution.
@@ -19,6 +21,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02
 class AgentMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...: the dashboard's cost panels
         self.event_to_programmed = Histogram(
             "policyd_event_to_programmed_seconds", "From a watch event's arrival to the commit of the transaction that enforces it",
             registry=r, buckets=LATENCY_BUCKETS)
@@ -30,6 +33,14 @@ class AgentMetrics:
         self.events = Counter("policyd_watch_events", "Watch events received", ["kind"], registry=r)
         self.drift_repairs = Counter("policyd_drift_repairs", "Kernel objects found changed behind policyd's back and rewritten",
                                      ["kind"], registry=r)
+        # Every label value from zero, so that a first repair is an increase() and not a
+        # series appearing at 1 (which rate(), increase() and the alerts would not see).
+        for kind in DRIFT_KINDS:
+            self.drift_repairs.labels(kind)
+        for kind in WATCHED_KINDS:
+            self.events.labels(kind)
+        for kind in ("full", "partial"):
+            self.sync_duration.labels(kind)
         self.relist_deletes = Counter("policyd_relist_deletes", "Objects found deleted by a relist after a lost watch", registry=r)
         self.local_pods = Gauge("policyd_local_pods", "Pods on this node known to the agent", registry=r)
         self.local_pods_enforced = Gauge("policyd_local_pods_enforced", "Local pods isolated by at least one policy", registry=r)

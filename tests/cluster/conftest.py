@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -44,6 +44,9 @@ def fresh_layout(cni: str) -> Layout:
 
 
 CNI_STYLES = ("bridge", "ptp")
+# Work started on the clusters by one test and awaited by a later one (the upstream suites:
+# tests/cluster/test_conformance.py); the clusters are not torn down under it.
+BACKGROUND: dict[str, Future[list[str]]] = {}
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +64,8 @@ def clusters() -> Iterator[dict[str, Cluster]]:
                 f.result()
         yield made
     finally:
+        wait(BACKGROUND.values())  # a started suite still uses the clusters
+        BACKGROUND.clear()
         for lay in layouts.values():
             down(lay, say=lambda s: None)
         left = {lay.name: leftovers(lay) for lay in layouts.values()}

@@ -60,10 +60,47 @@ def warning_events(cluster: Cluster, reason: str) -> list[dict]:
     return [e for e in items if e.get("reason") == reason]
 
 
+def scraped_by_prometheus(c: Cluster) -> None:
+    """A real Prometheus scrapes both agents through the scrape configuration the Prometheus
+    Operator makes of the chart's ServiceMonitor (its Service is installed; the operator's
+    CRDs are not: the ServiceMonitor comes from `helm template`; the Service's endpoints are
+    discovered as Kubernetes discovery would, see realcluster/prometheus.py), loads the chart's alert
+    rules and answers every dashboard query. The series exist with sane values, every rule
+    evaluates, none fires on this healthy cluster, and no dashboard panel is empty."""
+    from realcluster import prometheus
+    from realcluster.paths import HELM
+    from tests.chart.test_monitoring import ALERTS, CHART, DASHBOARD, dashboard_queries
+
+    rendered = c.run_in_fabric([str(HELM), "template", RELEASE, str(CHART), "-n", RELEASE_NS, "--show-only", "templates/monitoring.yaml",
+                                "--set", "monitoring.serviceMonitor.enabled=true", "--set", "monitoring.serviceMonitor.interval=1s"]).stdout
+    (monitor,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "ServiceMonitor"]
+    with prometheus.running(c, monitor, [ALERTS]) as prom:
+        def targets_up() -> bool:
+            return sorted(t["labels"].get("node", "") for t in prom.targets() if t["health"] == "up") == ["node-1", "node-2"]
+
+        eventually(targets_up, True, "both agents scraped (Prometheus's targets)", timeout=30)
+        eventually(lambda: len(prom.query("rate(policyd_watch_events_total[1m])")) > 0, True, "two scrapes of each agent", timeout=15)
+        ready = prom.query("policyd_ready")
+        assert sorted(r["metric"]["node"] for r in ready) == ["node-1", "node-2"] and all(r["value"][1] == "1" for r in ready), ready
+        for r in ready:  # labelled as the operator labels them: the alerts' {{ $labels }} need these
+            assert r["metric"]["container"] == "policyd" and r["metric"]["namespace"] == RELEASE_NS and r["metric"]["pod"].startswith(RELEASE)
+            assert r["metric"]["job"] == f"{RELEASE}-metrics" and r["metric"]["endpoint"] == "metrics"
+        for r in prom.query('process_resident_memory_bytes{container="policyd"}'):
+            assert 20e6 < float(r["value"][1]) < 384 * 2**20, r  # below the chart's memory limit
+        assert all(float(r["value"][1]) >= 2 for r in prom.query("policyd_policies")), "the walkthrough's policies"
+        assert prom.query("sum(policyd_event_to_programmed_seconds_count)")[0]["value"][1] != "0"
+        empty = [q for q in dashboard_queries(json.loads(DASHBOARD.read_text())) if not prom.query(q)]
+        assert not empty, f"dashboard queries with no data: {empty}"
+        eventually(lambda: all(r.get("lastEvaluation", "").startswith("20") for r in prom.rules()), True, "every rule evaluated", timeout=10)
+        rules = prom.rules()
+        assert len(rules) == 7 and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
+        assert not [r["name"] for r in rules if r["state"] != "inactive"], "an alert on a healthy cluster"
+
+
 def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     c = cluster
     say: list[str] = []
-    install_chart(c, "nftables", say.append, values=("dropLog.enabled=true", "ruleCounters=true"))
+    install_chart(c, "nftables", say.append, values=("dropLog.enabled=true", "ruleCounters=true", "monitoring.service=true"))
     c.kubectl("apply", "-f", str(WORKLOADS))
     for app in ("backend", "frontend", "unallowed"):
         rollout(c, f"deployment/{app}", "default", say.append)
@@ -146,6 +183,8 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     assert code == 200 and doc["ready"] and doc["initial_lists_complete"] and "Pod" in doc["seconds_since_watch_event"]
     assert (doc["kind"], doc["version"]) == ("AgentStatus", 1), "the body names its shape (docs/json.md)"
 
+    scraped_by_prometheus(c)
+
     # `helm uninstall` leaves the ruleset: backend stays isolated without any agent, until
     # `policyd cleanup` on each node removes it.
     c.kubectl("delete", "networkpolicy", "metrics-port")
@@ -186,7 +225,7 @@ def test_the_agent_image_is_small_and_carries_only_the_agent():
             names = {n.removeprefix("./").removeprefix("/") for n in inner.getnames()}
     site = next(n for n in names if n.endswith("/site-packages")).rstrip("/")
     for wanted in ("usr/bin/python3.11", "usr/sbin/nft", "usr/sbin/iptables-legacy-restore", "usr/sbin/ipset",
-                   "opt/policyd/.venv/bin/policyd", f"{site}/kopf", f"{site}/policyd"):
+                   "opt/policyd/.venv/bin/policyd", f"{site}/kopf", f"{site}/policyd", f"{site}/nftables.py"):
         assert wanted in names, wanted
     for unwanted in ("usr/bin/apt-get", "usr/bin/dpkg", f"{site}/pip", f"{site}/kubernetes", f"{site}/setuptools"):
         assert unwanted not in names, unwanted

@@ -10,20 +10,26 @@ bridge CNI with the nftables backend, ptp with iptables (the other two combinati
 
 Both clusters run their suites at the same time (one thread each, the NetworkPolicy suite
 then the ClusterNetworkPolicy suite, the chart installed once for both): the suites mostly
-wait for probe timeouts, so side by side they take little longer than one cluster's."""
+wait for probe timeouts, so side by side they take little longer than one cluster's.
+
+And they run in the background: `test_upstream_suites_start` starts them once every other
+test of the clusters has run (tests/conftest.py orders it there), the tests that need no
+cluster (unit, kernel, lab) run meanwhile, and `test_upstream_suites`, the session's last
+test, awaits and judges them. Run alone, the one starts what the other awaits."""
 
 from __future__ import annotations
 
 import re
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from realcluster import cnp_conformance, conformance
 from realcluster.cluster import Cluster
 from realcluster.conformance import Report
 from realcluster.walkthrough import RELEASE, RELEASE_NS, install_chart, uninstall_chart
+from tests.cluster.conftest import BACKGROUND
 
 BACKEND = {"bridge": "nftables", "ptp": "iptables"}
 
@@ -62,24 +68,43 @@ def cluster_network_policy_suite(cluster: Cluster) -> None:
     assert report.count("passed") >= 50, f"only {report.count('passed')} subtests passed: did the suite still run?"
 
 
+def both_suites(cluster: Cluster) -> list[str]:
+    """The chart installed, both suites, the chart removed: every failure, with what
+    installing and removing the chart said."""
+    failures = []
+    lines: list[str] = []
+    backend = BACKEND[cluster.layout.cni]
+    install_chart(cluster, backend, lines.append)  # once for both suites: each cleans up its own objects
+    try:
+        for suite in (netpol_suite, cluster_network_policy_suite):
+            try:
+                suite(cluster)
+            except AssertionError as e:
+                failures.append(f"{suite.__name__} on {cluster.layout.cni}/{backend}: {e}")
+    finally:
+        uninstall_chart(cluster, backend, lines.append)
+    return [f"{f}\n" + "\n".join(lines) for f in failures]
+
+
+def every_cluster(clusters: dict[str, Cluster]) -> list[str]:
+    with ThreadPoolExecutor(len(clusters)) as pool:
+        return [f for result in pool.map(both_suites, clusters.values()) for f in result]
+
+
+def start(clusters: dict[str, Cluster]) -> Future[list[str]]:
+    if "upstream" not in BACKGROUND:
+        BACKGROUND["upstream"] = ThreadPoolExecutor(1, thread_name_prefix="upstream-suites").submit(every_cluster, clusters)
+    return BACKGROUND["upstream"]
+
+
+def test_upstream_suites_start(clusters: dict[str, Cluster]) -> None:
+    """Starts both suites on both clusters; test_upstream_suites judges them."""
+    start(clusters)
+
+
 def test_upstream_suites(clusters: dict[str, Cluster]) -> None:
     """Both suites on each cluster (bridge/nftables, ptp/iptables), the clusters side by
     side; every failure of every run is reported."""
-    def both(cluster: Cluster) -> list[str]:
-        failures = []
-        lines: list[str] = []
-        backend = BACKEND[cluster.layout.cni]
-        install_chart(cluster, backend, lines.append)  # once for both suites: each cleans up its own objects
-        try:
-            for suite in (netpol_suite, cluster_network_policy_suite):
-                try:
-                    suite(cluster)
-                except AssertionError as e:
-                    failures.append(f"{suite.__name__} on {cluster.layout.cni}/{backend}: {e}")
-        finally:
-            uninstall_chart(cluster, backend, lines.append)
-        return [f"{f}\n" + "\n".join(lines) for f in failures]  # with what installing and removing the chart said
-
-    with ThreadPoolExecutor(len(clusters)) as pool:
-        failures = [f for result in pool.map(both, clusters.values()) for f in result]
+    failures = start(clusters).result()
+    BACKGROUND.pop("upstream", None)
     assert not failures, "\n\n".join(failures)
