@@ -64,12 +64,12 @@ def world_from(args: argparse.Namespace) -> World:
         from .kube.client import read_cluster
 
         try:
-            namespaces, pods, policies, cluster_policies = read_cluster(args.kubeconfig, args.context)
+            namespaces, pods, policies, cluster_policies, nodes = read_cluster(args.kubeconfig, args.context)
         except InvalidInput:
             raise  # listed problem by problem by main()
         except Exception as e:  # noqa: BLE001 - connection, auth, config: say what failed
             raise UsageError(f"cannot read the cluster: {type(e).__name__}: {e}") from None
-        return World(namespaces, pods, policies, {}, cluster_policies)
+        return World(namespaces, pods, policies, {}, cluster_policies, nodes)
     if not args.paths:
         raise UsageError("give manifests (-f PATH) or a live cluster (--kubeconfig PATH or --in-cluster)")
     try:
@@ -122,13 +122,24 @@ def matrix_page(w: World, compiler: Compiler, proto: str, port: int | None) -> s
 
 
 def resolve_endpoint(w: World, ref: str) -> Endpoint:
+    """A pod (NAMESPACE/POD), a node (node/NAME: its first InternalIP or ExternalIP) or an
+    address (named after the pod or node that holds it, if one does)."""
     try:
-        return Endpoint(ipaddress.ip_address(ref), next((p for p in w.pods if ipaddress.ip_address(ref) in p.ips), None))
+        ip = ipaddress.ip_address(ref)
     except ValueError:
         pass
+    else:
+        pod = next((p for p in w.pods if ip in p.ips), None)
+        return Endpoint(ip, pod, None if pod is not None else next((n.name for n in w.nodes if ip in n.addresses), None))
+    if ref.startswith("node/"):
+        node = next((n for n in w.nodes if n.name == ref.removeprefix("node/")), None)
+        if node is None or not node.addresses:
+            raise UsageError(f"no node {ref.removeprefix('node/')!r} with an address (status.addresses InternalIP or ExternalIP) "
+                             "in the manifests")
+        return Endpoint(node.addresses[0], None, node.name)
     pod = w.find_pod(ref)
     if pod is None:
-        raise UsageError(f"no pod {ref!r} in the manifests (use NAMESPACE/POD or an IP address)")
+        raise UsageError(f"no pod {ref!r} in the manifests (use NAMESPACE/POD, node/NAME or an IP address)")
     if not pod.addressable:
         raise UsageError(f"pod {pod.key} has no address (host network, finished, or no IP)")
     return endpoint(pod)
@@ -142,8 +153,12 @@ def same_family(w: World, src_ref: str, dst_ref: str) -> tuple[Endpoint, Endpoin
         return src, dst
 
     def given_as_pod(ref: str, e: Endpoint, version: int) -> Endpoint | None:
-        if is_address(ref) or e.pod is None:
+        if is_address(ref):
             return None
+        if e.pod is None:  # a node given by name: its address of that family
+            node = next((n for n in w.nodes if n.name == e.node), None)
+            a = next((a for a in node.addresses if a.version == version), None) if node is not None else None
+            return None if a is None else Endpoint(a, None, e.node)
         a = next((a for a in e.pod.ips if a.version == version), None)
         return None if a is None else Endpoint(a, e.pod)
 
@@ -283,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="verdict for one connection and the rule that decides it (exit 0 allowed, 1 denied)")
     add_input(p)
     add_service(p, icmp=True)
-    p.add_argument("--from", dest="src", required=True, metavar="NS/POD|IP")
-    p.add_argument("--to", dest="dst", required=True, metavar="NS/POD|IP")
+    p.add_argument("--from", dest="src", required=True, metavar="NS/POD|node/NAME|IP")
+    p.add_argument("--to", dest="dst", required=True, metavar="NS/POD|node/NAME|IP")
     p.add_argument("--lab", metavar="NAME", default=None,
                    help="explain in a running lab (its manifests), with the hits the deciding rules have counted there")
     p.add_argument("--hits", action="store_true",

@@ -8,7 +8,7 @@ from typing import TextIO
 
 from .compile.evaluate import SideVerdict, Verdict
 from .compile.matrix import POD_MATRIX, GroupedMatrix, Matrix
-from .compile.plan import AllowRule, PortMatch, TierRule
+from .compile.plan import AllowRule, NodeSetSpec, PodSetSpec, PortMatch, TierRule
 from .model.objects import Action, NetworkPolicy
 from .observe.counters import Count, Counters, side_key
 
@@ -81,8 +81,10 @@ def rule_text(rule: AllowRule | TierRule, protocol: str, port: int | None) -> st
         text += f", {'from' if rule.direction.value == 'ingress' else 'to'}[{rule.peer_index}]"
     if rule.peer is None:
         text += " (every peer)"
-    if rule.peer is not None and getattr(rule.peer, "port_name", None):
-        text += f" named port {rule.peer.protocol}/{rule.peer.port_name}"  # type: ignore[union-attr]
+    if isinstance(rule.peer, NodeSetSpec):
+        text += f" (nodes {rule.peer.node_selector.canonical() or 'all'})"
+    if isinstance(rule.peer, PodSetSpec) and rule.peer.port_name:
+        text += f" named port {rule.peer.protocol}/{rule.peer.port_name}"
     elif rule.ports is None:
         text += " (every port)"
     else:

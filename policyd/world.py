@@ -9,7 +9,7 @@ from pathlib import Path
 from .compile.engine import Compiler, compile_all
 from .model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from .model.manifests import load
-from .model.objects import ClusterNetworkPolicy, IPNetwork, Namespace, NetworkPolicy, Pod
+from .model.objects import ClusterNetworkPolicy, IPNetwork, Namespace, NetworkPolicy, Node, Pod
 from .model.problems import InvalidInput
 
 
@@ -20,9 +20,10 @@ class World:
     policies: list[NetworkPolicy]
     node_cidrs: dict[str, IPNetwork]
     cluster_policies: list[ClusterNetworkPolicy] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)  # Node objects given (labels, addresses: `nodes` peers)
 
     def compile(self, node: str | None = None) -> Compiler:
-        return compile_all(node, self.namespaces, self.pods, self.policies, self.cluster_policies)
+        return compile_all(node, self.namespaces, self.pods, self.policies, self.cluster_policies, self.nodes)
 
     def find_pod(self, ref: str) -> Pod | None:
         ns, _, name = ref.rpartition("/")
@@ -42,4 +43,4 @@ def load_world(
     problems = m.problems + alloc.problems
     if problems:
         raise InvalidInput(problems)
-    return World(m.namespaces, alloc.pods, m.policies, alloc.nodes, m.cluster_policies)
+    return World(m.namespaces, alloc.pods, m.policies, alloc.nodes, m.cluster_policies, m.nodes)

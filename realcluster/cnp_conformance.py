@@ -34,12 +34,8 @@ from .paths import ROOT, k8s_bin
 Say = Callable[[str], None]
 
 TEST = "TestClusterNetworkPolicy"
-FEATURES = ("ClusterNetworkPolicy", "ClusterNetworkPolicyNamedPorts")
-NOT_SUPPORTED = {
-    "ClusterNetworkPolicyEgressNodePeers": "`nodes` peers are not supported by policyd: an Accept rule's `nodes` peer "
-                                           "matches nothing, a Deny or Pass rule with one denies all (fail closed, as the "
-                                           "API documents for unsupported peers)",
-}
+FEATURES = ("ClusterNetworkPolicy", "ClusterNetworkPolicyNamedPorts", "ClusterNetworkPolicyEgressNodePeers")
+NOT_SUPPORTED: dict[str, str] = {}  # feature → why policyd does not claim it (none today)
 NO_SCTP = "it probes SCTP, and this kernel has no SCTP sockets: agnhost can neither serve nor connect over SCTP"
 TIMEOUT = "40m"
 NPAPI_MOD = ROOT / "realcluster" / "npapi" / "go.mod"
@@ -59,11 +55,11 @@ def index() -> list[dict[str, Any]]:
     return list(json.loads(k8s_bin("cnp-conformance.tests.json").read_text()))
 
 
-def sctp_skips(tests: list[dict[str, Any]]) -> tuple[str, set[tuple[str, str]]]:
+def sctp_skips(tests: list[dict[str, Any]], features: tuple[str, ...] = FEATURES) -> tuple[str, set[tuple[str, str]]]:
     """The `-test.skip` pattern for the claimed tests' SCTP subtests, and those subtests.
     Go matches it level by level (test, subtest), so the pattern is a product of two
     alternations: `results` checks that nothing outside the set went missing."""
-    skipped = {(t["test"], s["name"]) for t in tests if set(t["features"]) <= set(FEATURES)
+    skipped = {(t["test"], s["name"]) for t in tests if set(t["features"]) <= set(features)
                for s in t["subtests"] if s["sctp"]}
     if not skipped:
         return "", skipped
@@ -78,7 +74,8 @@ RESULT = re.compile(rf"^\s*--- (PASS|FAIL|SKIP): {TEST}/(\S+?)/(\S+) \(([\d.]+)s
 TOP = re.compile(rf"^\s*--- (PASS|FAIL|SKIP): {TEST}/(\S+) \(([\d.]+)s\)$", re.M)
 
 
-def results(output: str, tests: list[dict[str, Any]], skipped: set[tuple[str, str]], narrow: str = "") -> list[SpecResult]:
+def results(output: str, tests: list[dict[str, Any]], skipped: set[tuple[str, str]], narrow: str = "",
+            features: tuple[str, ...] = FEATURES) -> list[SpecResult]:
     """One result per subtest the index knows (and per test of an unclaimed feature), from
     `go test -v` output; with our reasons for skips."""
     got = {(m[1], m[2]): (m[0], float(m[3])) for m in RESULT.findall(output)}
@@ -89,7 +86,7 @@ def results(output: str, tests: list[dict[str, Any]], skipped: set[tuple[str, st
         name = t["test"]
         if narrow and not re.search(narrow, name):
             continue
-        unclaimed = [f for f in t["features"] if f not in FEATURES]
+        unclaimed = [f for f in t["features"] if f not in features]
         if unclaimed:
             why = "; ".join(NOT_SUPPORTED.get(f, f"feature {f} is not claimed") for f in unclaimed)
             state = "skipped" if top.get(name) == "SKIP" else "failed"
@@ -207,7 +204,9 @@ def section(reports: list[Report]) -> list[str]:
         f"Features claimed: {', '.join(f'`{f}`' for f in FEATURES)}. Not supported:",
         "",
         *[f"* `{f}`: {why}." for f, why in NOT_SUPPORTED.items()],
-        "* `domainNames` peers: out of scope (the suite has no test of them); policyd treats them as it treats `nodes`.",
+        "* `domainNames` peers: out of scope (the suite has no test of them). policyd reads them and fails closed, as the",
+        "  API documents for a peer an implementation does not support: an Accept rule matches nothing through one, a",
+        "  Deny or Pass rule with one denies all.",
         "",
         "The base manifests (`base/manifests.yaml`, the namespaces and StatefulSets) are adapted to this machine at build",
         "time (`realcluster/npapi_build.py`); nothing else is changed:",

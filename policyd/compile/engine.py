@@ -10,7 +10,8 @@ recomputes only what it can affect:
 * policy added/changed/deleted → the plans of local pods of that namespace that the old or
   new podSelector selects;
 * ClusterNetworkPolicy added/changed/deleted → the plans of the local pods its old or new
-  subject selects (and a namespace relabelled → its local pods' plans, when any exists).
+  subject selects (and a namespace relabelled → its local pods' plans, when any exists);
+* node added/changed/deleted → its addresses in the live node-selector sets (`nodes` peers).
 
 `take_changes()` hands the dirty pod plans and sets to the renderer.
 """
@@ -22,10 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..model.events import Event, Upsert
-from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
+from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod, PodKey, PolicyKey
 from ..state.store import ClusterStore
 from .changes import SetChangeLog
-from .plan import BlockSetSpec, Entry, PodPlan, PodSetSpec, SetSpec
+from .plan import BlockSetSpec, Entry, NodeSetSpec, PodPlan, PodSetSpec, SetSpec
 from .pod import plan_pod
 
 
@@ -42,17 +43,18 @@ class Changes(SetChangeLog[SetSpec, Entry]):
 
 @dataclass
 class LiveSet:
-    """A set's entries, counted per contributing pod (two pods may share an address while
-    one of them is going away), so that one pod's update is O(its entries)."""
+    """A set's entries, counted per contributing pod or node (two pods may share an address
+    while one of them is going away), so that one member's update is O(its entries). Keys:
+    pod keys (`ns/name`), or node names for node sets."""
 
     refs: int
-    members: dict[PodKey, frozenset[Entry]] = field(default_factory=dict)
+    members: dict[str, frozenset[Entry]] = field(default_factory=dict)
     counts: dict[Entry, int] = field(default_factory=dict)
 
     def entries(self) -> frozenset[Entry]:
         return frozenset(self.counts)
 
-    def put(self, key: PodKey, entries: frozenset[Entry]) -> tuple[list[Entry], list[Entry]]:
+    def put(self, key: str, entries: frozenset[Entry]) -> tuple[list[Entry], list[Entry]]:
         """Replace `key`'s entries; returns the set's (added, removed) entries."""
         old = self.members.pop(key, frozenset())
         if entries:
@@ -82,6 +84,10 @@ def pod_entries(spec: PodSetSpec, pod: Pod) -> frozenset[Entry]:
     return frozenset((ip, port) for ip in pod.ips) if port is not None else frozenset()
 
 
+def node_entries(spec: NodeSetSpec, node: Node) -> frozenset[Entry]:
+    return frozenset(node.addresses) if spec.node_selector.matches(node.labels) else frozenset()
+
+
 class Compiler:
     """`node` None compiles every pod (what-if tools); otherwise only that node's pods."""
 
@@ -93,6 +99,7 @@ class Compiler:
         # Live pod sets by the namespaces their scope covers (fixed or by selector).
         self._sets_by_ns: dict[str, set[PodSetSpec]] = defaultdict(set)
         self._nssel_sets: set[PodSetSpec] = set()
+        self._node_sets: set[NodeSetSpec] = set()
         self._changes = Changes()
 
     # --- events ---------------------------------------------------------------------
@@ -135,6 +142,18 @@ class Compiler:
         if old is not None:
             self._replan_subjects(old, None)
 
+    def upsert_node(self, node: Node) -> None:
+        old = self.store.put_node(node)
+        if old == node:
+            return
+        for spec in self._node_sets:
+            self._put(spec, node.name, node_entries(spec, node))
+
+    def delete_node(self, name: str) -> None:
+        if self.store.remove_node(name) is not None:
+            for spec in self._node_sets:
+                self._put(spec, name, frozenset())
+
     def upsert_policy(self, policy: NetworkPolicy) -> None:
         old = self.store.put_policy(policy)
         if old == policy:
@@ -147,11 +166,13 @@ class Compiler:
             self._replan_policy(old, None)
 
     def apply(self, event: Event) -> None:
-        """One source event (Node objects do not affect the plans)."""
+        """One source event."""
         if isinstance(event, Upsert):
             obj = event.obj
             if isinstance(obj, Pod):
                 self.upsert_pod(obj)
+            elif isinstance(obj, Node):
+                self.upsert_node(obj)
             elif isinstance(obj, Namespace):
                 self.upsert_namespace(obj)
             elif isinstance(obj, NetworkPolicy):
@@ -166,6 +187,8 @@ class Compiler:
             self.delete_policy(PolicyKey(event.key))
         elif event.kind == "ClusterNetworkPolicy":
             self.delete_cluster_policy(event.key)
+        elif event.kind == "Node":
+            self.delete_node(event.key)
 
     def take_changes(self) -> Changes:
         out, self._changes = self._changes, Changes()
@@ -186,7 +209,7 @@ class Compiler:
         entries = pod_entries(spec, pod) if spec.pod_selector.matches(pod.labels) else frozenset()
         self._put(spec, pod.key, entries)
 
-    def _put(self, spec: SetSpec, key: PodKey, entries: frozenset[Entry]) -> None:
+    def _put(self, spec: SetSpec, key: str, entries: frozenset[Entry]) -> None:
         live = self.sets[spec]
         if live.members.get(key, frozenset()) == entries:
             return
@@ -275,6 +298,11 @@ class Compiler:
         self._changes.set_replaced(spec)
         if isinstance(spec, BlockSetSpec):
             return
+        if isinstance(spec, NodeSetSpec):
+            self._node_sets.add(spec)
+            for node in self.store.nodes_matching(spec.node_selector):
+                live.put(node.name, node_entries(spec, node))
+            return
         if spec.namespace is None:
             self._nssel_sets.add(spec)
         for ns in self._scope_namespaces(spec):
@@ -289,6 +317,8 @@ class Compiler:
             return
         del self.sets[spec]
         self._changes.set_replaced(spec)
+        if isinstance(spec, NodeSetSpec):
+            self._node_sets.discard(spec)
         if isinstance(spec, PodSetSpec):
             self._nssel_sets.discard(spec)
             for covered in self._sets_by_ns.values():
@@ -296,9 +326,11 @@ class Compiler:
 
 
 def compile_all(node: str | None, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy],
-                cluster_policies: Iterable[ClusterNetworkPolicy] = ()) -> Compiler:
+                cluster_policies: Iterable[ClusterNetworkPolicy] = (), nodes: Iterable[Node] = ()) -> Compiler:
     """From scratch: namespaces, then policies, then pods (any order gives the same result)."""
     c = Compiler(node)
+    for n in nodes:
+        c.upsert_node(n)
     for ns in namespaces:
         c.upsert_namespace(ns)
     for cnp in cluster_policies:

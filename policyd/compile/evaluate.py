@@ -10,16 +10,19 @@ from dataclasses import dataclass
 
 from ..model.objects import Action, Direction, IPAddress, Pod
 from .engine import Compiler
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, SetSpec, TierRule
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodSetSpec, SetSpec, TierRule, has_ports
 
 
 @dataclass(frozen=True)
 class Endpoint:
     ip: IPAddress
     pod: Pod | None = None
+    node: str | None = None  # the Node holding `ip` (InternalIP or ExternalIP), when not a pod's
 
     def __str__(self) -> str:
-        return self.pod.key if self.pod is not None else str(self.ip)
+        if self.pod is not None:
+            return self.pod.key
+        return f"node {self.node}" if self.node is not None else str(self.ip)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class Evaluator:
             if not spec.block.contains(peer_ip):
                 return False
         elif spec is not None:
-            if spec.port_name is not None:
+            if has_ports(spec):
+                assert isinstance(spec, PodSetSpec)
                 # Egress named port: (destination address, its port of that name).
                 return protocol == spec.protocol and port is not None and (peer_ip, port) in self._members(spec)
             if peer_ip not in self._members(spec):

@@ -18,7 +18,7 @@ from typing import Any
 from ..model.objects import Action, Direction, IPAddress, Pod
 from .engine import Compiler
 from .evaluate import Endpoint
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, SetSpec, TierRule, addresses, named_ports
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, PodSetSpec, SetSpec, TierRule, addresses, named_ports
 
 # The JSON shapes' names (docs/json.md): a script checks `kind` and `version`; a shape that
 # changes gets a new version, never silently.
@@ -170,7 +170,7 @@ class _Bitsets:
                 hi = bisect.bisect_right(ips, (int(net.broadcast_address), len(self.pods)))
                 for _, i in ips[lo:hi]:
                     got |= 1 << i
-        elif spec.port_name is not None:
+        elif isinstance(spec, PodSetSpec) and spec.port_name is not None:
             # Egress named port: (destination address, its port of that name).
             if spec.protocol == self.protocol and self.port is not None:
                 for ip, port in named_ports(self.compiler.set_entries(spec)):

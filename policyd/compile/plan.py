@@ -71,7 +71,37 @@ class BlockSetSpec:
         return sorted(collapsed, key=lambda n: (int(n.network_address), n.prefixlen))
 
 
-SetSpec = PodSetSpec | BlockSetSpec
+@dataclass(frozen=True)
+class NodeSetSpec:
+    """Addresses of the Nodes whose labels match (a ClusterNetworkPolicy `nodes` peer): their
+    InternalIP and ExternalIP addresses, either family."""
+
+    node_selector: LabelSelector
+
+    def canonical(self) -> str:
+        return f"nodes nodeSelector={self.node_selector.canonical()}"
+
+    @property
+    def digest(self) -> str:
+        return stable_hash("nodes", self.canonical())
+
+
+SetSpec = PodSetSpec | BlockSetSpec | NodeSetSpec
+
+
+def set_kind(spec: SetSpec) -> str:
+    """The short kind in a set's kernel name: `sel` pod addresses, `np` (address, port) of
+    a named port, `blk` an ipBlock's prefixes, `nd` node addresses."""
+    if isinstance(spec, BlockSetSpec):
+        return "blk"
+    if isinstance(spec, NodeSetSpec):
+        return "nd"
+    return "np" if spec.port_name else "sel"
+
+
+def has_ports(spec: SetSpec) -> bool:
+    """Whether the set's members are (address, port) pairs (an egress named port)."""
+    return isinstance(spec, PodSetSpec) and spec.port_name is not None
 
 # Entries of a PodSetSpec: an address, or (address, port) when the spec has a port name.
 NamedPortEntry = tuple[IPAddress, int]  # (a pod's address, its container port of that name)

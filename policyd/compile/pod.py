@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from ..model.objects import PROTOCOLS, Action, ClusterNetworkPolicy, CNPPeer, CNPRule, Direction, IPBlock, NetworkPolicy, Peer, Pod, PolicyPort, Tier
 from ..model.selectors import MATCH_ALL
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, NodeSetSpec, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule
 
 
-def peer_spec(policy: NetworkPolicy, peer: Peer) -> SetSpec:
+def peer_spec(policy: NetworkPolicy, peer: Peer) -> PodSetSpec | BlockSetSpec:
     if peer.ip_block is not None:
         # "ipBlock ... CIDR minus except" — applies to any address, pod IPs included.
         return BlockSetSpec(peer.ip_block)
@@ -76,6 +76,9 @@ def cnp_peer_specs(peer: CNPPeer) -> list[SetSpec]:
     if peer.networks:
         # "Networks matches both regular IP traffic and ICMP traffic to/from the specified CIDRs."
         return [BlockSetSpec(IPBlock(net)) for net in peer.networks]
+    if peer.node_selector is not None:
+        # "Nodes defines a way to select a set of nodes in the cluster": their addresses.
+        return [NodeSetSpec(peer.node_selector)]
     if peer.pod_selector is None or peer.namespace_selector is None:
         return []
     # "Pods defines a way to select a set of pods in a set of namespaces"; host-network pods
@@ -117,7 +120,7 @@ def cnp_rule_entries(cnp: ClusterNetworkPolicy, direction: Direction, ri: int, r
             if numeric is None or numeric:
                 out.append(entry(pi, spec, numeric))
             for _, name in named:
-                assert isinstance(spec, PodSetSpec)  # validation refuses named ports with networks
+                assert isinstance(spec, PodSetSpec)  # validation refuses named ports with networks and nodes
                 for proto in PROTOCOLS:  # the container port's own protocol decides
                     out.append(entry(pi, PodSetSpec(spec.pod_selector, None, spec.namespace_selector, name, proto), None))
     return out

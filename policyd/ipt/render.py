@@ -16,7 +16,8 @@
   table of the set's family;
 * ipsets named `<table>-sel-<hash16>-4|6` (`hash:ip`), `<table>-np-…` (`hash:ip,port`,
   egress named ports resolved per destination pod), `<table>-blk-…` (`hash:net`, the cidr
-  with each `except` entered as `nomatch`).
+  with each `except` entered as `nomatch`), `<table>-nd-…` (`hash:ip`, the addresses of the
+  Nodes a ClusterNetworkPolicy `nodes` peer selects).
 
 A rule body is `{"family": 0|4|6, "match": str, "target": str, "comment": str}`; `match`
 holds only our own option syntax, set names from hashes and addresses, ports and interface
@@ -30,7 +31,21 @@ import ipaddress
 import re
 from collections.abc import Iterable
 
-from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule, addresses, named_ports
+from ..compile.plan import (
+    AllowRule,
+    BlockSetSpec,
+    DirectionPlan,
+    Entry,
+    PodPlan,
+    PodSetSpec,
+    PortMatch,
+    SetSpec,
+    TierRule,
+    addresses,
+    has_ports,
+    named_ports,
+    set_kind,
+)
 from ..dataplane.backend import OWNER_MARK
 from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import DispatchMode, RenderConfig, family_sets
@@ -89,11 +104,7 @@ class Names:
         return f"{self.chain_prefix}{'IN' if direction is Direction.INGRESS else 'OUT'}{letter}-{stable_hash(pod_key, length=12)}"
 
     def spec_set(self, spec: SetSpec, family: int) -> str:
-        if isinstance(spec, BlockSetSpec):
-            kind = "blk"
-        else:
-            kind = "np" if spec.port_name else "sel"
-        return f"{self.set_prefix}{kind}-{spec.digest}-{family}"
+        return f"{self.set_prefix}{set_kind(spec)}-{spec.digest}-{family}"  # at most 31 characters, ipset's limit
 
     def made_chain(self, name: str) -> bool:
         """Whether `name` is one of the chain names this prefix's renderer makes (not merely
@@ -103,7 +114,7 @@ class Names:
 
     def made_set(self, name: str) -> bool:
         rest = name.removeprefix(self.set_prefix)
-        return rest != name and re.fullmatch(r"(sel|np|blk)-[0-9a-f]{16}-[46]|(ifaces|addr)-[46]", rest) is not None
+        return rest != name and re.fullmatch(r"(sel|np|blk|nd)-[0-9a-f]{16}-[46]|(ifaces|addr)-[46]", rest) is not None
 
     def ifaces(self, family: int) -> str:
         return f"{self.set_prefix}ifaces-{family}"
@@ -150,13 +161,13 @@ def block_elements(spec: BlockSetSpec) -> frozenset[Elem]:
 def set_type(spec: SetSpec) -> str:
     if isinstance(spec, BlockSetSpec):
         return "hash:net"
-    return "hash:ip,port" if spec.port_name else "hash:ip"
+    return "hash:ip,port" if has_ports(spec) else "hash:ip"
 
 
 def elements(spec: SetSpec, entries: Iterable[Entry], family: int) -> frozenset[Elem]:
     if isinstance(spec, BlockSetSpec):
         return block_elements(spec) if spec.block.cidr.version == family else frozenset()
-    if spec.port_name:
+    if isinstance(spec, PodSetSpec) and spec.port_name:
         proto = (spec.protocol or "TCP").lower()
         return frozenset(f"{addr_text(ip)},{proto}:{port}" for ip, port in named_ports(entries) if ip.version == family)
     return frozenset(addr_text(ip) for ip in addresses(entries) if ip.version == family)

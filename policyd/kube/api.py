@@ -39,9 +39,9 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 # The watched kinds' API versions, for our lists and watches and kopf's. ClusterNetworkPolicy:
 # v1alpha2, served by every release of the CRD that has this kind (v0.2 and v0.3, where
 # v1beta1 is the storage version and the same schema).
-API_VERSIONS: dict[WatchKind, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1",
+API_VERSIONS: dict[WatchKind, str] = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1", "Node": "v1",
                                       "ClusterNetworkPolicy": "policy.networking.k8s.io/v1alpha2"}
-PLURALS: dict[WatchKind, str] = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "networkpolicies",
+PLURALS: dict[WatchKind, str] = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "networkpolicies", "Node": "nodes",
                                  "ClusterNetworkPolicy": "clusternetworkpolicies"}
 
 

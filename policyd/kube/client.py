@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
+from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
 from ..observe.counters import Counters, counters_from_metrics
@@ -50,8 +50,8 @@ def list_all(kubeconfig: str | None, kind: WatchKind, context: str | None = None
 
 
 def read_cluster(kubeconfig: str | None = None, context: str | None = None,
-                 ) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy], list[ClusterNetworkPolicy]]:
-    """The cluster's namespaces, pods and policies for `policyd matrix/explain --kubeconfig`.
+                 ) -> tuple[list[Namespace], list[Pod], list[NetworkPolicy], list[ClusterNetworkPolicy], list[Node]]:
+    """The cluster's namespaces, pods, policies and nodes for `policyd matrix/explain --kubeconfig`.
     A policy that fails validation is kept (it isolates and allows nothing, as the agent
     enforces it); any other unreadable object is an error listing every problem. Without
     the ClusterNetworkPolicy CRD there are none."""
@@ -72,7 +72,7 @@ def read_cluster(kubeconfig: str | None = None, context: str | None = None,
                 problems += probs
     if problems:
         raise InvalidInput(problems)
-    return out["Namespace"], out["Pod"], out["NetworkPolicy"], out["ClusterNetworkPolicy"]
+    return out["Namespace"], out["Pod"], out["NetworkPolicy"], out["ClusterNetworkPolicy"], out["Node"]
 
 
 def node_addresses(kubeconfig: str | None = None, context: str | None = None) -> dict[str, str]:

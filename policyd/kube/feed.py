@@ -35,8 +35,9 @@ from ..model.parse import parse_object
 
 log = logging.getLogger("policyd.feed")
 
-WatchKind = Literal["Pod", "Namespace", "NetworkPolicy", "ClusterNetworkPolicy"]
-WATCHED_KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy")
+WatchKind = Literal["Pod", "Namespace", "NetworkPolicy", "ClusterNetworkPolicy", "Node"]
+# Nodes: their labels and addresses, for ClusterNetworkPolicy `nodes` peers.
+WATCHED_KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy", "Node")
 CLUSTER_SCOPED = ("Namespace", "ClusterNetworkPolicy")
 Ref = tuple[str, str]  # (kind, key)
 
@@ -117,7 +118,7 @@ class ClusterFeed:
     def _check_ready(self) -> None:
         if not self.ready and self.pending is not None and not self.pending:
             self.ready = True
-            log.info("initial lists complete: %d namespaces, %d pods, %d network policies, %d cluster network policies",
+            log.info("initial lists complete: %d namespaces, %d pods, %d network policies, %d cluster network policies, %d nodes",
                      *(sum(1 for k, _ in self.held if k == kind) for kind in WATCHED_KINDS))
 
     def observe(self, kind: WatchKind, typ: str | None, body: dict[str, Any]) -> Event | None:

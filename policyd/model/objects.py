@@ -146,8 +146,14 @@ class NetworkPolicy:
 
 @dataclass(frozen=True)
 class Node:
+    """A Node: its pod CIDRs (the what-if tools' addressing), its labels and the addresses
+    a ClusterNetworkPolicy `nodes` peer matches (status.addresses of type InternalIP and
+    ExternalIP, either family)."""
+
     name: str
     pod_cidrs: tuple[IPNetwork, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=True)
+    addresses: tuple[IPAddress, ...] = ()
 
 
 class Tier(str, Enum):
@@ -169,12 +175,14 @@ class Action(str, Enum):
 class CNPPeer:
     """One `from`/`to` entry of a ClusterNetworkPolicy rule: pods (namespace AND pod
     selector; `namespaces` is the pod selector that matches everything), or networks.
-    `unsupported` names a peer policyd does not enforce (nodes, domainNames, or one with no
-    field it knows): the rule then fails closed as the API documents."""
+    `node_selector`: a `nodes` peer (egress only): the addresses of the Nodes it selects.
+    `unsupported` names a peer policyd does not enforce (domainNames, or one with no field
+    it knows): the rule then fails closed as the API documents."""
 
     namespace_selector: LabelSelector | None = None
     pod_selector: LabelSelector | None = None
     networks: tuple[IPNetwork, ...] = ()
+    node_selector: LabelSelector | None = None
     unsupported: str | None = None
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from .objects import (
     PROTOCOLS,
     ContainerPort,
     Direction,
+    IPAddress,
     IPBlock,
     KubeObject,
     Namespace,
@@ -244,12 +245,24 @@ def parse_cidr(ctx: Context, path: str, raw: Any) -> ipaddress.IPv4Network | ipa
     return net
 
 
+NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")  # what a ClusterNetworkPolicy `nodes` peer matches
+
+
 def parse_node(ctx: Context, obj: dict[str, Any]) -> Node:
-    _, name, _ = parse_metadata(ctx, obj, namespaced=False)
+    _, name, labels = parse_metadata(ctx, obj, namespaced=False)
     spec = as_dict(ctx, "spec", obj.get("spec"))
     raw = as_list(ctx, "spec.podCIDRs", spec.get("podCIDRs")) or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     cidrs = tuple(c for i, r in enumerate(raw) if (c := parse_cidr(ctx, f"spec.podCIDRs[{i}]", r)))
-    return Node(name, cidrs)
+    addresses: list[IPAddress] = []
+    status = as_dict(ctx, "status", obj.get("status"))
+    for i, a in enumerate(as_list(ctx, "status.addresses", status.get("addresses"))):
+        a = as_dict(ctx, f"status.addresses[{i}]", a)
+        if a.get("type") in NODE_ADDRESS_TYPES:
+            try:
+                addresses.append(ipaddress.ip_address(str(a.get("address"))))
+            except ValueError:
+                ctx.error(f"status.addresses[{i}].address", f"{a.get('address')!r} is not an IP address")
+    return Node(name, cidrs, labels, tuple(dict.fromkeys(addresses)))
 
 
 def parse_protocol(ctx: Context, path: str, raw: Any) -> str:

@@ -23,7 +23,7 @@ MAX_PROTOCOLS = 25
 MAX_NETWORKS = 25
 MAX_RULE_NAME = 100
 # Peers policyd reads but does not enforce; a rule naming one fails closed.
-UNSUPPORTED_PEERS = {"nodes": "nodes peers (experimental)", "domainNames": "domainNames peers (experimental)"}
+UNSUPPORTED_PEERS = {"domainNames": "domainNames peers (experimental)"}
 
 
 def _one_of(ctx: Context, path: str, raw: dict[str, Any], fields: tuple[str, ...]) -> str | None:
@@ -94,10 +94,10 @@ def parse_peer(ctx: Context, path: str, raw: Any, direction: Direction) -> CNPPe
             ctx.error(f"{path}.networks", "duplicate CIDR (the list is a set)")
         return CNPPeer(networks=tuple(dict.fromkeys(nets)))
     if which == "nodes":
-        parse_selector(ctx, f"{path}.nodes", value)
-    else:
-        for i, d in enumerate(_bounded(ctx, f"{path}.domainNames", value, 1, MAX_NETWORKS)):
-            as_str(ctx, f"{path}.domainNames[{i}]", d)
+        selector = parse_selector(ctx, f"{path}.nodes", value)
+        return CNPPeer(node_selector=selector) if selector is not None else None
+    for i, d in enumerate(_bounded(ctx, f"{path}.domainNames", value, 1, MAX_NETWORKS)):
+        as_str(ctx, f"{path}.domainNames[{i}]", d)
     return CNPPeer(unsupported=UNSUPPORTED_PEERS[which])
 
 
@@ -162,7 +162,7 @@ def parse_rule(ctx: Context, path: str, raw: Any, direction: Direction) -> CNPRu
     protocols = [parse_protocol(ctx, f"{path}.protocols[{i}]", p)
                  for i, p in enumerate(_bounded(ctx, f"{path}.protocols", raw.get("protocols"), 1, MAX_PROTOCOLS))]
     if direction is Direction.EGRESS and any(p is not None and p.named_port for p in protocols):
-        if any(p is not None and (p.networks or p.unsupported) for p in peers):
+        if any(p is not None and (p.networks or p.node_selector is not None or p.unsupported) for p in peers):
             ctx.error(path, "networks/nodes/domainNames peer cannot be set with namedPorts since there are no namedPorts for networks/nodes/domainNames")
     if len(ctx.problems) > before:
         return None

@@ -53,7 +53,7 @@ class Libnftables:
         return int(rc), out or "", err or ""
 
 
-LOCAL_SET_PREFIX = "pod-"  # the node's own sets (render_skeleton); peer sets are sel-, np-, blk-
+LOCAL_SET_PREFIX = "pod-"  # the node's own sets (render_skeleton); peer sets are sel-, np-, blk-, nd-
 
 
 class NftDialect:

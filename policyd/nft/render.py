@@ -9,7 +9,8 @@ Layout of table `inet policyd` (see docs/architecture.md):
 * per-pod chains `pod-out-…`/`pod-in-…`: `return` on allow, `drop` at the end, so the
   source's egress and the destination's ingress are both checked in one pass;
 * shared peer sets named by the hash of their spec: `sel-…` (pod addresses), `np-…`
-  ((address, protocol, port) for egress named ports), `blk-…` (ipBlock intervals).
+  ((address, protocol, port) for egress named ports), `blk-…` (ipBlock intervals), `nd-…`
+  (the addresses of the Nodes a ClusterNetworkPolicy `nodes` peer selects).
 
 Names from Kubernetes reach the kernel only as validated DNS-1123 names inside chain names
 and comments, and as map keys (addresses, interface names checked here).
@@ -21,7 +22,21 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule, addresses, named_ports
+from ..compile.plan import (
+    AllowRule,
+    BlockSetSpec,
+    DirectionPlan,
+    Entry,
+    PodPlan,
+    PodSetSpec,
+    PortMatch,
+    SetSpec,
+    TierRule,
+    addresses,
+    has_ports,
+    named_ports,
+    set_kind,
+)
 from ..dataplane.cni import IFPREFIX_RE
 from ..dataplane.config import FAMILIES, DispatchMode, RenderConfig, family_sets
 from ..dataplane.droplog import DropCause, DropLog
@@ -34,11 +49,7 @@ from ..model.selectors import stable_hash
 
 
 def set_name(spec: SetSpec, family: int) -> str:
-    if isinstance(spec, BlockSetSpec):
-        prefix = "blk"
-    else:
-        prefix = "np" if spec.port_name else "sel"
-    return f"{prefix}-{spec.digest}-v{family}"
+    return f"{set_kind(spec)}-{spec.digest}-v{family}"
 
 
 def pod_chain_name(pod_key: str, direction: Direction, kind: str = "") -> str:
@@ -67,7 +78,7 @@ def set_elements(spec: SetSpec, entries: Iterable[Entry], family: int) -> frozen
             else:
                 out.add(("prefix", str(net.network_address), net.prefixlen))
         return frozenset(out)
-    if spec.port_name:
+    if isinstance(spec, PodSetSpec) and spec.port_name:
         proto = (spec.protocol or "TCP").lower()
         return frozenset(("concat", addr_text(ip), proto, port) for ip, port in named_ports(entries) if ip.version == family)
     return frozenset(addr_text(ip) for ip in addresses(entries) if ip.version == family)
@@ -78,7 +89,7 @@ def render_set(spec: SetSpec, entries: Iterable[Entry]) -> list[SetDef]:
     out = []
     for fam in family_sets(spec):
         addr = "ipv4_addr" if fam == 4 else "ipv6_addr"
-        typ: tuple[str, ...] = (addr, "inet_proto", "inet_service") if getattr(spec, "port_name", None) else (addr,)
+        typ: tuple[str, ...] = (addr, "inet_proto", "inet_service") if has_ports(spec) else (addr,)
         out.append(
             SetDef(
                 set_name(spec, fam),

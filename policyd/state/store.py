@@ -1,5 +1,6 @@
-"""The cluster picture in memory: namespaces, pods, policies, and the label indexes that
-make "which pods of namespace N match selector S" cheap (no scan of every pod)."""
+"""The cluster picture in memory: namespaces, pods, policies, nodes (their labels and
+addresses, for ClusterNetworkPolicy `nodes` peers), and the label indexes that make "which
+pods of namespace N match selector S" cheap (no scan of every pod)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 
-from ..model.objects import ClusterNetworkPolicy, IPAddress, Namespace, NetworkPolicy, Pod, PodKey, PolicyKey
+from ..model.objects import ClusterNetworkPolicy, IPAddress, Namespace, NetworkPolicy, Node, Pod, PodKey, PolicyKey
 from ..model.selectors import LabelSelector
 
 
@@ -19,6 +20,7 @@ class ClusterStore:
         self.pods_by_ns: dict[str, set[PodKey]] = defaultdict(set)
         self.policies_by_ns: dict[str, set[PolicyKey]] = defaultdict(set)
         self.cluster_policies: dict[str, ClusterNetworkPolicy] = {}
+        self.nodes: dict[str, Node] = {}
         # namespace → the ClusterNetworkPolicies whose subject's namespace selector matches
         # it (filled on demand; dropped when a namespace or a cluster policy changes).
         self._cnps_by_ns: dict[str, list[ClusterNetworkPolicy]] = {}
@@ -109,6 +111,14 @@ class ClusterStore:
             self._cnps_by_ns.clear()
         return old
 
+    def put_node(self, node: Node) -> Node | None:
+        old = self.nodes.get(node.name)
+        self.nodes[node.name] = node
+        return old
+
+    def remove_node(self, name: str) -> Node | None:
+        return self.nodes.pop(name, None)
+
     def put_policy(self, policy: NetworkPolicy) -> NetworkPolicy | None:
         old = self.policies.get(policy.key)
         self.policies[policy.key] = policy
@@ -126,6 +136,13 @@ class ClusterStore:
     def namespace_labels(self, name: str) -> dict[str, str]:
         ns = self.namespaces.get(name)
         return ns.labels if ns is not None else {}
+
+    def nodes_matching(self, selector: LabelSelector) -> list[Node]:
+        return [n for n in self.nodes.values() if selector.matches(n.labels)]
+
+    def node_at(self, address: IPAddress) -> str | None:
+        """The node holding `address` (InternalIP or ExternalIP), for explain to name it."""
+        return next((n.name for n in self.nodes.values() if address in n.addresses), None)
 
     def namespaces_matching(self, selector: LabelSelector) -> Iterable[str]:
         return [n for n, ns in self.namespaces.items() if selector.matches(ns.labels)]

@@ -64,6 +64,7 @@ class Kind:
 KINDS = [
     Kind("", "v1", "namespaces", "Namespace", False, (), ("ns",)),
     Kind("", "v1", "pods", "Pod", True, ("status",), ("po",)),
+    Kind("", "v1", "nodes", "Node", False, ("status",), ("no",)),
     Kind("", "v1", "events", "Event", True, (), ("ev",)),
     Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, (), ("netpol",)),
     Kind("events.k8s.io", "v1", "events", "Event", True),

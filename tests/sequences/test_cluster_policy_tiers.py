@@ -4,8 +4,10 @@ incremental compile against a from-scratch one, for random clusters of both kind
 
 The oracle's NetworkPolicy tier is the engine's NetworkPolicy-only verdict (that tier has its
 own tests); everything ClusterNetworkPolicy adds — subjects, tiers, priorities, rule order,
-Accept/Deny/Pass, peers, protocols, named ports, fail-closed peers, invalid policies — is
-read here from the objects, independently of `compile.pod`.
+Accept/Deny/Pass, peers (nodes peers too: the random nodes hold addresses from the pods' own
+pool, so a node peer may match a pod's address as it would a host-network pod's), protocols,
+named ports, fail-closed peers, invalid policies — is read here from the objects,
+independently of `compile.pod`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from hypothesis import strategies as st
 from policyd.compile.engine import Compiler, compile_all
 from policyd.compile.evaluate import Endpoint, Evaluator
 from policyd.compile.matrix import endpoint
-from policyd.model.objects import Action, ClusterNetworkPolicy, CNPPeer, CNPPort, CNPRule, Direction, Pod, Tier
+from policyd.model.objects import Action, ClusterNetworkPolicy, CNPPeer, CNPPort, CNPRule, Direction, Node, Pod, Tier
 from policyd.model.selectors import MATCH_ALL
-from tests.sequences.test_incremental import NAMESPACES, apply, namespace, pod, policy, selector, snapshot
+from tests.sequences.test_incremental import NAMESPACES, apply, labels, namespace, pod, policy, selector, snapshot
 from tests.sequences.test_matrix import check
 
 NETWORKS = [ipaddress.ip_network(n) for n in ("10.0.0.0/16", "10.0.1.0/24", "10.0.2.0/25", "0.0.0.0/0")]
@@ -29,7 +31,15 @@ cnp_peer = st.one_of(
     st.builds(lambda ns: CNPPeer(namespace_selector=ns, pod_selector=MATCH_ALL), selector),
     st.builds(lambda ns, p: CNPPeer(namespace_selector=ns, pod_selector=p), selector, selector),
     st.builds(lambda nets: CNPPeer(networks=tuple(dict.fromkeys(nets))), st.lists(st.sampled_from(NETWORKS), min_size=1, max_size=2)),
-    st.just(CNPPeer(unsupported="nodes peers")),
+    st.builds(lambda sel: CNPPeer(node_selector=sel), selector),
+    st.just(CNPPeer(unsupported="domainNames peers")),
+)
+# Nodes with labels, and addresses from the pods' pool (10.0.x.y): a nodes peer may match one.
+node = st.builds(
+    lambda name, lab, ips: Node(name, (), lab, tuple(dict.fromkeys(ipaddress.ip_address(f"10.0.{i % 3}.{i}") for i in ips))),
+    st.sampled_from(["node-1", "node-2", "node-3"]),
+    labels,
+    st.lists(st.integers(1, 9), max_size=2),
 )
 cnp_port = st.one_of(
     st.builds(lambda proto, first, width: CNPPort(proto, first, first + width), st.sampled_from(["TCP", "UDP"]),
@@ -40,8 +50,9 @@ cnp_port = st.one_of(
 
 def valid_rule(action: Action, peers: list[CNPPeer], ports: list[CNPPort], direction: Direction) -> CNPRule:
     if direction is Direction.INGRESS:  # ingress peers are namespaces or pods only
-        peers = [p for p in peers if not p.networks] or [CNPPeer(namespace_selector=MATCH_ALL, pod_selector=MATCH_ALL)]
-    if any(p.named_port for p in ports) and any(p.networks or p.unsupported for p in peers) and direction is Direction.EGRESS:
+        peers = [p for p in peers if not p.networks and p.node_selector is None] or [CNPPeer(namespace_selector=MATCH_ALL, pod_selector=MATCH_ALL)]
+    if any(p.named_port for p in ports) and any(p.networks or p.node_selector is not None or p.unsupported for p in peers) \
+            and direction is Direction.EGRESS:
         ports = [p for p in ports if not p.named_port]  # the CRD refuses named ports with networks/nodes peers
     return CNPRule(action, tuple(peers), tuple(ports))
 
@@ -68,6 +79,7 @@ world = st.tuples(
     st.lists(policy, max_size=3),
     st.lists(cluster_policy, min_size=1, max_size=4),
     st.lists(pod, min_size=4, max_size=8),
+    st.lists(node, max_size=3),
 )
 SERVICES = [("TCP", 80), ("TCP", 81), ("TCP", 8080), ("UDP", 53), ("UDP", 80), ("ICMP", None)]
 
@@ -89,6 +101,7 @@ class Oracle:
                 for ip in p.ips:
                     self.pods_at.setdefault(ip, []).append(p)
         self.known = set(s.namespaces)
+        self.nodes = list(s.nodes.values())
 
     def subject(self, cnp: ClusterNetworkPolicy, pod: Pod) -> bool:
         # "Note that host-networked pods are not included in subject selection."
@@ -122,6 +135,12 @@ class Oracle:
             if peer.networks:
                 if any(peer_ip.version == n.version and peer_ip in n for n in peer.networks) and \
                         self.protocols_match(rule, protocol, port, [subject] if direction is Direction.INGRESS else []):
+                    return True
+                continue
+            if peer.node_selector is not None:
+                # "Nodes defines a way to select a set of nodes in the cluster": an address of one.
+                if any(peer.node_selector.matches(n.labels) and peer_ip in n.addresses for n in self.nodes) and \
+                        self.protocols_match(rule, protocol, port, []):
                     return True
                 continue
             for other in self.peer_pods(peer, peer_ip):
@@ -164,8 +183,10 @@ class Oracle:
 
 
 def build(w) -> Compiler:
-    namespaces, policies, cnps, pods = w
+    namespaces, policies, cnps, pods, nodes = w
     c = Compiler(None)
+    for n in nodes:
+        c.upsert_node(n)
     for ev in [("ns", x) for x in namespaces] + [("policy", x) for x in policies] + [("pod", x) for x in pods]:
         apply(c, ev)
     for cnp in cnps:
@@ -206,26 +227,32 @@ cnp_event = st.one_of(
     st.tuples(st.just("del-ns"), st.sampled_from(NAMESPACES)),
     st.tuples(st.just("pod"), pod),
     st.tuples(st.just("policy"), policy),
+    st.tuples(st.just("node"), node),
+    st.tuples(st.just("del-node"), st.sampled_from(["node-1", "node-2", "node-3"])),
 )
 
 
 def scratch(c: Compiler) -> Compiler:
     s = c.store
     return compile_all(c.node, list(s.namespaces.values()), list(s.pods.values()), list(s.policies.values()),
-                       list(s.cluster_policies.values()))
+                       list(s.cluster_policies.values()), list(s.nodes.values()))
 
 
 @settings(max_examples=200, deadline=None)
 @given(world, st.lists(cnp_event, max_size=25), st.sampled_from(["node-1", None]))
 def test_incremental_equals_scratch(w, events, node):
-    namespaces, policies, cnps, pods = w
+    namespaces, policies, cnps, pods, nodes = w
     c = Compiler(node)
-    for ev in ([("ns", x) for x in namespaces] + [("cnp", x) for x in cnps] + [("policy", x) for x in policies]
-               + [("pod", x) for x in pods] + events):
+    for ev in ([("node", x) for x in nodes] + [("ns", x) for x in namespaces] + [("cnp", x) for x in cnps]
+               + [("policy", x) for x in policies] + [("pod", x) for x in pods] + events):
         if ev[0] == "cnp":
             c.upsert_cluster_policy(ev[1])
         elif ev[0] == "del-cnp":
             c.delete_cluster_policy(ev[1])
+        elif ev[0] == "node":
+            c.upsert_node(ev[1])
+        elif ev[0] == "del-node":
+            c.delete_node(ev[1])
         else:
             apply(c, ev)
     assert snapshot(c) == snapshot(scratch(c))

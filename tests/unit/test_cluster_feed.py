@@ -97,7 +97,7 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
     from policyd.nft.fake import FakeBackend
 
     listed = {"Namespace": [], "Pod": [pod("b1", "b", ports=[{"name": "http", "containerPort": 80}])],
-              "NetworkPolicy": [policy("named", rv=3, port="metrics")], "ClusterNetworkPolicy": []}
+              "NetworkPolicy": [policy("named", rv=3, port="metrics")], "ClusterNetworkPolicy": [], "Node": []}
     calls = []
 
     async def lister(kind):
@@ -111,7 +111,7 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
                          backend=FakeBackend(), lister=lister)
     assert not agent.feed.ready
     asyncio.run(agent.initial_lists(max_delay=0.01))
-    assert agent.feed.ready and calls == ["Namespace", "Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy"]
+    assert agent.feed.ready and calls == ["Namespace", "Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy", "Node"]
     agent.sync_once()
     assert agent.ready
     findings = agent.observe("NetworkPolicy", None, policy("named", rv=3, port="metrics"))

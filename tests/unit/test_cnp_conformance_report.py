@@ -4,14 +4,14 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from realcluster.cnp_conformance import NO_SCTP, TEST, results, sctp_skips
 from realcluster.npapi_build import adapt_base_manifests, index_tests
 
 AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.63.0"
+# A claim without the node-peers feature: how a test of an unclaimed feature is reported.
+CLAIMED = ("ClusterNetworkPolicy", "ClusterNetworkPolicyNamedPorts")
 BASE = """\
       containers:
         - name: harry-potter-client
@@ -99,7 +99,7 @@ def test_index_refuses_a_package_it_cannot_read():
 
 
 def test_only_claimed_tests_sctp_subtests_are_skipped():
-    pattern, skipped = sctp_skips(indexed())
+    pattern, skipped = sctp_skips(indexed(), CLAIMED)
     assert skipped == {("CNPAdminTierGress", "Should_allow_sctp_too")}  # the node-peers test is skipped by its feature
     assert pattern == f"^{TEST}$/^(CNPAdminTierGress)$/^(Should_allow_sctp_too)$"
 
@@ -110,7 +110,7 @@ def go_output(*lines: str) -> str:
 
 def test_results_judge_every_indexed_subtest():
     tests = indexed()
-    _, skipped = sctp_skips(tests)
+    _, skipped = sctp_skips(tests, CLAIMED)
     out = go_output(
         "=== RUN   TestClusterNetworkPolicy/T0/sub_1",
         "    helper.go:71: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.0.0.1:80]",
@@ -123,12 +123,12 @@ def test_results_judge_every_indexed_subtest():
         *[f"    --- PASS: TestClusterNetworkPolicy/T{i}/sub_{j} (1.00s)" for i in range(1, 20) for j in range(4)],
         # T0/sub_2 and sub_3 printed nothing: they did not run
     )
-    got = {r.name: r for r in results(out, tests, skipped)}
+    got = {r.name: r for r in results(out, tests, skipped, features=CLAIMED)}
     assert got["CNPAdminTierGress / Should allow tcp"].state == "passed" and got["CNPAdminTierGress / Should allow tcp"].seconds == 3.2
     sctp = got["CNPAdminTierGress / Should allow sctp too"]
     assert sctp.state == "skipped" and sctp.reason == NO_SCTP
     nodes = got["CNPAdminTierEgressNodePeers (feature ClusterNetworkPolicyEgressNodePeers)"]
-    assert nodes.state == "skipped" and re.search("not supported: `nodes` peers", nodes.reason)
+    assert nodes.state == "skipped" and nodes.reason == "not supported: feature ClusterNetworkPolicyEgressNodePeers is not claimed"
     assert got["T0 / sub 1"].state == "failed"
     assert got["T0 / sub 1"].reason == ("helper.go:71: FAILED Command was [/agnhost connect --timeout=3s --protocol=tcp 10.0.0.1:80]"
                                         " — helper.go:72: Expected connection to be dropped from a/b to 10.0.0.1, but instead it returned REFUSED")
@@ -138,9 +138,18 @@ def test_results_judge_every_indexed_subtest():
 
 def test_a_skipped_subtest_that_ran_or_a_feature_test_that_ran_fails():
     tests = indexed()
-    _, skipped = sctp_skips(tests)
+    _, skipped = sctp_skips(tests, CLAIMED)
     out = go_output("    --- PASS: TestClusterNetworkPolicy/CNPAdminTierGress/Should_allow_sctp_too (1.00s)",
                     "    --- PASS: TestClusterNetworkPolicy/CNPAdminTierEgressNodePeers (1.00s)")
-    got = {r.name: r for r in results(out, tests, skipped)}
+    got = {r.name: r for r in results(out, tests, skipped, features=CLAIMED)}
     assert got["CNPAdminTierGress / Should allow sctp too"].state == "failed"
     assert got["CNPAdminTierEgressNodePeers (feature ClusterNetworkPolicyEgressNodePeers)"].state == "failed"
+
+
+def test_the_node_peers_tests_run_now_that_the_feature_is_claimed():
+    """policyd enforces `nodes` peers: their tests are claimed, run and judged like any other."""
+    tests = indexed()
+    _, skipped = sctp_skips(tests)
+    out = go_output("    --- PASS: TestClusterNetworkPolicy/CNPAdminTierEgressNodePeers/sub_0 (1.00s)")
+    got = {r.name: r for r in results(out, tests, skipped)}
+    assert not [n for n in got if "feature" in n], "no test is left out for its feature"

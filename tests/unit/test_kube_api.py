@@ -66,9 +66,9 @@ def test_exec_plugins_and_auth_providers_are_left_to_the_kubernetes_client():
 
 
 def test_collections_of_the_watched_kinds():
-    assert [api.path_of(k) for k in api.PLURALS] == [
-        "/api/v1/namespaces", "/api/v1/pods", "/apis/networking.k8s.io/v1/networkpolicies",
-        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"]
+    assert {api.path_of(k) for k in api.PLURALS} == {
+        "/api/v1/namespaces", "/api/v1/pods", "/apis/networking.k8s.io/v1/networkpolicies", "/api/v1/nodes",
+        "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"}
 
 
 def test_the_agent_loads_kopf_without_the_kubernetes_client():
