@@ -36,8 +36,12 @@ SERIES = [  # what the metrics endpoint must serve
 ]
 
 
-def tcp(cluster: Cluster, source: str, address: str) -> bool:
-    cmd = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {address} 80"
+def tcp(cluster: Cluster, source: str, address: str, port: int = 80) -> bool:
+    """An HTTP answer from `address:port`. Busybox nc half-closes when its input ends, and the
+    agents' aiohttp server then drops the request unanswered: port 80 (busybox httpd) is
+    asked at once, other ports with the input held open for a second."""
+    request = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'" + ("" if port == 80 else "; sleep 1")
+    cmd = f"({request}) | nc -w 2 {address} {port}"
     return "HTTP/1." in cluster.kubectl("exec", source, "--", "sh", "-c", cmd, check=False, timeout=30).stdout
 
 
@@ -134,6 +138,22 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     eventually(lambda: tcp(c, "walker", backend["ip"]), False, "Admin ClusterNetworkPolicy Deny over the NetworkPolicy's allow")
     c.kubectl("delete", "clusternetworkpolicy", "deny-frontend")
     eventually(lambda: tcp(c, "walker", backend["ip"]), True, "the ClusterNetworkPolicy deleted")
+
+    # A `nodes` peer: the walker's egress to the nodes' addresses on the agents' metrics port
+    # (host network), denied by node label; the other node's address too, and back.
+    node_ips = [n.ip for n in c.layout.nodes]
+    assert all(tcp(c, "walker", ip, 9808) for ip in node_ips), "the agents' metrics port before the policy"
+    no_nodes = {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy", "metadata": {"name": "no-node-metrics"},
+                "spec": {"tier": "Admin", "priority": 11, "subject": app("frontend"),
+                         "egress": [{"name": "no-metrics", "action": "Deny", "to": [{"nodes": {"matchLabels": {"kubernetes.io/os": "linux"}}}],
+                                     "protocols": [{"tcp": {"destinationPort": {"number": 9808}}}]}]}}
+    c.kubectl("apply", "-f", "-", input=json.dumps(no_nodes))
+    for ip in node_ips:
+        eventually(lambda ip=ip: tcp(c, "walker", ip, 9808), False, f"walker → node {ip}:9808 denied by the nodes peer")
+    assert tcp(c, "walker", backend["ip"]), "only the nodes' addresses"
+    c.kubectl("delete", "clusternetworkpolicy", "no-node-metrics")
+    for ip in node_ips:
+        eventually(lambda ip=ip: tcp(c, "walker", ip, 9808), True, f"walker → node {ip}:9808 after the policy's deletion")
 
     c.kubectl("label", "pod", "walker", "app=unallowed", "--overwrite")
     eventually(lambda: tcp(c, "walker", backend["ip"]), False, "walker relabelled back → backend")
