@@ -34,6 +34,7 @@ from policyd.dataplane.cni import calico_interface  # noqa: E402
 from policyd.lab.netns import delete_namespaces, entered, http_get, sh  # noqa: E402
 from policyd.lab.topology import FABRIC_NET, Topology  # noqa: E402
 from policyd.model.objects import ContainerPort, Pod  # noqa: E402
+from realcluster.processes import terminate  # noqa: E402
 from tests.kubeapi.server import KINDS, KubeAPI  # noqa: E402
 
 NODE = "node-0"
@@ -108,13 +109,7 @@ def start_until_ready(netns: str, args: list[str], log: Path, http: Any, timeout
 
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM, and SIGKILL if it has not ended 10 s later."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    terminate(proc)
 
 
 def rss_mb(pid: int) -> tuple[float, float]:

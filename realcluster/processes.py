@@ -14,6 +14,17 @@ from pathlib import Path
 CGROUP_FS = Path("/sys/fs/cgroup")
 
 
+def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, and SIGKILL if it has not ended `grace` seconds later; reaped either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def ns_inode(path: str | Path) -> int | None:
     try:
         return os.stat(path).st_ino

@@ -33,6 +33,7 @@ import yaml
 from policyd.lab.netns import http_get
 
 from .cluster import Cluster
+from .processes import terminate
 
 PORT = 19090  # in the fabric namespace, on its loopback
 
@@ -180,9 +181,4 @@ def running(cluster: Cluster, monitor: dict[str, Any], rule_files: list[Path], i
                 time.sleep(0.2)
             yield prom
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc)
