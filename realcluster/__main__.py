@@ -1,16 +1,16 @@
 """scripts/cluster.sh: a real Kubernetes cluster on this machine, in network namespaces.
 
     cluster.sh images                         (build what is missing: pause, testbox, policyd)
-    cluster.sh up [--name N] [--cni bridge|ptp] [--proxy-mode iptables|nftables] [--workers 2]
+    cluster.sh up [--name N] [--cni bridge|ptp] [--proxy-mode iptables|nftables] [--ip-family ipv4|ipv6|dual] [--workers 2]
     cluster.sh status [--name N] [-o json]
     cluster.sh kubectl [--name N] ARGS...     (kubectl inside the cluster's fabric namespace)
     cluster.sh helm [--name N] ARGS...
     cluster.sh logs [--name N]                (the last lines of every component's log)
     cluster.sh walkthrough [--name N] [--backend nftables|iptables] [--keep]
-    cluster.sh demo [--cni bridge|ptp] [--backend nftables|iptables] [--keep]
+    cluster.sh demo [--cni bridge|ptp] [--backend nftables|iptables] [--ip-family ipv4|ipv6|dual] [--keep]
                                               (up, walkthrough, down; --keep leaves it all up)
     cluster.sh conformance [--suite netpol|cnp] [--cni bridge|ptp] [--backend nftables|iptables]
-                           [--proxy-mode M] [--procs 4] [--focus REGEX] [--without-policyd] [--write] [--keep]
+                           [--proxy-mode M] [--ip-family F] [--procs 4] [--focus REGEX] [--without-policyd] [--write] [--keep]
                                               (up, the chart, an upstream suite, down: netpol is
                                               Kubernetes' Netpol e2e specs, cnp network-policy-api's
                                               ClusterNetworkPolicy conformance tests)
@@ -29,7 +29,7 @@ import sys
 import time
 
 from .cluster import Cluster, ClusterError, down
-from .layout import CNI_STYLES, PROXY_MODES, Layout
+from .layout import CNI_STYLES, IP_FAMILIES, PROXY_MODES, Layout
 from .paths import HELM
 
 
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--cni", choices=CNI_STYLES, default="bridge")
             p.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
             p.add_argument("--workers", type=int, default=2)
+            p.add_argument("--ip-family", choices=IP_FAMILIES, default="ipv4",
+                           help="ipv4 (default); ipv6: IPv6 single-stack pods, Services and nodes; dual: both, IPv4 primary")
         if verb == "status":
             p.add_argument("-o", "--output", choices=("text", "json"), default="text")
         if verb in ("walkthrough", "demo", "conformance"):
@@ -81,12 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "chaos":
             return chaos_run(args.etcd_down, args.write)
         if args.verb == "up":
-            Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers)).up()
+            Cluster(Layout(args.name, args.cni, args.proxy_mode, args.workers, args.ip_family)).up()
         elif args.verb == "conformance":
-            return conformance(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.procs,
+            return conformance(Layout(args.name, args.cni, args.proxy_mode, args.workers, args.ip_family), args.backend, args.procs,
                                args.write, args.keep, args.focus, args.without_policyd, args.suite)
         elif args.verb == "demo":
-            return demo(Layout(args.name, args.cni, args.proxy_mode, args.workers), args.backend, args.keep)
+            return demo(Layout(args.name, args.cni, args.proxy_mode, args.workers, args.ip_family), args.backend, args.keep)
         elif args.verb == "down":
             down(Layout(args.name))
         else:
@@ -177,14 +179,15 @@ def conformance(layout: Layout, backend: str, procs: int, write: bool, keep: boo
             install_chart(cluster, backend, print)
         elif suite == "cnp":
             cnp.install_crd(cluster)
-        out = TOOLS / "conformance" / (f"{suite}-{layout.cni}-{backend}-{layout.proxy_mode}" if not control
-                                       else f"{suite}-{layout.cni}-without-policyd")
+        family = "" if layout.ip_family == "ipv4" else f"-{layout.ip_family}"
+        out = TOOLS / "conformance" / (f"{suite}-{layout.cni}-{backend}-{layout.proxy_mode}{family}" if not control
+                                       else f"{suite}-{layout.cni}-without-policyd{family}")
         if suite == "cnp":
-            report = cnp.run_suite(cluster, backend, out, cnp.command_line(layout.cni, backend, layout.proxy_mode, narrow, control),
-                                   narrow=narrow)
+            report = cnp.run_suite(cluster, backend, out, cnp.command_line(layout.cni, backend, layout.proxy_mode, narrow, control,
+                                                                           layout.ip_family), narrow=narrow)
         else:
-            report = c.run_suite(cluster, backend, out, c.command_line(layout.cni, backend, layout.proxy_mode, narrow, control),
-                                 procs=procs, narrow=narrow)
+            report = c.run_suite(cluster, backend, out, c.command_line(layout.cni, backend, layout.proxy_mode, narrow, control,
+                                                                       layout.ip_family), procs=procs, narrow=narrow)
         if control:
             report.config = f"control-{layout.cni}"
         print(f"==> report: {out / 'result.json'} (log in {out})")

@@ -26,7 +26,7 @@ from policyd.lab.netns import add_namespace, delete_namespaces, ip, list_namespa
 
 from . import config, processes
 from .images import Image, build_all
-from .layout import API_ADDR, API_PORT, API_SERVICE_IP, FABRIC_NET, NODE_BINDS, NODE_FILE_BINDS, SERVICE_CIDR, Layout, Node
+from .layout import API_ADDR, API_ADDR6, API_PORT, API_SERVICE_IP, API_SERVICE_IP6, FABRIC_NET, FABRIC_NET6, NODE_BINDS, NODE_FILE_BINDS, Layout, Node
 from .paths import STATE_ROOT, k8s_bin
 from .pki import PKI
 
@@ -70,14 +70,16 @@ class Cluster:
         lay.state.mkdir(parents=True, exist_ok=True)
         (lay.state / "cluster.json").write_text(json.dumps(asdict(lay)))
         try:
-            say(f"network: fabric {FABRIC_NET}, {lay.workers} nodes, pod CIDRs {', '.join(str(n.pod_cidr) for n in lay.nodes)}")
+            say(f"network ({lay.ip_family}): fabric {FABRIC_NET}{f' and {FABRIC_NET6}' if 6 in lay.families else ''}, {lay.workers} nodes, "
+                f"pod CIDRs {', '.join(str(c) for n in lay.nodes for c in lay.pod_cidrs(n))}")
             self._network()
             say("certificates: a CA of our own, serving and client certificates for every component")
             self._pki()
             say(f"control plane in {lay.fabric}: etcd, kube-apiserver on {lay.server}, controller-manager, scheduler")
             self._control_plane(binaries)
             for node in lay.nodes:
-                say(f"{node.name} ({node.ip}, {lay.cni} CNI): containerd, images, kubelet, kube-proxy ({lay.proxy_mode})")
+                say(f"{node.name} ({', '.join(map(str, lay.node_ips(node)))}, {lay.cni} CNI): containerd, images, kubelet, "
+                    f"kube-proxy ({lay.proxy_mode})")
                 self._node(node, binaries, images)
             self._wait_ready(say)
         except BaseException as e:
@@ -91,32 +93,46 @@ class Cluster:
             f"(use it inside {lay.fabric}: scripts/cluster.sh kubectl ...)")
 
     def _network(self) -> None:
+        """The fabric always carries IPv4 (the control plane's own traffic); with IPv6 in the
+        cluster's families it carries IPv6 too (addresses without duplicate address
+        detection: a tentative address cannot be bound)."""
         lay = self.layout
+        v6 = 6 in lay.families
         add_namespace(lay.fabric)
         sysctl(lay.fabric, "net.ipv4.ip_forward", "1")
         ip("link", "add", "fab", "type", "bridge", ns=lay.fabric)
         ip("addr", "add", f"{API_ADDR}/{FABRIC_NET.prefixlen}", "dev", "fab", ns=lay.fabric)
+        if v6:
+            sysctl(lay.fabric, "net.ipv6.conf.all.forwarding", "1")
+            ip("addr", "add", f"{API_ADDR6}/{FABRIC_NET6.prefixlen}", "dev", "fab", "nodad", ns=lay.fabric)
         ip("link", "set", "fab", "up", ns=lay.fabric)
         # The fabric reaches Services the way any other host would: through a node.
-        ip("route", "add", str(SERVICE_CIDR), "via", str(lay.nodes[0].ip), ns=lay.fabric)
+        for cidr, via in zip(lay.service_cidrs, lay.node_ips(lay.nodes[0]), strict=True):
+            ip("route", "add", str(cidr), "via", str(via), ns=lay.fabric)
         for node in lay.nodes:
             add_namespace(node.netns)
             sysctl(node.netns, "net.ipv4.ip_forward", "1")
             ip("link", "add", "eth0", "type", "veth", "peer", "name", f"n{node.index}", "netns", lay.fabric, ns=node.netns)
             ip("addr", "add", f"{node.ip}/{FABRIC_NET.prefixlen}", "dev", "eth0", ns=node.netns)
+            if v6:
+                sysctl(node.netns, "net.ipv6.conf.all.forwarding", "1")
+                ip("addr", "add", f"{node.ip6}/{FABRIC_NET6.prefixlen}", "dev", "eth0", "nodad", ns=node.netns)
             ip("link", "set", "eth0", "up", ns=node.netns)
             ip("route", "add", "default", "via", str(API_ADDR), ns=node.netns)
+            if v6:
+                ip("-6", "route", "add", "default", "via", str(API_ADDR6), ns=node.netns)
             ip("link", "set", f"n{node.index}", "master", "fab", "up", ns=lay.fabric)
-            ip("route", "add", str(node.pod_cidr), "via", str(node.ip), ns=lay.fabric)
+            # Pod CIDRs are routed node to node through the fabric (what a routing daemon would do).
+            for cidr, via in zip(lay.pod_cidrs(node), lay.node_ips(node), strict=True):
+                ip("route", "add", str(cidr), "via", str(via), ns=lay.fabric)
             for key in ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"):
                 sysctl(node.netns, key, "1")
-        # Pod CIDRs are routed node to node through the fabric (what a routing daemon would do).
 
     def _pki(self) -> None:
         lay, pki = self.layout, PKI(self.pki_dir)
         pki.issue("apiserver", "kube-apiserver", server_names=(
             "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local",
-            "localhost", "127.0.0.1", str(API_ADDR), str(API_SERVICE_IP)), client=False)
+            "localhost", "127.0.0.1", str(API_ADDR), str(API_SERVICE_IP), str(API_ADDR6), str(API_SERVICE_IP6)), client=False)
         pki.issue("apiserver-kubelet", "kube-apiserver-kubelet-client", ("system:masters",))
         admin = pki.issue("admin", "kubernetes-admin", ("system:masters",))
         pki.kubeconfig(lay.kubeconfig, lay.server, "admin", admin)
@@ -131,7 +147,7 @@ class Cluster:
             client = pki.issue(f"node-{node.name}", f"system:node:{node.name}", ("system:nodes",))
             pki.kubeconfig(self.pki_dir / f"kubelet-{node.name}.kubeconfig", lay.server, node.name, client)
             pki.issue(f"kubelet-{node.name}", f"system:node:{node.name}", ("system:nodes",),
-                      server_names=(node.name, str(node.ip)), client=False)
+                      server_names=(node.name, str(node.ip), str(node.ip6)), client=False)
 
     def api_only(self, audit_policy: str, etcd_size: str = "1g", say: Say = print) -> None:
         """The fabric and node namespaces, certificates, etcd and kube-apiserver, and nothing
@@ -163,7 +179,7 @@ class Cluster:
         self._start(cp, "etcd", ["etcd", *config.etcd_args(etcd_dir / "data")], logs)
         policy = cp.state / "audit-policy.yaml"
         policy.write_text(audit_policy)
-        self._start(cp, "kube-apiserver", [binary, *config.apiserver_args(pki, policy, self.audit_log)], logs)
+        self._start(cp, "kube-apiserver", [binary, *config.apiserver_args(self.layout, pki, policy, self.audit_log)], logs)
         self._wait("kube-apiserver /readyz", lambda: self.kubectl("get", "--raw", "/readyz", check=False).returncode == 0, 90)
 
     def _control_plane(self, bins: dict[str, str]) -> None:
@@ -189,7 +205,7 @@ class Cluster:
             processes.in_mount_ns(node.mount_ns, "mount", "--bind", str(src), target)
         etc = node.bind_source("/etc/kubernetes")
         (etc / "containerd.toml").write_text(config.containerd_toml())
-        name, text = config.cni_conflist(lay.cni, node)
+        name, text = config.cni_conflist(lay, node)
         (node.bind_source("/etc/cni/net.d") / name).write_text(text)
         (etc / "kubelet.yaml").write_text(config.kubelet_config(node, self.pki_dir))
         (etc / "kube-proxy.yaml").write_text(config.kube_proxy_config(lay, node, self.pki_dir / "kube-proxy.kubeconfig"))
@@ -203,7 +219,7 @@ class Cluster:
             if proc.returncode != 0:
                 raise ClusterError(f"importing {image.name} into {node.name}: {proc.stderr.strip()}")
         self._start(node, "kubelet", [bins["kubelet"], *config.kubelet_args(
-            node, Path("/etc/kubernetes/kubelet.yaml"), self.pki_dir / f"kubelet-{node.name}.kubeconfig")], logs)
+            lay, node, Path("/etc/kubernetes/kubelet.yaml"), self.pki_dir / f"kubelet-{node.name}.kubeconfig")], logs)
         self._start(node, "kube-proxy", [bins["kube-proxy"], "--config=/etc/kubernetes/kube-proxy.yaml", "--v=1"], logs)
 
     def _ensure_host_dir(self, path: Path) -> None:

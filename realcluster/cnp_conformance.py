@@ -174,10 +174,12 @@ def install_crd(cluster: Cluster) -> None:
         time.sleep(0.5)
 
 
-def command_line(cni: str, backend: str, proxy_mode: str, narrow: str = "", control: bool = False) -> str:
+def command_line(cni: str, backend: str, proxy_mode: str, narrow: str = "", control: bool = False, ip_family: str = "ipv4") -> str:
     args = ["scripts/conformance.sh", "--suite", "cnp", "--cni", cni] + (["--without-policyd"] if control else ["--backend", backend])
     if proxy_mode != "iptables":
         args += ["--proxy-mode", proxy_mode]
+    if ip_family != "ipv4":
+        args += ["--ip-family", ip_family]
     if narrow:
         args += ["--focus", narrow]
     return shlex.join(args)
@@ -221,17 +223,17 @@ def section(reports: list[Report]) -> list[str]:
         "",
         "## Summary",
         "",
-        "| configuration | kube-proxy | passed | failed | skipped | suite wall time | Kubernetes | date | command |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| configuration | IP family | kube-proxy | passed | failed | skipped | suite wall time | Kubernetes | date | command |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
-        lines.append(f"| {r.cni} CNI, {r.backend} backend | {r.proxy_mode} | {r.count('passed')} | {r.count('failed')} | "
+        lines.append(f"| {r.cni} CNI, {r.backend} backend | {r.ip_family} | {r.proxy_mode} | {r.count('passed')} | {r.count('failed')} | "
                      f"{r.count('skipped')} | {r.seconds:.0f} s | {r.kubernetes} | {r.date} | `{r.command} --write` |")
     names = list(dict.fromkeys(s.name for r in reports for s in r.specs))
     by = [{s.name: s for s in r.specs} for r in reports]
     reasons = {s.name: s.reason for r in reports for s in r.specs if s.state == "skipped"}
     lines += ["", "## Every test", "", "Test / subtest, and its result and run time in each configuration.", "",
-              "| test / subtest | " + " | ".join(f"{r.cni}/{r.backend}" for r in reports) + " |",
+              "| test / subtest | " + " | ".join(r.column for r in reports) + " |",
               "|---|" + "---|" * len(reports)]
     for name in names:
         why = f" ({'not supported' if reasons[name].startswith('not supported') else 'SCTP'})" if name in reasons else ""

@@ -10,15 +10,18 @@ from pathlib import Path
 import yaml
 
 from .images import PAUSE
-from .layout import API_ADDR, API_PORT, CLUSTER_CIDR, SERVICE_CIDR, Layout, Node
+from .layout import API_PORT, Layout, Node
 
 CNI_NETWORK = "policyd-test"
 
 
-def cni_conflist(style: str, node: Node) -> tuple[str, str]:
+def cni_conflist(layout: Layout, node: Node) -> tuple[str, str]:
     """(file name, content) of the node's CNI configuration: the real `bridge` or `ptp`
-    plugin with `host-local` addresses from the node's pod CIDR, then `portmap`."""
-    ipam = {"type": "host-local", "ranges": [[{"subnet": str(node.pod_cidr)}]], "routes": [{"dst": "0.0.0.0/0"}]}
+    plugin with `host-local` addresses from the node's pod CIDRs (one range per family, the
+    primary first), then `portmap`."""
+    style = layout.cni
+    ipam = {"type": "host-local", "ranges": [[{"subnet": str(c)}] for c in layout.pod_cidrs(node)],
+            "routes": [{"dst": "0.0.0.0/0" if f == 4 else "::/0"} for f in layout.families]}
     if style == "bridge":
         main = {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False, "hairpinMode": True, "ipam": ipam}
     else:
@@ -82,8 +85,8 @@ def kube_proxy_config(layout: Layout, node: Node, kubeconfig: Path) -> str:
     return yaml.safe_dump({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": str(kubeconfig)},
-        "hostnameOverride": node.name, "mode": layout.proxy_mode, "clusterCIDR": str(CLUSTER_CIDR),
-        "bindAddress": str(node.ip), "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256",
+        "hostnameOverride": node.name, "mode": layout.proxy_mode, "clusterCIDR": ",".join(map(str, layout.cluster_cidrs)),
+        "bindAddress": str(layout.node_ips(node)[0]), "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256",
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     })
 
@@ -107,11 +110,13 @@ rules:
 """
 
 
-def apiserver_args(pki: Path, audit_policy: Path, audit_log: Path) -> list[str]:
+def apiserver_args(layout: Layout, pki: Path, audit_policy: Path, audit_log: Path) -> list[str]:
+    """Listens on every address of both families when the cluster has IPv6 (`::`)."""
+    bind = "::" if 6 in layout.families else "0.0.0.0"
     return [
         f"--audit-policy-file={audit_policy}", f"--audit-log-path={audit_log}", "--audit-log-format=json",
-        f"--advertise-address={API_ADDR}", "--bind-address=0.0.0.0", f"--secure-port={API_PORT}",
-        "--etcd-servers=http://127.0.0.1:2379", f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--advertise-address={layout.api_addr}", f"--bind-address={bind}", f"--secure-port={API_PORT}",
+        "--etcd-servers=http://127.0.0.1:2379", f"--service-cluster-ip-range={','.join(map(str, layout.service_cidrs))}",
         f"--client-ca-file={pki}/ca.crt", f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
         f"--kubelet-client-certificate={pki}/apiserver-kubelet.crt", f"--kubelet-client-key={pki}/apiserver-kubelet.key",
         f"--kubelet-certificate-authority={pki}/ca.crt", "--kubelet-preferred-address-types=InternalIP,Hostname",
@@ -139,6 +144,6 @@ def scheduler_args(kubeconfig: Path) -> list[str]:
             "--profiling=false", "--v=1"]
 
 
-def kubelet_args(node: Node, config: Path, kubeconfig: Path) -> list[str]:
+def kubelet_args(layout: Layout, node: Node, config: Path, kubeconfig: Path) -> list[str]:
     return [f"--config={config}", f"--kubeconfig={kubeconfig}", f"--hostname-override={node.name}",
-            f"--node-ip={node.ip}", "--v=1"]
+            f"--node-ip={','.join(map(str, layout.node_ips(node)))}", "--v=1"]

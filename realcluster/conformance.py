@@ -58,6 +58,13 @@ class Report:
     seconds: float  # the suite's wall time (ginkgo), not counting cluster up and chart install
     procs: int
     specs: list[SpecResult] = field(default_factory=list)
+    ip_family: str = "ipv4"  # the cluster's (realcluster/layout.py IP_FAMILIES); older reports: ipv4
+
+    @property
+    def column(self) -> str:
+        """This configuration's heading in the per-spec tables."""
+        return f"{self.cni}/{self.backend}" + (f" {self.ip_family}" if self.ip_family != "ipv4" else "") \
+            + (f" (kube-proxy {self.proxy_mode})" if self.proxy_mode != "iptables" else "")
 
     def count(self, state: str) -> int:
         return sum(s.state == state for s in self.specs)
@@ -67,8 +74,9 @@ class Report:
         return self.count("failed") == 0 and self.count("passed") > 0
 
     def summary(self) -> str:
-        return (f"{self.config}: {self.count('passed')} passed, {self.count('failed')} failed, "
-                f"{self.count('skipped')} skipped in {self.seconds:.0f} s (Kubernetes {self.kubernetes}, kube-proxy {self.proxy_mode})")
+        return (f"{self.config}{'' if self.ip_family == 'ipv4' else ' ' + self.ip_family}: {self.count('passed')} passed, "
+                f"{self.count('failed')} failed, {self.count('skipped')} skipped in {self.seconds:.0f} s (Kubernetes {self.kubernetes}, "
+                f"kube-proxy {self.proxy_mode})")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
@@ -148,7 +156,7 @@ def conclude(cluster: Cluster, backend: str, command: str, seconds: float, procs
     lay = cluster.layout
     report = Report(config=f"{lay.cni}-{backend}", cni=lay.cni, backend=backend, proxy_mode=lay.proxy_mode,
                     kubernetes=k8s_version(), command=command, date=time.strftime("%Y-%m-%d"), seconds=round(seconds, 1),
-                    procs=procs, specs=specs)
+                    procs=procs, specs=specs, ip_family=lay.ip_family)
     (out_dir / "result.json").write_text(report.to_json())
     for s in report.specs:
         if s.state == "failed":
@@ -157,10 +165,12 @@ def conclude(cluster: Cluster, backend: str, command: str, seconds: float, procs
     return report
 
 
-def command_line(cni: str, backend: str, proxy_mode: str, narrow: str = "", control: bool = False) -> str:
+def command_line(cni: str, backend: str, proxy_mode: str, narrow: str = "", control: bool = False, ip_family: str = "ipv4") -> str:
     args = ["scripts/conformance.sh", "--cni", cni] + (["--without-policyd"] if control else ["--backend", backend])
     if proxy_mode != "iptables":
         args += ["--proxy-mode", proxy_mode]
+    if ip_family != "ipv4":
+        args += ["--ip-family", ip_family]
     if narrow:
         args += ["--focus", narrow]
     return shlex.join(args)
@@ -184,6 +194,7 @@ def record(report: Report, suite: str = "netpol") -> None:
     where = RESULTS_DIR if suite == "netpol" else CNP_RESULTS_DIR
     where.mkdir(parents=True, exist_ok=True)
     stem = report.config if report.proxy_mode == "iptables" else f"{report.config}-proxy-{report.proxy_mode}"
+    stem += "" if report.ip_family == "ipv4" else f"-{report.ip_family}"
     (where / f"{stem}.json").write_text(report.to_json())
     reports = [Report.from_json(f.read_text()) for f in sorted(RESULTS_DIR.glob("*.json"))]
     text = document([r for r in reports if not r.config.startswith("control-")],
@@ -199,7 +210,7 @@ def record(report: Report, suite: str = "netpol") -> None:
 
 def document(reports: list[Report], controls: list[Report] | None = None) -> str:
     order = {f"{c}-{b}": i for i, (c, b) in enumerate(CONFIGS)}
-    reports = sorted(reports, key=lambda r: (order.get(r.config, 99), r.config, r.proxy_mode))
+    reports = sorted(reports, key=lambda r: (order.get(r.config, 99), r.config, r.proxy_mode, r.ip_family))
     lines = [
         "# Conformance: the upstream NetworkPolicy e2e suite",
         "",
@@ -214,7 +225,11 @@ def document(reports: list[Report], controls: list[Report] | None = None) -> str
         "One configuration, from a fresh machine (it sets everything up, brings a cluster up, installs the chart, runs",
         "the suite, takes the cluster down, and with `--write` records the result here):",
         "",
-        "    scripts/conformance.sh --cni bridge|ptp --backend nftables|iptables [--proxy-mode iptables|nftables] [--write]",
+        "    scripts/conformance.sh --cni bridge|ptp --backend nftables|iptables [--proxy-mode iptables|nftables]",
+        "                           [--ip-family ipv4|ipv6|dual] [--write]",
+        "",
+        "`--ip-family ipv6` runs on an IPv6 single-stack cluster (pods, Services and nodes IPv6 only), `dual` on a",
+        "dual-stack one with IPv4 primary; the specs probe the cluster's primary family.",
         "",
         "CI runs bridge/nftables and ptp/iptables as part of the README's test command (tests/cluster/test_conformance.py).",
         "",
@@ -224,18 +239,17 @@ def document(reports: list[Report], controls: list[Report] | None = None) -> str
         "",
         "## Summary",
         "",
-        "| configuration | kube-proxy | passed | failed | skipped | suite wall time | ginkgo processes | Kubernetes | date | command |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| configuration | IP family | kube-proxy | passed | failed | skipped | suite wall time | ginkgo processes | Kubernetes | date | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
-        lines.append(f"| {r.cni} CNI, {r.backend} backend | {r.proxy_mode} | {r.count('passed')} | {r.count('failed')} | "
+        lines.append(f"| {r.cni} CNI, {r.backend} backend | {r.ip_family} | {r.proxy_mode} | {r.count('passed')} | {r.count('failed')} | "
                      f"{r.count('skipped')} | {r.seconds:.0f} s | {r.procs} | {r.kubernetes} | {r.date} | `{r.command} --write` |")
     names = sorted({s.name for r in reports for s in r.specs})
     by = [{s.name: s for s in r.specs} for r in reports]
     lines += ["", "## Every spec", "",
               "Result and the spec's own run time in each configuration.", "",
-              "| spec | " + " | ".join(f"{r.cni}/{r.backend}" + (f" (kube-proxy {r.proxy_mode})" if r.proxy_mode != "iptables" else "")
-                                for r in reports) + " |",
+              "| spec | " + " | ".join(r.column for r in reports) + " |",
               "|---|" + "---|" * len(reports)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(cell(got.get(name)) for got in by) + " |")

@@ -15,9 +15,17 @@ API_ADDR = FABRIC_NET.broadcast_address - 1  # the control plane's address on th
 CLUSTER_CIDR = ipaddress.ip_network("10.244.0.0/16")
 SERVICE_CIDR = ipaddress.ip_network("10.96.0.0/16")
 API_SERVICE_IP = SERVICE_CIDR.network_address + 1
+# IPv6 (--ip-family ipv6|dual): unique local addresses, the same plan as IPv4's.
+FABRIC_NET6 = ipaddress.IPv6Network("fd00:31:250::/64")
+API_ADDR6 = FABRIC_NET6.network_address + 0xfe
+CLUSTER_CIDR6 = ipaddress.IPv6Network("fd00:10:244::/56")
+SERVICE_CIDR6 = ipaddress.IPv6Network("fd00:10:96::/112")
+API_SERVICE_IP6 = SERVICE_CIDR6.network_address + 1
 API_PORT = 6443
 CNI_STYLES = ("bridge", "ptp")
 PROXY_MODES = ("iptables", "nftables")
+# ipv4: the default; ipv6: IPv6 single-stack (pods, Services, nodes); dual: both, IPv4 primary.
+IP_FAMILIES = ("ipv4", "ipv6", "dual")
 NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
 
 # Paths a node's processes use as on any node; in the node's own mount namespace each is a
@@ -45,6 +53,14 @@ class Node:
         return ipaddress.IPv4Network(f"10.244.{self.index}.0/24")
 
     @property
+    def ip6(self) -> ipaddress.IPv6Address:
+        return FABRIC_NET6.network_address + self.index
+
+    @property
+    def pod_cidr6(self) -> ipaddress.IPv6Network:
+        return ipaddress.IPv6Network(f"fd00:10:244:{self.index:x}::/64")
+
+    @property
     def mount_ns(self) -> Path:
         return self.state.parent / "ns" / self.name
 
@@ -68,6 +84,7 @@ class Layout:
     cni: str = "bridge"
     proxy_mode: str = "iptables"
     workers: int = 2
+    ip_family: str = "ipv4"
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -78,6 +95,33 @@ class Layout:
             raise ValueError(f"--proxy-mode must be one of {', '.join(PROXY_MODES)}, not {self.proxy_mode!r}")
         if not 1 <= self.workers <= 8:
             raise ValueError("--workers must be 1 to 8")
+        if self.ip_family not in IP_FAMILIES:
+            raise ValueError(f"--ip-family must be one of {', '.join(IP_FAMILIES)}, not {self.ip_family!r}")
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The cluster's IP families, the primary first."""
+        return {"ipv4": (4,), "ipv6": (6,), "dual": (4, 6)}[self.ip_family]
+
+    def node_ips(self, node: Node) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The node's addresses in the cluster's families, the primary first (kubelet --node-ip)."""
+        return [node.ip if f == 4 else node.ip6 for f in self.families]
+
+    def pod_cidrs(self, node: Node) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [node.pod_cidr if f == 4 else node.pod_cidr6 for f in self.families]
+
+    @property
+    def cluster_cidrs(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [CLUSTER_CIDR if f == 4 else CLUSTER_CIDR6 for f in self.families]
+
+    @property
+    def service_cidrs(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [SERVICE_CIDR if f == 4 else SERVICE_CIDR6 for f in self.families]
+
+    @property
+    def api_addr(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        """The API server's address in the primary family (its `kubernetes` Service's endpoint)."""
+        return API_ADDR6 if self.families[0] == 6 else API_ADDR
 
     @property
     def prefix(self) -> str:
@@ -103,7 +147,8 @@ class Layout:
 
     @property
     def server(self) -> str:
-        return f"https://{API_ADDR}:{API_PORT}"
+        host = f"[{self.api_addr}]" if self.api_addr.version == 6 else str(self.api_addr)
+        return f"https://{host}:{API_PORT}"
 
     @property
     def kubeconfig(self) -> Path:

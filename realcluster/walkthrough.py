@@ -127,9 +127,12 @@ def rollout(cluster: Cluster, what: str, namespace: str, say: Say, timeout: int 
 
 
 def pods_of(cluster: Cluster, namespace: str = "default") -> list[dict[str, str]]:
+    """Running pods: name, app label, node, `ip` (the primary address) and `ips` (every
+    address, space-separated: both families on a dual-stack cluster)."""
     items = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
     return [{"name": p["metadata"]["name"], "app": p["metadata"].get("labels", {}).get("app", ""),
-             "node": p["spec"].get("nodeName", ""), "ip": p["status"].get("podIP", "")}
+             "node": p["spec"].get("nodeName", ""), "ip": p["status"].get("podIP", ""),
+             "ips": " ".join(a["ip"] for a in p["status"].get("podIPs") or []) or p["status"].get("podIP", "")}
             for p in items if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
 
 
@@ -140,8 +143,9 @@ def plan_probes(cluster: Cluster) -> list[Probe]:
     probes = []
     for src in (p for p in pods if p["app"] in ("frontend", "unallowed")):
         for proto in ("TCP", "ICMP"):
-            for dst in backends:
-                probes.append(Probe(src["name"], src["app"], src["node"], f"pod {dst['name']}", dst["node"], dst["ip"], proto))
+            for dst in backends:  # every address of the pod: each family of a dual-stack cluster
+                probes += [Probe(src["name"], src["app"], src["node"], f"pod {dst['name']}", dst["node"], ip, proto)
+                           for ip in dst["ips"].split()]
         probes.append(Probe(src["name"], src["app"], src["node"], "service backend", "", service_ip, "TCP"))
     return probes
 

@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--backend", choices=CHOICES, default=env("BACKEND", "nftables"),
                    help="nftables (default); iptables: legacy iptables + ipset, for nodes whose kernel or tools lack "
                         "nftables; auto: nftables where usable, else iptables")
-    p.add_argument("--metrics-address", default=env("METRICS_ADDRESS", "0.0.0.0"))
+    p.add_argument("--metrics-address", default=env("METRICS_ADDRESS", ""),
+                   help="address of /metrics and the probes' endpoints (default: every address, IPv4 and IPv6: a "
+                        "node whose primary address is IPv6 is probed there)")
     p.add_argument("--metrics-port", type=int, default=int(env_or("METRICS_PORT", "9808") or 0), help="/metrics (0: off)")
     p.add_argument("--health-port", type=int, default=int(env_or("HEALTH_PORT", "9809") or 0),
                    help="/healthz (liveness) and /readyz (0: off; may equal --metrics-port)")

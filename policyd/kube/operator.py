@@ -473,10 +473,10 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
     for port, app in agent.http_apps().items():
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, st.metrics_address, port).start()
+        await web.TCPSite(runner, st.metrics_address or None, port).start()  # None: every address, both families
         runners.append(runner)
-        log.info("%s on %s:%d", ", ".join(r.resource.canonical for r in app.router.routes() if r.resource is not None),
-                 st.metrics_address, port)
+        log.info("%s on %s port %d", ", ".join(r.resource.canonical for r in app.router.routes() if r.resource is not None),
+                 st.metrics_address or "every address", port)
     sync = asyncio.create_task(agent.sync_loop(), name="policyd-sync")
     drops = None
     if st.drop_log is not None:

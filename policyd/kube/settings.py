@@ -30,7 +30,7 @@ class AgentSettings:
     fail_mode: FailMode = FailMode.OPEN
     table: str = "policyd"
     backend: str = "nftables"  # nftables | iptables (resolved from auto by the CLI)
-    metrics_address: str = "0.0.0.0"
+    metrics_address: str = ""  # "": every address, IPv4 and IPv6
     metrics_port: int = 9808  # /metrics; 0: none
     health_port: int = 9809  # /healthz (liveness) and /readyz; 0: none (the chart's probes need it)
     log_format: str = "text"
