@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,9 @@ def pack(rootfs: Path, name: str, config: ImageConfig, out: Path) -> None:
         args += [f"--config.cmd={a}" for a in config.cmd]
         args += [f"--config.env={k}={v}" for k, v in config.env.items()]
         run("umoci", "config", "--image", ref, *args)
-        tmp_out = out.with_suffix(".partial")
+        # A name of this build's own: two builds of one image at once (two clusters coming
+        # up) each write theirs, and the last rename wins with the same content.
+        tmp_out = out.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial")
         tmp_out.unlink(missing_ok=True)
         # --insecure-policy: no signature policy applies to a local layout copied to a local
         # archive (and a fresh machine has no /etc/containers/policy.json).
@@ -276,7 +279,7 @@ def _debian_base(suite: str, say: Say) -> Path:
         with tempfile.TemporaryDirectory(prefix="pdbase-", dir=IMAGE_CACHE) as tmp:
             rootfs = Path(tmp) / "rootfs"
             run("debootstrap", "--variant=minbase", suite, rootfs, mirror)
-            partial = tar.with_suffix(".partial")
+            partial = tar.with_suffix(f".{os.getpid()}-{threading.get_ident()}.partial")
             run("tar", "-C", rootfs, "--numeric-owner", "-cf", partial, ".")
             partial.rename(tar)
     return tar

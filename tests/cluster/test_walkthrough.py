@@ -26,6 +26,7 @@ def test_walkthrough_on_ipv6_and_dual_stack_clusters() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     from realcluster.cluster import down
+    from realcluster.images import build_all
     from realcluster.layout import Layout
     from tests.cluster.conftest import fresh_layout, leftovers
 
@@ -45,6 +46,7 @@ def test_walkthrough_on_ipv6_and_dual_stack_clusters() -> None:
         finally:
             down(layouts[family], say=lambda s: None)
 
+    build_all(lambda s: None)  # once, before both clusters load them
     with ThreadPoolExecutor(len(runs)) as pool:
         failures = [line for result in pool.map(one, runs) for line in result]
     assert not failures, "\n".join(failures)
