@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import Cluster, ClusterError
+from .layout import IP_FAMILIES
 from .paths import ROOT, k8s_bin, k8s_version
 
 Say = Callable[[str], None]
@@ -204,13 +205,13 @@ def record(report: Report, suite: str = "netpol") -> None:
         from .cnp_conformance import section
 
         order = {f"{c}-{b}": i for i, (c, b) in enumerate(CONFIGS)}
-        text += "\n" + "\n".join(section(sorted(cnp, key=lambda r: (order.get(r.config, 99), r.proxy_mode)))) + "\n"
+        text += "\n" + "\n".join(section(sorted(cnp, key=lambda r: (order.get(r.config, 99), r.proxy_mode, family_order(r))))) + "\n"
     DOC.write_text(text)
 
 
 def document(reports: list[Report], controls: list[Report] | None = None) -> str:
     order = {f"{c}-{b}": i for i, (c, b) in enumerate(CONFIGS)}
-    reports = sorted(reports, key=lambda r: (order.get(r.config, 99), r.config, r.proxy_mode, r.ip_family))
+    reports = sorted(reports, key=lambda r: (order.get(r.config, 99), r.config, r.proxy_mode, family_order(r)))
     lines = [
         "# Conformance: the upstream NetworkPolicy e2e suite",
         "",
@@ -262,6 +263,11 @@ def document(reports: list[Report], controls: list[Report] | None = None) -> str
                   "| spec | without policyd |", "|---|---|",
                   *[f"| {s.name} | {MARK[s.state]} |" for s in r.specs]]
     return "\n".join(lines + failure_lines(reports)) + "\n"
+
+
+def family_order(r: Report) -> int:
+    """ipv4, ipv6, dual: the order of the reports' rows and columns."""
+    return IP_FAMILIES.index(r.ip_family) if r.ip_family in IP_FAMILIES else len(IP_FAMILIES)
 
 
 def cell(s: SpecResult | None) -> str:
