@@ -26,13 +26,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if top == "cluster":
             item.add_marker(pytest.mark.cluster)
     # The upstream suites run in the background (tests/cluster/test_conformance.py): started
-    # after every other test of the real clusters, judged by the session's last test, so
-    # the tests that need no cluster run beside them.
+    # after every other test of the real clusters and every test that asserts a time bound
+    # (marked `quiet`: the background suites keep both CPUs busy), judged by the session's
+    # last test, so the other tests that need no cluster run beside them.
     start = [i for i in items if i.name == "test_upstream_suites_start"]
     judge = [i for i in items if i.name == "test_upstream_suites"]
-    rest = [i for i in items if i not in start and i not in judge]
+    quiet = [i for i in items if i.get_closest_marker("quiet") is not None and i not in start and i not in judge]
+    rest = [i for i in items if i not in start and i not in judge and i not in quiet]
     last_cluster = max((n for n, i in enumerate(rest) if i.get_closest_marker("cluster")), default=-1)
-    items[:] = rest[:last_cluster + 1] + start + rest[last_cluster + 1:] + judge
+    items[:] = rest[:last_cluster + 1] + quiet + start + rest[last_cluster + 1:] + judge
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

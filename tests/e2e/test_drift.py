@@ -19,6 +19,7 @@ from tests.e2e.tampering import repair_times
 
 ROOT = Path(__file__).resolve().parents[2]
 RESYNC = 600.0  # no periodic resync during the test: every repair is the check's
+pytestmark = pytest.mark.quiet  # the 3 s bound: not beside the background upstream suites
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -147,6 +147,7 @@ def test_rejected_objects_are_exported_and_the_record_of_posted_findings_is_boun
     assert len(agent.posted) == 3 and max(k[1] for k in agent.posted) == "15"
 
 
+@pytest.mark.quiet  # a 0.2 s bound on the event loop's stalls
 def test_a_slow_commit_runs_off_the_event_loop_and_loses_no_event():
     """The kernel work of a sync runs on a worker thread: while a commit takes a second, the
     event loop (kopf's watches, /healthz, /readyz) keeps running, an event that arrives
