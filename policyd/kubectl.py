@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", parents=[common], help="the verdict for one connection and the rule that decides it")
-    p.add_argument("src", metavar="FROM", help="POD (in the namespace), NAMESPACE/POD or an address")
-    p.add_argument("dst", metavar="TO", help="POD (in the namespace), NAMESPACE/POD or an address")
+    p.add_argument("src", metavar="FROM", help="POD (in the namespace), NAMESPACE/POD, node/NAME or an address")
+    p.add_argument("dst", metavar="TO", help="POD (in the namespace), NAMESPACE/POD, node/NAME or an address")
     p.add_argument("--hits", action="store_true", help="also what the deciding rules have counted, from each node's agent")
     p.add_argument("--metrics-port", type=int, default=9808, help="the agents' metrics port, for --hits")
 
