@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..model.objects import Action, Direction, IPAddress, Pod
@@ -183,23 +183,30 @@ class _Bitsets:
         return got
 
 
-def _addressable(pods: list[Pod]) -> list[Pod]:
+def _addressable(pods: list[Pod], version: int | None = None) -> list[Pod]:
+    """The pods a probe can reach, sorted; over IP `version`, each with only its addresses
+    of that version (so that an ipBlock judges the address the packet carries)."""
+    if version is not None:
+        pods = [replace(p, ips=tuple(ip for ip in p.ips if ip.version == version)) for p in pods]
     return sorted((p for p in pods if p.addressable), key=lambda p: p.key)
 
 
-def pairs(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int | None = 80) -> tuple[list[str], Iterator[tuple[str, list[str]]]]:
+def pairs(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int | None = 80,
+          version: int | None = None) -> tuple[list[str], Iterator[tuple[str, list[str]]]]:
     """The addressable pods, and for each in turn every pod it reaches (made one row at a
     time, so that printing every pair of a large cluster need not hold them all). A pod
-    always reaches itself: that traffic stays on its own loopback."""
-    reachable = _addressable(pods)
+    always reaches itself: that traffic stays on its own loopback. `version` (4 or 6): over
+    that IP family only (default: each pod at its first address, IPv4 first)."""
+    reachable = _addressable(pods, version)
     b = _Bitsets(compiler, reachable, protocol, service_port(protocol, port))
     keys: list[str] = [p.key for p in reachable]
     return keys, ((keys[i], [keys[j] for j in _indices(row | (1 << i))]) for i, row in enumerate(b.rows))
 
 
-def compute(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int | None = 80) -> Matrix:
+def compute(compiler: Compiler, pods: list[Pod], protocol: str = "TCP", port: int | None = 80,
+            version: int | None = None) -> Matrix:
     """Every pair, in memory."""
-    keys, rows = pairs(compiler, pods, protocol, port)
+    keys, rows = pairs(compiler, pods, protocol, port, version)
     return Matrix(protocol, service_port(protocol, port), keys, dict(rows))
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .. import report
 from ..backends import CHOICES
+from .families import FAMILIES
 from .records import LabError
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         check_addressing(args.cluster_cidr, args.node_prefix)
     except ValueError as e:
         raise LabError(str(e)) from None
-    _lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix, backend=args.backend)
+    _lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix, backend=args.backend,
+                       ip_family=args.ip_family)
     print(f"next: policyd lab probe --name {args.name} | policyd lab apply -f examples/policies/allow-frontend-to-backend.yaml --name {args.name}")
     return EXIT_OK
 
@@ -71,7 +73,8 @@ def cmd_restart_agent(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     lab = _lab(args.name)
-    m = lab.probe(args.src, args.dst, args.protocol, args.port, args.timeout, progress=err)
+    version = {"ipv4": 4, "ipv6": 6}.get(args.ip_family or "")
+    m = lab.probe(args.src, args.dst, args.protocol, args.port, args.timeout, progress=err, version=version)
     if args.output == "json":
         print(json.dumps(m.to_json(), indent=2))
     else:
@@ -93,7 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps({"kind": "LabStatus", "version": 1, **st}, indent=2))
         return EXIT_OK
-    print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, {st['backend']} backend, "
+    print(f"lab {st['name']}: {st['topology']} topology, {st['dispatch']} dispatch, {st['backend']} backend, {st['ip_family']}, "
           f"manifest generation {st['generation']}, state {st['state']}")
     print("nodes:")
     for n in st["nodes"]:
@@ -101,7 +104,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         health = "healthy" if a["healthy"] else ("running, unhealthy" if a["running"] else "NOT RUNNING")
         last = f"last sync {a['last_sync_ago_s']} s ago ({a['last_sync_ms']} ms, {a['last_ops']} ops)" if a["last_sync_ago_s"] is not None else "no sync yet"
         extra = f", error: {a['last_error']}" if a["last_error"] else ""
-        print(f"  {n['name']:<10} {n['podCIDR']:<16} agent pid {a['pid']} {health}, generation {a['generation']}, {a['local_pods']} local pods, {last}{extra}")
+        ranges = ", ".join(n["podCIDRs"])
+        print(f"  {n['name']:<10} {ranges:<16} agent pid {a['pid']} {health}, generation {a['generation']}, "
+              f"{a['local_pods']} local pods, {last}{extra}")
         for _, problems in sorted(a["manifest_problems"].items()):
             for problem in problems:
                 print(f"    manifest problem (the file's last good version is enforced): {problem}")
@@ -146,7 +151,7 @@ def cmd_counters(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.name, args.topology, keep=args.keep, backend=args.backend)
+    return run_demo(args.name, args.topology, keep=args.keep, backend=args.backend, ip_family=args.ip_family)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -168,6 +173,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--node-prefix", type=int, default=24)
     p.add_argument("--backend", choices=CHOICES, default="nftables",
                    help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
+    add_family(p)
 
     add("down", cmd_down, "remove the lab: processes, namespaces, state")
     for name, func, help in (("apply", cmd_apply, "create or update objects, like kubectl apply"),
@@ -194,6 +200,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument("--from", dest="src", metavar="SEL", help="NS/POD or a label selector (app=web,tier!=db)")
             p.add_argument("--to", dest="dst", metavar="SEL")
             p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+            p.add_argument("--ip-family", choices=["ipv4", "ipv6"], default=None,
+                           help="probe the destinations' addresses of this family (default: the lab's primary one); "
+                                "lab check probes every family the lab has")
 
     p = add("status", cmd_status, "nodes, pods, addresses, interfaces, agent health and last sync")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
@@ -213,6 +222,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
     p.add_argument("--backend", choices=CHOICES, default="nftables",
                    help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
+    add_family(p)
+
+
+def add_family(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ip-family", choices=list(FAMILIES), default="ipv4",
+                   help="the pods' addresses: ipv4, ipv6 (fd00:A:B:C::D, mirroring the IPv4 range), or dual (both, IPv4 first)")
 
 
 __all__ = ["register", "LabError"]

@@ -49,7 +49,8 @@ def wait_for_drops(lab: Lab, sources: list[str], targets: list[str], timeout: fl
         time.sleep(0.1)
 
 
-def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False, backend: str = "nftables") -> int:
+def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False, backend: str = "nftables",
+             ip_family: str = "ipv4") -> int:
     lab = Lab(name)
     expect = Expect()
     if lab.exists():
@@ -57,7 +58,7 @@ def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False, b
         lab.down(quiet=True)
     print(f"== 1. A lab cluster from {CLUSTER.relative_to(ROOT)}: pods are network namespaces, nodes too, one policyd agent per node")
     try:
-        rec = lab.up([str(CLUSTER)], topology=topology, backend=backend)
+        rec = lab.up([str(CLUSTER)], topology=topology, backend=backend, ip_family=ip_family)
         st = lab.status()
         for p in st["pods"]:
             print(f"  {p['pod']:<28} on {p['node']}  {', '.join(p['ips']):<12} host interface {p['interface']}")

@@ -29,6 +29,7 @@ import shutil
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -41,7 +42,7 @@ from ..model.parse import parse_object
 from ..model.problems import InvalidInput
 from ..observe.counters import CounterIndex, Counters
 from ..world import load_world
-from . import probes
+from . import families, probes
 from .agents import Agents
 from .apiserver import ManifestStore, identities, read_raw, validate
 from .netns import delete_namespaces, entered
@@ -130,9 +131,10 @@ class Lab:
 
     def up(self, paths: list[str], nodes: int = 2, topology: str = "routed",
            cluster_cidr: str = DEFAULT_CLUSTER_CIDR, node_prefix: int = DEFAULT_NODE_PREFIX, say: Say = print,
-           backend: str = "nftables") -> LabRecord:
+           backend: str = "nftables", ip_family: str = "ipv4") -> LabRecord:
         if topology not in ("routed", "bridge"):
             raise LabError("--topology is routed or bridge")
+        families.check(ip_family, cluster_cidr, node_prefix)
         try:
             backend = resolve(backend)
         except (ValueError, RuntimeError) as e:
@@ -144,26 +146,34 @@ class Lab:
         parsed = validate(read_raw(paths))
         node_objs = [o for o, _ in parsed if isinstance(o, Node)]
         pods = [o for o, _ in parsed if isinstance(o, Pod)]
+        if ip_family != "ipv4":  # allocate IPv4 slots; a pod's addresses follow from its slot
+            pods = [replace(p, ips=tuple(s for s in [families.slot_of(p.key, p.ips, ip_family)] if s is not None)) for p in pods]
         defaults = tuple(f"node-{i + 1}" for i in range(nodes))
         alloc = allocate(node_objs, pods, cluster_cidr, node_prefix, default_nodes=defaults, strict=True)
         if alloc.problems:
             raise InvalidInput(alloc.problems)
+        for name, net in sorted(alloc.nodes.items()):
+            if net.version != 4 or (ip_family != "ipv4" and net.prefixlen != 24):
+                raise LabError(f"node {name}: spec.podCIDRs {net}: the lab routes an IPv4 range per node"
+                               + (f" (a /24 with --ip-family {ip_family}: its IPv6 range is the /64 mirroring it)" if ip_family != "ipv4" else ""))
         node_names = sorted(alloc.nodes)  # the nodes the manifests name, else node-1..N
         for d in (self.manifests, self.agents.dir, self.dir / "pods"):
             d.mkdir(parents=True, exist_ok=True)
-        rec = LabRecord(self.name, topology, created=time.time(), backend=backend)
+        rec = LabRecord(self.name, topology, created=time.time(), backend=backend, ip_family=ip_family)
         self.save(rec)  # from here on, `lab down` can clean up whatever exists
         try:
-            say(f"lab {self.name}: {len(node_names)} nodes ({topology} topology, {backend} backend), {len(alloc.pods)} pods")
+            say(f"lab {self.name}: {len(node_names)} nodes ({topology} topology, {backend} backend, {ip_family}), {len(alloc.pods)} pods")
             topo = Topology(self.prefix, topology, state_dir=str(self.dir / "pods"))
             for name in node_names:
                 cidr = ipaddress.IPv4Network(alloc.nodes[name])
                 h = topo.add_node(name, cidr)
                 rec.nodes[name] = NodeRecord(name, h.index, str(cidr), h.netns)
+                ranges = families.node_cidrs(cidr, ip_family)
                 self.store.write("Node", name, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-                                                "spec": {"podCIDR": str(cidr), "podCIDRs": [str(cidr)]}})
+                                                "spec": {"podCIDR": ranges[0], "podCIDRs": ranges}})
             self.save(rec)
-            placed = {p.key: p for p in alloc.pods}
+            placed = {p.key: p if ip_family == "ipv4" or not p.ips else replace(p, ips=families.addresses(p.ips[0], ip_family))
+                      for p in alloc.pods}
             for obj, raw in parsed:
                 if not isinstance(obj, (Pod, Node)):
                     self.store.write(kind_of(obj), key_of(obj), raw.raw)
@@ -355,12 +365,13 @@ class Lab:
     # --- probes and status -----------------------------------------------------------------
 
     def probe(self, src: str | None = None, dst: str | None = None, protocol: str = "TCP", port: int | None = 80,
-              timeout: float = 0.5, progress: Say | None = None) -> Matrix:
+              timeout: float = 0.5, progress: Say | None = None, version: int | None = None) -> Matrix:
         pods = [o for o in self.store.objects() if isinstance(o, Pod)]
-        return probes.probe(self.load(), pods, src, dst, protocol, port, timeout, progress)
+        return probes.probe(self.load(), pods, src, dst, protocol, port, timeout, progress, version)
 
-    def expected(self, protocol: str, port: int | None, sources: list[str], targets: list[str]) -> Matrix:
-        return probes.expected(self.manifests, protocol, port, sources, targets)
+    def expected(self, protocol: str, port: int | None, sources: list[str], targets: list[str],
+                 version: int | None = None) -> Matrix:
+        return probes.expected(self.manifests, protocol, port, sources, targets, version)
 
     def status(self) -> dict[str, Any]:
         rec = self.load()
@@ -383,10 +394,11 @@ class Lab:
             # A file the agent could not take (or took only in part) is not a healthy state.
             agents[n.name]["healthy"] = agents[n.name]["healthy"] and not agents[n.name]["manifest_problems"]
         return {
-            "name": rec.name, "topology": rec.topology, "dispatch": rec.mode, "backend": rec.backend, "state": str(self.dir),
-            "generation": self.store.generation(),
-            "nodes": [{"name": n.name, "netns": n.netns, "podCIDR": n.cidr, "agent": agents[n.name]}
-                      for n in sorted(rec.nodes.values(), key=lambda n: n.index)],
+            "name": rec.name, "topology": rec.topology, "dispatch": rec.mode, "backend": rec.backend, "ip_family": rec.ip_family,
+            "state": str(self.dir), "generation": self.store.generation(),
+            "nodes": [{"name": n.name, "netns": n.netns, "podCIDR": cidrs[0], "podCIDRs": cidrs, "agent": agents[n.name]}
+                      for n in sorted(rec.nodes.values(), key=lambda n: n.index)
+                      for cidrs in [families.node_cidrs(ipaddress.IPv4Network(n.cidr), rec.ip_family)]],
             "pods": [{"pod": p.key, "node": p.node, "ips": p.ips, "interface": p.host_if, "netns": p.netns,
                       "tcp": p.tcp, "udp": p.udp, "sctp_not_served": p.sctp, "running": alive(p.pid)}
                      for p in sorted(rec.pods.values(), key=lambda p: p.key)],

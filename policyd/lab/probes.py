@@ -15,6 +15,7 @@ from ..compile.matrix import Matrix, compute
 from ..model.objects import Pod
 from ..model.selectors import parse_selector_text
 from ..world import load_world
+from .families import VERSIONS
 from .records import LabError, LabRecord
 from .topology import probe_via
 
@@ -37,23 +38,32 @@ def select(rec: LabRecord, sel: str | None, labels: dict[str, dict[str, str]]) -
     return [k for k in keys if selector.matches(labels[k])]
 
 
+def address(rec: LabRecord, key: str, version: int) -> str | None:
+    """The pod's address of IP version `version`, if it has one."""
+    return next((a for a in rec.pods[key].ips if ipaddress.ip_address(a).version == version), None)
+
+
 def probe(rec: LabRecord, pods: list[Pod], src: str | None, dst: str | None, protocol: str, port: int | None,
-          timeout: float, progress: Say | None = None) -> Matrix:
-    """Real probes from every selected source to every selected destination (its first
-    address), concurrently. A TCP reset or an ICMP port-unreachable counts as reached:
-    the packets passed the policy, only no server listened."""
+          timeout: float, progress: Say | None = None, version: int | None = None) -> Matrix:
+    """Real probes from every selected source to every selected destination's address of
+    IP version `version` (default: the lab's primary family), concurrently. A TCP reset or
+    an ICMP port-unreachable counts as reached: the packets passed the policy, only no
+    server listened."""
     if protocol == "SCTP":
         raise LabError("this kernel has no SCTP sockets: SCTP cannot be probed (policyd matrix shows the verdicts)")
+    version = version or VERSIONS[rec.ip_family][0]
+    if version not in VERSIONS[rec.ip_family]:
+        raise LabError(f"lab {rec.name} is {rec.ip_family}: its pods have no IPv{version} addresses")
     labels: dict[str, dict[str, str]] = {p.key: p.labels for p in pods}
-    sources, targets = select(rec, src, labels), select(rec, dst, labels)
+    sources = select(rec, src, labels)
+    targets = [d for d in select(rec, dst, labels) if address(rec, d, version)]
     pairs = [(s, d) for s in sources for d in targets]
     results: dict[tuple[str, str], bool] = {}
     start = last = time.monotonic()
 
     def one(pair: tuple[str, str]) -> tuple[tuple[str, str], bool]:
         s, d = pair
-        ip = sorted(rec.pods[d].ips, key=lambda a: ipaddress.ip_address(a).version)[0]
-        return pair, probe_via(rec.pods[s].control, ip, protocol, port, timeout)
+        return pair, probe_via(rec.pods[s].control, address(rec, d, version) or "", protocol, port, timeout)
 
     with ThreadPoolExecutor(max_workers=min(64, max(1, len(pairs)))) as ex:
         for n, (pair, ok) in enumerate(ex.map(one, pairs), 1):
@@ -65,10 +75,12 @@ def probe(rec: LabRecord, pods: list[Pod], src: str | None, dst: str | None, pro
     return Matrix(protocol, port if protocol != "ICMP" else None, sorted(set(sources) | set(targets)), allowed, targets=targets)
 
 
-def expected(manifests: Path, protocol: str, port: int | None, sources: list[str], targets: list[str]) -> Matrix:
-    """What the policy engine says for the lab's current manifests."""
+def expected(manifests: Path, protocol: str, port: int | None, sources: list[str], targets: list[str],
+             version: int | None = None) -> Matrix:
+    """What the policy engine says for the lab's current manifests (over IP version
+    `version`: an ipBlock admits a pod's address of that family or not)."""
     w = load_world([manifests], strict_addresses=True)
-    m = compute(w.compile(), w.pods, protocol, port)
+    m = compute(w.compile(), w.pods, protocol, port, version=version)
     allowed = {s: [d for d in targets if d in m.allowed.get(s, ())] for s in sources}
     return Matrix(protocol, m.port, sorted(set(sources) | set(targets)), allowed, targets=targets)
 
@@ -87,18 +99,21 @@ def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, 
     (`seen`: also gets what each service's probes observed)."""
     rec = lab.load()
     wanted = [(protocol, port if protocol != "ICMP" else None)] if protocol else services(rec)
+    versions = VERSIONS[rec.ip_family]
     total = 0
     for proto, prt in wanted:
-        observed = lab.probe(None, None, proto, prt, timeout, progress=progress)
-        if seen is not None:
-            seen[(proto, prt)] = observed
-        targets = observed.targets or observed.pods
-        engine = lab.expected(proto, prt, list(observed.allowed), targets)
-        bad = [(s, d, engine.is_allowed(s, d)) for s in observed.allowed for d in targets
-               if observed.is_allowed(s, d) != engine.is_allowed(s, d)]
-        say(f"{report.service(proto, prt):>8}: {len(observed.allowed) * len(targets)} pairs probed, "
-            f"{len(bad)} mismatch{'es' if len(bad) != 1 else ''}")
-        for s, d, exp in bad:
-            say(f"          {s} → {d}: engine says {'allowed' if exp else 'denied'}, probe {'answered' if not exp else 'got no answer'}")
-        total += len(bad)
+        for version in versions:
+            observed = lab.probe(None, None, proto, prt, timeout, progress=progress, version=version)
+            if seen is not None and version == versions[0]:
+                seen[(proto, prt)] = observed
+            targets = observed.targets or observed.pods
+            engine = lab.expected(proto, prt, list(observed.allowed), targets, version=version)
+            bad = [(s, d, engine.is_allowed(s, d)) for s in observed.allowed for d in targets
+                   if observed.is_allowed(s, d) != engine.is_allowed(s, d)]
+            over = "" if rec.ip_family == "ipv4" else f" over IPv{version}"  # an IPv4 lab's lines as they always were
+            say(f"{report.service(proto, prt):>8}{over}: {len(observed.allowed) * len(targets)} pairs probed, "
+                f"{len(bad)} mismatch{'es' if len(bad) != 1 else ''}")
+            for s, d, exp in bad:
+                say(f"          {s} → {d}: engine says {'allowed' if exp else 'denied'}, probe {'answered' if not exp else 'got no answer'}")
+            total += len(bad)
     return total

@@ -44,6 +44,7 @@ class LabRecord:
     pods: dict[str, PodRecord] = field(default_factory=dict)
     created: float = 0.0
     backend: str = "nftables"
+    ip_family: str = "ipv4"  # ipv4, ipv6 or dual (policyd.lab.families); labs made before it are ipv4
 
     @property
     def mode(self) -> str:
@@ -57,11 +58,12 @@ class LabRecord:
             {k: PodRecord(**v) for k, v in doc["pods"].items()},
             doc.get("created", 0.0),
             doc.get("backend", "nftables"),
+            doc.get("ip_family", "ipv4"),
         )
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "topology": self.topology, "created": self.created, "backend": self.backend,
-                "nodes": {k: asdict(v) for k, v in self.nodes.items()}, "pods": {k: asdict(v) for k, v in self.pods.items()}}
+                "ip_family": self.ip_family, "nodes": {k: asdict(v) for k, v in self.nodes.items()}, "pods": {k: asdict(v) for k, v in self.pods.items()}}
 
 
 def alive(pid: int | None) -> bool:

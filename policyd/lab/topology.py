@@ -27,15 +27,12 @@ from pathlib import Path
 
 from ..dataplane.cni import calico_interface
 from ..model.objects import Pod
+from .families import node_v6, v6_for
 from .netns import add_namespace, delete_namespaces, ip, sysctl
 
+__all__ = ["Topology", "PodHandle", "NodeHandle", "probe_via", "v6_for"]
+
 FABRIC_NET = ipaddress.IPv4Network("172.31.255.0/24")
-
-
-def v6_for(ip4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
-    """Each pod's IPv6 address mirrors its IPv4 one: 10.244.1.7 → fd00:10:244:1::7."""
-    a, b, c, d = ip4.packed
-    return ipaddress.IPv6Address(f"fd00:{a}:{b}:{c}::{d}")
 
 
 @dataclass
@@ -107,8 +104,7 @@ class Topology:
         ip("-6", "route", "add", "default", "via", "fd00:ffff::fe", ns=node.netns)
         ip("link", "set", f"n{idx}", "master", "fab", "up", ns=self.fabric)
         ip("route", "add", str(pod_cidr), "via", str(node.fabric_ip), ns=self.fabric)
-        v6_net = ipaddress.ip_network(f"{v6_for(pod_cidr.network_address)}/64", strict=False)
-        ip("-6", "route", "add", str(v6_net), "via", f"fd00:ffff::{idx + 1}", ns=self.fabric)
+        ip("-6", "route", "add", str(node_v6(pod_cidr)), "via", f"fd00:ffff::{idx + 1}", ns=self.fabric)
         if self.mode == "bridge":
             gw = pod_cidr.network_address + 1
             ip("link", "add", "cni0", "type", "bridge", ns=node.netns)
@@ -138,18 +134,21 @@ class Topology:
             else:
                 plen = node.pod_cidr.prefixlen if addr.version == 4 else 64
                 ip("addr", "add", f"{addr}/{plen}", "dev", "eth0", *(["nodad"] if addr.version == 6 else []), ns=netns)
+        has4, has6 = (any(a.version == v for a in pod.ips) for v in (4, 6))
         if self.mode == "routed":
             sysctl(node.netns, f"net.ipv4.conf.{host_if}.proxy_arp", "1")
             sysctl(node.netns, f"net.ipv4.neigh.{host_if}.proxy_delay", "0")  # default waits ~0.8 s
             ip("-6", "addr", "add", "fe80::1/64", "dev", host_if, "nodad", ns=node.netns)
-            ip("route", "add", "169.254.1.1", "dev", "eth0", ns=netns)
-            ip("route", "add", "default", "via", "169.254.1.1", "dev", "eth0", ns=netns)
+            if has4:
+                ip("route", "add", "169.254.1.1", "dev", "eth0", ns=netns)
+                ip("route", "add", "default", "via", "169.254.1.1", "dev", "eth0", ns=netns)
             ip("-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0", ns=netns)
         else:
             ip("link", "set", host_if, "master", "cni0", ns=node.netns)
             gw = node.pod_cidr.network_address + 1
-            ip("route", "add", "default", "via", str(gw), ns=netns)
-            if any(a.version == 6 for a in pod.ips):
+            if has4:
+                ip("route", "add", "default", "via", str(gw), ns=netns)
+            if has6:
                 ip("-6", "route", "add", "default", "via", str(v6_for(gw)), ns=netns)
         control = str(self.state_dir / f"pod-{h}.sock")
         handle = PodHandle(pod, netns, host_if, control)
