@@ -90,14 +90,16 @@ def _policy(name: str, peer_app: str, port: int | None) -> dict[str, Any]:
             "spec": {"podSelector": {"matchLabels": {"app": "bench-server"}}, "policyTypes": ["Ingress"], "ingress": [rule]}}
 
 
-def ghosts(api: Any, count: int) -> None:
+def ghosts(api: Any, count: int, first: int = 0) -> None:
     """`count` pods on a node no kubelet runs, with addresses written as a kubelet would:
-    a tenth of them share the client's label, a tenth the new pods' label."""
+    a tenth of them share the client's label, a tenth the new pods' label. `first` > 0
+    adds to the ghosts made before (ghost-`first` onwards, the node already there)."""
     from kubernetes import client
 
     core = client.CoreV1Api(api)
-    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": GHOST_NODE, "labels": {"bench": "ghost"}},
-                      "spec": {"taints": [{"key": "bench/ghost", "effect": "NoSchedule"}]}})
+    if first == 0:
+        core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": GHOST_NODE, "labels": {"bench": "ghost"}},
+                          "spec": {"taints": [{"key": "bench/ghost", "effect": "NoSchedule"}]}})
 
     def one(i: int) -> None:
         app = "bench-client" if i % 10 == 0 else "bench-new" if i % 10 == 1 else f"filler-{i % 50}"
@@ -106,7 +108,7 @@ def ghosts(api: Any, count: int) -> None:
         core.patch_namespaced_pod_status(f"ghost-{i}", NS, {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(count)))
+        list(pool.map(one, range(first, first + count)))
 
 
 def pod_netns_pid(cluster: Cluster, uid: str) -> int:

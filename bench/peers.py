@@ -15,7 +15,8 @@ an allowed and to a denied server on node-2: how many denied probes got through,
 allowed ones failed and the longest run of them, until 3 s after the agent is Ready again.
 
 Phase 2, with 1,000 more pods in the cluster (bound to a node no kubelet runs, as
-bench/cluster_latency.py makes them), for each agent: policy create → enforced (100 policies at
+bench/cluster_latency.py makes them), and again with 10,000, for each agent: idle RSS and CPU
+(10 s after its pods are Ready), policy create → enforced (100 policies at
 5/s, each opening one port to an isolated server; a probe from the client pod counts only
 completed connections, so an agent that rejects with ICMP is not read as allowing) and pod
 create → reachable (100 pods, 4 at a time), with RSS and CPU per node during the pod churn;
@@ -59,7 +60,8 @@ from realcluster.walkthrough import RELEASE, RELEASE_NS, install_chart, kernel_i
 COMMAND = "bench/run.py --only peers"  # names the e2e reports
 IDLE_SECONDS = 30
 SAMPLES = 100
-GHOSTS = 1000
+GHOSTS = (1000, 10000)  # extra pods in the cluster for each round of phase 2
+SCALE_IDLE_SECONDS = 10
 OUT = ROOT / "bench" / ".peers"  # e2e logs and reports of the last run (ignored by git)
 
 
@@ -260,15 +262,24 @@ class FlowPair:
 
 
 @dataclass
+class AtScale:
+    """Phase 2 of one agent with `pods` pods in the cluster."""
+
+    pods: int
+    idle: Usage | None = None
+    policy_create: list[float] = field(default_factory=list)
+    pod_create: list[float] = field(default_factory=list)
+    churn_usage: Usage | None = None
+    flows: Flows | None = None
+
+
+@dataclass
 class Result:
     agent: Agent
     idle: Usage | None = None
     suite: conformance.Report | None = None
     suite_usage: Usage | None = None
-    policy_create: list[float] = field(default_factory=list)
-    pod_create: list[float] = field(default_factory=list)
-    churn_usage: Usage | None = None
-    flows: Flows | None = None
+    scales: dict[int, AtScale] = field(default_factory=dict)  # by the cluster's pod count
     restart: chaos.FaultResult | None = None
     leftovers: list[list[str]] = field(default_factory=list)  # per uninstall (one after each phase)
     errors: list[str] = field(default_factory=list)
@@ -336,10 +347,16 @@ def phase_restart(cluster: Cluster, agent: Agent, result: Result) -> None:
         cluster.kubectl("delete", "namespace", chaos.NS, "--wait=true", "--timeout=90s", check=False, timeout=100)
 
 
-def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result, pair: FlowPair) -> None:
+def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result, pair: FlowPair, pods: int) -> None:
     from kubernetes import client
 
+    at = result.scales[pods] = AtScale(pods)
     agent.install(cluster)
+    time.sleep(3)  # its first sync
+    with Meter(cluster, agent) as idle:
+        time.sleep(SCALE_IDLE_SECONDS)
+    at.idle = idle.usage
+    say(f"{agent.name} idle with {pods} pods: RSS {idle.usage.rss_range()}, CPU {idle.usage.cpu_share()}")
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
     run = uuid.uuid4().hex[:4]
     server = core.create_namespaced_pod(cl.NS, cl._pod(f"server-{run}", {"app": "bench-server"}, "node-2",
@@ -354,14 +371,14 @@ def phase_latency(cluster: Cluster, api: Any, agent: Agent, result: Result, pair
         net.create_namespaced_network_policy(cl.NS, pair.policy())
         time.sleep(3)
         say(f"{agent.name}: policy create → enforced, {SAMPLES} policies at 5/s")
-        result.policy_create = cl.policy_create(cluster, api, server.status.pod_ip, client_pod.metadata.uid, SAMPLES, 5.0,
-                                                connected=True)
+        at.policy_create = cl.policy_create(cluster, api, server.status.pod_ip, client_pod.metadata.uid, SAMPLES, 5.0,
+                                            connected=True)
         say(f"{agent.name}: pod create → reachable, {SAMPLES} pods 4 at a time")
         with Meter(cluster, agent) as churn:
-            result.pod_create, _ = cl.pod_create(api, server.status.pod_ip, SAMPLES, prefix=f"new-{run}")
-        result.churn_usage = churn.usage
+            at.pod_create, _ = cl.pod_create(api, server.status.pod_ip, SAMPLES, prefix=f"new-{run}")
+        at.churn_usage = churn.usage
         say(f"{agent.name}: new connections and flows between two pods on node-1")
-        result.flows = pair.measure()
+        at.flows = pair.measure()
     finally:
         listener.kill()
         listener.wait()
@@ -386,20 +403,27 @@ def measure(args: Any) -> list[str]:
         api = config.new_client_from_config(config_file=str(layout.kubeconfig))
         with entered(layout.fabric):
             client.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": cl.NS}})
-            say(f"{GHOSTS} extra pods on a node without kubelet")
-            cl.ghosts(api, GHOSTS)
-            pair = FlowPair(cluster, api)
+            pair: FlowPair | None = None
+            made = 0
             try:
-                say("new connections and flows between two pods on node-1 with no agent (the limit)")
-                limit = pair.measure()
-                pods = len(client.CoreV1Api(api).list_pod_for_all_namespaces().items)
-                for r in results:
-                    _step(r, "latency", lambda r=r: phase_latency(cluster, api, r.agent, r, pair), cluster)
+                for ghosts in GHOSTS:
+                    say(f"{ghosts - made} more pods on a node without kubelet ({ghosts} in all)")
+                    cl.ghosts(api, ghosts - made, first=made)
+                    made = ghosts
+                    if pair is None:
+                        pair = FlowPair(cluster, api)
+                        say("new connections and flows between two pods on node-1 with no agent (the limit)")
+                        limit = pair.measure()
+                    pods = len(client.CoreV1Api(api).list_pod_for_all_namespaces(limit=20000).items)
+                    for r in results:
+                        _step(r, f"latency with {pods} pods",
+                              lambda r=r, pods=pods, pair=pair: phase_latency(cluster, api, r.agent, r, pair, pods), cluster)
             finally:
-                pair.close()
+                if pair is not None:
+                    pair.close()
     finally:
         cluster.down(say=say)
-    return document(results, pods, limit, time.monotonic() - started)
+    return document(results, limit, time.monotonic() - started)
 
 
 def _step(r: Result, what: str, body: Callable[[], None], cluster: Cluster) -> None:
@@ -441,9 +465,10 @@ def _ratio(ours: list[float], theirs: list[float]) -> str:
     return f"{statistics.median(theirs) / statistics.median(ours):.2f}× / {_p(theirs, 0.99) / _p(ours, 0.99):.2f}×"
 
 
-def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> list[str]:
+def document(results: list[Result], limit: Flows, seconds: float) -> list[str]:
     names = [r.agent.name for r in results]
     base = results[0]
+    scales = sorted({n for r in results for n in r.scales})
 
     def row(label: str, cell: Callable[[Result], str]) -> list[str]:
         return [label, *(cell(r) for r in results)]
@@ -453,28 +478,36 @@ def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> 
             return "—"
         return u.rss_range() if what == "rss" else u.cpu_share() if what == "share" else u.cpu_range()
 
+    def at(r: Result, pods: int) -> AtScale:
+        return r.scales.get(pods) or AtScale(pods)
+
     rows = [
         row("upstream Netpol e2e", lambda r: _suite(r.suite)),
-        row(f"policy create → enforced, p50 / p99 ({pods} pods)", lambda r: _lat(r.policy_create)),
-        row(f"pod create → reachable, p50 / p99 ({pods} pods)", lambda r: _lat(r.pod_create)),
+        *(row(f"policy create → enforced, p50 / p99 ({n} pods)", lambda r, n=n: _lat(at(r, n).policy_create)) for n in scales),
+        *(row(f"pod create → reachable, p50 / p99 ({n} pods)", lambda r, n=n: _lat(at(r, n).pod_create)) for n in scales),
         row(f"RSS per node, idle ({IDLE_SECONDS} s after ready)", lambda r: usage(r.idle, "rss")),
         row("CPU per node, idle (share of one CPU)", lambda r: usage(r.idle, "share")),
+        *(row(f"RSS per node, idle ({n} pods)", lambda r, n=n: usage(at(r, n).idle, "rss")) for n in scales),
+        *(row(f"CPU per node, idle ({n} pods; share of one CPU)", lambda r, n=n: usage(at(r, n).idle, "share")) for n in scales),
         row("RSS per node, max during the suite", lambda r: usage(r.suite_usage, "rss")),
         row("CPU per node during the suite", lambda r: usage(r.suite_usage, "cpu")),
-        row(f"RSS per node, max during pod churn ({pods} pods)", lambda r: usage(r.churn_usage, "rss")),
-        row("CPU per node during pod churn", lambda r: usage(r.churn_usage, "cpu")),
+        *(row(f"RSS per node, max during pod churn ({n} pods)", lambda r, n=n: usage(at(r, n).churn_usage, "rss")) for n in scales),
+        *(row(f"CPU per node during pod churn ({n} pods)", lambda r, n=n: usage(at(r, n).churn_usage, "cpu")) for n in scales),
         row("kill -9 of the agent under a prober: denied probes that connected",
             lambda r: "—" if r.restart is None else f"{r.restart.denied_connected} of {r.restart.denied}"
             + (f" (open {r.restart.open_for:.2f} s)" if r.restart.denied_connected else "")),
         row("kill -9 of the agent under a prober: allowed probes that failed (longest run)",
             lambda r: "—" if r.restart is None else f"{r.restart.allowed_failed} of {r.restart.allowed} "
             f"({r.restart.longest_outage:.2f} s; the window {r.restart.seconds:.1f} s)"),
-        row("left in the kernel after uninstall (each of 2)",
+        row("left in the kernel after uninstall (each phase)",
             lambda r: " and ".join(str(len(x)) for x in r.leftovers) + " objects" if any(r.leftovers) else "nothing"),
     ]
     ratios = [
-        [f"{r.agent.name}: policy create → enforced", _ratio(base.policy_create, r.policy_create)] for r in results[1:]
-    ] + [[f"{r.agent.name}: pod create → reachable", _ratio(base.pod_create, r.pod_create)] for r in results[1:]]
+        [f"{r.agent.name}: {what} ({n} pods)", _ratio(getattr(at(base, n), attr), getattr(at(r, n), attr))]
+        for what, attr in (("policy create → enforced", "policy_create"), ("pod create → reachable", "pod_create"))
+        for n in scales for r in results[1:]
+    ]
+
     def flow_row(name: str, f: Flows | None) -> list[str]:
         if f is None:
             return [name, "—", "—", "—", "—", "—", "—"]
@@ -482,7 +515,8 @@ def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> 
                 f"{f.p99_us:.0f} ({f.p99_us / limit.p99_us:.2f}×)", f"{f.tcp_gbps:.1f} ({f.tcp_gbps / limit.tcp_gbps:.2f}×)",
                 f"{f.udp_pps / 1e3:,.0f} ({f.udp_pps / limit.udp_pps:.2f}×)", "the limit" if f is limit else ""]
 
-    flows = [flow_row("no agent", limit), *(flow_row(r.agent.name, r.flows) for r in results)]
+    flows = [flow_row("no agent", limit),
+             *(flow_row(f"{r.agent.name} ({n} pods)", at(r, n).flows) for r in results for n in scales)]
     errors = [f"* {r.agent.name}: {e}" for r in results for e in r.errors]
     left = [f"* {r.agent.name}, after the suite: {', '.join(x[:12])}{' …' if len(x) > 12 else ''}"
             for r in results if r.leftovers and (x := r.leftovers[0])]
@@ -496,9 +530,10 @@ def document(results: list[Result], pods: int, limit: Flows, seconds: float) -> 
         "",
         *report.table(["measure", "ratio"], ratios),
         "",
-        f"Data path between two pods on node-1, the server selected by the bench's {SAMPLES + 2} policies ({pods} pods in the "
-        f"cluster): new TCP connections one at a time for {FLOW_SECONDS:.0f} s (connect → a byte → close), one iperf3 TCP stream and "
-        f"64-byte UDP datagrams for {IPERF_SECONDS} s; in brackets the ratio to no agent at all, measured in the same run:",
+        f"Data path between two pods on node-1, the server selected by the bench's {SAMPLES + 2} policies (the cluster's pods in "
+        f"brackets): new TCP connections one at a time for {FLOW_SECONDS:.0f} s (connect → a byte → close), one iperf3 TCP "
+        f"stream and 64-byte UDP datagrams for {IPERF_SECONDS} s; in brackets the ratio to no agent at all, measured in the "
+        "same run:",
         "",
         *report.table(["agent", "connections/s", "connect p50 (µs)", "connect p99 (µs)", "TCP Gbit/s", "UDP kpackets/s", ""], flows),
         "",

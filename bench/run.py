@@ -19,7 +19,7 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only cold-start` only start and memory at 1,000, 10,000 and 100,000 pods (about 6 minutes),
 `--only scale` only the agent against the real API server at 1,000 to 100,000 pods (bench/scale.py, about 11 minutes),
 `--only agent` only the running agent's scenarios 1, 2 (pod churn up to 1,000 events/s) and 8 (about 10 minutes);
-each replaces its own section of docs/benchmarks.md. `--only peers` (bench/peers.py, about 20 minutes) runs policyd,
+each replaces its own section of docs/benchmarks.md. `--only peers` (bench/peers.py, about 30 minutes) runs policyd,
 kube-network-policies and kube-router one after another on one real cluster and replaces the table in docs/peers.md.
 `--replot` redraws docs/first-packet.png from the table in docs/benchmarks.md.
 """
