@@ -18,6 +18,7 @@ from .compile.matrix import compute, compute_grouped, endpoint, pairs, service_p
 from .kube.cli import RunError
 from .lab.records import LabError
 from .model.addressing import check_addressing
+from .model.objects import AUDIT_ANNOTATION
 from .model.problems import InvalidInput
 from .observe.counters import Counters
 from .world import World, load_world
@@ -279,6 +280,52 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_advise(args: argparse.Namespace) -> int:
+    from .advise.output import as_json, manifests_yaml, summary
+    from .advise.propose import SYSTEM_NAMESPACES, propose
+    from .advise.prove import prove
+    from .observe.flows import FlowRecord, merge
+
+    flows: list[FlowRecord]
+    if args.lab:
+        if args.flow_files or args.paths or is_live(args):
+            raise UsageError("--lab reads the lab's flows and manifests: give no --flows, -f or cluster options with it")
+        from .lab.lab import Lab
+
+        lab = Lab(args.lab)
+        flows = merge([lab.flows()])
+        w = load_world([lab.manifests], strict_addresses=True)
+    else:
+        if not args.flow_files:
+            raise UsageError("give the flows: --lab NAME, or --flows FILE (policyd lab flows -o json, or an agent's /flows) "
+                             "with the cluster's objects (-f PATH or --kubeconfig)")
+        docs = []
+        for path in args.flow_files:
+            try:
+                with open(path) as f:
+                    docs.append(json.load(f))
+            except (OSError, json.JSONDecodeError) as e:
+                raise UsageError(f"--flows {path}: {e}") from None
+        try:
+            flows = merge(docs)
+        except (ValueError, KeyError, TypeError) as e:
+            raise UsageError(f"--flows: {e}") from None
+        w = world_from(args)
+    chosen = args.namespaces or sorted({p.namespace for p in w.pods if p.namespace not in SYSTEM_NAMESPACES})
+    missing = sorted(set(chosen) - {p.namespace for p in w.pods})
+    if missing:
+        raise UsageError(f"--namespace {', '.join(missing)}: no pods there")
+    proposal = propose(flows, w.pods, chosen, dns=not args.no_dns, default_deny=args.default_deny, audit=args.audit)
+    proof = prove(w, flows, proposal.policies, set(chosen))
+    if args.output == "json":
+        print(json.dumps(as_json(proposal, proof), indent=2))
+    else:
+        print(manifests_yaml(proposal), end="")
+    for line in summary(proposal, proof, len(flows)):
+        print(line, file=sys.stderr)
+    return EXIT_OK if proof.holds else EXIT_DENIED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="policyd", description="Kubernetes NetworkPolicy enforcement with nftables (or iptables + ipset).")
     parser.add_argument("--version", action="version", version=f"policyd {__version__}")
@@ -321,6 +368,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interface mode: pod interfaces named like Calico's (prefix + sha1(ns.pod))")
     p.add_argument("--table", default="policyd")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("advise", help="least-privilege NetworkPolicies from observed flows, proven with the engine "
+                                      "(exit 1 if an observed flow would be denied)")
+    add_input(p)
+    p.add_argument("--lab", metavar="NAME", default=None, help="the flows and manifests of a running lab")
+    p.add_argument("--flows", dest="flow_files", action="append", metavar="FILE",
+                   help="FlowRecords JSON (policyd lab flows -o json, or an agent's /flows; repeatable, merged)")
+    p.add_argument("-n", "--namespace", dest="namespaces", action="append", metavar="NS",
+                   help="propose for this namespace's workloads (repeatable; default: every namespace with pods but kube-*)")
+    p.add_argument("--default-deny", action="store_true", help="also a default deny (Ingress and Egress) per namespace")
+    p.add_argument("--audit", action="store_true",
+                   help=f"annotate the policies {AUDIT_ANNOTATION}: \"true\": applied, they log what they would drop and drop nothing")
+    p.add_argument("--no-dns", action="store_true", help="no egress rule to the cluster DNS (kube-system, k8s-app=kube-dns, port 53)")
+    p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml",
+                   help="yaml: the manifests (the summary goes to stderr); json: AdviseResult (docs/json.md)")
+    p.set_defaults(func=cmd_advise)
 
     from .lab.cli import register as register_lab
 

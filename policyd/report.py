@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import TextIO
+from typing import Any, TextIO
 
 from .compile.evaluate import SideVerdict, Verdict
 from .compile.matrix import POD_MATRIX, GroupedMatrix, Matrix
@@ -156,3 +156,13 @@ def explain_text(v: Verdict) -> str:
         f"{'ALLOWED' if v.allowed else 'DENIED'}"
     )
     return "\n".join([head, side_text(v.egress, v.protocol, v.port), side_text(v.ingress, v.protocol, v.port)]) + "\n"
+
+
+def flows_table(doc: dict[str, Any]) -> str:
+    """FlowRecords as text: one line per source, destination and port."""
+    records = doc.get("records", [])
+    lines = [f"{len(records)} flow(s) recorded on {', '.join(doc.get('nodes', [])) or 'no node'}"
+             + (f"; {doc['dropped']} connection(s) not recorded (the table was full)" if doc.get("dropped") else "")]
+    for r in records:
+        lines.append(f"  {r['src']} → {r['dst']} {service(r['protocol'], r['port'])}: {r['count']} connection(s)")
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from typing import Any
 from ..backends import BACKENDS, make_backend, resolve
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..dataplane.droplog import DropLog
+from ..observe.flows import FlowRecorder
 from ..reconcile.core import AgentCore
 from ..reconcile.presence import wait_to_claim
 from ..sources.manifest_dir import ManifestDirSource
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                     help="seconds between full resyncs (env POLICYD_LAB_RESYNC; default 30)")
     ap.add_argument("--drop-log-group", type=int, default=0, help="log drops through this NFLOG group (0: no drop log)")
     ap.add_argument("--rule-counters", action="store_true", help="count packets on every accepting and dropping rule")
+    ap.add_argument("--flows", action="store_true", help="record the node's pods' new connections (conntrack NEW events)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -71,6 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     drops = core.drop_logger("text") if drop_log is not None else None
     if drops is not None:
         drops.start()  # this process runs in the node's namespace: the group is the node's
+    flows = core.flow_table() if args.flows else None
+    recorder = FlowRecorder(flows) if flows is not None else None
+    if recorder is not None:
+        recorder.start()  # in the node's namespace: its conntrack
+    flows_path = args.state / "agents" / f"{args.node}.flows.json"
+    flows_written: dict[str, Any] = {}
     status_path = args.state / "agents" / f"{args.node}.json"
     started = time.time()
     applied_generation = -1
@@ -95,7 +103,14 @@ def main(argv: list[str] | None = None) -> None:
             write_json(status_path, doc)
             reported = {k: v for k, v in doc.items() if k != "heartbeat"}
             last_write = now
+            if flows is not None:
+                flow_doc = flows.to_json(args.node)
+                if flow_doc != flows_written:
+                    write_json(flows_path, flow_doc)
+                    flows_written = flow_doc
         time.sleep(args.interval)
+    if recorder is not None:
+        recorder.stop()
     if drops is not None:
         drops.stop()
     claim.close()

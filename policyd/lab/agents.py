@@ -14,8 +14,9 @@ from typing import Any
 
 from .records import LabError, LabRecord, alive
 
-# Lab agents always log drops (`policyd lab logs --drops`) and count rule hits (`policyd lab
-# counters`); each node is its own network namespace, so one group number serves every lab.
+# Lab agents always log drops (`policyd lab logs --drops`), count rule hits (`policyd lab
+# counters`) and record their pods' new connections (`policyd lab flows`); each node is its
+# own network namespace, so one group number serves every lab.
 DROP_LOG_GROUP = 100
 
 
@@ -52,13 +53,21 @@ class Agents:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
+    def flows(self, node: str) -> dict[str, Any] | None:
+        """The flow records the agent last wrote (None: nothing yet)."""
+        try:
+            doc: dict[str, Any] = json.loads((self.dir / f"{node}.flows.json").read_text())
+            return doc
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
     def forget_status(self, node: str) -> None:
         (self.dir / f"{node}.json").unlink(missing_ok=True)
 
     def start(self, rec: LabRecord, node: str) -> int:
         log = open(self.log_path(node), "ab")
         args = [sys.executable, "-m", "policyd.lab.agentproc", "--state", str(self.lab_dir), "--node", node,
-                "--mode", rec.mode, "--backend", rec.backend, "--drop-log-group", str(DROP_LOG_GROUP), "--rule-counters"]
+                "--mode", rec.mode, "--backend", rec.backend, "--drop-log-group", str(DROP_LOG_GROUP), "--rule-counters", "--flows"]
         proc = subprocess.Popen(["ip", "netns", "exec", rec.nodes[node].netns, *args], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()

@@ -148,6 +148,15 @@ def cmd_counters(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_flows(args: argparse.Namespace) -> int:
+    doc = _lab(args.name).flows(args.node)
+    if args.output == "json":
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    print(report.flows_table(doc), end="")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -213,6 +222,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-n", "--lines", type=int, default=20, help="the last N lines of each node (default 20)")
 
     p = add("counters", cmd_counters, "packets and bytes each policy rule has accepted or dropped, per node, from the kernel")
+    p.add_argument("--node", default=None, help="one node (default: all)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    p = add("flows", cmd_flows, "the new connections the agents saw (conntrack), per source, destination and port: "
+                                "what policyd advise reads")
     p.add_argument("--node", default=None, help="one node (default: all)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
 

@@ -41,6 +41,7 @@ from ..model.objects import KubeObject, Node, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput
 from ..observe.counters import CounterIndex, Counters
+from ..observe.flows import document, merge
 from ..world import load_world
 from . import families, probes
 from .agents import Agents
@@ -368,6 +369,16 @@ class Lab:
               timeout: float = 0.5, progress: Say | None = None, version: int | None = None) -> Matrix:
         pods = [o for o in self.store.objects() if isinstance(o, Pod)]
         return probes.probe(self.load(), pods, src, dst, protocol, port, timeout, progress, version)
+
+    def flows(self, node: str | None = None) -> dict[str, Any]:
+        """The new connections the agents recorded (FlowRecords: a connection between two
+        nodes' pods is recorded by both and counted once)."""
+        rec = self.load()
+        if node is not None and node not in rec.nodes:
+            raise LabError(f"no node {node} in lab {self.name}")
+        nodes = sorted(rec.nodes) if node is None else [node]
+        docs = [d for n in nodes if (d := self.agents.flows(n)) is not None]
+        return document(nodes, merge(docs), sum(int(d.get("dropped", 0)) for d in docs))
 
     def expected(self, protocol: str, port: int | None, sources: list[str], targets: list[str],
                  version: int | None = None) -> Matrix:

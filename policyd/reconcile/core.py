@@ -13,8 +13,10 @@ from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import RenderConfig
 from ..model.events import Event
+from ..model.objects import PodKey
 from ..observe.counters import CounterIndex, Counters, RuleTotals
 from ..observe.droplog import CompiledSource, DropLogger
+from ..observe.flows import DEFAULT_LIMIT, FlowTable
 from .interfaces import RouteInterfaces
 from .runner import SyncRunner
 from .syncer import Syncer, SyncResult
@@ -51,6 +53,23 @@ class AgentCore:
         if drop_log is None:
             raise ValueError("no drop log is configured")
         return DropLogger(drop_log.group, self.compiler.node or "", CompiledSource(self.compiler, self.lock), emit or _print_line, fmt)
+
+    def flow_table(self, limit: int = DEFAULT_LIMIT) -> FlowTable:
+        """A flow table resolving addresses to this agent's pods (the store's address index,
+        turned on here) and keeping the connections of the node's own pods."""
+        with self.lock:
+            self.compiler.store.index_addresses()
+
+        def pod_at(address: str) -> str | None:
+            with self.lock:
+                return self.compiler.store.pod_at(address)
+
+        def is_local(key: str) -> bool:
+            with self.lock:
+                pod = self.compiler.store.pods.get(PodKey(key))
+                return pod is not None and pod.node == self.compiler.node
+
+        return FlowTable(pod_at, is_local, limit)
 
     def rule_counters(self) -> Counters:
         """The kernel's per-rule counters, summed by policy rule, as totals that never go

@@ -1,0 +1,127 @@
+"""New connections, read from the kernel: a ctnetlink socket subscribed to conntrack's NEW
+events in the calling thread's network namespace (the node's), and the pure parsing of what
+it delivers.
+
+The kernel reports a connection when its entry is confirmed, that is when its first packet
+has passed every hook: a connection a policy drops is never reported. The event carries the
+original tuple and the reply tuple (addresses, protocol, ports;
+linux/netfilter/nfnetlink_conntrack.h). The destination is read from the reply tuple: after
+kube-proxy's DNAT of a Service address, the pod that answers is its source.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+
+from .nflog import NETLINK_NETFILTER, PROTOCOLS, _attrs
+
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW = 0
+NFNLGRP_CONNTRACK_NEW = 1
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A new connection: who opened it, and who answers (after any DNAT)."""
+
+    src: str
+    dst: str
+    protocol: str  # TCP, UDP, SCTP, ICMP, ICMPv6 or the IP protocol number
+    dport: int | None  # TCP/UDP/SCTP only
+
+
+Tuple = tuple[str, str, int, int | None, int | None]  # src, dst, protocol number, sport, dport
+
+
+def _tuple(raw: bytes) -> Tuple | None:
+    t = _attrs(raw)
+    ip, proto = _attrs(t.get(CTA_TUPLE_IP, b"")), _attrs(t.get(CTA_TUPLE_PROTO, b""))
+    if CTA_IP_V4_SRC in ip and CTA_IP_V4_DST in ip:
+        src, dst = ip[CTA_IP_V4_SRC], ip[CTA_IP_V4_DST]
+    elif CTA_IP_V6_SRC in ip and CTA_IP_V6_DST in ip:
+        src, dst = ip[CTA_IP_V6_SRC], ip[CTA_IP_V6_DST]
+    else:
+        return None
+    if CTA_PROTO_NUM not in proto:
+        return None
+    num = proto[CTA_PROTO_NUM][0]
+
+    def port(kind: int) -> int | None:
+        return int(struct.unpack("!H", proto[kind][:2])[0]) if num in (6, 17, 132) and kind in proto else None
+
+    return (str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)), num, port(CTA_PROTO_SRC_PORT), port(CTA_PROTO_DST_PORT))
+
+
+def connection(attrs: dict[int, bytes]) -> Connection | None:
+    """The connection an event's tuples describe: the source from the original direction,
+    the destination and its port from the reply's source (the same unless DNAT)."""
+    orig = _tuple(attrs[CTA_TUPLE_ORIG]) if CTA_TUPLE_ORIG in attrs else None
+    if orig is None:
+        return None
+    reply = _tuple(attrs[CTA_TUPLE_REPLY]) if CTA_TUPLE_REPLY in attrs else None
+    dst, dport = (reply[0], reply[3]) if reply is not None else (orig[1], orig[4])
+    return Connection(orig[0], dst, PROTOCOLS.get(orig[2], str(orig[2])), dport)
+
+
+def parse(data: bytes) -> list[Connection]:
+    """Every new connection in one datagram from the socket (other messages are skipped)."""
+    out = []
+    i = 0
+    while i + 20 <= len(data):
+        length, kind = struct.unpack_from("=IH", data, i)
+        if length < 16:
+            break
+        if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
+            conn = connection(_attrs(data[i + 20: i + length]))  # nlmsghdr 16 + nfgenmsg 4
+            if conn is not None:
+                out.append(conn)
+        i += (length + 3) & ~3
+    return out
+
+
+class ConntrackEvents:
+    """Subscribed to NEW events in the current network namespace until closed. `overruns`
+    counts the times the kernel dropped events because this socket's buffer was full
+    (ENOBUFS): records lost, connections never slowed."""
+
+    def __init__(self, rcvbuf: int = 1 << 20) -> None:
+        self.overruns = 0
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.bind((0, 1 << (NFNLGRP_CONNTRACK_NEW - 1)))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, timeout: float | None = None) -> list[Connection]:
+        self.sock.settimeout(timeout)
+        try:
+            return parse(self.sock.recv(1 << 17))
+        except TimeoutError:
+            return []
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                self.overruns += 1
+                return []
+            raise
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ConntrackEvents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
