@@ -46,6 +46,7 @@ import cluster_policies  # noqa: E402
 import drift  # noqa: E402
 import drop_log  # noqa: E402
 import firstpacket  # noqa: E402
+import flows  # noqa: E402
 import matrix  # noqa: E402
 import nft_ops  # noqa: E402
 import peers  # noqa: E402
@@ -292,6 +293,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "nft-ops": ("libnftables: what each kind of command costs", nft_ops.measure),
     "cluster-policies": ("ClusterNetworkPolicy cost", cluster_policies.measure),
     "drop-log": ("The drop log and rule counters: off and on", drop_log.measure),
+    "flows": ("Flow records: what recording new connections costs", flows.measure),
     "cold-start": ("Cold start and memory (scenario 3)", cold_starts),
     "scale": ("Scale against the real API server", scale.measure),
     "agent": ("The running agent (scenarios 1, 2, 8)", agent_events),

@@ -295,10 +295,23 @@ def cmd_advise(args: argparse.Namespace) -> int:
         lab = Lab(args.lab)
         flows = merge([lab.flows()])
         w = load_world([lab.manifests], strict_addresses=True)
+    elif not args.flow_files and is_live(args):
+        from .kube.client import agent_flows, node_addresses
+
+        w = world_from(args)
+        docs = []
+        for node, address in sorted(node_addresses(None if args.in_cluster else args.kubeconfig, args.context).items()):
+            try:
+                docs.append(agent_flows(address, args.metrics_port))
+            except OSError as e:
+                raise UsageError(f"node {node}'s agent at {address}:{args.metrics_port}/flows: {e} (the chart's flows.enabled "
+                                 "must be on; --flows FILE reads saved records instead)") from None
+        flows = merge(docs)
     else:
         if not args.flow_files:
-            raise UsageError("give the flows: --lab NAME, or --flows FILE (policyd lab flows -o json, or an agent's /flows) "
-                             "with the cluster's objects (-f PATH or --kubeconfig)")
+            raise UsageError("give the flows: --lab NAME, a live cluster whose agents record them (--kubeconfig or "
+                             "--in-cluster), or --flows FILE (policyd lab flows -o json, or an agent's /flows) with the "
+                             "cluster's objects (-f PATH or --kubeconfig)")
         docs = []
         for path in args.flow_files:
             try:
@@ -381,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", action="store_true",
                    help=f"annotate the policies {AUDIT_ANNOTATION}: \"true\": applied, they log what they would drop and drop nothing")
     p.add_argument("--no-dns", action="store_true", help="no egress rule to the cluster DNS (kube-system, k8s-app=kube-dns, port 53)")
+    p.add_argument("--metrics-port", type=int, default=9808,
+                   help="with --kubeconfig/--in-cluster and no --flows: the agents' /flows port (default 9808)")
     p.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml",
                    help="yaml: the manifests (the summary goes to stderr); json: AdviseResult (docs/json.md)")
     p.set_defaults(func=cmd_advise)

@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="count packets and bytes on every allow rule and every pod's isolation drop, served on /metrics "
                         "as policyd_rule_packets_total / policyd_rule_bytes_total by namespace, policy, direction and rule "
                         "(default off)")
+    p.add_argument("--flows", type=int, default=int(env_or("FLOWS", "0") or 0), metavar="N",
+                   help="record the node's pods' new connections (conntrack), at most N records, served as FlowRecords JSON on "
+                        "/flows of the metrics port, for policyd advise (default 0: off)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -96,7 +99,7 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
         metrics_port=args.metrics_port, health_port=args.health_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
         relist_every=args.relist,
         drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst, args.accept_log_rate) if args.drop_log else None,
-        rule_counters=args.rule_counters)
+        rule_counters=args.rule_counters, flows=args.flows)
     problems = st.problems()
     if problems:
         raise RunError("; ".join(problems))

@@ -93,8 +93,27 @@ def agent_counters(address: str, port: int, timeout: float = 5.0) -> Counters:
     """A node agent's rule counters, from its /metrics (the agent needs --rule-counters)."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=timeout) as r:
+    with urllib.request.urlopen(agent_url(address, port, "/metrics"), timeout=timeout) as r:
         return counters_from_metrics(r.read().decode())
+
+
+def agent_url(address: str, port: int, path: str) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}{path}"
+
+
+def agent_flows(address: str, port: int, timeout: float = 10.0) -> dict[str, Any]:
+    """A node agent's flow records, from its /flows (the agent needs --flows)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(agent_url(address, port, "/flows"), timeout=timeout) as r:
+            doc: dict[str, Any] = json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise OSError(e.read().decode(errors="replace").strip() or str(e)) from None
+    return doc
 
 
 def connection_info(kubeconfig: str | None, context: str | None = None) -> kopf.ConnectionInfo:

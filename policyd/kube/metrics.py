@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..dataplane.drift import DRIFT_KINDS
 from ..observe.counters import Counters
 from ..observe.droplog import DropCounters
+from ..observe.flows import FlowTable
 from .feed import WATCHED_KINDS
 
 # Fine below 100 ms, where the targets are (event → commit p99 ≤ 10 ms and ≤ 30 ms), so
@@ -63,6 +64,28 @@ class AgentMetrics:
         r.register(self.rules)
         self.drop_log = DropLogMetrics()
         r.register(self.drop_log)
+        self.flows = FlowMetrics()
+        r.register(self.flows)
+
+
+class FlowMetrics:
+    """The flow records' own accounting (--flows): how many are kept, how many a full table
+    did not record."""
+
+    def __init__(self) -> None:
+        self.table: FlowTable | None = None
+
+    def attach(self, table: FlowTable) -> None:
+        self.table = table
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        t = self.table
+        if t is None:
+            return
+        yield GaugeMetricFamily("policyd_flow_records", "Flow records held (source, destination, protocol, port)",
+                                value=len(t.records))
+        yield CounterMetricFamily("policyd_flow_records_not_recorded", "New connections not recorded: the table was full",
+                                  value=t.dropped)
 
 
 class DropLogMetrics:

@@ -42,6 +42,7 @@ from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
 from ..model.objects import NetworkPolicy
+from ..observe.flows import FlowRecorder
 from ..reconcile.core import AgentCore
 from ..reconcile.syncer import SyncResult
 from .api import API_VERSIONS, PLURALS, credentials, list_pages
@@ -373,6 +374,13 @@ class ClusterAgent:
                     log.warning("reading the rule counters failed: %s", e)
             return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+        async def flows(_: web.Request) -> web.Response:
+            table = self.metrics.flows.table
+            if table is None:
+                return web.json_response({"error": "flow records are off: start the agent with --flows N (chart: flows.enabled)"},
+                                         status=404)
+            return web.json_response(table.to_json(self.settings.node_name))
+
         async def healthz(_: web.Request) -> web.Response:
             age = time.monotonic() - self.heartbeat
             ok = age < 30
@@ -394,7 +402,8 @@ class ClusterAgent:
 
         apps: dict[int, web.Application] = {}
         st = self.settings
-        for port, routes in ((st.metrics_port, {"/metrics": metrics}), (st.health_port, {"/healthz": healthz, "/readyz": readyz})):
+        for port, routes in ((st.metrics_port, {"/metrics": metrics, "/flows": flows}),
+                             (st.health_port, {"/healthz": healthz, "/readyz": readyz})):
             if port:
                 app = apps.setdefault(port, web.Application())
                 for path, handler in routes.items():
@@ -485,6 +494,13 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
         agent.metrics.drop_log.attach(drops.counters)
         log.info("drop log on: NFLOG group %d, at most %d packets/s (burst %d) per drop rule", st.drop_log.group,
                  st.drop_log.rate, st.drop_log.burst)
+    recorder = None
+    if st.flows:
+        table = agent.core.flow_table(st.flows)
+        recorder = FlowRecorder(table)
+        recorder.start()  # subscribes here: the agent's (the node's) network namespace, its conntrack
+        agent.metrics.flows.attach(table)
+        log.info("flow records on: the local pods' new connections, at most %d records, on /flows", st.flows)
     watches: list[asyncio.Task[None]] = []
     try:
         if agent.lister is not None:
@@ -504,6 +520,8 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
             w.cancel()
         if drops is not None:
             drops.stop()
+        if recorder is not None:
+            recorder.stop()
         for runner in runners:
             await runner.cleanup()
     log.info("stopped; the ruleset stays in place (policyd cleanup removes it)")

@@ -41,6 +41,7 @@ class AgentSettings:
     watch_timeout: int = 300  # seconds the API server keeps one Pod watch stream open (then it resumes)
     drop_log: DropLog | None = None  # log the pod chains' drops (NFLOG) with their cause; None: off
     rule_counters: bool = False  # count packets per policy rule, served on /metrics
+    flows: int = 0  # record local pods' new connections, at most this many records, served on /flows; 0: off
 
     def problems(self) -> list[str]:
         out = []
@@ -59,4 +60,8 @@ class AgentSettings:
             out.append("--log-format is text or json")
         if self.drop_log is not None:
             out += [f"--drop-log: {p}" for p in self.drop_log.problems()]
+        if not 0 <= self.flows <= 1_000_000:
+            out.append(f"--flows is 0 (off) to 1000000 records, not {self.flows}")
+        if self.flows and not self.metrics_port:
+            out.append("--flows serves /flows on the metrics port: --metrics-port must not be 0")
         return out

@@ -91,6 +91,15 @@ def test_values_reach_the_agent():
     c = render("dropLog.enabled=true", "dropLog.group=5", "dropLog.rate=3")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert (env["POLICYD_DROP_LOG"], env["POLICYD_DROP_LOG_GROUP"], env["POLICYD_DROP_LOG_RATE"]) == ("true", "5", "3")
+    assert env["POLICYD_FLOWS"] == "0", "flow records are opt-in"
+
+
+def test_flow_records_reach_the_agent_and_bad_limits_are_refused():
+    c = render("flows.enabled=true", "flows.limit=500")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in c["env"]}["POLICYD_FLOWS"] == "500"
+    for bad, why in (("flows.limit=0", "flows.limit must be 1-1000000"), ("metricsPort=0", "metricsPort must be set")):
+        out = helm("template", "pd", str(CHART), "--set", "flows.enabled=true", "--set", bad, check=False)
+        assert out.returncode != 0 and why in out.stderr, out.stderr
 
 
 def test_iptables_backend_shares_the_hosts_xtables_lock_and_gets_net_raw():
