@@ -11,12 +11,12 @@ kube-proxy's DNAT of a Service address, the pod that answers is its source.
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 from dataclasses import dataclass
 
-from .nflog import NETLINK_NETFILTER, PROTOCOLS, _attrs
+from .netlink import Subscription, attrs
+from .nflog import PROTOCOLS
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
@@ -41,8 +41,8 @@ Tuple = tuple[str, str, int, int | None, int | None]  # src, dst, protocol numbe
 
 
 def _tuple(raw: bytes) -> Tuple | None:
-    t = _attrs(raw)
-    ip, proto = _attrs(t.get(CTA_TUPLE_IP, b"")), _attrs(t.get(CTA_TUPLE_PROTO, b""))
+    t = attrs(raw)
+    ip, proto = attrs(t.get(CTA_TUPLE_IP, b"")), attrs(t.get(CTA_TUPLE_PROTO, b""))
     if CTA_IP_V4_SRC in ip and CTA_IP_V4_DST in ip:
         family, src, dst = socket.AF_INET, ip[CTA_IP_V4_SRC], ip[CTA_IP_V4_DST]
     elif CTA_IP_V6_SRC in ip and CTA_IP_V6_DST in ip:
@@ -81,49 +81,20 @@ def parse(data: bytes) -> list[Connection]:
         if length < 16:
             break
         if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
-            conn = connection(_attrs(data[i + 20: i + length]))  # nlmsghdr 16 + nfgenmsg 4
+            conn = connection(attrs(data[i + 20: i + length]))  # nlmsghdr 16 + nfgenmsg 4
             if conn is not None:
                 out.append(conn)
         i += (length + 3) & ~3
     return out
 
 
-class ConntrackEvents:
+class ConntrackEvents(Subscription):
     """Subscribed to NEW events in the current network namespace until closed. `overruns`
     counts the times the kernel dropped events because this socket's buffer was full
     (ENOBUFS): records lost, connections never slowed."""
 
     def __init__(self, rcvbuf: int = 1 << 20) -> None:
-        self.overruns = 0
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((0, 1 << (NFNLGRP_CONNTRACK_NEW - 1)))
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
+        super().__init__(rcvbuf, groups=1 << (NFNLGRP_CONNTRACK_NEW - 1))
 
     def recv(self, timeout: float | None = None) -> list[Connection]:
-        if timeout != self.sock.gettimeout():  # a change costs system calls: not one per event
-            self.sock.settimeout(timeout)
-        try:
-            return parse(self.sock.recv(1 << 17))
-        except TimeoutError:
-            return []
-        except OSError as e:
-            if e.errno == errno.ENOBUFS:
-                self.overruns += 1
-                return []
-            raise
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> ConntrackEvents:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return parse(self.datagram(timeout))

@@ -8,14 +8,14 @@ NFULNL_MSG_PACKET with attributes (prefix, payload from the network header, inte
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
 import struct
 from dataclasses import dataclass
 
-NETLINK_NETFILTER = 12
+from .netlink import Subscription, attrs
+
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
 NFULA_CFG_CMD, NFULA_CFG_MODE = 1, 2
@@ -41,18 +41,6 @@ class Packet:
     outdev: int | None
 
 
-def _attrs(data: bytes) -> dict[int, bytes]:
-    out = {}
-    i = 0
-    while i + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, i)
-        if length < 4:
-            break
-        out[kind & 0x3FFF] = data[i + 4: i + length]  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-        i += (length + 3) & ~3
-    return out
-
-
 def headers(payload: bytes) -> tuple[str, str, str, int | None]:
     """(source, destination, protocol, destination port) of an IP packet's first bytes."""
     if len(payload) >= 20 and payload[0] >> 4 == 4:
@@ -75,7 +63,7 @@ def parse(data: bytes) -> list[Packet]:
         if length < 16:
             break
         if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-            a = _attrs(data[i + 20: i + length])  # nlmsghdr 16 + nfgenmsg 4
+            a = attrs(data[i + 20: i + length])  # nlmsghdr 16 + nfgenmsg 4
             payload = a.get(NFULA_PAYLOAD)
             if payload is not None:
                 try:
@@ -102,18 +90,15 @@ def _attr(kind: int, value: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
-class NflogSocket:
+class NflogSocket(Subscription):
     """Bound to `group` in the current network namespace until closed. `recv` returns the
     packets of one datagram; `overruns` counts the times the kernel had to drop messages
     because this socket's buffer was full (ENOBUFS): logged packets lost, never blocked."""
 
     def __init__(self, group: int, rcvbuf: int = 1 << 20) -> None:
+        super().__init__(rcvbuf)
         self.group = group
-        self.overruns = 0
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            self.sock.bind((0, 0))
             self._request(_attr(NFULA_CFG_CMD, struct.pack("=B", NFULNL_CFG_CMD_BIND)), 1)
             self._request(_attr(NFULA_CFG_MODE, struct.pack("!IBx", COPY_RANGE, NFULNL_COPY_PACKET)), 2)
         except BaseException:
@@ -131,20 +116,8 @@ class NflogSocket:
                     raise OSError(code, f"binding NFLOG group {self.group}: {os.strerror(code)}")
                 return
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
     def recv(self, timeout: float | None = None) -> list[Packet]:
-        self.sock.settimeout(timeout)
-        try:
-            return parse(self.sock.recv(1 << 17))
-        except TimeoutError:
-            return []
-        except OSError as e:
-            if e.errno == errno.ENOBUFS:
-                self.overruns += 1
-                return []
-            raise
+        return parse(self.datagram(timeout))
 
     def close(self) -> None:
         try:
@@ -152,9 +125,3 @@ class NflogSocket:
         except OSError:
             pass
         self.sock.close()
-
-    def __enter__(self) -> NflogSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -523,3 +523,45 @@ def test_a_relist_stuck_on_the_api_server_does_not_hold_up_the_drift_check():
         loop.cancel()
 
     asyncio.run(run())
+
+
+def test_flow_records_are_opt_in_served_on_flows_and_checked():
+    """/flows answers 404 with what to do while flow records are off, and the table (the
+    agent's own pods resolved through its address index) once a recorder feeds it."""
+    import asyncio
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from policyd.kube.operator import ClusterAgent
+    from policyd.nft.fake import FakeBackend
+    from policyd.observe.conntrack import Connection
+
+    assert AgentSettings("n1", flows=10, metrics_port=0).problems() == ["--flows serves /flows on the metrics port: --metrics-port must not be 0"]
+    assert AgentSettings("n1", flows=-1).problems()
+
+    async def lister(kind):
+        if kind == "Pod":
+            yield [pod("b1", "b")], 5
+
+    agent = ClusterAgent(AgentSettings("n1", dispatch_mode=DispatchMode.ADDRESS, flows=10), DispatchMode.ADDRESS,
+                         backend=FakeBackend(), lister=lister)
+
+    async def get() -> tuple[int, dict]:
+        router = agent.http_apps()[agent.settings.metrics_port].router
+        match = await router.resolve(make_mocked_request("GET", "/flows"))
+        resp = await match.handler(make_mocked_request("GET", "/flows"))
+        return resp.status, json.loads(resp.body)
+
+    async def scenario() -> tuple[tuple[int, dict], tuple[int, dict]]:
+        await agent.initial_lists()
+        off = await get()
+        table = agent.core.flow_table(10)
+        agent.metrics.flows.attach(table)
+        ip = str(next(iter(agent.core.compiler.store.pods.values())).ips[0])
+        table.add([Connection("192.0.2.9", ip, "TCP", 80)], now=7.0)
+        return off, await get()
+
+    off, on = asyncio.run(scenario())
+    assert off[0] == 404 and "--flows" in off[1]["error"]
+    assert on[0] == 200 and on[1]["kind"] == "FlowRecords" and on[1]["nodes"] == ["n1"]
+    assert [(r["src"], r["dst"], r["port"], r["count"]) for r in on[1]["records"]] == [("192.0.2.9", "default/b1", 80, 1)]
