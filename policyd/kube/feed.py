@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 from ..compile.engine import Compiler
 from ..model.events import Delete, Event, Upsert
-from ..model.objects import ClusterNetworkPolicy, Direction, NetworkPolicy, Pod
+from ..model.objects import ClusterNetworkPolicy, Direction, NetworkPolicy, Node, Pod
 from ..model.parse import parse_object
 
 log = logging.getLogger("policyd.feed")
@@ -153,6 +153,8 @@ class ClusterFeed:
                 log.warning("ClusterNetworkPolicy %s: %s", obj.name, "; ".join(
                     [f"invalid, so it denies all its subject's traffic: {'; '.join(obj.invalid)}"] if obj.invalid else list(obj.notes)))
             self.held[ref] = Held(rv, uid_of(body))
+            if isinstance(obj, Node) and self.compiler.store.nodes.get(obj.name) == obj:
+                return None  # a status update (heartbeat, conditions): only labels and addresses count here
             event = Upsert(obj)
             self.compiler.apply(event)
             return event

@@ -55,6 +55,7 @@ from .watch import LeanWatch
 
 log = logging.getLogger("policyd.agent")
 
+LEAN_KINDS: tuple[WatchKind, ...] = ("Pod", "Node")  # watched by LeanWatches of our own, not by kopf
 MAX_POSTED = 10_000  # findings remembered as posted (each a few hundred bytes)
 FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
 Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict[str, Any]], int | None]]]  # pages and the list's resourceVersion
@@ -505,11 +506,16 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
     try:
         if agent.lister is not None:
             # Before kopf starts: its own first listing keeps the event loop busy for
-            # seconds, and readiness should not wait for that. Pods are then watched by a
-            # LeanWatch from the list's resourceVersion, not by kopf (see kube/watch.py).
+            # seconds, and readiness should not wait for that. Pods and Nodes are then
+            # watched by LeanWatches from the lists' resourceVersions, not by kopf (see
+            # kube/watch.py): the two kinds that grow with the cluster, and Nodes change
+            # every few seconds (their status), which cost kopf's machinery per event on
+            # every agent.
             await agent.initial_lists()
             freeze_heap("after the initial lists")
-            watches.append(asyncio.create_task(agent.lean_watch("Pod").run(agent.list_rv.get("Pod")), name="policyd-watch-pods"))
+            for kind in LEAN_KINDS:
+                watches.append(asyncio.create_task(agent.lean_watch(kind).run(agent.list_rv.get(kind)),
+                                                   name=f"policyd-watch-{kind.lower()}s"))
         await kopf.operator(registry=build_registry(agent), settings=operator_settings(), standalone=True,
                             clusterwide=True, stop_flag=stop)
     finally:

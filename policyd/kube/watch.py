@@ -1,4 +1,4 @@
-"""A lean list + watch of one kind, without kopf: what the agent uses for Pods.
+"""A lean list + watch of one kind, without kopf: what the agent uses for Pods and Nodes.
 
 Why not kopf for Pods: kopf keeps a record of every object it watches, runs a worker per
 object, and lists every kind again when its watches start, after the agent's own lists.
@@ -6,7 +6,10 @@ At 10,000 pods that doubled the agent's memory within seconds of readiness (131 
 and cost 6 s of CPU; at 100,000 pods it reached 2.5 GB on every node. Pods are the one
 kind that grows with the cluster, so they are watched here: one stream, one JSON decode
 per event, nothing kept but what the feed keeps (a resourceVersion and uid per object).
-kopf stays the operator for Namespaces, NetworkPolicies and ClusterNetworkPolicies.
+Nodes are watched here too: every node's status changes every few seconds (the kubelet's
+reports), so every agent receives every node's updates; only labels and addresses matter
+(ClusterNetworkPolicy `nodes` peers), and a status-only update ends at the feed, with no
+sync. kopf stays the operator for Namespaces, NetworkPolicies and ClusterNetworkPolicies.
 
 The stream starts at the resourceVersion of the agent's own initial list, so no event
 falls between the list and the watch, and nothing is listed twice. It asks for bookmarks,

@@ -38,6 +38,24 @@ def test_a_listing_that_overlaps_ours_is_skipped_and_never_rolls_back():
     assert "default/a" not in c.store.pods
 
 
+def test_a_node_status_update_is_not_a_change():
+    """Every node's kubelet updates its status every few seconds and every agent receives it:
+    only labels and addresses matter (nodes peers), so a status-only update asks for no sync."""
+    def node(rv: int, labels: dict, ready: str, ip: str = "10.0.0.9") -> dict:
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n9", "labels": labels, "resourceVersion": str(rv)},
+                "status": {"addresses": [{"type": "InternalIP", "address": ip}],
+                           "conditions": [{"type": "Ready", "status": ready, "lastHeartbeatTime": f"2026-12-05T00:00:{rv:02d}Z"}]}}
+
+    c = Compiler("n1")
+    feed = ClusterFeed(c)
+    assert feed.observe("Node", None, node(1, {"zone": "a"}, "True")) is not None
+    assert feed.observe("Node", "MODIFIED", node(2, {"zone": "a"}, "False")) is None
+    assert feed.observe("Node", "MODIFIED", node(3, {"zone": "b"}, "False")) is not None
+    assert feed.observe("Node", "MODIFIED", node(4, {"zone": "b"}, "False", ip="10.0.0.10")) is not None
+    assert feed.observe("Node", "MODIFIED", node(3, {"zone": "a"}, "False")) is None, "older than what is held"
+    assert c.store.nodes["n9"].labels == {"zone": "b"}
+
+
 def incarnation(body: dict, uid: str) -> dict:
     body["metadata"]["uid"] = uid
     return body
