@@ -266,8 +266,11 @@ class ClusterAgent:
     async def sync_in_worker(self) -> None:
         """One sync with its kernel work (read, diff, apply) on a worker thread: the event
         loop keeps serving the watches and the health endpoints during a long commit."""
-        # Not due (the common idle tick): no hop to the worker thread at all.
-        if self.feed.ready and self.runner.due(time.monotonic()):
+        # Not due, or only the drift check with the kernel's generation unmoved (the common
+        # idle ticks): no hop to the worker thread at all (the hop costs 0.1 ms of CPU, the
+        # generation request 7 µs).
+        now = time.monotonic()
+        if self.feed.ready and self.runner.due(now) and not self.runner.idle_check(now):
             failures, batch = self.runner.stats.failures, self._take_arrivals()
             self._record(failures, batch, await asyncio.to_thread(self.core.run_once))
             if self.arrivals:

@@ -132,6 +132,23 @@ class SyncRunner:
                 s.last_result = result
         return result
 
+    def idle_check(self, now: float) -> bool:
+        """The common idle tick, on the caller's thread: when only the frequent check is due
+        and the kernel has not moved since it was verified, the check is done (nothing to
+        read, nothing to sync) and True is returned; otherwise False, and run_once decides."""
+        s = self.stats
+        if (s.consecutive_failures or s.drift_seen or self.requested or self.syncer.pending or now >= self.next_full
+                or self.check_every <= 0 or now < self.next_check):
+            return False
+        try:
+            if not self.syncer.unchanged():
+                return False
+        except Exception:  # noqa: BLE001 - run_once's check looks properly and reports it
+            return False
+        s.checks += 1
+        self.next_check = now + self.check_every
+        return True
+
     def _drifted(self) -> list[Drift]:
         """Run the cheap check: what no longer holds what we wrote (a failed look counts as
         a reason to look properly)."""

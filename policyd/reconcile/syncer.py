@@ -159,6 +159,14 @@ class Syncer:
                 self.verified = gen
         return found
 
+    def unchanged(self) -> bool:
+        """The kernel's generation is still the one last verified to hold what we believe:
+        the frequent check would find nothing (one netlink request, no listing)."""
+        if self.believed is None or self.verified is None:
+            return False
+        gen = self.backend.generation()
+        return gen is not None and gen == self.verified
+
     def sync(self, full: bool = False, rebuild: bool = False) -> SyncResult:
         """`full`: read the kernel and compare everything; `rebuild`: and rebuild desired
         state from the compiler first (compared with the kept one). Any exception makes the

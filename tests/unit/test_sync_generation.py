@@ -133,3 +133,27 @@ def test_after_a_failure_the_generation_is_unknown(synced):
     assert s.verified is None
     r = s.sync()
     assert r.full and r.listed and s.verified == fb.gen
+
+
+def test_the_idle_tick_is_done_without_the_worker_only_while_the_generation_holds(synced):
+    """The agent's once-a-second check, taken on the event loop's thread (no hop to the
+    worker) when the kernel's generation has not moved; anything else goes to run_once."""
+    from policyd.reconcile.runner import SyncRunner
+
+    w, c, s, fb = synced
+    now = [1000.0]
+    r = SyncRunner(s, resync_every=300, clock=lambda: now[0])
+    r.requested = False
+    r.next_full = now[0] + 300
+    r.next_check = now[0]
+    reads = len(fb.reads)
+    assert r.idle_check(now[0]) and r.next_check == now[0] + 1 and len(fb.reads) == reads
+    assert not r.idle_check(now[0] + 0.5), "not due yet"
+    fb.gen += 1  # someone committed
+    assert not r.idle_check(now[0] + 1), "the generation moved: run_once looks"
+    fb.gen -= 1
+    r.request()
+    assert not r.idle_check(now[0] + 1), "a sync was asked for"
+    r.requested = False
+    s.verified = None
+    assert not r.idle_check(now[0] + 1), "nothing verified yet"
