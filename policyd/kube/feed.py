@@ -30,7 +30,7 @@ from typing import Any, Literal, NamedTuple
 
 from ..compile.engine import Compiler
 from ..model.events import Delete, Event, Upsert
-from ..model.objects import ClusterNetworkPolicy, Direction, NetworkPolicy, Node, Pod
+from ..model.objects import ClusterNetworkPolicy, Direction, NetworkPolicy, Pod
 from ..model.parse import parse_object
 
 log = logging.getLogger("policyd.feed")
@@ -38,7 +38,7 @@ log = logging.getLogger("policyd.feed")
 WatchKind = Literal["Pod", "Namespace", "NetworkPolicy", "ClusterNetworkPolicy", "Node"]
 # Nodes: their labels and addresses, for ClusterNetworkPolicy `nodes` peers.
 WATCHED_KINDS: tuple[WatchKind, ...] = ("Namespace", "Pod", "NetworkPolicy", "ClusterNetworkPolicy", "Node")
-CLUSTER_SCOPED = ("Namespace", "ClusterNetworkPolicy")
+CLUSTER_SCOPED = ("Namespace", "ClusterNetworkPolicy", "Node")
 Ref = tuple[str, str]  # (kind, key)
 
 
@@ -153,13 +153,22 @@ class ClusterFeed:
                 log.warning("ClusterNetworkPolicy %s: %s", obj.name, "; ".join(
                     [f"invalid, so it denies all its subject's traffic: {'; '.join(obj.invalid)}"] if obj.invalid else list(obj.notes)))
             self.held[ref] = Held(rv, uid_of(body))
-            if isinstance(obj, Node) and self.compiler.store.nodes.get(obj.name) == obj:
-                return None  # a status update (heartbeat, conditions): only labels and addresses count here
+            if self._held_model(kind, ref[1]) == obj:
+                # What the model keeps did not change (a Node's status report, a Pod's
+                # conditions): the compiler would do nothing, so no event and no sync.
+                return None
             event = Upsert(obj)
             self.compiler.apply(event)
             return event
         finally:
             self._check_ready()
+
+    def _held_model(self, kind: WatchKind, key: str) -> object:
+        """The compiler's model of the object (None: none held)."""
+        store = self.compiler.store
+        held: dict[str, dict[Any, Any]] = {"Pod": store.pods, "Namespace": store.namespaces, "NetworkPolicy": store.policies,
+                                           "ClusterNetworkPolicy": store.cluster_policies, "Node": store.nodes}
+        return held[kind].get(key)
 
     def _delete(self, ref: Ref) -> Event | None:
         if self.held.pop(ref, None) is None:

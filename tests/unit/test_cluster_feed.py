@@ -54,6 +54,20 @@ def test_a_node_status_update_is_not_a_change():
     assert feed.observe("Node", "MODIFIED", node(4, {"zone": "b"}, "False", ip="10.0.0.10")) is not None
     assert feed.observe("Node", "MODIFIED", node(3, {"zone": "a"}, "False")) is None, "older than what is held"
     assert c.store.nodes["n9"].labels == {"zone": "b"}
+    # A Node is cluster-scoped: its deletion removes it (and its addresses from nodes peers).
+    assert feed.observe("Node", "DELETED", node(5, {"zone": "b"}, "False")) is not None
+    assert "n9" not in c.store.nodes
+
+
+def test_an_update_that_changes_nothing_the_model_keeps_is_not_a_change():
+    """A Pod's conditions or a policy's annotations a later version adds: same model, no sync."""
+    c = Compiler("n1")
+    feed = ClusterFeed(c)
+    assert feed.observe("Pod", None, pod("a", "x", rv=10)) is not None
+    ready = pod("a", "x", rv=11)
+    ready["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    assert feed.observe("Pod", "MODIFIED", ready) is None
+    assert feed.observe("Pod", "MODIFIED", pod("a", "y", rv=12)) is not None
 
 
 def incarnation(body: dict, uid: str) -> dict:
