@@ -30,8 +30,6 @@ from ..model.objects import Pod
 from .families import node_v6, v6_for
 from .netns import add_namespace, delete_namespaces, ip, sysctl
 
-__all__ = ["Topology", "PodHandle", "NodeHandle", "probe_via", "v6_for"]
-
 FABRIC_NET = ipaddress.IPv4Network("172.31.255.0/24")
 
 

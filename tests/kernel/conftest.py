@@ -17,8 +17,9 @@ import pytest
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.dataplane.droplog import DropLog
 from policyd.lab.agent import NodeAgent
+from policyd.lab.families import v6_for
 from policyd.lab.netns import delete_namespaces
-from policyd.lab.topology import Topology, v6_for
+from policyd.lab.topology import Topology
 from policyd.model.manifests import Manifests, load_documents
 
 PODS = """
