@@ -23,6 +23,19 @@ from ..compile.changes import SetChangeLog
 # Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
 Elem = str | tuple[Any, ...]
 
+# What a listing of the kernel holds in policyd's objects that policyd never writes, kept so
+# that it differs from anything desired and the diff removes it (never an exception while
+# reading): a set element of a shape policyd does not write is ("foreign", its JSON); a map
+# entry whose verdict is not a jump to a chain (accept, drop, goto…) or whose key cannot be
+# read has FOREIGN_TARGET, which no chain is named. A set or map holding any is flushed and
+# refilled in one transaction.
+FOREIGN_ELEM = "foreign"
+FOREIGN_TARGET = ""
+
+
+def is_foreign(e: Elem) -> bool:
+    return isinstance(e, tuple) and bool(e) and e[0] == FOREIGN_ELEM
+
 # A set's elements are frozen, except in the live sets DesiredState owns and changes in
 # place by each event's delta (O(delta), not O(set)). A Ruleset copied from desired (what
 # the syncer believes after a sync) shares those live sets: it holds the names and headers

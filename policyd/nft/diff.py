@@ -1,7 +1,9 @@
 """(what the kernel holds, what we want) → one Transaction, in an order the kernel accepts.
 
 Order: create new sets, maps and (empty) chains; change the rules of changed chains; update
-set and map elements; then delete chains and sets nothing refers to any more.
+set and map elements (a set or map that holds anything we never write, such as a verdict
+other than a jump, is flushed and refilled); then delete chains and sets nothing refers to
+any more.
 
 A changed chain is flushed and refilled, unless only its order-free steps (ChainDef.free:
 NetworkPolicy allow rules) changed and the kernel's handles of its rules are known: then
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..compile.changes import SetDelta
-from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched, names_to_compare
+from ..dataplane.objects import FOREIGN_TARGET, ChainDef, Elem, Ruleset, Touched, is_foreign, names_to_compare
 from .ruleset import (
     canonical_rule,
     chain_json,
@@ -173,6 +175,9 @@ def diff(
             gone, new = deltas[n].removed, deltas[n].added
         else:
             gone, new = have.elements - want.elements, want.elements - have.elements
+            if any(map(is_foreign, gone)):  # an element we never write: start the set over
+                tx.add("flush", {"set": {"family": "inet", "table": table, "name": n}})
+                gone, new = frozenset(), want.elements
         if gone:
             tx.add("delete", elements_json(table, n, sorted(gone, key=str)), len(gone))
         if new:
@@ -185,6 +190,9 @@ def diff(
         want_e = dict(want_m.elements)
         gone_k = [(k, c) for k, c in have_e.items() if want_e.get(k) != c]
         new_k = [(k, c) for k, c in want_e.items() if have_e.get(k) != c]
+        if any(c == FOREIGN_TARGET for _, c in gone_k):  # an entry we never write: start the map over
+            tx.add("flush", {"map": {"family": "inet", "table": table, "name": n}})
+            gone_k, new_k = [], list(want_e.items())
         if gone_k:
             tx.add("delete", map_elements_json(table, n, sorted(gone_k)), len(gone_k))
         if new_k:

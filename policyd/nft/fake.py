@@ -16,10 +16,10 @@ from dataclasses import replace
 from typing import Any
 
 from ..dataplane.backend import ApplyError
-from ..dataplane.objects import DIGEST_RE, ChainDef, Hook, MapDef, Ruleset, SetDef
+from ..dataplane.objects import DIGEST_RE, FOREIGN_TARGET, ChainDef, Hook, MapDef, Ruleset, SetDef
 from .backend import NftDialect
 from .diff import Transaction
-from .ruleset import canonical_rule, elem_from_json
+from .ruleset import canonical_rule, elem_from_json, map_entry_from_json
 
 
 class FakeBackend(NftDialect):
@@ -128,12 +128,18 @@ class FakeBackend(NftDialect):
             elif verb == "delete":
                 self._need(rs.sets, name)
                 del rs.sets[name]
+            elif verb == "flush":
+                self._need(rs.sets, name)
+                rs.sets[name] = replace(rs.sets[name], elements=frozenset())
         elif kind == "map":
             if verb == "add":
                 rs.maps.setdefault(name, MapDef(name, body["type"]))
             elif verb == "delete":
                 self._need(rs.maps, name)
                 del rs.maps[name]
+            elif verb == "flush":
+                self._need(rs.maps, name)
+                rs.maps[name] = replace(rs.maps[name], elements=())
         elif kind == "chain":
             if verb == "add":
                 hook = Hook(body["hook"], body["prio"]) if "hook" in body else None
@@ -170,12 +176,13 @@ class FakeBackend(NftDialect):
         if name in rs.maps:
             m = rs.maps[name]
             cur = dict(m.elements)
-            for key, verdict in elems:
-                target = verdict["jump"]["target"]
+            for entry in elems:
+                key, target = map_entry_from_json(entry)  # a verdict other than jump: FOREIGN_TARGET
                 if verb == "add":
                     if key in cur and cur[key] != target:
                         raise ApplyError(f"File exists: element {key} in map {name}")
-                    self._need(rs.chains, target)
+                    if target != FOREIGN_TARGET:
+                        self._need(rs.chains, target)
                     cur[key] = target
                 else:
                     if key not in cur:
@@ -211,4 +218,5 @@ class FakeBackend(NftDialect):
                 raise ApplyError(f"No such file or directory: set {ref}")
         for m in rs.maps.values():
             for _, target in m.elements:
-                self._need(rs.chains, target)
+                if target != FOREIGN_TARGET:
+                    self._need(rs.chains, target)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..dataplane.objects import COMMENT_MAX, DIGEST_RE, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef
+from ..dataplane.objects import COMMENT_MAX, DIGEST_RE, FOREIGN_ELEM, FOREIGN_TARGET, ChainDef, Elem, Hook, MapDef, Ruleset, SetDef
 
 # --- JSON encoding ------------------------------------------------------------------------
 
@@ -22,17 +22,32 @@ def elem_json(e: Elem) -> Any:
 
 
 def elem_from_json(j: Any) -> Elem:
-    if isinstance(j, dict) and "elem" in j:  # element with options (comment, timeout)
+    """A set element as listed; one of a shape policyd never writes (a foreign one) comes back
+    as ("foreign", its JSON) rather than raising (see objects.FOREIGN_ELEM)."""
+    if isinstance(j, dict) and isinstance(j.get("elem"), dict) and "val" in j["elem"]:  # with options (comment, timeout)
         j = j["elem"]["val"]
-    if isinstance(j, (str, int)):
+    if isinstance(j, (str, int)) and not isinstance(j, bool):
         return str(j)
-    if "prefix" in j:
-        return ("prefix", j["prefix"]["addr"], j["prefix"]["len"])
-    if "range" in j:
-        return ("range", *j["range"])
-    if "concat" in j:
-        return ("concat", *j["concat"])
-    raise ValueError(f"unexpected set element {j!r}")
+    if isinstance(j, dict) and len(j) == 1:
+        (kind, v), = j.items()
+        if kind == "prefix" and isinstance(v, dict) and isinstance(v.get("addr"), str) and isinstance(v.get("len"), int):
+            return ("prefix", v["addr"], v["len"])
+        if kind in ("range", "concat") and isinstance(v, list) and all(isinstance(x, (str, int)) for x in v):
+            return (kind, *v)
+    return (FOREIGN_ELEM, json.dumps(j, sort_keys=True))
+
+
+def map_entry_from_json(j: Any) -> tuple[str, str]:
+    """A verdict map's entry as listed, (key, chain jumped to); an entry policyd never writes
+    (another verdict, an unreadable key) has FOREIGN_TARGET for its chain."""
+    if not isinstance(j, list) or len(j) != 2:
+        return json.dumps(j, sort_keys=True), FOREIGN_TARGET
+    key, verdict = elem_from_json(j[0]), j[1]
+    target = verdict.get("jump", {}).get("target") if isinstance(verdict, dict) and len(verdict) == 1 \
+        and isinstance(verdict.get("jump"), dict) else None
+    if not isinstance(key, str):
+        return json.dumps(j, sort_keys=True), FOREIGN_TARGET
+    return key, target if isinstance(target, str) and target else FOREIGN_TARGET
 
 
 def set_json(table: str, s: SetDef) -> dict[str, Any]:
@@ -127,7 +142,9 @@ def canonical_rule(rule: Mapping[str, Any]) -> tuple[str, str]:
 
 def listed_rule(rule: dict[str, Any]) -> tuple[str, str]:
     """A rule from the kernel's listing, in the same form as canonical_rule's."""
-    return json.dumps(_sorted_sets(_counters_blank(rule.get("expr", []))), sort_keys=True), rule.get("comment", "")
+    exprs, comment = rule.get("expr", []), rule.get("comment", "")
+    return (json.dumps(_sorted_sets(_counters_blank(exprs if isinstance(exprs, list) else [exprs])), sort_keys=True),
+            comment if isinstance(comment, str) else json.dumps(comment))
 
 
 def _counters_blank(exprs: list[Any]) -> list[Any]:
@@ -155,33 +172,47 @@ def rule_counters(doc: dict[str, Any], table: str) -> list[tuple[str, str, int, 
 
 def parse_listing(doc: dict[str, Any], table: str) -> Ruleset:
     """A JSON listing (of the table or the whole ruleset) → our table's Ruleset (chains carry
-    their digest and their rules as listed)."""
+    their digest and their rules as listed). Total: whatever someone else wrote into our
+    table comes back as something that differs from what we want (objects.FOREIGN_ELEM,
+    FOREIGN_TARGET), never as an exception, so the next sync repairs it."""
     rs = Ruleset()
     last_comment: dict[str, str] = {}
     listed: dict[str, list[tuple[str, str]]] = {}
     handles: dict[str, list[int]] = {}
-    for item in doc.get("nftables", []):
-        body = next(iter(item.values()))
+    items = doc.get("nftables", []) if isinstance(doc, dict) else []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict) or len(item) != 1:
+            continue
+        (kind, body), = item.items()
         if not isinstance(body, dict) or body.get("family") != "inet" or body.get("table") != table:
             continue  # metainfo, table headers, other tables
-        if "set" in item:
-            s = item["set"]
-            typ = s["type"] if isinstance(s["type"], list) else [s["type"]]
-            elems = frozenset(elem_from_json(e) for e in s.get("elem", []))
-            rs.sets[s["name"]] = SetDef(s["name"], tuple(typ), "interval" in s.get("flags", []), s.get("comment", ""), elems)
-        elif "map" in item:
-            m = item["map"]
-            entries = tuple(sorted((str(k), v["jump"]["target"]) for k, v in m.get("elem", [])))
-            rs.maps[m["name"]] = MapDef(m["name"], m["type"], entries)
-        elif "chain" in item:
-            c = item["chain"]
-            hook = Hook(c["hook"], c.get("prio", 0)) if "hook" in c else None
-            rs.chains[c["name"]] = ChainDef(c["name"], (), hook, "")
-        elif "rule" in item:
-            r = item["rule"]
-            last_comment[r["chain"]] = r.get("comment", "")
-            listed.setdefault(r["chain"], []).append(listed_rule(r))
-            handles.setdefault(r["chain"], []).append(int(r.get("handle", -1)))
+        name = body.get("name") if kind != "rule" else body.get("chain")
+        if not isinstance(name, str):
+            continue
+        if kind == "set":
+            typ = body.get("type")
+            typ = typ if isinstance(typ, list) else [typ]
+            flags = body.get("flags", [])
+            elems = body.get("elem", [])
+            comment = body.get("comment", "")
+            rs.sets[name] = SetDef(name, tuple(str(t) for t in typ), isinstance(flags, list) and "interval" in flags,
+                                   comment if isinstance(comment, str) else "",
+                                   frozenset(elem_from_json(e) for e in (elems if isinstance(elems, list) else [elems])))
+        elif kind == "map":
+            elems = body.get("elem", [])
+            typ = body.get("type")
+            entries = tuple(sorted(map_entry_from_json(e) for e in (elems if isinstance(elems, list) else [elems])))
+            rs.maps[name] = MapDef(name, typ if isinstance(typ, str) else json.dumps(typ), entries)
+        elif kind == "chain":
+            prio = body.get("prio", 0)
+            hook = Hook(str(body["hook"]), prio if isinstance(prio, int) else -1) if "hook" in body else None
+            rs.chains[name] = ChainDef(name, (), hook, "")
+        elif kind == "rule":
+            comment = body.get("comment", "")
+            last_comment[name] = comment if isinstance(comment, str) else ""
+            listed.setdefault(name, []).append(listed_rule(body))
+            handle = body.get("handle", -1)
+            handles.setdefault(name, []).append(handle if isinstance(handle, int) else -1)
     for name, chain in rs.chains.items():
         m = DIGEST_RE.search(last_comment.get(name, ""))
         rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(listed.get(name, ())),

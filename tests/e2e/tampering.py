@@ -53,6 +53,19 @@ def nft_flush_a_map(netns: str) -> None:
     nft(netns, {"flush": {"map": {"family": "inet", "table": "policyd", "name": name}}})
 
 
+def nft_foreign_verdict(netns: str, own: bool) -> None:
+    """N1 of issue 42: a verdict-map entry whose verdict is not a jump, on a pod's own key
+    (`own`: it opens the pod) or on a key no pod has (`"foo0" : accept`)."""
+    name, m = next((i["map"]["name"], i["map"]) for i in nft_list(netns, "table", "inet", "policyd")
+                   if "map" in i and i["map"]["name"].startswith("pod-ingress-") and i["map"].get("elem"))
+    key, verdict = m["elem"][0]
+    elem = {"family": "inet", "table": "policyd", "name": name}
+    if own:
+        nft(netns, {"delete": {"element": {**elem, "elem": [[key, verdict]]}}}, {"add": {"element": {**elem, "elem": [[key, {"accept": None}]]}}})
+    else:
+        nft(netns, {"add": {"element": {**elem, "elem": [["foo0" if name.endswith("-if") else "10.99.0.1", {"accept": None}]]}}})
+
+
 def drop_family(netns: str, family: int) -> None:
     """What a clumsy operator does to one address family: unhook policyd and flush and
     delete every POLICYD-* chain of iptables (or ip6tables) only."""
@@ -92,6 +105,8 @@ def tampers(backend: str, netns: str, chain: str, sset: str, member: str) -> lis
             ("the forward hook's dispatch rule replaced by accept", "rules-changed",
              lambda: nft_replace_rule(netns, "forward-hook", lambda r: "vmap" in json.dumps(r["expr"]))),
             ("a verdict map flushed", "map-elements", lambda: nft_flush_a_map(netns)),
+            ("a pod's dispatch entry given the verdict accept", "map-elements", lambda: nft_foreign_verdict(netns, own=True)),
+            ("a foreign dispatch entry (foo0 : accept)", "map-elements", lambda: nft_foreign_verdict(netns, own=False)),
             ("the anti-spoofing set flushed", "set-elements",
              lambda: nft(netns, {"flush": {"set": {"family": "inet", "table": t, "name": "pod-addr-v4"}}})),
             ("table deleted", "table-missing", lambda: nft(netns, {"delete": {"table": {"family": "inet", "name": t}}})),
