@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from policyd.dataplane.backend import ApplyError  # noqa: E402
 from policyd.dataplane.config import DispatchMode, RenderConfig  # noqa: E402
 from policyd.ipt.backend import IptBackend  # noqa: E402
-from policyd.ipt.restore import IptTransaction  # noqa: E402
+from policyd.ipt.spell import IptTransaction  # noqa: E402
 from policyd.lab.netns import add_namespace, delete_namespaces, entered  # noqa: E402
 from policyd.model.manifests import load  # noqa: E402
 from policyd.reconcile.syncer import Syncer  # noqa: E402

@@ -15,7 +15,7 @@ NFT_TABLE_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 def table_problem(kind: str, table: str) -> str | None:
     """Why `table` cannot be the name policyd owns with backend `kind` (None: it can)."""
     if kind == "iptables":
-        from .ipt.render import TABLE_RE
+        from .ipt.layout import TABLE_RE
 
         if not TABLE_RE.match(table):
             return f"--table {table!r}: the iptables backend needs 1-8 characters of [a-z0-9], starting with a letter"

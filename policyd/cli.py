@@ -15,10 +15,11 @@ from . import __version__, report
 from .backends import BACKENDS
 from .compile.evaluate import Endpoint, Evaluator
 from .compile.matrix import compute, compute_grouped, endpoint, pairs, service_port
+from .compile.plan import DomainSetSpec
 from .kube.cli import RunError
 from .lab.records import LabError
 from .model.addressing import check_addressing
-from .model.objects import AUDIT_ANNOTATION
+from .model.objects import AUDIT_ANNOTATION, IPAddress
 from .model.problems import InvalidInput
 from .observe.counters import Counters
 from .world import World, load_world
@@ -197,7 +198,19 @@ def cmd_explain(args: argparse.Namespace) -> int:
               "  a pod always reaches itself: the packet never leaves the pod's network namespace, so no policy applies "
               "(as `policyd matrix` shows)")
         return EXIT_OK
-    v = Evaluator(w.compile()).verdict(src, dst, args.protocol, args.port)
+    learned = None
+    if args.name is not None:
+        from .model import names
+
+        if not names.valid(args.name):
+            raise UsageError(f"--name {args.name!r}: not a domain name")
+
+        def learned(spec: DomainSetSpec, ip: IPAddress) -> bool:
+            """As if the source pod had resolved --name to the destination's address."""
+            return ip == dst.ip and names.any_matches(spec.names, args.name)
+
+        print(f"as if {src} had resolved {args.name} to {dst.ip} (the answer's address, learned for the names that list it)")
+    v = Evaluator(w.compile(), learned).verdict(src, dst, args.protocol, args.port)
     print(report.explain_text(v), end="")
     if lab is not None:
         print(report.hits_text(v, lab.counters), end="")
@@ -366,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --kubeconfig/--in-cluster: also what the deciding rules have counted, from the agent of each "
                         "pod's node (its /metrics on the node's InternalIP; the chart's ruleCounters must be on)")
     p.add_argument("--metrics-port", type=int, default=9808, help="the agents' metrics port, for --hits (default 9808)")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="domainNames: as if the source had resolved NAME to the --to address (an IP): whether a "
+                        "ClusterNetworkPolicy domainNames rule would then admit the connection")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("render", help="the ruleset a node would get (dry run, touches no kernel)")

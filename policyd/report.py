@@ -8,7 +8,7 @@ from typing import Any, TextIO
 
 from .compile.evaluate import SideVerdict, Verdict
 from .compile.matrix import POD_MATRIX, GroupedMatrix, Matrix
-from .compile.plan import AllowRule, NodeSetSpec, PodSetSpec, PortMatch, TierRule
+from .compile.plan import AllowRule, DomainSetSpec, NodeSetSpec, PodSetSpec, PortMatch, TierRule
 from .model.objects import Action, NetworkPolicy
 from .observe.counters import Count, Counters, side_key
 
@@ -83,6 +83,8 @@ def rule_text(rule: AllowRule | TierRule, protocol: str, port: int | None) -> st
         text += " (every peer)"
     if isinstance(rule.peer, NodeSetSpec):
         text += f" (nodes {rule.peer.node_selector.canonical() or 'all'})"
+    if isinstance(rule.peer, DomainSetSpec):
+        text += f" (domainNames {', '.join(rule.peer.names)})"
     if isinstance(rule.peer, PodSetSpec) and rule.peer.port_name:
         text += f" named port {rule.peer.protocol}/{rule.peer.port_name}"
     elif rule.ports is None:
@@ -120,6 +122,10 @@ def side_text(s: SideVerdict, protocol: str, port: int | None) -> str:
         lines.append(f"    no NetworkPolicy isolates it; {verb} by {rule_text(d, protocol, port)}")
     else:
         lines.append("    no NetworkPolicy isolates it and no ClusterNetworkPolicy rule matches: allowed")
+    names = [r for r in (*s.plan.admin, *s.plan.baseline) if isinstance(r.peer, DomainSetSpec) and r is not d]
+    for r in names:
+        lines.append(f"    not through {rule_text(r, protocol, port)}: its address was not learned for one of those names "
+                     "(`--name NAME`: as if the pod had resolved NAME to it)")
     if s.audit_would_drop:
         lines.append(f"    audit mode (not enforced): {', '.join(s.audit_would_drop)} would drop this; no rule of "
                      f"{'it' if len(s.audit_would_drop) == 1 else 'them'} allows it")

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from policyd.ipt.render import Names
+from policyd.ipt.layout import Names
 from policyd.lab.netns import http_get
 from policyd.model.objects import Direction
-from policyd.nft.render import pod_chain_name
+from policyd.nft.layout import LAYOUT as NFT_LAYOUT
 
 from .cluster import Cluster, ClusterError
 from .images import POLICYD, TESTBOX
@@ -308,7 +308,7 @@ class Chaos:
         before = self.drift_repairs()
         key = f"{NS}/denied"
         if self.backend == "nftables":
-            self.in_node("nft", "flush", "chain", "inet", "policyd", pod_chain_name(key, Direction.INGRESS))
+            self.in_node("nft", "flush", "chain", "inet", "policyd", NFT_LAYOUT.pod_chain(key, Direction.INGRESS))
         else:
             self.in_node("iptables-legacy", "-F", Names("policyd").pod_chain(key, Direction.INGRESS))
         self.wait("the agent's drift repair", lambda: self.drift_repairs() > before, timeout=30)

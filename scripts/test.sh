@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --test --cluster
 scripts/kube-tools.sh
 scripts/k8s-build.sh
+scripts/coredns-build.sh
 echo "==> images for the real cluster"
 .venv/bin/python -m realcluster images
 echo "==> types (mypy: strict for model, state, compile, dataplane, nft, ipt)"

@@ -74,4 +74,17 @@ EXPERIMENTAL_CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("named port with networks", egress({"action": "Accept", "to": [{"networks": ["10.0.0.0/8"]}], "protocols": [{"destinationNamedPort": "http"}]}), False),
     ("nodes peer", egress({"action": "Deny", "to": [{"nodes": {}}]}), True),
     ("domainNames peer", egress({"action": "Accept", "to": [{"domainNames": ["example.com"]}]}), True),
+    ("domainNames wildcard, case, root dot, underscore", egress({"action": "Accept", "to": [{"domainNames": ["*.Example.com.", "a_b.example.com"]}]}), True),
+    ("domainNames wildcard inside", egress({"action": "Accept", "to": [{"domainNames": ["a.*.example.com"]}]}), False),
+    ("domainNames wildcard of a top-level domain", egress({"action": "Accept", "to": [{"domainNames": ["*.com"]}]}), False),
+    ("domainNames single label", egress({"action": "Accept", "to": [{"domainNames": ["localhost"]}]}), False),
+    ("domainNames empty", egress({"action": "Accept", "to": [{"domainNames": []}]}), False),
+    ("domainNames duplicate", egress({"action": "Accept", "to": [{"domainNames": ["example.com", "example.com"]}]}), False),
+    ("domainNames 25", egress({"action": "Accept", "to": [{"domainNames": [f"n{i}.example.com" for i in range(25)]}]}), True),
+    ("domainNames 26", egress({"action": "Accept", "to": [{"domainNames": [f"n{i}.example.com" for i in range(26)]}]}), False),
+    # The API documents domainNames for Accept rules only but does not refuse them elsewhere
+    # (policyd then enforces the rule as one with a peer it does not support: docs/fqdn.md).
+    ("domainNames in a Deny rule", egress({"action": "Deny", "to": [{"domainNames": ["example.com"]}]}), True),
+    ("domainNames with a named port", egress({"action": "Accept", "to": [{"domainNames": ["example.com"]}],
+                                              "protocols": [{"destinationNamedPort": "http"}]}), False),
 ]

@@ -14,6 +14,12 @@ recomputes only what it can affect:
 * node added/changed/deleted → its addresses in the live node-selector sets (`nodes` peers).
 
 `take_changes()` hands the dirty pod plans and sets to the renderer.
+
+Failure never stays: an event that raises part way (a bug) leaves the store holding the
+object but the plans and sets perhaps half-changed, so the compiler marks itself `dirty` and
+the event's caller sees the exception (the object does not count as seen); the next sync
+calls `rebuild()`, which derives every plan and set from the store again. `rebuild(compare=
+True)` is also the periodic audit: a from-scratch compile compared with the incremental one.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from ..model.events import Event, Upsert
 from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod, PodKey, PolicyKey
 from ..state.store import ClusterStore
 from .changes import SetChangeLog
-from .plan import BlockSetSpec, Entry, NodeSetSpec, PodPlan, PodSetSpec, SetSpec
+from .plan import BlockSetSpec, DomainSetSpec, Entry, NodeSetSpec, PodPlan, PodSetSpec, SetSpec
 from .pod import plan_pod
 
 
@@ -101,6 +107,7 @@ class Compiler:
         self._nssel_sets: set[PodSetSpec] = set()
         self._node_sets: set[NodeSetSpec] = set()
         self._changes = Changes()
+        self.dirty = False  # an event failed part way: derived state must be rebuilt from the store
 
     # --- events ---------------------------------------------------------------------
 
@@ -166,7 +173,35 @@ class Compiler:
             self._replan_policy(old, None)
 
     def apply(self, event: Event) -> None:
-        """One source event."""
+        """One source event. An exception marks the compiler dirty (see the module's
+        docstring) and reaches the caller."""
+        try:
+            self._apply(event)
+        except Exception:
+            self.dirty = True
+            raise
+
+    def rebuild(self, compare: bool = False) -> bool:
+        """Every plan and set derived from the store again, from scratch (the store holds what
+        the events said, also after one failed part way); everything counts as changed, and
+        the compiler is clean. With `compare`: whether the incremental state was equal (it
+        is replaced either way); without, True."""
+        s = self.store
+        fresh = compile_all(self.node, s.namespaces.values(), s.pods.values(), s.policies.values(), s.cluster_policies.values(),
+                            s.nodes.values())
+        same = compare and not self.dirty and fresh.plans == self.plans and fresh.sets.keys() == self.sets.keys() \
+            and all(fresh.set_entries(spec) == self.set_entries(spec) for spec in fresh.sets)
+        changes = self.take_changes()
+        changes.pods |= set(self.plans) | set(fresh.plans)
+        for spec in set(self.sets) | set(fresh.sets):
+            changes.set_replaced(spec)
+        self.plans, self.sets = fresh.plans, fresh.sets
+        self._sets_by_ns, self._nssel_sets, self._node_sets = fresh._sets_by_ns, fresh._nssel_sets, fresh._node_sets
+        self._changes = changes
+        self.dirty = False
+        return same or not compare
+
+    def _apply(self, event: Event) -> None:
         if isinstance(event, Upsert):
             obj = event.obj
             if isinstance(obj, Pod):
@@ -296,8 +331,8 @@ class Compiler:
             return
         live = self.sets[spec] = LiveSet(1)
         self._changes.set_replaced(spec)
-        if isinstance(spec, BlockSetSpec):
-            return
+        if isinstance(spec, BlockSetSpec | DomainSetSpec):
+            return  # (its content is the spec itself, or learned in the data path)
         if isinstance(spec, NodeSetSpec):
             self._node_sets.add(spec)
             for node in self.store.nodes_matching(spec.node_selector):

@@ -6,11 +6,17 @@ nftables — so `policyd explain`/`matrix` and the dataplane cannot disagree on 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model.objects import Action, Direction, IPAddress, Pod
 from .engine import Compiler
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, Entry, PodSetSpec, SetSpec, TierRule, has_ports
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, DomainSetSpec, Entry, PodSetSpec, SetSpec, TierRule, has_ports
+
+# Whether the address was learned for a `domainNames` peer (from an answer to one of the
+# policy's pods for one of the peer's names): the data path's knowledge, which the engine
+# has only when told (`explain --name`). By default nothing is learned.
+Learned = Callable[[DomainSetSpec, IPAddress], bool]
 
 
 @dataclass(frozen=True)
@@ -74,8 +80,9 @@ class Verdict:
 
 
 class Evaluator:
-    def __init__(self, compiler: Compiler) -> None:
+    def __init__(self, compiler: Compiler, learned: Learned | None = None) -> None:
         self.compiler = compiler
+        self.learned: Learned = learned or (lambda spec, ip: False)
         self._entries: dict[SetSpec, frozenset[Entry]] = {}
 
     def _members(self, spec: SetSpec) -> frozenset[Entry]:
@@ -88,6 +95,9 @@ class Evaluator:
         spec = rule.peer
         if isinstance(spec, BlockSetSpec):
             if not spec.block.contains(peer_ip):
+                return False
+        elif isinstance(spec, DomainSetSpec):
+            if not self.learned(spec, peer_ip):
                 return False
         elif spec is not None:
             if has_ports(spec):

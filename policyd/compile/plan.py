@@ -86,16 +86,40 @@ class NodeSetSpec:
         return stable_hash("nodes", self.canonical())
 
 
-SetSpec = PodSetSpec | BlockSetSpec | NodeSetSpec
+@dataclass(frozen=True)
+class DomainSetSpec:
+    """The addresses a ClusterNetworkPolicy `domainNames` peer's names resolved to, in the DNS
+    answers the policy's subject pods received: learned in the data path (names/), each
+    address for as long as its record's TTL, never compiled. One set per policy, rule and
+    peer: an address learned from one policy's pods admits only the pods that policy
+    selects, and only to the names that peer lists."""
+
+    policy: str
+    rule_index: int
+    peer_index: int
+    names: tuple[str, ...]  # lower case, no final dot; `*.` wildcards (model/names.py)
+
+    def canonical(self) -> str:
+        return f"names of {self.policy} egress[{self.rule_index}] to[{self.peer_index}]: {','.join(self.names)}"
+
+    @property
+    def digest(self) -> str:
+        return stable_hash("names", self.canonical())
+
+
+SetSpec = PodSetSpec | BlockSetSpec | NodeSetSpec | DomainSetSpec
 
 
 def set_kind(spec: SetSpec) -> str:
     """The short kind in a set's kernel name: `sel` pod addresses, `np` (address, port) of
-    a named port, `blk` an ipBlock's prefixes, `nd` node addresses."""
+    a named port, `blk` an ipBlock's prefixes, `nd` node addresses, `fq` addresses learned
+    for domain names."""
     if isinstance(spec, BlockSetSpec):
         return "blk"
     if isinstance(spec, NodeSetSpec):
         return "nd"
+    if isinstance(spec, DomainSetSpec):
+        return "fq"
     return "np" if spec.port_name else "sel"
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ..model.objects import PROTOCOLS, Action, ClusterNetworkPolicy, CNPPeer, CNPRule, Direction, IPBlock, NetworkPolicy, Peer, Pod, PolicyPort, Tier
 from ..model.selectors import MATCH_ALL
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, NodeSetSpec, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule
+from .plan import AllowRule, BlockSetSpec, DirectionPlan, DomainSetSpec, NodeSetSpec, PodPlan, PodSetSpec, PortMatch, SetSpec, TierRule
 
 
 def peer_spec(policy: NetworkPolicy, peer: Peer) -> PodSetSpec | BlockSetSpec:
@@ -71,8 +71,12 @@ def direction_rules(policy: NetworkPolicy, direction: Direction, pod: Pod) -> li
     return rules
 
 
-def cnp_peer_specs(peer: CNPPeer) -> list[SetSpec]:
+def cnp_peer_specs(peer: CNPPeer, cnp: ClusterNetworkPolicy | None = None, ri: int = 0, pi: int = 0) -> list[SetSpec]:
     """A ClusterNetworkPolicy peer's address sets (none for a peer policyd does not enforce)."""
+    if peer.domain_names:
+        # "DomainNames provides a way to specify domain names as peers": what they resolved to
+        # for the policy's subject, learned from the answers (DomainSetSpec).
+        return [DomainSetSpec(cnp.name if cnp is not None else "", ri, pi, peer.domain_names)]
     if peer.networks:
         # "Networks matches both regular IP traffic and ICMP traffic to/from the specified CIDRs."
         return [BlockSetSpec(IPBlock(net)) for net in peer.networks]
@@ -116,7 +120,7 @@ def cnp_rule_entries(cnp: ClusterNetworkPolicy, direction: Direction, ri: int, r
     for pi, peer in enumerate(rule.peers):
         if peer.unsupported is not None:
             continue
-        for spec in cnp_peer_specs(peer):
+        for spec in cnp_peer_specs(peer, cnp, ri, pi):
             if numeric is None or numeric:
                 out.append(entry(pi, spec, numeric))
             for _, name in named:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol, TypeVar
 
-from ..compile.changes import SetDelta
 from .config import RenderConfig
 from .drift import Drift
-from .objects import ChainDef, Elem, Ruleset, Touched
-from .renderer import Renderer
+from .objects import Ruleset
+from .ops import Plan
+from .render import Renderer
 
 
 class ApplyError(Exception):
@@ -40,23 +40,18 @@ TxOut = TypeVar("TxOut", bound=Transaction, covariant=True)  # a dialect only ma
 
 
 class Dialect(Protocol[TxOut]):
-    """How a backend writes a plan down and changes the kernel's copy into it: pure, no
-    kernel (what `policyd render` needs). Generic over its own transaction type: only its
-    `diff` makes what its backend's `apply` takes."""
+    """How a backend writes objects and plans down: pure, no kernel (what `policyd render`
+    needs). Generic over its own transaction type: only its `spell` makes what its
+    backend's `apply` takes."""
 
     table: str
     supports_json: bool  # whether `text` has a JSON form (`policyd render -o json`)
 
     def renderer(self, cfg: RenderConfig) -> Renderer:
-        """How this backend writes a plan down."""
+        """The one renderer, with this backend's layout."""
 
-    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
-             deltas: dict[str, SetDelta[Elem]] | None = None) -> TxOut:
-        """(what the kernel holds, what we want) → one batch (see nft.diff)."""
-
-    def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
-        """Whether chain `have` (believed, or read from the kernel) is `want`, rule by rule
-        where the kernel's rules were read."""
+    def spell(self, plan: Plan) -> TxOut:
+        """A plan (dataplane.ops) → one batch in this backend's syntax."""
 
     def describe(self) -> str:
         """What policyd owns, for humans: `table inet policyd`."""
@@ -71,7 +66,8 @@ class Backend(Dialect[Tx], Protocol[Tx]):
     """A dialect bound to a kernel: reads, checks and applies."""
 
     def read(self, elements: bool = True) -> Ruleset | None:
-        """What the kernel holds of ours; None when there is nothing. Without `elements`,
+        """What the kernel holds of ours (typed, totally: what cannot be read comes back as
+        something no desired object equals); None when there is nothing. Without `elements`,
         sets and maps may come back empty (a terse listing)."""
 
     def check(self, believed: Ruleset, elements: bool = False, pending: AbstractSet[str] = frozenset()) -> list[Drift]:
@@ -79,6 +75,10 @@ class Backend(Dialect[Tx], Protocol[Tx]):
         elements; rules or digests): the frequent drift check, which triggers a full sync.
         `elements`: peer sets' elements too, except those of `pending` sets (changes of ours
         not yet written)."""
+
+    def names_writer(self) -> Any:
+        """What writes addresses learned for domainNames peers into their sets, with their
+        timeouts (names.learner.Writer), in the caller's network namespace."""
 
     def generation(self) -> int | None:
         """A number the kernel moves on every change to its rulesets, anyone's (nftables:
@@ -105,7 +105,7 @@ class Backend(Dialect[Tx], Protocol[Tx]):
         use"); each is retried by the next full resync."""
 
     def rule_counters(self) -> list[tuple[str, str, int, int]]:
-        """(chain, comment, packets, bytes) of the pod chains' counting rules, read without set
+        """(chain, rule id, packets, bytes) of the pod chains' counting rules, read without set
         elements (RenderConfig.counters; iptables counts every rule anyway)."""
 
     def listing(self) -> str:

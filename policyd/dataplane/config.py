@@ -19,6 +19,18 @@ class DispatchMode(str, Enum):
 
 
 @dataclass(frozen=True)
+class Fqdn:
+    """ClusterNetworkPolicy `domainNames`: the DNS answers to local pods a domainNames rule
+    selects go through NFQUEUE `queue` to the agent, which learns their addresses before it
+    lets them pass. `fail_open`: when no agent listens, or its queue is full, answers pass
+    unlearned (connections to their addresses stay denied until the next lookup the agent
+    sees); else they are dropped (the pod's lookups time out)."""
+
+    queue: int = 53
+    fail_open: bool = True
+
+
+@dataclass(frozen=True)
 class RenderConfig:
     """`table` names what policyd owns: the nftables table, or the prefix of iptables chains
     and ipsets."""
@@ -35,6 +47,9 @@ class RenderConfig:
     # Count packets and bytes on every accepting and dropping rule of the pod chains
     # (observe/counters.py reads them; iptables counts every rule anyway).
     counters: bool = False
+    # Learn domainNames peers' addresses from DNS answers (names/); None: nothing is learned,
+    # so a domainNames peer matches nothing (never wider).
+    fqdn: Fqdn | None = None
 
     @property
     def tracks_ifaces(self) -> bool:

@@ -17,8 +17,8 @@ from ..compile.engine import Compiler
 from ..compile.plan import Entry, SetSpec
 from ..model.objects import IPAddress, PodKey
 from .config import RenderConfig, family_sets
-from .objects import Elem, LiveElements, MapDef, Ruleset, Touched
-from .renderer import PodObjects, Renderer
+from .objects import Elem, LiveElements, Ruleset, Touched
+from .render import PodObjects, Renderer
 
 InterfaceOf = Callable[[PodKey, tuple[IPAddress, ...]], "str | None"]  # pod → its host-side interface
 
@@ -118,7 +118,7 @@ class DesiredState:
         for name, elems in changed_maps.items():
             m = self.ruleset.maps[name]
             if dict(m.elements) != elems:
-                self.ruleset.maps[name] = MapDef(name, m.type, tuple(sorted(elems.items())))
+                self.ruleset.maps[name] = replace(m, elements=tuple(sorted(elems.items())))
                 t.maps.add(name)
         for name, es in changed_sets.items():
             cur_def = self.ruleset.sets[name]

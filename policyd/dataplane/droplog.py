@@ -2,15 +2,14 @@
 
 Every drop of a pod chain (the final drop of NetworkPolicy isolation, an Admin or Baseline
 Deny, a policy that fails closed) can be preceded by a rate-limited NFLOG rule. Its prefix is
-`pd-` and 16 hex digits of a hash of the drop's *cause* (pod, direction, tier, the policies,
-the rule): never a name from a Kubernetes object in kernel syntax, and exact: a packet's
-prefix names what dropped it even if the plan has changed since. The agent maps prefixes
-back to causes (`causes`) from the plans it compiled.
+`pd-` and the log rule's id (`rules.Rule.log_prefix`: 16 hex digits of a hash of the rule,
+which names its cause): never a name from a Kubernetes object in kernel syntax, and exact: a
+packet's prefix names the rule that logged it even if the plan has changed since. The agent
+maps prefixes back to causes from the rules it rendered (`observe.droplog.CauseBook`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from ..compile.plan import AllowRule, DirectionPlan, TierRule
@@ -59,11 +58,6 @@ class DropCause:
     policies: tuple[str, ...]
     rule: str = ""  # the ClusterNetworkPolicy rule, as `explain` describes it
     accepted: bool = False  # not a drop: the rule that allowed (sampled accept logging)
-
-    @property
-    def prefix(self) -> str:
-        digest = hashlib.sha256(repr((self.pod, self.direction.value, self.tier, self.policies, self.rule, self.accepted)).encode())
-        return PREFIX + digest.hexdigest()[:16]
 
     def text(self) -> str:
         if self.accepted:

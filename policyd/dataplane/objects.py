@@ -1,40 +1,66 @@
-"""The dataplane's objects as plain immutable data, the same for every backend.
+"""The kernel objects policyd owns, as typed immutable data, the same for every backend.
 
-A `Ruleset` is what policyd owns in the kernel: sets (with elements), dispatch maps (key →
-chain, with elements) and chains. Chains carry a digest of their rules, stored in the
-comment of the chain's last rule: what we believe the kernel holds is compared by digest;
-what the kernel lists is compared rule by rule too (kernels read rules back in a normalised
-form, so each backend puts its desired rules into that form first); sets and maps are
-compared element by element.
-What a rule body or an element *is* belongs to the backend's renderer (libnftables JSON
-for nftables, iptables arguments and ipset entries for iptables).
+A `Ruleset` is sets (with typed elements), dispatch maps (key → chain) and chains of typed
+rules (`rules.Rule`). A chain we build carries a digest made of its rules' ids; a chain read
+back from the kernel (`listed`) is compared rule by rule instead. Each backend spells these
+objects in its own syntax and parses its kernel's listing back into them (totally: what it
+cannot read becomes something that differs from anything desired, see FOREIGN_* and
+`rules.Unknown`), so comparing what we want with what the kernel holds is equality here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from enum import Enum
+from typing import Any, NamedTuple
 
 from ..compile.changes import SetChangeLog
+from .rules import AnyRule, Rule, Side, Unknown
 
-# Elements: "10.0.0.1" | ("prefix", "10.0.0.0", 8) | ("concat", "10.0.0.1", "tcp", 80)
-Elem = str | tuple[Any, ...]
+# --- set elements ------------------------------------------------------------------------
 
-# What a listing of the kernel holds in policyd's objects that policyd never writes, kept so
-# that it differs from anything desired and the diff removes it (never an exception while
-# reading): a set element of a shape policyd does not write is ("foreign", its JSON); a map
-# entry whose verdict is not a jump to a chain (accept, drop, goto…) or whose key cannot be
-# read has FOREIGN_TARGET, which no chain is named. A set or map holding any is flushed and
-# refilled in one transaction.
-FOREIGN_ELEM = "foreign"
+
+class Prefix(NamedTuple):
+    """A prefix longer than a host's (a host is its address, a str); `nomatch`: excepted
+    (ipset's hash:net `nomatch`; nftables computes the intervals instead)."""
+
+    addr: str
+    len: int
+    nomatch: bool = False
+
+
+class AddrPort(NamedTuple):
+    addr: str
+    proto: str  # tcp, udp, sctp
+    port: int
+
+
+class IfaceAddr(NamedTuple):
+    iface: str
+    addr: str
+
+
+class Foreign(NamedTuple):
+    """An element of a shape policyd never writes, as listed: it differs from anything
+    desired, and a set holding one is flushed and refilled in one transaction."""
+
+    text: str
+
+
+# An address (str), an interface name (str, in interface sets), or one of the above.
+Elem = str | Prefix | AddrPort | IfaceAddr | Foreign
+
+# A map entry whose verdict is not a jump to a chain (accept, drop, goto…) or whose key
+# cannot be read has FOREIGN_TARGET, which no chain is named: the map is flushed and refilled.
 FOREIGN_TARGET = ""
 
 
 def is_foreign(e: Elem) -> bool:
-    return isinstance(e, tuple) and bool(e) and e[0] == FOREIGN_ELEM
+    return type(e) is Foreign
+
 
 # A set's elements are frozen, except in the live sets DesiredState owns and changes in
 # place by each event's delta (O(delta), not O(set)). A Ruleset copied from desired (what
@@ -44,42 +70,44 @@ def is_foreign(e: Elem) -> bool:
 LiveElements = set[Elem]
 Elements = frozenset[Elem] | LiveElements
 
-class RuleBody(TypedDict, total=False):
-    """One rule as its backend writes it. nftables: `expr`, libnftables JSON expressions;
-    iptables: `match` (its arguments before `-j`), `target`, `goto` (`-g target`, not `-j`)
-    and `family` (4, 6, or 0 for both). Either: `comment`, whose end carries the chain's
-    digest in a chain's last rule."""
 
-    expr: list[dict[str, Any]]
-    match: str
-    target: str
-    goto: bool
-    family: int
-    comment: str
+class SetKind(str, Enum):
+    """What a set's elements are (each backend spells the type)."""
+
+    ADDR = "addr"  # addresses
+    ADDR_PORT = "addr-port"  # (address, protocol, port)
+    PREFIX = "prefix"  # prefixes and addresses (an ipBlock)
+    IFACE = "iface"  # interface names
+    IFACE_ADDR = "iface-addr"  # (interface, address)
 
 
-DIGEST_RE = re.compile(r"\[([0-9a-f]{12})\]$")
 COMMENT_MAX = 120  # nft caps comments at 128 bytes
 
 
 @dataclass(frozen=True)
 class SetDef:
     name: str
-    type: tuple[str, ...]
-    interval: bool = False
-    comment: str = ""
+    kind: SetKind
+    family: int  # 4, 6; 0 for a set of interface names
+    comment: str = field(default="", compare=False)  # for people (iptables keeps none)
     elements: Elements = frozenset()
+    # Its elements are learned in the data path, each with a timeout (names/: the addresses
+    # of domain names): policyd owns the set, never its elements, which it neither compares
+    # nor changes (and which therefore outlive an agent restart).
+    learned: bool = False
 
     def header(self) -> tuple[Any, ...]:
-        return (self.type, self.interval)
+        return (self.kind, self.family, self.learned)
 
 
 @dataclass(frozen=True)
 class MapDef:
-    """A verdict map: key → chain to jump to."""
+    """A dispatch map: key (an interface name, `family` 0, or an address) → chain to jump
+    to, keyed by the packet's `side`."""
 
     name: str
-    type: str
+    side: Side = field(compare=False)  # (the name says it: a listing shows only the key's type)
+    family: int = 0
     elements: tuple[tuple[str, str], ...] = ()  # sorted (key, chain)
 
 
@@ -87,52 +115,84 @@ class MapDef:
 class Hook:
     hook: str  # forward | input
     priority: int = 0
+    policy: str = "accept"
+    type: str = "filter"
+
+
+# --- chains --------------------------------------------------------------------------------
+
+# Steps that may stand in any order (NetworkPolicy allow rules: each returns, none excludes
+# another), just before the chain's last step: (the index of their first rule, each step's
+# number of rules).
+Free = tuple[int, tuple[int, ...]]
 
 
 @dataclass(frozen=True)
 class ChainDef:
     name: str
-    rules: tuple[RuleBody, ...] = ()
+    rules: tuple[AnyRule, ...] = ()
     hook: Hook | None = None
+    # Of the rules' ids (a chain we build); "" for a chain read from the kernel (`listed`),
+    # which is compared rule by rule.
     digest: str = ""
-    # Read back from the kernel: its rules as listed, in the backend's canonical form, so a
-    # rule inserted, changed or removed anywhere in the chain is seen, not only the digest
-    # in the last rule's comment. None for chains we built (desired, believed).
-    listed: tuple[Any, ...] | None = None
-    # Read back from a backend whose hook is per IP family (iptables: a jump from FORWARD or
-    # INPUT in each of iptables and ip6tables): the families that do jump here. None when
-    # not known that way (chains we built; nftables, whose inet chains hook both at once).
+    listed: bool = False
+    free: Free | None = field(default=None, compare=False)
+    # Read back from a backend whose hook is per IP family (iptables: a jump first in FORWARD
+    # or INPUT of each of iptables and ip6tables): the families that do jump here first.
+    # None when not known that way (chains we built; nftables, whose inet chains hook both).
     hooked_families: frozenset[int] | None = None
-    # Each rule's JSON, when the builder passed it to ChainDef.build (the last one unsealed).
-    keys: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
-    # Steps that may stand in any order (NetworkPolicy allow rules: each one returns, none
-    # excludes another), just before the chain's last step: (the index of their first rule,
-    # each step's number of rules). The kernel may hold them in another order (a policy's
-    # rules appended as it comes) and still hold this chain.
-    free: tuple[int, tuple[int, ...]] | None = field(default=None, compare=False)
-    # Read back from nftables: each listed rule's handle, in order. Not part of what it is.
-    handles: tuple[int, ...] | None = field(default=None, compare=False)
+    # The jumps of such a backend that stand elsewhere (not first, or a second one): one
+    # family per jump, each deleted before the jump is put first again.
+    stray_hooks: tuple[int, ...] = ()
 
     @staticmethod
-    def build(name: str, rules: list[RuleBody], hook: Hook | None = None, keys: list[str] | None = None,
-              free: tuple[int, tuple[int, ...]] | None = None) -> ChainDef:
-        """Seal the chain: the digest of its rules goes into the last rule's comment. (The
-        digest is of `json.dumps([name, hook, rules], sort_keys=True)`, put together from
-        each rule's own JSON, which the chain keeps as its `keys`; a caller that has them
-        already passes them, and only then does the chain keep them: the nftables renderer's
-        in-place edits compare them, and they are shared with its render cache.)"""
-        given = keys is not None
-        if keys is None:
-            keys = [json.dumps(r, sort_keys=True) for r in rules]
-        head = json.dumps([name, hook and (hook.hook, hook.priority)], sort_keys=True)[:-1]
-        payload = f"{head}, [{', '.join(keys)}]]"
-        digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-        sealed = list(rules)
-        if sealed:
-            last = RuleBody(**sealed[-1])
-            last["comment"] = (last.get("comment", "")[: COMMENT_MAX - 16] + f" [{digest}]").strip()
-            sealed[-1] = last
-        return ChainDef(name, tuple(sealed), hook, digest, keys=tuple(keys) if given else None, free=free)
+    def build(name: str, rules: Iterable[Rule], hook: Hook | None = None, free: Free | None = None) -> ChainDef:
+        rs = tuple(rules)
+        return ChainDef(name, rs, hook, chain_digest(name, hook, (r.id for r in rs)), free=free)
+
+    @staticmethod
+    def read(name: str, rules: Iterable[AnyRule], hook: Hook | None = None, hooked_families: frozenset[int] | None = None,
+             stray_hooks: tuple[int, ...] = ()) -> ChainDef:
+        """A chain as a backend read it from the kernel."""
+        return ChainDef(name, tuple(rules), hook, listed=True, hooked_families=hooked_families, stray_hooks=stray_hooks)
+
+    def ids(self) -> tuple[str, ...]:
+        return tuple(r.id if isinstance(r, Rule) else "" for r in self.rules)
+
+
+def chain_digest(name: str, hook: Hook | None, ids: Iterable[str]) -> str:
+    return hashlib.blake2b(repr((name, hook, tuple(ids))).encode(), digest_size=6).hexdigest()
+
+
+def family_view(rules: Iterable[AnyRule], family: int) -> list[Any]:
+    """The rules a packet of `family` meets, in order, each without its family (iptables
+    lists a rule of both families once in each): a rule of the other family never matches
+    that packet, so where it stands does not matter."""
+    return [(r.matches, r.verdict, r.log, r.counter, r.comment, r.id) if isinstance(r, Rule) else r
+            for r in rules if isinstance(r, Unknown) or r.family in (0, family)]
+
+
+def chain_holds(have: ChainDef, want: ChainDef) -> bool:
+    """Whether chain `have` (believed, or listed by the kernel) is `want`: by digest and hook
+    for chains we built; listed ones rule by rule for each family, the order-free steps
+    (`want.free`) there as many times each in any order."""
+    if have.hook != want.hook:
+        return False
+    if not have.listed:
+        return have.digest == want.digest
+    if have.rules == want.rules:
+        return True
+    for fam in (4, 6):
+        listed, wanted = family_view(have.rules, fam), family_view(want.rules, fam)
+        if listed == wanted:
+            continue
+        if want.free is None or len(listed) != len(wanted):
+            return False
+        a = len(family_view(want.rules[:want.free[0]], fam))
+        b = len(wanted) - len(family_view(want.rules[want.free[0] + sum(want.free[1]):], fam))
+        if listed[:a] != wanted[:a] or listed[b:] != wanted[b:] or Counter(listed[a:b]) != Counter(wanted[a:b]):
+            return False
+    return True
 
 
 @dataclass
@@ -149,13 +209,16 @@ class Ruleset:
         return Ruleset(dict(self.sets), dict(self.maps), dict(self.chains))
 
     def same_as(self, other: Ruleset) -> bool:
-        """Equal as the kernel sees it: chains by digest, sets and maps by content."""
-        return (
-            self.sets == other.sets
-            and self.maps == other.maps
-            and {n: (c.hook, c.digest) for n, c in self.chains.items()}
-            == {n: (c.hook, c.digest) for n, c in other.chains.items()}
-        )
+        """Equal as the kernel sees it: sets and maps by content, chains by digest, or rule by
+        rule where one of them was read from a kernel."""
+        return (self.sets == other.sets and self.maps == other.maps and self.chains.keys() == other.chains.keys()
+                and all(_same_chain(c, other.chains[n]) for n, c in self.chains.items()))
+
+
+def _same_chain(a: ChainDef, b: ChainDef) -> bool:
+    if a.listed or b.listed:
+        return chain_holds(a, b) if a.listed else chain_holds(b, a)
+    return (a.hook, a.digest) == (b.hook, b.digest)
 
 
 def differences(a: Ruleset, b: Ruleset) -> list[str]:

@@ -16,13 +16,16 @@ import subprocess
 import time
 from collections.abc import Set as AbstractSet
 
-from ..compile.changes import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
-from ..dataplane.objects import ChainDef, Elem, Ruleset, Touched
-from .render import IptRenderer, Names, map_families
-from .restore import FAMILIES, IptTransaction, Saved, chain_lines, diff, entry_counts, parse_ipset_save, parse_save, saved_counters, to_ruleset
+from ..dataplane.objects import Ruleset
+from ..dataplane.ops import Plan, plan
+from ..dataplane.render import LayoutRenderer
+from .ipset import IpsetNetlink
+from .layout import Names
+from .parse import Saved, entries_of, entry_counts, parse_ipset_save, parse_save, saved_counters, to_ruleset
+from .spell import FAMILIES, IptTransaction, map_families, spell
 
 log = logging.getLogger("policyd.ipt")
 SAVE = {4: "iptables-legacy-save", 6: "ip6tables-legacy-save"}
@@ -48,26 +51,16 @@ class IptDialect:
     def text(self, ruleset: Ruleset, as_json: bool = False) -> str:
         if as_json:
             raise ValueError("the iptables backend's input is ipset and iptables-restore text, not JSON")
-        return diff(None, ruleset, self.names).text()
+        return spell(plan(None, ruleset)).text()
 
-    def renderer(self, cfg: RenderConfig) -> IptRenderer:
-        return IptRenderer(cfg)
+    def renderer(self, cfg: RenderConfig) -> LayoutRenderer:
+        return LayoutRenderer(cfg, self.names)
 
     def describe(self) -> str:
         return f"iptables-legacy chains {self.names.chain_prefix}* and ipsets {self.names.set_prefix}*"
 
-    def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
-        """By digest and hook (a jump missing in a family reads back without its hook), and,
-        when read from the kernel, line by line in both families."""
-        if have.digest != want.digest or have.hook != want.hook:
-            return False
-        return have.listed is None or chain_lines(have) == chain_lines(want)
-
-    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
-             deltas: dict[str, SetDelta[Elem]] | None = None) -> IptTransaction:
-        # Jumps from FORWARD/INPUT are per family: a Ruleset read back says which families
-        # jump to each chain (ChainDef.hooked_families); one we believe trusts its hooks.
-        return diff(actual, desired, self.names, touched, deltas)
+    def spell(self, p: Plan) -> IptTransaction:
+        return spell(p)
 
 
 class IptBackend(IptDialect):
@@ -94,6 +87,11 @@ class IptBackend(IptDialect):
     def generation(self) -> int | None:
         return None  # legacy iptables and ipset keep no generation: every full resync reads all
 
+    def names_writer(self) -> IpsetNetlink:
+        """What writes the addresses learned for domainNames peers (names/): ipset's netlink,
+        in the namespace of the caller."""
+        return IpsetNetlink()
+
     def commits(self, tx: IptTransaction) -> int:
         return 0
 
@@ -106,7 +104,7 @@ class IptBackend(IptDialect):
         saved = self._saved()
         listed = self._run(["ipset", "save"] if elements else ["ipset", "list", "-t"])
         actual = self._ruleset(saved, listed, elements)
-        found = find_drift(believed, actual, self.chain_holds, elements, self.describe(), pending)
+        found = find_drift(believed, actual, elements, self.describe(), pending)
         if actual is None:
             return found
         if not elements:  # else find_drift compared maps and sets element by element
@@ -114,7 +112,7 @@ class IptBackend(IptDialect):
                       if n in actual.maps and actual.maps[n].elements != m.elements]
             counts = entry_counts(listed)
             found += [Drift("set-elements", n) for n, s in sorted(believed.sets.items())
-                      if n in counts and n not in pending and counts[n] != len(s.elements)]
+                      if n in counts and n not in pending and not s.learned and counts[n] != entries_of(s)]
         # What exists in one family only still reads back under its name (the other
         # family's copy), so say here what a family lacks: a chain, a dispatch chain, or a
         # chain's jump from FORWARD/INPUT.
@@ -122,7 +120,8 @@ class IptBackend(IptDialect):
             found += [Drift("chain-missing", f"{n} (IPv{f})") for f in FAMILIES if n in actual.chains and n not in saved[f].chains]
             have = actual.chains.get(n)
             if c.hook is not None and have is not None and have.hooked_families is not None:
-                found += [Drift("jump-missing", f"{n} (IPv{f})") for f in FAMILIES if f not in have.hooked_families]
+                found += [Drift("jump-not-first" if f in have.stray_hooks else "jump-missing", f"{n} (IPv{f})")
+                          for f in FAMILIES if f not in have.hooked_families]
         for n, m in sorted(believed.maps.items()):
             found += [Drift("map-missing", f"{n} (IPv{f})") for f in map_families(m) if n in actual.maps and n not in saved[f].chains]
         return found
@@ -137,7 +136,7 @@ class IptBackend(IptDialect):
         return p.stdout
 
     def rule_counters(self) -> list[tuple[str, str, int, int]]:
-        """(chain, comment, packets, bytes) of every RETURN and DROP rule of ours, both families
+        """(chain, rule id, packets, bytes) of every RETURN and DROP rule of ours, both families
         (`iptables-save -c`: iptables counts every rule; no ipset is read)."""
         return [c for f in FAMILIES for c in saved_counters(self._run([SAVE[f], "-c", "-t", "filter"]), self.names.chain_prefix)]
 
@@ -152,7 +151,7 @@ class IptBackend(IptDialect):
         sets = parse_ipset_save(ipsets, self.names, elements)
         if not sets and not saved[4].chains and not saved[6].chains:
             return None
-        return to_ruleset(saved, sets, self.names.dispatch_maps())
+        return to_ruleset(saved, sets, self.names)
 
     def apply(self, tx: IptTransaction) -> None:
         if not tx:

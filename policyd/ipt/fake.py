@@ -17,10 +17,11 @@ from typing import Any
 
 from ..dataplane.backend import ApplyError
 from .backend import IptBackend
-from .restore import IptTransaction
+from .spell import IptTransaction
 
 BUILTIN_CHAINS = ("INPUT", "FORWARD", "OUTPUT")
-TARGETS = ("ACCEPT", "DROP", "RETURN", "REJECT")
+TARGETS = ("ACCEPT", "DROP", "RETURN", "REJECT", "NFLOG")
+TARGET_RE = re.compile(r" -[jg] (\S+)")
 
 
 class Refused(Exception):
@@ -30,6 +31,7 @@ class Refused(Exception):
 class FakeIptKernel:
     def __init__(self) -> None:
         self.sets: dict[str, tuple[str, str, dict[str, str]]] = {}  # name → (type, family, key → entry)
+        self.timeouts: set[str] = set()  # sets created with `timeout` (their entries carry one)
         self.tables: dict[int, dict[str, list[str]]] = {f: {c: [] for c in BUILTIN_CHAINS} for f in (4, 6)}
         self.busy: set[str] = set()  # sets the kernel still counts a reference to (a listing, a late release)
 
@@ -48,12 +50,19 @@ class FakeIptKernel:
                 raise Refused(f"set {name} already exists")
             words = rest[0].split()
             self.sets[name] = (words[0], words[words.index("family") + 1], {})
+            if "timeout" in words:
+                self.timeouts.add(name)
         elif verb == "destroy":
             if name not in self.sets:
                 raise Refused(f"set {name} does not exist")
             if self._in_use(name) or name in self.busy:
                 raise Refused(f"set {name} is in use by a kernel component")
             del self.sets[name]
+            self.timeouts.discard(name)
+        elif verb == "flush":
+            if name not in self.sets:
+                raise Refused(f"set {name} does not exist")
+            self.sets[name][2].clear()
         elif verb in ("add", "del"):
             if name not in self.sets:
                 raise Refused(f"set {name} does not exist")
@@ -74,13 +83,15 @@ class FakeIptKernel:
     def ipset_save(self) -> str:
         out = []
         for name, (typ, fam, elems) in self.sets.items():
-            out.append(f"create {name} {typ} family {fam} hashsize 1024 maxelem 1048576")
+            timeout = " timeout 0" if name in self.timeouts else ""
+            out.append(f"create {name} {typ} family {fam} hashsize 1024 maxelem 1048576{timeout}")
             out.extend(f"add {name} {e}" for e in elems.values())
         return "".join(line + "\n" for line in out)
 
     def ipset_terse(self) -> str:
-        return "".join(f"Name: {n}\nType: {t}\nRevision: 1\nHeader: family {f} hashsize 1024 maxelem 1048576\n"
-                       f"Number of entries: {len(e)}\n\n" for n, (t, f, e) in self.sets.items())
+        return "".join(f"Name: {n}\nType: {t}\nRevision: 1\nHeader: family {f} hashsize 1024 maxelem 1048576"
+                       f"{' timeout 0' if n in self.timeouts else ''}\nNumber of entries: {len(e)}\n\n"
+                       for n, (t, f, e) in self.sets.items())
 
     # --- iptables -----------------------------------------------------------------------
 
@@ -100,7 +111,8 @@ class FakeIptKernel:
             if op in ("-A", "-I"):
                 if op == "-I":
                     pos, body = body.split(" ", 1)
-                target = body.rsplit("-j ", 1)[-1].strip()
+                found = TARGET_RE.findall(" " + body)
+                target = found[-1] if found else ""
                 if target not in TARGETS and target not in table:
                     raise Refused(f"{line}: no chain/target {target}")
                 for name in re.findall(r"--match-set (\S+) ", body):
@@ -117,7 +129,7 @@ class FakeIptKernel:
             elif op == "-X":
                 if table[chain]:
                     raise Refused(f"{line}: chain is not empty")
-                if any(r.endswith(f"-j {chain}") for rules in table.values() for r in rules):
+                if any(TARGET_RE.findall(" " + r)[-1:] == [chain] for rules in table.values() for r in rules):
                     raise Refused(f"{line}: chain is referenced")
                 del table[chain]
             else:

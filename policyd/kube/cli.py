@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..backends import CHOICES, resolve
 from ..dataplane.cni import CNI_DIR, detect_dispatch
-from ..dataplane.config import DispatchMode
+from ..dataplane.config import DispatchMode, Fqdn
 from ..dataplane.droplog import DropLog
+from ..names.learner import Limits
 from .settings import AgentSettings, FailMode
 
 
@@ -70,6 +71,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--flows", type=int, default=int(env_or("FLOWS", "0") or 0), metavar="N",
                    help="record the node's pods' new connections (conntrack), at most N records, served as FlowRecords JSON on "
                         "/flows of the metrics port, for policyd advise (default 0: off)")
+    p.add_argument("--fqdn", action=argparse.BooleanOptionalAction, default=(env("FQDN") or "true") == "true",
+                   help="enforce ClusterNetworkPolicy domainNames: DNS answers to the pods such a rule selects are held on an "
+                        "NFQUEUE until their addresses are learned (default on; --no-fqdn: domainNames rules match nothing)")
+    p.add_argument("--fqdn-queue", type=int, default=int(env_or("FQDN_QUEUE", "5300")), help="the NFQUEUE number (default 5300)")
+    p.add_argument("--fqdn-fail", choices=["open", "closed"], default=env("FQDN_FAIL", "open"),
+                   help="when no agent listens or the queue is full: open, answers pass unlearned (their addresses stay "
+                        "denied until the next lookup; default), or closed, answers are dropped (lookups time out)")
+    p.add_argument("--fqdn-min-ttl", type=int, default=int(env_or("FQDN_MIN_TTL", "30")),
+                   help="seconds a learned address is kept at least, whatever the answer's TTL (default 30)")
+    p.add_argument("--fqdn-max-ttl", type=int, default=int(env_or("FQDN_MAX_TTL", "86400")),
+                   help="seconds a learned address is kept at most (default 86400)")
+    p.add_argument("--fqdn-max-per-pod", type=int, default=int(env_or("FQDN_MAX_PER_POD", "1000")),
+                   help="addresses one pod's answers may hold at once; past it, nothing more is learned (counted; default 1000)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=cmd_run)
 
@@ -99,7 +113,9 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
         metrics_port=args.metrics_port, health_port=args.health_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
         relist_every=args.relist,
         drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst, args.accept_log_rate) if args.drop_log else None,
-        rule_counters=args.rule_counters, flows=args.flows)
+        rule_counters=args.rule_counters, flows=args.flows,
+        fqdn=Fqdn(args.fqdn_queue, args.fqdn_fail == "open") if args.fqdn else None,
+        fqdn_limits=Limits(args.fqdn_min_ttl, args.fqdn_max_ttl, args.fqdn_max_per_pod))
     problems = st.problems()
     if problems:
         raise RunError("; ".join(problems))

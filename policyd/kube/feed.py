@@ -97,6 +97,7 @@ class FeedStats:
     rejected: int = 0  # objects that did not parse (kept at their last good version)
     relist_deletes: int = 0
     stale_deletes: int = 0  # DELETED events of an earlier incarnation, ignored
+    compile_failures: int = 0  # events that failed inside the compiler (not counted as seen; the next sync rebuilds it)
 
 
 @dataclass
@@ -152,13 +153,14 @@ class ClusterFeed:
             if isinstance(obj, ClusterNetworkPolicy) and (obj.invalid or obj.notes):
                 log.warning("ClusterNetworkPolicy %s: %s", obj.name, "; ".join(
                     [f"invalid, so it denies all its subject's traffic: {'; '.join(obj.invalid)}"] if obj.invalid else list(obj.notes)))
-            self.held[ref] = Held(rv, uid_of(body))
             if self._held_model(kind, ref[1]) == obj:
                 # What the model keeps did not change (a Node's status report, a Pod's
                 # conditions): the compiler would do nothing, so no event and no sync.
+                self.held[ref] = Held(rv, uid_of(body))
                 return None
             event = Upsert(obj)
-            self.compiler.apply(event)
+            if self._compile(event):
+                self.held[ref] = Held(rv, uid_of(body))  # seen only once the compiler took it
             return event
         finally:
             self._check_ready()
@@ -171,13 +173,26 @@ class ClusterFeed:
         return held[kind].get(key)
 
     def _delete(self, ref: Ref) -> Event | None:
-        if self.held.pop(ref, None) is None:
+        if ref not in self.held:
             return None
-        if ref[0] == "NetworkPolicy":
-            self.invalid.pop(ref[1], None)
         event = Delete(ref[0], ref[1])  # type: ignore[arg-type]
-        self.compiler.apply(event)
+        if self._compile(event):
+            del self.held[ref]
+            if ref[0] == "NetworkPolicy":
+                self.invalid.pop(ref[1], None)
         return event
+
+    def _compile(self, event: Event) -> bool:
+        """The compiler takes the event; an exception in it (a bug) is logged and counted, the
+        compiler is left dirty (the next sync, asked for as for any event, rebuilds it from
+        its store, which holds what the event said) and the object does not count as seen."""
+        try:
+            self.compiler.apply(event)
+        except Exception:  # noqa: BLE001 - a bug in the compiler must not stop the watch
+            self.stats.compile_failures += 1
+            log.exception("the compiler failed on %s; it is rebuilt from its store at the next sync", event)
+            return False
+        return True
 
     def relisted(self, kind: WatchKind, present: set[Ref], list_rv: int | None) -> list[Event]:
         """A fresh list of `kind` (resourceVersion `list_rv`) held the objects `present`:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from ..dataplane.drift import DRIFT_KINDS
+from ..names.learner import HOLD_BUCKETS, QueueReader
 from ..observe.counters import Counters
 from ..observe.droplog import DropCounters
 from ..observe.flows import FlowTable
@@ -31,6 +32,19 @@ class AgentMetrics:
             registry=r, buckets=LATENCY_BUCKETS)
         self.operations = Counter("policyd_transaction_operations", "nftables operations committed", registry=r)
         self.apply_errors = Counter("policyd_apply_errors", "Syncs that failed (the next one is a full resync)", registry=r)
+        self.sync_failures = Counter("policyd_sync_failures", "Syncs that failed, by what they were: a partial sync (changes "
+                                     "since the last one) or a full one (the kernel listed, or desired state rebuilt)",
+                                     ["kind"], registry=r)
+        for kind in ("full", "partial"):
+            self.sync_failures.labels(kind)
+        self.compile_failures = Counter("policyd_compile_failures", "Watch events that failed inside the compiler (a bug): the "
+                                        "next sync rebuilds its plans and sets from its store", registry=r)
+        self.compiler_rebuilds = Counter("policyd_compiler_rebuilds", "Syncs that rebuilt the compiler from its store after an "
+                                         "event failed in it", registry=r)
+        self.compiler_divergences = Counter("policyd_compiler_divergences", "Periodic audits whose compile from scratch differed "
+                                            "from the incremental compiler (a bug; the compile from scratch is enforced)", registry=r)
+        self.relist_failures = Counter("policyd_relist_failures", "Scheduled relists that failed (each is retried with backoff)",
+                                       ["kind"], registry=r)
         self.events = Counter("policyd_watch_events", "Watch events received", ["kind"], registry=r)
         self.drift_repairs = Counter("policyd_drift_repairs", "Kernel objects found changed behind policyd's back and rewritten",
                                      ["kind"], registry=r)
@@ -40,6 +54,7 @@ class AgentMetrics:
             self.drift_repairs.labels(kind)
         for kind in WATCHED_KINDS:
             self.events.labels(kind)
+            self.relist_failures.labels(kind)
         for kind in ("full", "partial"):
             self.sync_duration.labels(kind)
         self.relist_deletes = Counter("policyd_relist_deletes", "Objects found deleted by a relist after a lost watch", registry=r)
@@ -66,6 +81,8 @@ class AgentMetrics:
         r.register(self.drop_log)
         self.flows = FlowMetrics()
         r.register(self.flows)
+        self.names = NamesMetrics()
+        r.register(self.names)
 
 
 class FlowMetrics:
@@ -115,6 +132,53 @@ class DropLogMetrics:
         for thread in ("read", "write"):
             restarts.add_metric([thread], c.restarts.get(thread, 0))
         yield restarts
+
+
+class NamesMetrics:
+    """The learning of domainNames peers' addresses from DNS answers (--fqdn): answers held,
+    what became of them and why, addresses held, the time an answer is held."""
+
+    REASONS_PASSED = ("not a local pod's address", "no domainNames rule of the pod lists the name", "no address in the answer",
+                      "the pod holds its limit of learned addresses")
+    REASONS_FAILED = ("unreadable packet", "unreadable answer", "addresses not written", "TCP stream not followed",
+                      "TCP message not complete in time")
+
+    def __init__(self) -> None:
+        self.reader: QueueReader | None = None
+
+    def attach(self, reader: QueueReader) -> None:
+        self.reader = reader
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        if self.reader is None:
+            return
+        learner = self.reader.learner
+        s = learner.stats
+        answers = CounterMetricFamily("policyd_dns_answers", "DNS answers to local pods a domainNames rule selects, held on the queue, "
+                                      "by what became of them: learned (addresses written, then passed), passed (nothing to learn, or "
+                                      "failed open) or dropped (failed closed), and why", labels=["outcome", "reason"])
+        answers.add_metric(["learned", ""], s.learned)
+        for reason in (*self.REASONS_PASSED, *self.REASONS_FAILED):
+            answers.add_metric(["passed", reason], s.passed.get(reason, 0))
+        for reason in self.REASONS_FAILED:
+            answers.add_metric(["dropped", reason], s.dropped.get(reason, 0))
+        yield answers
+        yield CounterMetricFamily("policyd_dns_learned_addresses", "Addresses written (or refreshed) in domainNames peers' sets",
+                                  value=s.entries_written)
+        yield GaugeMetricFamily("policyd_dns_held_addresses", "Learned addresses this agent's answers hold now (per pod, until "
+                                "their TTL)", value=learner.held_entries)
+        yield CounterMetricFamily("policyd_dns_over_limit", "Addresses not learned because their pod held its limit "
+                                  "(--fqdn-max-per-pod)", value=s.over_limit)
+        yield CounterMetricFamily("policyd_dns_learner_failures", "Times the learner's thread failed on a packet (logged)",
+                                  value=self.reader.failures)
+        hold = HistogramMetricFamily("policyd_dns_hold_seconds", "From an answer's arrival off the queue to its verdict "
+                                     "(learning included)")
+        cumulative, buckets = 0, []
+        for bound, n in zip([*HOLD_BUCKETS, float("inf")], s.held_seconds, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+        hold.add_metric([], buckets, s.held_sum)
+        yield hold
 
 
 class RuleCounters:

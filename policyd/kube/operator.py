@@ -41,6 +41,7 @@ from ..backends import make_backend
 from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import DispatchMode, RenderConfig
+from ..model.events import Delete
 from ..model.objects import NetworkPolicy
 from ..observe.flows import FlowRecorder
 from ..reconcile.core import AgentCore
@@ -57,6 +58,7 @@ log = logging.getLogger("policyd.agent")
 
 LEAN_KINDS: tuple[WatchKind, ...] = ("Pod", "Node")  # watched by LeanWatches of our own, not by kopf
 MAX_POSTED = 10_000  # findings remembered as posted (each a few hundred bytes)
+RELIST_BACKOFF = (1.0, 60.0)  # a failed scheduled relist is retried after 1 s, 2 s, 4 s … at most a minute
 FINALIZER = "policyd.dev/never-set"  # kopf needs a name; no handler of ours ever asks for it
 Lister = Callable[[WatchKind], AsyncIterator[tuple[list[dict[str, Any]], int | None]]]  # pages and the list's resourceVersion
 
@@ -71,7 +73,7 @@ class ClusterAgent:
         self.settings = settings
         closed = settings.interface_prefixes if settings.fail_mode is FailMode.CLOSED else ()
         cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed, drop_log=settings.drop_log,
-                           counters=settings.rule_counters)
+                           counters=settings.rule_counters, fqdn=settings.fqdn)
         self.core = AgentCore(settings.node_name, backend or make_backend(settings.backend, settings.table), cfg,
                               resync_every=settings.resync_every, min_interval=settings.min_interval)
         self.compiler, self.syncer, self.runner = self.core.compiler, self.core.syncer, self.core.runner
@@ -86,6 +88,7 @@ class ClusterAgent:
         self.counted: dict[str, int] = {}
         self.events = EventPoster(settings.node_name, settings.kubeconfig)
         self.relist_at: dict[WatchKind, float] = {}
+        self.relist_failures: dict[WatchKind, int] = {}  # scheduled relists that failed in a row
         self.unserved: set[WatchKind] = set()  # kinds the API server does not serve (no CRD)
         self.lean: dict[WatchKind, LeanWatch] = {}  # kinds watched by a LeanWatch, not kopf (set by serve())
         self.list_rv: dict[WatchKind, int | None] = {}  # each initial list's resourceVersion
@@ -110,7 +113,10 @@ class ClusterAgent:
         self.metrics.events.labels(kind).inc()
         self.last_watch_event[kind] = time.monotonic()
         with self.lock:
-            changed = feed.observe(kind, typ, raw) is not None
+            event = feed.observe(kind, typ, raw)
+        changed = event is not None
+        if isinstance(event, Delete) and event.kind == "Pod":
+            self.core.pod_gone(event.key)
         if changed:
             self.arrivals.append(time.monotonic())
             self.runner.request()
@@ -246,9 +252,14 @@ class ClusterAgent:
                 async for items, page_rv in self.lister(kind):
                     present.update(ref_of(kind, b) for b in items)
                     rv = rv if rv is not None else page_rv
-            except Exception as e:  # noqa: BLE001 - try again at the next relist
-                log.warning("relist of %s failed: %s", kind, e)
+            except Exception as e:  # noqa: BLE001 - retried with backoff
+                failed = self.relist_failures[kind] = self.relist_failures.get(kind, 0) + 1
+                delay = min(RELIST_BACKOFF[1], RELIST_BACKOFF[0] * 2 ** (failed - 1))
+                self.relist_at.setdefault(kind, time.monotonic() + delay)
+                self.metrics.relist_failures.labels(kind).inc()
+                log.warning("relist of %s failed (%d in a row), retrying in %.0f s: %s", kind, failed, delay, e)
                 continue
+            self.relist_failures.pop(kind, None)
             self.last_relist_ok = time.monotonic()
             with self.lock:
                 events = self.feed.relisted(kind, present, rv)
@@ -291,6 +302,7 @@ class ClusterAgent:
         m = self.metrics
         if stats.failures != failures:
             m.apply_errors.inc()
+            m.sync_failures.labels("full" if self.syncer.last_attempt_full else "partial").inc()
             self.arrivals = batch + self.arrivals
             return
         if result is None:
@@ -315,7 +327,10 @@ class ClusterAgent:
         for name, counter, total in (("rejected", m.rejected_objects, self.feed.stats.rejected),
                                      ("stale_deletes", m.stale_deletes, self.feed.stats.stale_deletes),
                                      ("leftovers", m.leftovers, self.syncer.backend.leftovers),
-                                     ("divergences", m.divergences, self.syncer.divergences)):
+                                     ("divergences", m.divergences, self.syncer.divergences),
+                                     ("compile_failures", m.compile_failures, self.feed.stats.compile_failures),
+                                     ("compiler_rebuilds", m.compiler_rebuilds, self.syncer.compiler_rebuilds),
+                                     ("compiler_divergences", m.compiler_divergences, self.syncer.compiler_divergences)):
             if total > self.counted.get(name, 0):  # counts kept elsewhere: export what is new since the last look
                 counter.inc(total - self.counted.get(name, 0))
                 self.counted[name] = total
@@ -399,6 +414,8 @@ class ClusterAgent:
                    "seconds_since_watch_event": {k: round(now - t, 1) for k, t in sorted(self.last_watch_event.items())},
                    "seconds_since_relist": None if self.last_relist_ok is None else round(now - self.last_relist_ok, 1),
                    **{f"{k.lower()}_watch": asdict(w.stats) for k, w in self.lean.items()}}
+            if self.metrics.names.reader is not None:
+                doc["names"] = self.metrics.names.reader.status()
             drops = self.metrics.drop_log.counters
             if drops is not None:  # the drop log's threads are supervised: say when they failed
                 doc["drop_log"] = {"restarts": dict(drops.restarts), "last_error": drops.last_error}
@@ -498,6 +515,13 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
         agent.metrics.drop_log.attach(drops.counters)
         log.info("drop log on: NFLOG group %d, at most %d packets/s (burst %d) per drop rule", st.drop_log.group,
                  st.drop_log.rate, st.drop_log.burst)
+    learner = None
+    if st.fqdn is not None:
+        learner = agent.core.names_learner(st.fqdn_limits)
+        learner.start()  # binds the queue here: the agent's (the node's) network namespace
+        agent.metrics.names.attach(learner)
+        log.info("domainNames: DNS answers to the pods such a rule selects are learned on NFQUEUE %d (fail %s)", st.fqdn.queue,
+                 "open" if st.fqdn.fail_open else "closed")
     recorder = None
     if st.flows:
         table = agent.core.flow_table(st.flows)
@@ -531,6 +555,8 @@ async def serve(agent: ClusterAgent, stop: asyncio.Event | None = None) -> None:
             drops.stop()
         if recorder is not None:
             recorder.stop()
+        if learner is not None:
+            learner.stop()
         for runner in runners:
             await runner.cleanup()
     log.info("stopped; the ruleset stays in place (policyd cleanup removes it)")

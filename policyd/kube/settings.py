@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ..backends import BACKENDS, table_problem
 from ..dataplane.cni import CNI_DIR, IFPREFIX_RE
-from ..dataplane.config import DispatchMode
+from ..dataplane.config import DispatchMode, Fqdn
 from ..dataplane.droplog import DropLog
+from ..names.learner import Limits
 
 
 class FailMode(str, Enum):
@@ -42,6 +43,8 @@ class AgentSettings:
     drop_log: DropLog | None = None  # log the pod chains' drops (NFLOG) with their cause; None: off
     rule_counters: bool = False  # count packets per policy rule, served on /metrics
     flows: int = 0  # record local pods' new connections, at most this many records, served on /flows; 0: off
+    fqdn: Fqdn | None = Fqdn()  # learn domainNames peers' addresses from DNS answers (NFQUEUE); None: off
+    fqdn_limits: Limits = Limits()
 
     def problems(self) -> list[str]:
         out = []
@@ -64,4 +67,11 @@ class AgentSettings:
             out.append(f"--flows is 0 (off) to 1000000 records, not {self.flows}")
         if self.flows and not self.metrics_port:
             out.append("--flows serves /flows on the metrics port: --metrics-port must not be 0")
+        if self.fqdn is not None and not 0 <= self.fqdn.queue <= 65535:
+            out.append(f"--fqdn-queue is an NFQUEUE number, 0-65535, not {self.fqdn.queue}")
+        lim = self.fqdn_limits
+        if not 1 <= lim.min_ttl <= lim.max_ttl <= 7 * 86_400:
+            out.append(f"--fqdn-min-ttl and --fqdn-max-ttl: 1 ≤ min ≤ max ≤ 604800 s, not {lim.min_ttl} and {lim.max_ttl}")
+        if not 1 <= lim.per_pod <= 1_000_000:
+            out.append(f"--fqdn-max-per-pod is 1-1000000 addresses, not {lim.per_pod}")
         return out

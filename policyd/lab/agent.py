@@ -46,7 +46,7 @@ class NodeAgent:
     def counters(self) -> Counters:
         """The kernel's per-rule counters of the node, summed by policy rule."""
         with entered(self.netns):
-            return CounterIndex(list(self.compiler.plans.values())).sum(self.backend.rule_counters())
+            return CounterIndex(c for objs in self.syncer.desired.pods.values() for c in objs.chains).sum(self.backend.rule_counters())
 
     def check(self) -> list[Any]:
         """The one-second drift check, in the node's namespace."""

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS, make_backend, resolve
-from ..dataplane.config import DispatchMode, RenderConfig
+from ..dataplane.config import DispatchMode, Fqdn, RenderConfig
 from ..dataplane.droplog import DropLog
+from ..names.learner import Limits
 from ..observe.flows import FlowRecorder
 from ..reconcile.core import AgentCore
 from ..reconcile.presence import wait_to_claim
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--drop-log-group", type=int, default=0, help="log drops through this NFLOG group (0: no drop log)")
     ap.add_argument("--rule-counters", action="store_true", help="count packets on every accepting and dropping rule")
     ap.add_argument("--flows", action="store_true", help="record the node's pods' new connections (conntrack NEW events)")
+    ap.add_argument("--fqdn-queue", type=int, default=0, help="learn domainNames peers' addresses from DNS answers on this NFQUEUE (0: off)")
+    ap.add_argument("--fqdn-min-ttl", type=int, default=Limits.min_ttl, help="seconds a learned address is kept at least")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -67,9 +70,13 @@ def main(argv: list[str] | None = None) -> None:
 
     source = ManifestDirSource(args.state / "manifests")
     drop_log = DropLog(group=args.drop_log_group) if args.drop_log_group else None
+    fqdn = Fqdn(args.fqdn_queue) if args.fqdn_queue else None
     core = AgentCore(args.node, make_backend(args.backend, args.table),
-                     RenderConfig(table=args.table, mode=DispatchMode(args.mode), drop_log=drop_log, counters=args.rule_counters),
-                     resync_every=args.resync)
+                     RenderConfig(table=args.table, mode=DispatchMode(args.mode), drop_log=drop_log, counters=args.rule_counters,
+                                  fqdn=fqdn), resync_every=args.resync)
+    learner = core.names_learner(Limits(min_ttl=args.fqdn_min_ttl)) if fqdn is not None else None
+    if learner is not None:
+        learner.start()  # in the node's namespace: its queue
     drops = core.drop_logger("text") if drop_log is not None else None
     if drops is not None:
         drops.start()  # this process runs in the node's namespace: the group is the node's
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         if core.in_step:
             applied_generation = generation
         doc = {"node": args.node, "pid": os.getpid(), "started": started, "generation": applied_generation, **core.status(),
+               **({"names": learner.status()} if learner is not None else {}),
                "manifest_problems": {f: [str(p) for p in ps] for f, ps in source.problems.items()}}
         now = time.monotonic()
         if doc != reported or now - last_write > 1.0:
@@ -113,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         recorder.stop()
     if drops is not None:
         drops.stop()
+    if learner is not None:
+        learner.stop()
     claim.close()
     log.info("stopping; the ruleset stays in place (policyd cleanup removes it)")
 

@@ -12,12 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..dataplane.config import DispatchMode, Fqdn, RenderConfig
+from ..dataplane.droplog import DropLog
 from .records import LabError, LabRecord, alive
 
 # Lab agents always log drops (`policyd lab logs --drops`), count rule hits (`policyd lab
 # counters`) and record their pods' new connections (`policyd lab flows`); each node is its
 # own network namespace, so one group number serves every lab.
 DROP_LOG_GROUP = 100
+FQDN_QUEUE = 5300  # with a DNS server (`lab up --dns-zone`), the agents learn domainNames peers' addresses here
+
+
+def agent_config(mode: str, names: bool = False) -> RenderConfig:
+    """How the lab's agents render (`start` gives them these options): what a reader of
+    their kernels' rule ids renders with."""
+    return RenderConfig(mode=DispatchMode(mode), drop_log=DropLog(group=DROP_LOG_GROUP), counters=True,
+                        fqdn=Fqdn(FQDN_QUEUE) if names else None)
 
 
 class Agents:
@@ -67,7 +77,8 @@ class Agents:
     def start(self, rec: LabRecord, node: str) -> int:
         log = open(self.log_path(node), "ab")
         args = [sys.executable, "-m", "policyd.lab.agentproc", "--state", str(self.lab_dir), "--node", node,
-                "--mode", rec.mode, "--backend", rec.backend, "--drop-log-group", str(DROP_LOG_GROUP), "--rule-counters", "--flows"]
+                "--mode", rec.mode, "--backend", rec.backend, "--drop-log-group", str(DROP_LOG_GROUP), "--rule-counters", "--flows",
+                *(["--fqdn-queue", str(FQDN_QUEUE), "--fqdn-min-ttl", str(rec.dns.get("min_ttl", 30))] if rec.dns else [])]
         proc = subprocess.Popen(["ip", "netns", "exec", rec.nodes[node].netns, *args], stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         log.close()

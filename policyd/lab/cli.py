@@ -38,7 +38,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise LabError(str(e)) from None
     _lab(args.name).up(args.paths, args.nodes, args.topology, args.cluster_cidr, args.node_prefix, backend=args.backend,
-                       ip_family=args.ip_family)
+                       ip_family=args.ip_family, dns_zone=args.dns_zone, min_ttl=args.fqdn_min_ttl)
     print(f"next: policyd lab probe --name {args.name} | policyd lab apply -f examples/policies/allow-frontend-to-backend.yaml --name {args.name}")
     return EXIT_OK
 
@@ -71,15 +71,45 @@ def cmd_restart_agent(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXIT_BAD = 2
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     lab = _lab(args.name)
     version = {"ipv4": 4, "ipv6": 6}.get(args.ip_family or "")
+    if args.to_name is not None:
+        return probe_names(lab, args, version)
     m = lab.probe(args.src, args.dst, args.protocol, args.port, args.timeout, progress=err, version=version)
     if args.output == "json":
         print(json.dumps(m.to_json(), indent=2))
     else:
         print(report.matrix_table(m, f"Observed in lab {args.name}: {report.service(m.protocol, m.port)}"), end="")
     return EXIT_OK
+
+
+def probe_names(lab: Lab, args: argparse.Namespace, version: int | None) -> int:
+    """`lab probe --to-name`: exit 0 when every source connected, 1 when any was refused or
+    timed out, 2 when the name did not resolve."""
+    if args.dst is not None:
+        raise LabError("--to and --to-name: probe pods, or a name, not both")
+    if args.protocol not in ("TCP", "UDP"):
+        raise LabError("--to-name probes TCP or UDP")
+    from .probes import probe_name
+
+    got = probe_name(lab.load(), lab.pods(), args.src, args.to_name, args.protocol, args.port, args.timeout, version)
+    if args.output == "json":
+        print(json.dumps({"kind": "NameProbe", "version": 1, "name": args.to_name, "protocol": args.protocol, "port": args.port,
+                          "sources": got}, indent=2))
+    else:
+        print(f"{args.to_name} {args.protocol}/{args.port} from each pod (resolved through the lab's DNS server):")
+        for src, r in sorted(got.items()):
+            addrs = ", ".join(r["addresses"]) or "-"
+            state = ("connected" if r["connected"] else f"not connected ({r.get('error', 'timed out')})") if r["resolved"] \
+                else f"does not resolve ({r.get('error', '')})"
+            print(f"  {src:<32} {addrs:<24} {state}")
+    if not got or not all(r["resolved"] for r in got.values()):
+        return EXIT_BAD
+    return EXIT_OK if all(r["connected"] for r in got.values()) else EXIT_MISMATCH
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -107,9 +137,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         ranges = ", ".join(n["podCIDRs"])
         print(f"  {n['name']:<10} {ranges:<16} agent pid {a['pid']} {health}, generation {a['generation']}, "
               f"{a['local_pods']} local pods, {last}{extra}")
+        if "names" in a:
+            nm = a["names"]
+            print(f"    domainNames: {nm['responses']} DNS answers, {nm['learned']} learned from, {nm['held_entries']} addresses held"
+                  + ("" if nm["queue_running"] else f"; QUEUE NOT BOUND ({nm['last_error']})"))
         for _, problems in sorted(a["manifest_problems"].items()):
             for problem in problems:
                 print(f"    manifest problem (the file's last good version is enforced): {problem}")
+    if "dns" in st:
+        print(f"DNS: CoreDNS in {st['dns']['pod']} ({', '.join(st['dns']['addresses'])}), {len(st['dns']['names'])} names; "
+              f"external hosts {', '.join(st['dns']['external']) or '-'}")
     print("pods:")
     for p in st["pods"]:
         ports = " ".join([f"tcp/{x}" for x in p["tcp"]] + [f"udp/{x}" for x in p["udp"]] + [f"sctp/{x}(not served)" for x in p["sctp_not_served"]])
@@ -158,6 +195,10 @@ def cmd_flows(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.fqdn:
+        from .fqdn_demo import run_fqdn_demo
+
+        return run_fqdn_demo(args.name, args.topology, keep=args.keep, backend=args.backend, ip_family=args.ip_family)
     from .demo import run_demo
 
     return run_demo(args.name, args.topology, keep=args.keep, backend=args.backend, ip_family=args.ip_family)
@@ -183,6 +224,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--backend", choices=CHOICES, default="nftables",
                    help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
     add_family(p)
+    p.add_argument("--dns-zone", metavar="FILE", default=None,
+                   help="run a DNS server (CoreDNS) in pod kube-system/lab-dns (k8s-app: kube-dns) serving FILE, records in the "
+                        "standard master-file format; the agents then learn ClusterNetworkPolicy domainNames peers' addresses "
+                        "from its answers; answers outside the pod ranges are served by external hosts")
+    p.add_argument("--fqdn-min-ttl", type=int, default=30, help="seconds a learned address is kept at least (default 30)")
 
     add("down", cmd_down, "remove the lab: processes, namespaces, state")
     for name, func, help in (("apply", cmd_apply, "create or update objects, like kubectl apply"),
@@ -208,6 +254,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name == "probe":
             p.add_argument("--from", dest="src", metavar="SEL", help="NS/POD or a label selector (app=web,tier!=db)")
             p.add_argument("--to", dest="dst", metavar="SEL")
+            p.add_argument("--to-name", metavar="NAME", help="resolve NAME through the lab's DNS server (lab up --dns-zone) from "
+                           "each source pod, then connect to the answer's address (exit 0: every source connected, 1: one "
+                           "did not, 2: the name does not resolve)")
             p.add_argument("-o", "--output", choices=["table", "json"], default="table")
             p.add_argument("--ip-family", choices=["ipv4", "ipv6"], default=None,
                            help="probe the destinations' addresses of this family (default: the lab's primary one); "
@@ -234,6 +283,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(name="demo")
     p.add_argument("--topology", choices=["routed", "bridge"], default="routed")
     p.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    p.add_argument("--fqdn", action="store_true", help="the egress-to-domain-names walk-through instead: CoreDNS serving "
+                   "examples/fqdn/zone.db, a ClusterNetworkPolicy with domainNames (examples/fqdn/)")
     p.add_argument("--backend", choices=CHOICES, default="nftables",
                    help="the agents' kernel backend: nftables, iptables (legacy iptables + ipset), auto")
     add_family(p)

@@ -37,14 +37,15 @@ from ..backends import make_backend, resolve
 from ..compile.matrix import Matrix
 from ..model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from ..model.events import key_of, kind_of
-from ..model.objects import KubeObject, Node, Pod
+from ..model.objects import KubeObject, Node, Pod, PodKey
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput
 from ..observe.counters import CounterIndex, Counters
 from ..observe.flows import document, merge
 from ..world import load_world
+from . import dns as labdns
 from . import families, probes
-from .agents import Agents
+from .agents import Agents, agent_config
 from .apiserver import ManifestStore, identities, read_raw, validate
 from .netns import delete_namespaces, entered
 from .placement import place, served_ports
@@ -97,9 +98,10 @@ class Lab:
         rec = self.load()
         if node not in rec.nodes:
             raise LabError(f"lab {self.name} has no node {node!r} (nodes: {', '.join(sorted(rec.nodes))})")
-        index = CounterIndex(load_world([self.manifests], strict_addresses=True).compile(node).plans.values())
+        plans = load_world([self.manifests], strict_addresses=True).compile(node).plans.values()
         with entered(rec.nodes[node].netns):
             backend = make_backend(resolve(rec.backend), "policyd")
+            index = CounterIndex.of_plans(plans, backend.renderer(agent_config(rec.mode, rec.dns is not None)))
             return index.sum(backend.rule_counters())
 
     def load(self) -> LabRecord:
@@ -132,7 +134,7 @@ class Lab:
 
     def up(self, paths: list[str], nodes: int = 2, topology: str = "routed",
            cluster_cidr: str = DEFAULT_CLUSTER_CIDR, node_prefix: int = DEFAULT_NODE_PREFIX, say: Say = print,
-           backend: str = "nftables", ip_family: str = "ipv4") -> LabRecord:
+           backend: str = "nftables", ip_family: str = "ipv4", dns_zone: str | None = None, min_ttl: int = 30) -> LabRecord:
         if topology not in ("routed", "bridge"):
             raise LabError("--topology is routed or bridge")
         families.check(ip_family, cluster_cidr, node_prefix)
@@ -144,6 +146,17 @@ class Lab:
             raise LabError(f"lab {self.name!r} exists; remove it with `policyd lab down --name {self.name}`")
         if nodes < 1:
             raise LabError("--nodes must be at least 1")
+        zone = None
+        if dns_zone is not None:
+            try:
+                zone = labdns.read_zone(dns_zone)
+            except labdns.ZoneError as e:
+                raise LabError(str(e)) from None
+            if not 1 <= min_ttl <= 86_400:
+                raise LabError(f"--fqdn-min-ttl is 1-86400 s, not {min_ttl}")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "lab-dns.yaml").write_text(labdns.POD_MANIFEST)
+            paths = [*paths, str(self.dir / "lab-dns.yaml")]
         parsed = validate(read_raw(paths))
         node_objs = [o for o, _ in parsed if isinstance(o, Node)]
         pods = [o for o, _ in parsed if isinstance(o, Pod)]
@@ -179,10 +192,14 @@ class Lab:
                 if not isinstance(obj, (Pod, Node)):
                     self.store.write(kind_of(obj), key_of(obj), raw.raw)
             self.store.implicit_namespaces([o for o, _ in parsed])
-            handles = [self._start_pod(topo, rec, placed[obj.key], raw.raw) for obj, raw in parsed if isinstance(obj, Pod)]
+            dns_key = PodKey(f"{labdns.NAMESPACE}/{labdns.NAME}")
+            handles = [self._start_pod(topo, rec, placed[obj.key], raw.raw, serve=obj.key != dns_key or zone is None)
+                       for obj, raw in parsed if isinstance(obj, Pod)]
             topo.wait_ready(handles=handles)
             for ph in handles:
                 rec.pods[ph.pod.key].pid = ph.proc.pid if ph.proc else None
+            if zone is not None:
+                rec.dns = self._start_dns(topo, rec, zone, placed[dns_key], min_ttl, say)
             self.save(rec)
             gen = self.store.bump_generation()
             for name in node_names:
@@ -215,11 +232,27 @@ class Lab:
             say(f"lab {self.name}: removed" if found else f"lab {self.name}: nothing to remove")
         return found
 
-    def _start_pod(self, topo: Topology, rec: LabRecord, pod: Pod, raw: dict[str, Any]) -> PodHandle:
+    def _start_dns(self, topo: Topology, rec: LabRecord, zone: labdns.Zone, pod: Pod, min_ttl: int, say: Say) -> dict[str, Any]:
+        """CoreDNS in the DNS pod, and the external hosts the zone's answers point at."""
+        proc = labdns.start(rec.pods[pod.key].netns, self.dir / "dns", zone)
+        ranges = [ipaddress.ip_network(c) for n in rec.nodes.values() for c in families.node_cidrs(ipaddress.IPv4Network(n.cidr), rec.ip_family)]
+        outside = labdns.external(zone.addresses, ranges)
+        ext_pid = None
+        if outside:
+            _, ext = topo.add_external(outside, tcp=list(labdns.EXTERNAL_TCP), udp=list(labdns.EXTERNAL_UDP))
+            ext_pid = ext.pid
+        labdns.wait_serving(rec.pods[pod.key].netns, [str(a) for a in pod.ips], proc)
+        say(f"DNS: CoreDNS in {pod.key} ({', '.join(str(a) for a in pod.ips)}) serving {len(zone.names)} names"
+            + (f"; external hosts {', '.join(outside)} (TCP {', '.join(map(str, labdns.EXTERNAL_TCP))})" if outside else ""))
+        return {"pod": pod.key, "addresses": [str(a) for a in pod.ips], "pid": proc.pid, "external": outside, "external_pid": ext_pid,
+                "min_ttl": min_ttl, "names": list(zone.names)}
+
+    def _start_pod(self, topo: Topology, rec: LabRecord, pod: Pod, raw: dict[str, Any], serve: bool = True) -> PodHandle:
         """The pod's namespace and process (the CNI and the kubelet), then its manifest with
-        the node and addresses (the scheduler's and the kubelet's writes)."""
+        the node and addresses (the scheduler's and the kubelet's writes). `serve` False: the
+        process serves no port (the DNS pod: CoreDNS has port 53)."""
         tcp, udp, sctp = served_ports(pod)
-        h = topo.add_pod(pod, tcp, udp)
+        h = topo.add_pod(pod, tcp if serve else [], udp if serve else [])
         rec.pods[pod.key] = PodRecord(pod.key, pod.node or "", h.netns, h.host_if, [str(i) for i in pod.ips], h.control, tcp, udp, sctp,
                                       h.proc.pid if h.proc else None)
         self.save(rec)
@@ -365,6 +398,9 @@ class Lab:
 
     # --- probes and status -----------------------------------------------------------------
 
+    def pods(self) -> list[Pod]:
+        return [o for o in self.store.objects() if isinstance(o, Pod)]
+
     def probe(self, src: str | None = None, dst: str | None = None, protocol: str = "TCP", port: int | None = 80,
               timeout: float = 0.5, progress: Say | None = None, version: int | None = None) -> Matrix:
         pods = [o for o in self.store.objects() if isinstance(o, Pod)]
@@ -401,6 +437,7 @@ class Lab:
                 "local_pods": st.get("local_pods"), "pending_interfaces": st.get("pending_interfaces"),
                 "drift": st.get("drift") or [], "drift_repairs": st.get("drift_repairs") or {},
                 "manifest_problems": st.get("manifest_problems") or {},
+                **({"names": st["names"]} if st.get("names") is not None else {}),
             }
             # A file the agent could not take (or took only in part) is not a healthy state.
             agents[n.name]["healthy"] = agents[n.name]["healthy"] and not agents[n.name]["manifest_problems"]
@@ -413,4 +450,5 @@ class Lab:
             "pods": [{"pod": p.key, "node": p.node, "ips": p.ips, "interface": p.host_if, "netns": p.netns,
                       "tcp": p.tcp, "udp": p.udp, "sctp_not_served": p.sctp, "running": alive(p.pid)}
                      for p in sorted(rec.pods.values(), key=lambda p: p.key)],
+            **({"dns": rec.dns} if rec.dns is not None else {}),
         }

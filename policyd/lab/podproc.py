@@ -65,7 +65,40 @@ async def udp_endpoint(loop: asyncio.AbstractEventLoop, family: int, host: str, 
     raise OSError(errno.EADDRINUSE, "no free UDP source port for the probe")
 
 
+async def resolve(name: str, server: str, family: int, timeout: float) -> list[str]:
+    """`name`'s addresses of `family`, asked of `server` as a pod's resolver asks (UDP, then
+    TCP when the answer is truncated); LookupError when it does not resolve. (dnspython is
+    imported here: most pods never resolve, and start faster without it.)"""
+    import dns.asyncquery
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+
+    q = dns.message.make_query(name, dns.rdatatype.A if family == 4 else dns.rdatatype.AAAA)
+    try:
+        answer = await dns.asyncquery.udp(q, server, timeout=timeout)
+        if answer.flags & dns.flags.TC:
+            answer = await dns.asyncquery.tcp(q, server, timeout=timeout)
+    except dns.exception.DNSException as e:
+        raise LookupError(f"{type(e).__name__}: {e}") from None
+    if answer.rcode() != dns.rcode.NOERROR:
+        raise LookupError(dns.rcode.to_text(answer.rcode()))
+    found = [r.address for rrset in answer.answer for r in rrset if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA)]
+    if not found:
+        raise LookupError("no address")
+    return found
+
+
 async def probe(req: dict[str, Any]) -> dict[str, Any]:
+    if "name" in req:  # resolve through the lab's DNS server, then connect to the first address
+        try:
+            addresses = await resolve(req["name"], req["server"], int(req.get("family", 4)), float(req.get("timeout", 1.0)))
+        except (LookupError, OSError) as e:
+            return {"ok": False, "resolved": False, "error": f"{type(e).__name__}: {e}".rstrip(": ")}
+        got = await probe({**{k: v for k, v in req.items() if k not in ("name", "server")}, "host": addresses[0]})
+        return {**got, "resolved": True, "addresses": addresses}
     proto, host, timeout = req["protocol"], req["host"], float(req.get("timeout", 1.0))
     try:
         if proto == "TCP":

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import report
 from ..compile.matrix import Matrix, compute
@@ -17,7 +17,7 @@ from ..model.selectors import parse_selector_text
 from ..world import load_world
 from .families import VERSIONS
 from .records import LabError, LabRecord
-from .topology import probe_via
+from .topology import ask, probe_via
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -73,6 +73,33 @@ def probe(rec: LabRecord, pods: list[Pod], src: str | None, dst: str | None, pro
                 last = time.monotonic()
     allowed = {s: [d for d in targets if results[(s, d)]] for s in sources}
     return Matrix(protocol, port if protocol != "ICMP" else None, sorted(set(sources) | set(targets)), allowed, targets=targets)
+
+
+def probe_name(rec: LabRecord, pods: list[Pod], src: str | None, name: str, protocol: str, port: int, timeout: float,
+               version: int | None = None) -> dict[str, dict[str, Any]]:
+    """From every selected source: resolve `name` through the lab's DNS server (as the pod's
+    resolver would: from the pod), then connect to the answer's first address of IP version
+    `version` (default: the lab's primary family). Per source pod: `resolved`, the
+    `addresses` the answer gave, `connected`, and the `error` if any."""
+    if rec.dns is None:
+        raise LabError(f"lab {rec.name} has no DNS server: make it with `policyd lab up --dns-zone FILE`")
+    if protocol not in ("TCP", "UDP"):
+        raise LabError("--to-name probes TCP or UDP")
+    version = version or VERSIONS[rec.ip_family][0]
+    server = next((a for a in rec.dns["addresses"] if ipaddress.ip_address(a).version == version), None)
+    if server is None:
+        raise LabError(f"the lab's DNS server has no IPv{version} address")
+    labels: dict[str, dict[str, str]] = {p.key: p.labels for p in pods}
+    sources = [s for s in select(rec, src, labels) if s != rec.dns["pod"]]
+
+    def one(s: str) -> tuple[str, dict[str, Any]]:
+        got = ask(rec.pods[s].control, {"name": name, "server": server, "family": version, "protocol": protocol, "port": port,
+                                        "timeout": timeout})
+        return s, {"resolved": bool(got.get("resolved")), "addresses": got.get("addresses", []),
+                   "connected": bool(got.get("ok")) and bool(got.get("resolved")), **({"error": got["error"]} if "error" in got else {})}
+
+    with ThreadPoolExecutor(max_workers=min(64, max(1, len(sources)))) as ex:
+        return dict(ex.map(one, sources))
 
 
 def expected(manifests: Path, protocol: str, port: int | None, sources: list[str], targets: list[str],

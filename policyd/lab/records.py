@@ -45,6 +45,9 @@ class LabRecord:
     created: float = 0.0
     backend: str = "nftables"
     ip_family: str = "ipv4"  # ipv4, ipv6 or dual (policyd.lab.families); labs made before it are ipv4
+    # `lab up --dns-zone`: the DNS pod (its key, addresses, CoreDNS's pid), the external hosts'
+    # addresses and their process; None: no DNS server (and the agents learn no names).
+    dns: dict[str, Any] | None = None
 
     @property
     def mode(self) -> str:
@@ -59,11 +62,13 @@ class LabRecord:
             doc.get("created", 0.0),
             doc.get("backend", "nftables"),
             doc.get("ip_family", "ipv4"),
+            doc.get("dns"),
         )
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "topology": self.topology, "created": self.created, "backend": self.backend,
-                "ip_family": self.ip_family, "nodes": {k: asdict(v) for k, v in self.nodes.items()}, "pods": {k: asdict(v) for k, v in self.pods.items()}}
+                "ip_family": self.ip_family, "nodes": {k: asdict(v) for k, v in self.nodes.items()}, "pods": {k: asdict(v) for k, v in self.pods.items()},
+                **({"dns": self.dns} if self.dns is not None else {})}
 
 
 def alive(pid: int | None) -> bool:

@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..dataplane.cni import calico_interface
 from ..model.objects import Pod
@@ -184,6 +185,36 @@ class Topology:
         request/reply, or one ping)."""
         return probe_via(self.pod(src).control, dst_ip, protocol, port, timeout)
 
+    def add_external(self, addresses: list[str], tcp: list[int], udp: list[int]) -> tuple[str, subprocess.Popen[bytes]]:
+        """Hosts outside the cluster, for answers that point there: one namespace
+        `<prefix>.external` on the fabric holding every address in `addresses`, routed from
+        the fabric (the nodes' default route), serving `tcp` and `udp` ports as pods do."""
+        netns = f"{self.prefix}.external"
+        add_namespace(netns)
+        ip("link", "add", "ext", "type", "veth", "peer", "name", "eth0", "netns", netns, ns=self.fabric)
+        ip("link", "set", "ext", "master", "fab", "up", ns=self.fabric)
+        gw4, gw6 = str(FABRIC_NET.broadcast_address - 2), "fd00:ffff::fd"
+        ip("addr", "add", f"{gw4}/{FABRIC_NET.prefixlen}", "dev", "eth0", ns=netns)
+        ip("-6", "addr", "add", f"{gw6}/64", "dev", "eth0", "nodad", ns=netns)
+        ip("link", "set", "eth0", "up", ns=netns)
+        ip("route", "add", "default", "via", str(FABRIC_NET.broadcast_address - 1), ns=netns)
+        ip("-6", "route", "add", "default", "via", "fd00:ffff::fe", ns=netns)
+        for a in addresses:
+            v6 = ":" in a
+            ip(*(["-6"] if v6 else []), "addr", "add", f"{a}/{128 if v6 else 32}", "dev", "eth0", *(["nodad"] if v6 else []), ns=netns)
+            ip(*(["-6"] if v6 else []), "route", "add", a, "via", gw6 if v6 else gw4, ns=self.fabric)
+        control = str(self.state_dir / "external.sock")
+        args = [sys.executable, "-m", "policyd.lab.podproc", "--name", "external", "--control", control]
+        args += [a for p in tcp for a in ("--tcp", str(p))] + [a for p in udp for a in ("--udp", str(p))]
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(control + ".ready"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the external hosts' process did not start")
+            time.sleep(0.01)
+        return netns, proc
+
     def teardown(self) -> None:
         for node in self.nodes.values():
             for h in node.pods.values():
@@ -202,14 +233,20 @@ class Topology:
 def probe_via(control: str, dst_ip: str, protocol: str = "TCP", port: int | None = 80, timeout: float = 0.5) -> bool:
     """Ask the pod process behind `control` to probe `dst_ip` (any process may ask: the
     socket lives in the filesystem)."""
+    return bool(ask(control, {"protocol": protocol, "host": dst_ip, "port": port, "timeout": timeout})["ok"])
+
+
+def ask(control: str, request: dict[str, Any]) -> dict[str, Any]:
+    """One request to the pod process behind `control`, and its answer."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout + 3)
+        s.settimeout(float(request.get("timeout", 1.0)) * 3 + 3)
         s.connect(control)
-        s.sendall((json.dumps({"protocol": protocol, "host": dst_ip, "port": port, "timeout": timeout}) + "\n").encode())
+        s.sendall((json.dumps(request) + "\n").encode())
         data = b""
         while not data.endswith(b"\n"):
             chunk = s.recv(4096)
             if not chunk:
                 break
             data += chunk
-    return bool(json.loads(data)["ok"])
+    got: dict[str, Any] = json.loads(data)
+    return got

@@ -176,14 +176,18 @@ class CNPPeer:
     """One `from`/`to` entry of a ClusterNetworkPolicy rule: pods (namespace AND pod
     selector; `namespaces` is the pod selector that matches everything), or networks.
     `node_selector`: a `nodes` peer (egress only): the addresses of the Nodes it selects.
-    `unsupported` names a peer policyd does not enforce (domainNames, or one with no field
-    it knows): the rule then fails closed as the API documents."""
+    `domain_names`: a `domainNames` peer (egress, Admin Accept rules): the addresses the
+    names resolved to in the answers the subject's pods received (model/names.py; lower
+    case, no final dot). `unsupported` names a peer policyd does not enforce (one with no
+    field it knows, or domainNames where the API does not support them): the rule then
+    fails closed as the API documents."""
 
     namespace_selector: LabelSelector | None = None
     pod_selector: LabelSelector | None = None
     networks: tuple[IPNetwork, ...] = ()
     node_selector: LabelSelector | None = None
     unsupported: str | None = None
+    domain_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.namespace_selector is not None and self.pod_selector is None:  # a `namespaces` peer: all their pods

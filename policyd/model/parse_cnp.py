@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from . import names
 from .objects import Action, ClusterNetworkPolicy, CNPPeer, CNPPort, CNPRule, Direction, IPNetwork, Tier
 from .parse import Context, as_dict, as_list, as_str, check_port_name, check_port_number, parse_cidr, parse_metadata, parse_selector
 from .selectors import MATCH_ALL, LabelSelector
@@ -22,8 +23,10 @@ MAX_PEERS = 25
 MAX_PROTOCOLS = 25
 MAX_NETWORKS = 25
 MAX_RULE_NAME = 100
-# Peers policyd reads but does not enforce; a rule naming one fails closed.
-UNSUPPORTED_PEERS = {"domainNames": "domainNames peers (experimental)"}
+# Where the API does not support a `domainNames` peer, it is a peer policyd does not enforce:
+# an Accept rule matches nothing through it, a Deny or Pass rule denies all (fail closed).
+NAMES_NOT_ACCEPT = "domainNames peers in a rule whose action is not Accept (the API supports them in Accept rules only)"
+NAMES_NOT_ADMIN = "domainNames peers in the Baseline tier (policyd enforces them in the Admin tier, as NPEP-133 intends)"
 
 
 def _one_of(ctx: Context, path: str, raw: dict[str, Any], fields: tuple[str, ...]) -> str | None:
@@ -96,9 +99,19 @@ def parse_peer(ctx: Context, path: str, raw: Any, direction: Direction) -> CNPPe
     if which == "nodes":
         selector = parse_selector(ctx, f"{path}.nodes", value)
         return CNPPeer(node_selector=selector) if selector is not None else None
-    for i, d in enumerate(_bounded(ctx, f"{path}.domainNames", value, 1, MAX_NETWORKS)):
-        as_str(ctx, f"{path}.domainNames[{i}]", d)
-    return CNPPeer(unsupported=UNSUPPORTED_PEERS[which])
+    found: list[str] = []
+    for i, d in enumerate(_bounded(ctx, f"{path}.domainNames", value, 1, names.MAX_NAMES)):
+        name = as_str(ctx, f"{path}.domainNames[{i}]", d)
+        if name is None:
+            continue
+        if not names.valid(name):
+            ctx.error(f"{path}.domainNames[{i}]", f"{name!r}: not a domain name or `*.` and one (the CRD's pattern "
+                      "^(\\*\\.)?([a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\\.)+[a-zA-Z0-9]([-a-zA-Z0-9_]*[a-zA-Z0-9])?\\.?$)")
+        elif name in found:
+            ctx.error(f"{path}.domainNames[{i}]", f"Duplicate value: {name!r} (the list is a set)")
+        else:
+            found.append(name)
+    return CNPPeer(domain_names=tuple(dict.fromkeys(names.normalize(n) for n in found)))
 
 
 def parse_port(ctx: Context, path: str, raw: Any) -> tuple[int, int] | None:
@@ -162,11 +175,23 @@ def parse_rule(ctx: Context, path: str, raw: Any, direction: Direction) -> CNPRu
     protocols = [parse_protocol(ctx, f"{path}.protocols[{i}]", p)
                  for i, p in enumerate(_bounded(ctx, f"{path}.protocols", raw.get("protocols"), 1, MAX_PROTOCOLS))]
     if direction is Direction.EGRESS and any(p is not None and p.named_port for p in protocols):
-        if any(p is not None and (p.networks or p.node_selector is not None or p.unsupported) for p in peers):
+        if any(p is not None and (p.networks or p.node_selector is not None or p.domain_names) for p in peers):
             ctx.error(path, "networks/nodes/domainNames peer cannot be set with namedPorts since there are no namedPorts for networks/nodes/domainNames")
     if len(ctx.problems) > before:
         return None
+    if action is not Action.ACCEPT and any(p is not None and p.domain_names for p in peers):
+        ctx.notes.append(f"{path}: {NAMES_NOT_ACCEPT}: the rule fails closed, denying all its subject's egress")
+        peers = [CNPPeer(unsupported=NAMES_NOT_ACCEPT) if p is not None and p.domain_names else p for p in peers]
     return CNPRule(action, tuple(p for p in peers if p is not None), tuple(p for p in protocols if p is not None), name)
+
+
+def _without_names(ctx: Context, path: str, rule: CNPRule | None) -> CNPRule | None:
+    """A Baseline rule's domainNames peers, as peers policyd does not enforce (noted)."""
+    if rule is None or not any(p.domain_names for p in rule.peers):
+        return rule
+    ctx.notes.append(f"{path}: {NAMES_NOT_ADMIN}: " + ("they match nothing" if rule.action is Action.ACCEPT else
+                                                       "the rule fails closed, denying all its subject's egress"))
+    return replace(rule, peers=tuple(CNPPeer(unsupported=NAMES_NOT_ADMIN) if p.domain_names else p for p in rule.peers))
 
 
 def parse_cluster_policy(ctx: Context, obj: dict[str, Any]) -> ClusterNetworkPolicy:
@@ -202,6 +227,8 @@ def parse_cluster_policy(ctx: Context, obj: dict[str, Any]) -> ClusterNetworkPol
             ctx.error(f"spec.{d.value}", f"must have at most {MAX_RULES} rules, has {len(items)}")
         rules[d] = [parse_rule(ctx, f"spec.{d.value}[{i}]", r, d) for i, r in enumerate(items)]
     invalid = tuple(f"{p.path}: {p.message}" for p in ctx.problems[before:])
+    if tier is Tier.BASELINE:
+        rules[Direction.EGRESS] = [_without_names(ctx, f"spec.egress[{i}]", r) for i, r in enumerate(rules[Direction.EGRESS])]
     return ClusterNetworkPolicy(
         name=name,
         tier=tier,

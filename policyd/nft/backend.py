@@ -14,15 +14,17 @@ import logging
 import threading
 from collections.abc import Set as AbstractSet
 
-from ..compile.changes import SetDelta
 from ..dataplane.backend import OWNER_MARK, ApplyError, NotOwned
 from ..dataplane.config import RenderConfig
 from ..dataplane.drift import Drift, find_drift
-from ..dataplane.objects import ChainDef, Elem, MapDef, Ruleset, SetDef, Touched
-from .diff import KernelChain, Transaction, chain_holds, diff
+from ..dataplane.objects import MapDef, Ruleset, SetDef
+from ..dataplane.ops import Plan, plan
+from ..dataplane.render import LayoutRenderer
 from .generation import Generation
-from .render import NftRenderer
-from .ruleset import parse_listing, rule_counters
+from .layout import LAYOUT
+from .parse import parse_listing, rule_counters
+from .raw import RawNftables
+from .spell import Transaction, spell
 from .text import ruleset_text
 
 log = logging.getLogger("policyd.nft")
@@ -53,75 +55,30 @@ class Libnftables:
         return int(rc), out or "", err or ""
 
 
-LOCAL_SET_PREFIX = "pod-"  # the node's own sets (render_skeleton); peer sets are sel-, np-, blk-, nd-
+LOCAL_SET_PREFIX = "pod-"  # the node's own sets (the skeleton's); peer sets are sel-, np-, blk-, nd-
 
 
 class NftDialect:
-    """What every nftables backend (the kernel's, the fake) shares: renderer and diff."""
+    """What every nftables backend (the kernel's, the fake) shares: the layout the renderer
+    uses, and the spelling of plans."""
 
     supports_json = True
 
     def __init__(self, table: str = "policyd") -> None:
         self.table = table
-        # What our writes left in each chain (in the kernel's order), and the handles of its
-        # rules once read: what lets a changed chain be edited in place (nft/diff.py).
-        self.kernel_chains: dict[str, KernelChain] = {}
-        self.handle_cache: dict[str, tuple[int, ...]] = {}
 
-    def rule_handles(self, chain: str) -> tuple[int, ...] | None:
-        """The chain's rules' handles in the kernel's order (None: cannot say)."""
+    def rule_handles(self, chain: str) -> dict[str, list[int]] | None:
+        """The chain's rules' handles by rule id (None: cannot say; the chain is refilled)."""
         return None
 
-    def handles_of(self, chain: str) -> tuple[int, ...] | None:
-        """The handles of what we wrote in `chain`, read once per write; None unless the
-        kernel holds exactly as many rules."""
-        got = self.handle_cache.get(chain)
-        if got is None:
-            km = self.kernel_chains.get(chain)
-            got = self.rule_handles(chain) if km is not None else None
-            if km is None or got is None or len(got) != len(km.keys):
-                return None
-            self.handle_cache[chain] = got
-        return got
-
-    def committed(self, tx: Transaction) -> None:
-        """After `tx` reached the kernel: the chains it wrote hold its layouts, with handles
-        not read yet."""
-        for n in tx.forget:
-            self.kernel_chains.pop(n, None)
-            self.handle_cache.pop(n, None)
-        for n, layout in tx.layouts.items():
-            self.kernel_chains[n] = layout
-            self.handle_cache.pop(n, None)
-
-    def failed(self) -> None:
-        """A transaction failed: what the kernel holds is read again before any edit."""
-        self.kernel_chains.clear()
-        self.handle_cache.clear()
-
-    def listed(self, rs: Ruleset | None) -> Ruleset | None:
-        """A listing shows the kernel's handles: a chain whose handles are not what we last
-        read (or whose length differs) is refilled at its next change."""
-        chains = rs.chains if rs is not None else {}
-        for n in list(self.kernel_chains):
-            listed = chains[n].handles if n in chains else None
-            cached = self.handle_cache.get(n)
-            if listed is None or len(listed) != len(self.kernel_chains[n].keys) or (cached is not None and cached != listed):
-                self.kernel_chains.pop(n)
-                self.handle_cache.pop(n, None)
-            else:
-                self.handle_cache[n] = listed
-        return rs
-
     def text(self, ruleset: Ruleset, as_json: bool = False) -> str:
-        return diff(None, ruleset, self.table).to_json() + "\n" if as_json else ruleset_text(ruleset, self.table)
+        return spell(plan(None, ruleset), self.table).to_json() + "\n" if as_json else ruleset_text(ruleset, self.table)
 
-    def renderer(self, cfg: RenderConfig) -> NftRenderer:
-        return NftRenderer(cfg)
+    def renderer(self, cfg: RenderConfig) -> LayoutRenderer:
+        return LayoutRenderer(cfg, LAYOUT)
 
-    def diff(self, actual: Ruleset | None, desired: Ruleset, touched: Touched | None = None,
-             deltas: dict[str, SetDelta[Elem]] | None = None) -> Transaction:
-        return diff(actual, desired, self.table, touched, deltas, self.kernel_chains, self.handles_of)
+    def spell(self, p: Plan) -> Transaction:
+        return spell(p, self.table, self.rule_handles)
 
     def describe(self) -> str:
         return f"table inet {self.table}"
@@ -129,9 +86,6 @@ class NftDialect:
     @property
     def leftovers(self) -> int:
         return 0  # one transaction deletes a set with the rules that name it
-
-    def chain_holds(self, have: ChainDef, want: ChainDef) -> bool:
-        return chain_holds(have, want)
 
     def read(self, elements: bool = True) -> Ruleset | None:
         raise NotImplementedError
@@ -153,7 +107,7 @@ class NftDialect:
         `add table` runs first, see NftBackend.apply)."""
         if not tx:
             return 0
-        return 2 if any("table" in c.get("add", {}) for c in tx.commands) else 1
+        return (2 if tx.creates_table else 1 if tx.commands else 0) + len(tx.queue_rules)
 
     def check(self, believed: Ruleset, elements: bool = False, pending: AbstractSet[str] = frozenset()) -> list[Drift]:
         """Every rule of every chain from a terse listing (no set elements), compared rule by
@@ -162,9 +116,9 @@ class NftDialect:
         or anti-spoofing set is seen. Peer sets' elements (up to 100k) only with `elements`:
         then one complete listing, compared like a full sync's."""
         if elements:
-            return find_drift(believed, self.read(elements=True), self.chain_holds, True, self.describe(), pending)
+            return find_drift(believed, self.read(elements=True), True, self.describe(), pending)
         actual = self.read(elements=False)
-        found = find_drift(believed, actual, self.chain_holds, False, self.describe())
+        found = find_drift(believed, actual, False, self.describe())
         if actual is not None:
             names = [n for n in sorted(believed.maps) if n in actual.maps]
             listed = self.maps(names)
@@ -175,17 +129,39 @@ class NftDialect:
         return found
 
 
+class NftNames:
+    """Learned addresses into our table's sets, through raw netlink batches."""
+
+    def __init__(self, raw: RawNftables, table: str) -> None:
+        self.raw, self.table = raw, table
+
+    def add(self, entries: dict[str, list[tuple[str, float]]]) -> None:
+        self.raw.add_elements(self.table, entries)
+
+    def delete(self, entries: dict[str, list[str]]) -> None:
+        self.raw.delete_elements(self.table, entries)
+
+
 class NftBackend(NftDialect):
     """The real kernel, through libnftables, in the calling process's network namespace."""
 
     def __init__(self, table: str = "policyd", lib: Libnftables | None = None) -> None:
         super().__init__(table)
         self.nft = lib or Libnftables()
+        self._raw = RawNftables()  # (in the caller's network namespace, like libnftables' socket)
         try:  # opened here, like libnftables' socket: in the caller's network namespace
             self._generation: Generation | None = Generation()
         except OSError as e:
             log.warning("cannot read the nftables generation (%s): every full resync lists the whole table", e)
             self._generation = None
+
+    def raw(self) -> RawNftables:
+        """The raw netlink writer (made in the agent's namespace, with this backend)."""
+        return self._raw
+
+    def names_writer(self) -> NftNames:
+        """What writes the addresses learned for domainNames peers (names/)."""
+        return NftNames(self._raw, self.table)
 
     def generation(self) -> int | None:
         if self._generation is None:
@@ -218,12 +194,12 @@ class NftBackend(NftDialect):
         rc, out, err = self.nft.run(cmd, terse=not elements)
         if rc != 0:
             if "No such file or directory" in err:
-                return self.listed(None)
+                return None
             raise ApplyError(f"{cmd}: {err.strip()}")
         doc = json.loads(out)
         if not any(i.get("table", {}).get("name") == self.table and i["table"].get("family") == "inet" for i in doc.get("nftables", [])):
-            return self.listed(None)
-        return self.listed(parse_listing(doc, self.table))
+            return None
+        return parse_listing(doc, self.table)
 
     def maps(self, names: list[str]) -> dict[str, MapDef]:
         return self._listed("map", names).maps
@@ -247,21 +223,26 @@ class NftBackend(NftDialect):
     def apply(self, tx: Transaction) -> None:
         if not tx:
             return
-        if any("table" in c.get("add", {}) for c in tx.commands):
+        if tx.creates_table:
             # The ownership mark: libnftables 1.0.6 JSON carries no table comment, so the
             # table is created (or left as it is, if it exists) by a text command first.
             rc, _, err = self.nft.run(f'add table inet {self.table} {{ comment "{OWNER_MARK}" ; }}')
             if rc != 0:
                 raise ApplyError(err.strip())
-        rc, _, err = self.nft.run(tx.to_json())
-        if rc != 0:
-            self.failed()
-            raise ApplyError(err.strip() or f"libnftables returned {rc}")
-        self.committed(tx)
+        if tx.commands:
+            rc, _, err = self.nft.run(tx.to_json())
+            if rc != 0:
+                raise ApplyError(err.strip() or f"libnftables returned {rc}")
+        for chain, rule in tx.queue_rules:
+            assert rule.queue is not None
+            try:
+                self.raw().add_queue_rule(self.table, chain, rule, rule.queue.num, rule.queue.bypass)
+            except OSError as e:
+                raise ApplyError(f"adding the NFQUEUE rule to chain {chain} (xtables target through nft_compat): {e}") from e
 
-    def rule_handles(self, chain: str) -> tuple[int, ...] | None:
+    def rule_handles(self, chain: str) -> dict[str, list[int]] | None:
         """A raw netlink dump of the one chain (libnftables would first read every set
-        element of the table)."""
+        element of the table): each rule's handle and the id in its comment."""
         if self._generation is None:
             return None
         try:
@@ -281,7 +262,6 @@ class NftBackend(NftDialect):
         return len(lines) > 1 and lines[1].strip() == f'comment "{OWNER_MARK}"'
 
     def delete_table(self) -> bool:
-        self.failed()  # nothing we wrote stays there
         owned = self.owned()
         if owned is None:
             return False

@@ -1,10 +1,11 @@
-"""An in-memory nftables with the Backend interface, for unit tests of render and diff.
+"""An in-memory nftables with the Backend interface, for unit tests of render, plan and spell.
 
 It interprets the transaction's JSON commands with the kernel's all-or-nothing semantics
 and its refusals (adding an existing chain, deleting a missing element, deleting a chain
 or set that is still referenced, deleting a rule by a handle the chain does not hold), so
 that ordering bugs fail here as they would there. Rules get handles as the kernel gives
-them (one counter per table).
+them (one counter per table) and are listed back as they were written (the real kernel's
+normal form is the kernel tests' business).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from dataclasses import replace
 from typing import Any
 
 from ..dataplane.backend import ApplyError
-from ..dataplane.objects import DIGEST_RE, FOREIGN_TARGET, ChainDef, Hook, MapDef, Ruleset, SetDef
+from ..dataplane.objects import FOREIGN_TARGET, ChainDef, MapDef, Ruleset, SetDef
+from ..dataplane.rules import Side, split_comment
 from .backend import NftDialect
-from .diff import Transaction
-from .ruleset import canonical_rule, elem_from_json, map_entry_from_json
+from .parse import NFT_KINDS, _hook, elem_from_json, map_entry_from_json, parse_rule
+from .spell import Transaction
 
 
 class FakeBackend(NftDialect):
@@ -42,33 +44,30 @@ class FakeBackend(NftDialect):
     def read(self, elements: bool = True) -> Ruleset | None:
         self.reads.append(elements)
         if self.ruleset is None:
-            return self.listed(None)
+            return None
         rs = self.ruleset.copy()
+        rs.sets = {n: replace(s, elements=frozenset()) if not elements or s.learned else s for n, s in rs.sets.items()}
         if not elements:
-            rs.sets = {n: replace(s, elements=frozenset()) for n, s in rs.sets.items()}
             rs.maps = {n: replace(m, elements=()) for n, m in rs.maps.items()}
         for name, chain in rs.chains.items():
-            rules = self.rules.get(name, [])
-            m = DIGEST_RE.search(rules[-1].get("comment", "")) if rules else None
-            # Listed as the kernel would: in libnftables' normal form, with handles.
-            rs.chains[name] = ChainDef(name, (), chain.hook, m.group(1) if m else "", tuple(canonical_rule(r) for r in rules),
-                                       handles=self.rule_handles(name))
-        return self.listed(rs)
+            rs.chains[name] = ChainDef.read(name, (parse_rule(r) for r in self.rules.get(name, [])), chain.hook)
+        return rs
 
-    def rule_handles(self, chain: str) -> tuple[int, ...] | None:
-        rules = self.rules.get(chain, [])
-        for r in rules:
+    def rule_handles(self, chain: str) -> dict[str, list[int]] | None:
+        out: dict[str, list[int]] = {}
+        for r in self.rules.get(chain, []):
             if "handle" not in r:  # written by a test as someone else would: the kernel numbers it
                 r["handle"] = self.next_handle
                 self.next_handle += 1
-        return tuple(r["handle"] for r in rules)
+            out.setdefault(split_comment(str(r.get("comment", "")))[1], []).append(r["handle"])
+        return out
 
     def listing(self) -> str:
         return self.text(self.ruleset) if self.ruleset is not None else ""
 
     def rule_counters(self) -> list[tuple[str, str, int, int]]:
         """No packets cross a fake: every counting rule at zero."""
-        return [(chain, str(r.get("comment", "")), 0, 0) for chain, rules in self.rules.items() for r in rules
+        return [(chain, split_comment(str(r.get("comment", "")))[1], 0, 0) for chain, rules in self.rules.items() for r in rules
                 if any(isinstance(e, dict) and "counter" in e for e in r.get("expr", []))]
 
     def maps(self, names: list[str]) -> dict[str, MapDef]:
@@ -82,7 +81,6 @@ class FakeBackend(NftDialect):
     def delete_table(self) -> bool:
         had = self.ruleset is not None
         self.ruleset, self.rules = None, {}
-        self.failed()  # nothing we wrote is there any more
         return had
 
     def apply(self, tx: Transaction) -> None:
@@ -94,12 +92,13 @@ class FakeBackend(NftDialect):
         try:
             for cmd in json.loads(tx.to_json())["nftables"][1:]:
                 self._run(cmd)
+            for chain, rule in tx.queue_rules:  # (the raw netlink batch after it: listed as libnftables lists it)
+                self._run({"add": {"rule": {"family": "inet", "table": self.table, "chain": chain,
+                                            "expr": [{"xt": {"type": "target", "name": "NFQUEUE"}}], "comment": rule.tagged_comment}}})
             self._check_references()
         except ApplyError:
             self.ruleset, self.rules = saved
-            self.failed()
             raise
-        self.committed(tx)
         if self.gen is not None:
             self.gen += self.commits(tx)
 
@@ -123,8 +122,11 @@ class FakeBackend(NftDialect):
             if verb == "add":
                 if name in rs.sets:
                     return  # "add" of an existing set is a no-op, like nft
-                typ = body["type"] if isinstance(body["type"], list) else [body["type"]]
-                rs.sets[name] = SetDef(name, tuple(typ), "interval" in body.get("flags", []), body.get("comment", ""))
+                typ = tuple(body["type"] if isinstance(body["type"], list) else [body["type"]])
+                skind, fam = NFT_KINDS[typ]
+                if "interval" in body.get("flags", []):
+                    skind = skind.PREFIX
+                rs.sets[name] = SetDef(name, skind, fam, body.get("comment", ""), learned="timeout" in body.get("flags", []))
             elif verb == "delete":
                 self._need(rs.sets, name)
                 del rs.sets[name]
@@ -133,7 +135,7 @@ class FakeBackend(NftDialect):
                 rs.sets[name] = replace(rs.sets[name], elements=frozenset())
         elif kind == "map":
             if verb == "add":
-                rs.maps.setdefault(name, MapDef(name, body["type"]))
+                rs.maps.setdefault(name, MapDef(name, Side.SRC, {"ifname": 0, "ipv4_addr": 4, "ipv6_addr": 6}[body["type"]]))
             elif verb == "delete":
                 self._need(rs.maps, name)
                 del rs.maps[name]
@@ -142,8 +144,14 @@ class FakeBackend(NftDialect):
                 rs.maps[name] = replace(rs.maps[name], elements=())
         elif kind == "chain":
             if verb == "add":
-                hook = Hook(body["hook"], body["prio"]) if "hook" in body else None
-                rs.chains.setdefault(name, ChainDef(name, (), hook))
+                hook = _hook(body)
+                if name in rs.chains and rs.chains[name].hook is not None and hook is not None and \
+                        (hook.hook, hook.priority, hook.type) != (rs.chains[name].hook.hook, rs.chains[name].hook.priority,  # type: ignore[union-attr]
+                                                                  rs.chains[name].hook.type):  # type: ignore[union-attr]
+                    raise ApplyError(f"Operation not supported: chain {name}'s hook cannot be changed")
+                if name in rs.chains and hook is None:
+                    return
+                rs.chains[name] = ChainDef(name, (), hook)
                 self.rules.setdefault(name, [])
             elif verb == "flush":
                 self._need(rs.chains, name)
@@ -152,6 +160,8 @@ class FakeBackend(NftDialect):
                 self._need(rs.chains, name)
                 if self.rules.get(name):
                     raise ApplyError(f"Device or resource busy: chain {name} is not empty")
+                if self._referenced(name):
+                    raise ApplyError(f"Device or resource busy: chain {name} is referenced")
                 del rs.chains[name]
                 self.rules.pop(name, None)
         elif kind == "rule":
@@ -162,8 +172,12 @@ class FakeBackend(NftDialect):
                 if at is None:
                     raise ApplyError(f"No such file or directory: rule handle {body.get('handle')} in chain {body['chain']}")
                 del rules[at]
-            elif verb == "add" and "handle" not in body:
-                rules.append({**{k: v for k, v in body.items() if k in ("expr", "comment")}, "handle": self.next_handle})
+            elif verb in ("add", "insert") and "handle" not in body:
+                rule = {**{k: v for k, v in body.items() if k in ("expr", "comment")}, "handle": self.next_handle}
+                if verb == "add":
+                    rules.append(rule)
+                else:
+                    rules.insert(0, rule)
                 self.next_handle += 1
             else:
                 raise ApplyError(f"fake backend: unsupported {verb} rule {body}")
@@ -188,24 +202,29 @@ class FakeBackend(NftDialect):
                     if key not in cur:
                         raise ApplyError(f"No such file or directory: element {key} in map {name}")
                     del cur[key]
-            rs.maps[name] = MapDef(name, m.type, tuple(sorted(cur.items())))
+            rs.maps[name] = replace(m, elements=tuple(sorted(cur.items())))
             return
         self._need(rs.sets, name)
         s = rs.sets[name]
         members = set(s.elements)
-        for e in map(elem_from_json, elems):
+        for e in (elem_from_json(x, s.kind) for x in elems):
             if verb == "add":
                 members.add(e)
             elif e not in members:
                 raise ApplyError(f"No such file or directory: element {e} in set {name}")
             else:
                 members.discard(e)
-        rs.sets[name] = SetDef(s.name, s.type, s.interval, s.comment, frozenset(members))
+        rs.sets[name] = replace(s, elements=frozenset(members))
 
     @staticmethod
     def _need(d: dict[str, Any], name: str) -> None:
         if name not in d:
             raise ApplyError(f"No such file or directory: {name}")
+
+    def _referenced(self, chain: str) -> bool:
+        rs = self._rs()
+        text = json.dumps(self.rules)
+        return f'"target": "{chain}"' in text or any(target == chain for m in rs.maps.values() for _, target in m.elements)
 
     def _check_references(self) -> None:
         """Every @set, vmap and jump target must exist at the end of the batch."""
@@ -216,7 +235,10 @@ class FakeBackend(NftDialect):
         for ref in set(re.findall(r'"@([^"]+)"', text)):
             if ref not in rs.sets and ref not in rs.maps:
                 raise ApplyError(f"No such file or directory: set {ref}")
+        for ref in set(re.findall(r'"target": "([^"]+)"', text)):
+            self._need(rs.chains, ref)
         for m in rs.maps.values():
             for _, target in m.elements:
                 if target != FOREIGN_TARGET:
                     self._need(rs.chains, target)
+

@@ -18,6 +18,8 @@ import socket
 import struct
 import threading
 
+from ..dataplane.rules import split_comment
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETGEN = 16
@@ -25,7 +27,8 @@ NFT_MSG_NEWGEN = 15
 NFTA_GEN_ID = 1
 NFT_MSG_NEWRULE = 6
 NFT_MSG_GETRULE = 7
-NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE = 1, 2, 3
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_USERDATA = 1, 2, 3, 7
+NFTNL_UDATA_RULE_COMMENT = 0
 NFPROTO_INET = 1
 NLM_F_REQUEST = 1
 NLM_F_DUMP = 0x300
@@ -67,10 +70,11 @@ class Generation:
                     raise OSError(f"NFT_MSG_GETGEN: unexpected answer type {kind:#x}")
                 return _gen_id(data[_HEADER.size + _NFGEN.size:length])
 
-    def rule_handles(self, table: str, chain: str) -> tuple[int, ...]:
-        """The handles of an inet chain's rules, in order: a dump of that one chain's rules
-        (the kernel filters by table and chain; no set or element is read, unlike
-        libnftables' `list chain`, which first reads every element of the table)."""
+    def rule_handles(self, table: str, chain: str) -> dict[str, list[int]]:
+        """The handles of an inet chain's rules by the rule id in each one's comment (rules
+        without one under ""), in order: a dump of that one chain's rules (the kernel
+        filters by table and chain; no set or element is read, unlike libnftables' `list
+        chain`, which first reads every element of the table)."""
         with self.lock:
             if self.sock is None:
                 raise OSError("the generation socket is closed")
@@ -79,7 +83,7 @@ class Generation:
             body = _NFGEN.pack(NFPROTO_INET, 0, 0) + attrs
             msg_type = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE
             self.sock.send(_HEADER.pack(_HEADER.size + len(body), msg_type, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
-            handles: list[int] = []
+            handles: dict[str, list[int]] = {}
             while True:
                 data = self.sock.recv(1 << 16)
                 off = 0
@@ -92,14 +96,16 @@ class Generation:
                     if seq != self.seq:
                         continue  # an answer to an earlier request that timed out
                     if kind == NLMSG_DONE:
-                        return tuple(handles)
+                        return handles
                     if kind == NLMSG_ERROR:
                         (errno,) = struct.unpack_from("=i", msg, _HEADER.size)
                         if errno == 0:
                             continue
                         raise OSError(-errno, f"NFT_MSG_GETRULE {table}/{chain} refused")
                     if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE:
-                        handles.append(_u64(msg[_HEADER.size + _NFGEN.size:], NFTA_RULE_HANDLE))
+                        attrs = msg[_HEADER.size + _NFGEN.size:]
+                        rid = split_comment(_comment(attrs))[1]
+                        handles.setdefault(rid, []).append(_u64(attrs, NFTA_RULE_HANDLE))
 
     def close(self) -> None:
         with self.lock:
@@ -120,14 +126,34 @@ def _u64(attrs: bytes, want: int) -> int:
     return _number(attrs, want, ">Q", f"netlink: the answer carries no attribute {want}")
 
 
-def _number(attrs: bytes, want: int, fmt: str, missing: str) -> int:
-    """The big-endian number of attribute `want` in a run of netlink attributes."""
+def _attribute(attrs: bytes, want: int) -> bytes | None:
+    """The value of attribute `want` in a run of netlink attributes (None: not there)."""
     off = 0
     while off + _ATTR.size <= len(attrs):
         alen, atype = _ATTR.unpack_from(attrs, off)
         if alen < _ATTR.size:
             break
         if atype & 0x3FFF == want:
-            return int(struct.unpack_from(fmt, attrs, off + _ATTR.size)[0])
+            return attrs[off + _ATTR.size:off + alen]
         off += (alen + 3) & ~3
-    raise OSError(missing)
+    return None
+
+
+def _comment(attrs: bytes) -> str:
+    """A rule's comment, from its user data (libnftnl's type-length-value records)."""
+    udata = _attribute(attrs, NFTA_RULE_USERDATA) or b""
+    off = 0
+    while off + 2 <= len(udata):
+        kind, length = udata[off], udata[off + 1]
+        if kind == NFTNL_UDATA_RULE_COMMENT:
+            return udata[off + 2:off + 2 + length].split(b"\0", 1)[0].decode(errors="replace")
+        off += 2 + length
+    return ""
+
+
+def _number(attrs: bytes, want: int, fmt: str, missing: str) -> int:
+    """The big-endian number of attribute `want` in a run of netlink attributes."""
+    value = _attribute(attrs, want)
+    if value is None or len(value) < struct.calcsize(fmt):
+        raise OSError(missing)
+    return int(struct.unpack_from(fmt, value)[0])

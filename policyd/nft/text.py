@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..dataplane.objects import ChainDef, Ruleset
-from .ruleset import elem_json
+from ..dataplane.rules import Rule
+from .spell import elem_json, map_type, rule_json, set_type
 
 PRIORITY_NAMES = {0: "filter"}
 
@@ -57,8 +58,8 @@ def chain_text(c: ChainDef) -> list[str]:
     lines = [f"\tchain {c.name} {{"]
     if c.hook is not None:
         prio = PRIORITY_NAMES.get(c.hook.priority, str(c.hook.priority))
-        lines.append(f"\t\ttype filter hook {c.hook.hook} priority {prio}; policy accept;")
-    lines += [f"\t\t{rule_text(r)}" for r in c.rules]
+        lines.append(f"\t\ttype {c.hook.type} hook {c.hook.hook} priority {prio}; policy {c.hook.policy};")
+    lines += [f"\t\t{rule_text(rule_json(r))}" for r in c.rules if isinstance(r, Rule)]
     lines.append("\t}")
     return lines
 
@@ -67,8 +68,8 @@ def ruleset_text(rs: Ruleset, table: str) -> str:
     lines = [f"table inet {table} {{"]
     for s in sorted(rs.sets.values(), key=lambda s: s.name):
         lines.append(f"\tset {s.name} {{")
-        lines.append(f"\t\ttype {' . '.join(s.type)}")
-        if s.interval:
+        lines.append(f"\t\ttype {' . '.join(set_type(s))}")
+        if s.kind.value == "prefix":
             lines.append("\t\tflags interval")
         if s.comment:
             lines.append(f'\t\tcomment "{s.comment}"')
@@ -77,9 +78,9 @@ def ruleset_text(rs: Ruleset, table: str) -> str:
         lines.append("\t}")
     for m in sorted(rs.maps.values(), key=lambda m: m.name):
         lines.append(f"\tmap {m.name} {{")
-        lines.append(f"\t\ttype {m.type} : verdict")
+        lines.append(f"\t\ttype {map_type(m)} : verdict")
         if m.elements:
-            key = (lambda k: f'"{k}"') if m.type == "ifname" else str
+            key = (lambda k: f'"{k}"') if m.family == 0 else str
             lines.append("\t\telements = { " + ", ".join(f"{key(k)} : jump {c}" for k, c in m.elements) + " }")
         lines.append("\t}")
     base = sorted((c for c in rs.chains.values() if c.hook), key=lambda c: c.name)

@@ -1,13 +1,14 @@
 """Per-rule hit counters, the pure half: which policy rule a kernel rule's counter belongs to,
 and the sums by rule across pods.
 
-Every rule of a pod chain carries a comment the renderer wrote from the plan (the allow
-rule's `ns/policy ingress[0] from[1]`, the ClusterNetworkPolicy rule's label, the final
-drop's reason). The index maps those comments back to where they came from, from the same
-plans, so a counter is attributed by what wrote it, never by parsing names out of text: a
-comment the index does not know (the default return of a pod no NetworkPolicy isolates) is
-counted apart (`other`), not guessed. Sums are per
-policy rule, not per pod or address: the metrics' cardinality is bounded by the policies.
+Every kernel rule carries its id (`dataplane.rules`) in its comment, and every rule the
+renderer wrote knows the policy rule it enforces (`Origin.key`: the allow rule's
+`ns/policy ingress[0]`, the ClusterNetworkPolicy rule, a pod's isolation). The index maps
+ids to those keys from the rendered chains themselves, so a counter is attributed by what
+wrote it, never by parsing names out of text: an id the index does not know (the default
+return of a pod no NetworkPolicy isolates) is counted apart (`other`), not guessed. Sums
+are per policy rule, not per pod or address: the metrics' cardinality is bounded by the
+policies.
 """
 
 from __future__ import annotations
@@ -18,35 +19,11 @@ from dataclasses import dataclass, field
 
 from ..compile.evaluate import SideVerdict
 from ..compile.plan import PodPlan
-from ..dataplane.renderer import RULE_ID_RE, audit_comment, drop_reason, rule_id
-from ..model.objects import Direction
+from ..dataplane.objects import ChainDef
+from ..dataplane.render import Renderer
+from ..dataplane.rules import Rule, RuleKey
 
-
-@dataclass(frozen=True, order=True)
-class RuleKey:
-    """One policy rule, as the metrics label it: `kind` allow (a NetworkPolicy rule: policy
-    is its name, rule its index), tier (a ClusterNetworkPolicy rule: policy is its name, rule
-    the label's `ingress[0] from[1] Deny` part), drop (a pod's isolation: namespace is the
-    pod's, policy lists the isolating policies as ns/name, rule is empty), audit (an
-    audit-mode policy's rule that would allow) or audit-drop (what audit-mode policies would
-    drop, like drop)."""
-
-    kind: str
-    namespace: str
-    policy: str
-    direction: str
-    rule: str
-
-    def describe(self) -> str:
-        if self.kind == "allow":
-            return f"{self.namespace}/{self.policy} {self.direction}[{self.rule}]"
-        if self.kind == "audit":
-            return f"{self.namespace}/{self.policy} {self.direction}[{self.rule}] (audit mode, would allow)"
-        if self.kind == "drop":
-            return f"{self.direction} isolation of {self.namespace} pods by {self.policy}"
-        if self.kind == "audit-drop":
-            return f"what audit-mode {self.policy} would drop of {self.namespace} pods' {self.direction} (not enforced)"
-        return f"{self.policy} {self.rule}"
+__all__ = ["Count", "CounterIndex", "Counters", "RuleKey", "RuleTotals", "counters_from_metrics", "side_key"]
 
 
 @dataclass
@@ -69,48 +46,37 @@ class Counters:
 
 
 class CounterIndex:
-    """Rule comments → RuleKey, from the plans that wrote them."""
+    """Rule id → RuleKey, from the chains that carry the rules."""
 
-    def __init__(self, plans: Iterable[PodPlan]) -> None:
+    def __init__(self, chains: Iterable[ChainDef]) -> None:
         self.keys: dict[str, RuleKey] = {}
-        for plan in plans:
-            ns = plan.pod.split("/", 1)[0]
-            for d in Direction:
-                dp = plan.direction(d)
-                if dp is None:
-                    continue
-                for r in dp.rules:
-                    pol_ns, _, pol = r.policy.partition("/")
-                    self.keys[rule_id(r.label())] = RuleKey("allow", pol_ns, pol, d.value, str(r.rule_index))
-                for t in (*dp.admin, *dp.baseline):
-                    label = t.label()
-                    self.keys[rule_id(label)] = RuleKey("tier", "", t.policy, d.value, label.split(" ", 1)[1])
-                for r in dp.audit_rules:  # the audit chain's returns: what audited policies would allow
-                    pol_ns, _, pol = r.policy.partition("/")
-                    self.keys[rule_id(r.label())] = RuleKey("audit", pol_ns, pol, d.value, str(r.rule_index))
-                if dp.isolated:
-                    self.keys[rule_id(drop_reason(plan.pod, d, dp))] = RuleKey("drop", ns, ",".join(dp.policies), d.value, "")
-                elif dp.audit:  # what audit-mode policies would drop here
-                    self.keys[rule_id(audit_comment(plan.pod, d))] = RuleKey("audit-drop", ns, ",".join(dp.audit), d.value, "")
+        for c in chains:
+            for r in c.rules:
+                if isinstance(r, Rule) and r.origin is not None and r.origin.key is not None:
+                    self.keys[r.id] = r.origin.key
 
-    def key(self, comment: str) -> RuleKey | None:
-        """By the rule's stable id in its comment (dataplane.renderer.tagged); None for a
-        counted rule no policy rule wrote."""
-        m = RULE_ID_RE.search(comment)
-        return self.keys.get(m.group(1)) if m else None
+    @staticmethod
+    def of_plans(plans: Iterable[PodPlan], renderer: Renderer) -> CounterIndex:
+        """From plans rendered as the agent that wrote the kernel's rules renders them (its
+        backend and configuration): what a process other than the agent uses."""
+        return CounterIndex(c for plan in plans for c in renderer.pod(plan, None).chains)
+
+    def key(self, rule_id: str) -> RuleKey | None:
+        """None for a counted rule no policy rule wrote."""
+        return self.keys.get(rule_id)
 
     def sum(self, listed: Iterable[tuple[str, str, int, int]]) -> Counters:
-        """(chain, comment, packets, bytes) of every counted kernel rule → sums by policy rule:
+        """(chain, rule id, packets, bytes) of every counted kernel rule → sums by policy rule:
         what the kernel holds now (a rewritten rule starts again at zero)."""
         out = Counters()
-        for _, comment, packets, nbytes in listed:
-            out.add(self.key(comment), packets, nbytes)
+        for _, rid, packets, nbytes in listed:
+            out.add(self.key(rid), packets, nbytes)
         return out
 
 
 class RuleTotals:
     """Counts by policy rule that never go down, for Prometheus counters: each kernel rule
-    (its chain, comment and place among the chain's rules of that comment) is followed from
+    (its chain, id and place among the chain's rules of that id) is followed from
     read to read, and only its increase is added; a rule whose count fell was rewritten (its
     chain changed) and counts from zero again, so its new count is its increase. Packets a
     rule counted between the last read and its rewrite are lost, never counted twice. A new
@@ -125,12 +91,12 @@ class RuleTotals:
         seen: dict[tuple[str, str, int], tuple[int, int]] = {}
         place: dict[tuple[str, str], int] = {}
         rules: dict[RuleKey | None, int] = {}
-        for chain, comment, packets, nbytes in listed:
-            n = place[(chain, comment)] = place.get((chain, comment), -1) + 1
-            ident = (chain, comment, n)
+        for chain, rid, packets, nbytes in listed:
+            n = place[(chain, rid)] = place.get((chain, rid), -1) + 1
+            ident = (chain, rid, n)
             last_p, last_b = self.last.get(ident, (0, 0))
             dp, db = (packets - last_p, nbytes - last_b) if packets >= last_p and nbytes >= last_b else (packets, nbytes)
-            key = index.key(comment)
+            key = index.key(rid)
             c = self.totals.other if key is None else self.totals.by_rule.setdefault(key, Count())
             c.packets += dp
             c.bytes += db

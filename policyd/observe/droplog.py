@@ -4,9 +4,9 @@ A reader thread takes packets off the NFLOG socket into a bounded queue (a flood
 counted, dropped records, never memory or the agent's event loop); a writer thread turns
 each into a record: the pod whose chain dropped it, the direction, the peer (a pod's
 namespace/name when the agent knows the address, else the address), protocol and port, and
-the cause named by the rule's prefix (dataplane/droplog.py), never inferred from the
-packet. A prefix the agent has not seen (the plans changed) refreshes the cause book from
-the compiler once (only the plans that changed are read again); what still has no cause is
+the cause named by the rule's prefix (`pd-` and the log rule's id), never inferred from the
+packet. A prefix the agent has not seen (the rules changed) refreshes the cause book from
+the rendered rules once (only the pods whose rules changed are read again); what still has no cause is
 logged as unattributed, not guessed. Peers are looked up in the store's address index when
 the record is written, so a pod created since the last refresh is named and a deleted
 pod's reused address is never named after it.
@@ -20,60 +20,70 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..compile.engine import Compiler
-from ..compile.plan import PodPlan
 from ..dataplane.droplog import AUDIT, DropCause
-from ..dataplane.renderer import drop_causes
-from ..model.objects import Direction, PodKey
+from ..dataplane.objects import ChainDef
+from ..dataplane.render import PodObjects
+from ..dataplane.rules import Rule
+from ..model.objects import Direction
 from .nflog import NflogSocket, Packet
 
 log = logging.getLogger("policyd.droplog")
 
 
 class CauseBook:
-    """prefix → cause, from what the agent compiled. Causes are kept after their plan
-    changes (up to `limit`, oldest first out): a packet logged just before a change is still
-    named by the rule that dropped it."""
+    """prefix → cause, from the rules the agent rendered (a log rule's prefix is `pd-` and its
+    id). Causes are kept after their rules change (up to `limit`, oldest first out): a packet
+    logged just before a change is still named by the rule that dropped it."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self.causes: OrderedDict[str, DropCause] = OrderedDict()
-        self._read: dict[PodKey, PodPlan] = {}  # the plans whose causes are in the book
+        self._read: dict[str, PodObjects] = {}  # the pods whose causes are in the book
 
-    def refresh(self, plans: Iterable[PodPlan]) -> None:
-        """Read the causes of the plans that are new or changed since the last refresh
-        (plans are immutable: a changed plan is another object)."""
-        read: dict[PodKey, PodPlan] = {}
-        for plan in plans:
-            if self._read.get(plan.pod) is not plan:
-                for cause in drop_causes(plan):
-                    self.causes[cause.prefix] = cause
-                    self.causes.move_to_end(cause.prefix)
-            read[plan.pod] = plan
-        self._read = read
+    def refresh(self, pods: Mapping[str, PodObjects]) -> None:
+        """Read the causes of the pods whose rules are new or changed since the last refresh
+        (rendered objects are immutable: a changed pod's are other objects)."""
+        for key, objs in pods.items():
+            if self._read.get(key) is not objs:
+                for prefix, cause in log_causes(objs.chains):
+                    self.causes[prefix] = cause
+                    self.causes.move_to_end(prefix)
+        self._read = dict(pods)
         while len(self.causes) > self.limit:
             self.causes.popitem(last=False)
 
 
-class CompiledSource:
-    """What the drop log reads from an agent's compiler, under the agent's lock: the plans'
-    causes, and which pod holds an address (the store's address index, turned on here)."""
+def log_causes(chains: Iterable[ChainDef]) -> Iterator[tuple[str, DropCause]]:
+    """(NFLOG prefix, cause) of every log rule of these chains."""
+    for c in chains:
+        for r in c.rules:
+            if isinstance(r, Rule) and r.log is not None and r.origin is not None and r.origin.cause is not None:
+                yield r.log_prefix, r.origin.cause
 
-    def __init__(self, compiler: Compiler, lock: AbstractContextManager[Any] | None = None) -> None:
+
+class CompiledSource:
+    """What the drop log reads from an agent, under the agent's lock: the causes of the rules
+    it rendered (`pods`: its desired state's pod objects), and which pod holds an address
+    (the compiler's store's address index, turned on here)."""
+
+    def __init__(self, compiler: Compiler, lock: AbstractContextManager[Any] | None = None,
+                 pods: Callable[[], Mapping[str, PodObjects]] | None = None) -> None:
         self.compiler = compiler
         self.lock: AbstractContextManager[Any] = lock if lock is not None else threading.Lock()
+        self.pods = pods or (lambda: {})
         with self.lock:
             compiler.store.index_addresses()
 
     def fill(self, book: CauseBook) -> None:
         with self.lock:
-            plans = list(self.compiler.plans.values())
-        book.refresh(plans)
+            pods = dict(self.pods())
+        book.refresh(pods)
 
     def pod_at(self, address: str) -> str | None:
         with self.lock:

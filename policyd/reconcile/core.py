@@ -5,6 +5,7 @@ in, a JSON status file out) differ only in where events come from and where stat
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -12,14 +13,19 @@ from typing import Any
 from ..compile.engine import Compiler
 from ..dataplane.backend import AnyBackend
 from ..dataplane.config import RenderConfig
-from ..model.events import Event
+from ..model.events import Delete, Event
 from ..model.objects import PodKey
+from ..names.learner import Learner, Limits, QueueReader
+from ..names.queue import NfQueue
+from ..names.scope import PlanScope
 from ..observe.counters import CounterIndex, Counters, RuleTotals
 from ..observe.droplog import CompiledSource, DropLogger
 from ..observe.flows import DEFAULT_LIMIT, FlowTable
 from .interfaces import RouteInterfaces
 from .runner import SyncRunner
 from .syncer import Syncer, SyncResult
+
+log = logging.getLogger("policyd.agent")
 
 
 class AgentCore:
@@ -34,17 +40,42 @@ class AgentCore:
         self.drift_repairs: dict[str, int] = {}
         self.rule_totals = RuleTotals()
         self._totals_lock = threading.Lock()
+        self.learner: QueueReader | None = None
 
     def apply(self, events: Iterable[Event]) -> bool:
-        """Feed events to the compiler; True (and a sync requested) when there were any."""
+        """Feed events to the compiler; True (and a sync requested) when there were any. An
+        event that fails inside the compiler (a bug) is logged; the compiler is then dirty
+        and the sync rebuilds it from its store."""
         n = 0
         with self.lock:
             for ev in events:
-                self.compiler.apply(ev)
+                try:
+                    self.compiler.apply(ev)
+                except Exception:  # noqa: BLE001 - the next sync heals it (Syncer._heal_compiler)
+                    log.exception("the compiler failed on %s; it is rebuilt from its store at the next sync", ev)
                 n += 1
+                if isinstance(ev, Delete) and ev.kind == "Pod":
+                    self.pod_gone(ev.key)
         if n:
             self.runner.request()
         return n > 0
+
+    def names_learner(self, limits: Limits) -> QueueReader:
+        """The learner of domainNames peers' addresses (names/), reading this agent's NFQUEUE;
+        start it in the node's namespace. Pods that go are forgotten (`pod_gone`)."""
+        fqdn = self.syncer.cfg.fqdn
+        if fqdn is None:
+            raise ValueError("domainNames learning is off (RenderConfig.fqdn)")
+        backend = self.syncer.backend
+        scope = PlanScope(self.compiler, backend.renderer(self.syncer.cfg).layout, self.lock)
+        learner = Learner(scope, backend.names_writer(), fqdn.fail_open, limits)
+        self.learner = QueueReader(learner, lambda: NfQueue(fqdn.queue, fqdn.fail_open))
+        return self.learner
+
+    def pod_gone(self, key: str) -> None:
+        """A pod was deleted: what only its DNS answers taught goes with it."""
+        if self.learner is not None:
+            self.learner.forget_pod(key)
 
     def drop_logger(self, fmt: str, emit: Callable[[str], None] | None = None) -> DropLogger:
         """A drop logger for this agent's configured group (start it in the node's namespace);
@@ -52,7 +83,8 @@ class AgentCore:
         drop_log = self.syncer.cfg.drop_log
         if drop_log is None:
             raise ValueError("no drop log is configured")
-        return DropLogger(drop_log.group, self.compiler.node or "", CompiledSource(self.compiler, self.lock), emit or _print_line, fmt)
+        return DropLogger(drop_log.group, self.compiler.node or "", CompiledSource(self.compiler, self.lock, lambda: self.syncer.desired.pods),
+                          emit or _print_line, fmt)
 
     def flow_table(self, limit: int = DEFAULT_LIMIT) -> FlowTable:
         """A flow table resolving addresses to this agent's pods (the store's address index,
@@ -75,7 +107,7 @@ class AgentCore:
         """The kernel's per-rule counters, summed by policy rule, as totals that never go
         down (observe/counters.py: RuleTotals), for /metrics."""
         with self.lock:
-            index = CounterIndex(list(self.compiler.plans.values()))
+            index = CounterIndex(c for objs in self.syncer.desired.pods.values() for c in objs.chains)
         with self._totals_lock:  # two scrapes at once: one reads after the other
             return self.rule_totals.update(index, self.syncer.backend.rule_counters())
 
@@ -105,7 +137,8 @@ class AgentCore:
             "last_sync_ms": round(s.last_result.seconds * 1e3, 2) if s.last_result else None,
             "last_ops": s.last_result.ops if s.last_result else None,
             "local_pods": local_pods, "pending_interfaces": pending, "kernel_leftovers": self.syncer.backend.leftovers,
-            "divergences": self.syncer.divergences,
+            "divergences": self.syncer.divergences, "compiler_rebuilds": self.syncer.compiler_rebuilds,
+            "compiler_divergences": self.syncer.compiler_divergences, "full_failures": s.full_failures,
         }
 
 

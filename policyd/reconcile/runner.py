@@ -12,7 +12,10 @@ the agent's loop) decides whether a sync is due:
   rebuilt and compared with the incrementally kept one (`Syncer.divergences`);
 * every `check_every` seconds: a cheap look at the kernel (Syncer.check); if what policyd
   wrote has changed (a table deleted, a chain flushed, a rule inserted…), a full sync at
-  once, so drift is repaired within about a second instead of at the next resync.
+  once, so drift is repaired within about a second instead of at the next resync;
+* once chains flushed by an earlier sync have waited their second (Syncer.deletion_due):
+  a sync that deletes them;
+* at once when an event failed inside the compiler: the sync rebuilds it from its store.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class RunnerStats:
     syncs: int = 0
     full_syncs: int = 0
     failures: int = 0
+    full_failures: int = 0  # of those, syncs that were (or had become) full ones
     consecutive_failures: int = 0
     last_result: SyncResult | None = None
     last_error: str = ""
@@ -71,7 +75,10 @@ class SyncRunner:
     def due(self, now: float) -> bool:
         if self.stats.consecutive_failures:
             return now >= self.retry_at
-        if now >= self.next_full or (self.check_every > 0 and now >= self.next_check):
+        if now >= self.next_full or (self.check_every > 0 and now >= self.next_check) or self.syncer.compiler.dirty:
+            return True
+        deletion = self.syncer.deletion_due()
+        if deletion is not None and now >= deletion:
             return True
         waiting = self.requested or bool(self.syncer.pending)
         return waiting and now - self.last_at >= self.min_interval
@@ -84,6 +91,11 @@ class SyncRunner:
         if self.stats.consecutive_failures:
             return self.retry_at
         at = self.next_full if self.check_every <= 0 else min(self.next_full, self.next_check)
+        deletion = self.syncer.deletion_due()
+        if deletion is not None:
+            at = min(at, deletion)
+        if self.syncer.compiler.dirty:
+            at = now
         if self.requested:
             at = min(at, self.last_at + self.min_interval)
         if self.syncer.pending:
@@ -101,7 +113,10 @@ class SyncRunner:
             self.next_check = now + self.check_every
             seen = self._drifted()
             full = bool(seen) or self.stats.drift_seen != []
-            if not full and (not (self.requested or self.syncer.pending) or now - self.last_at < self.min_interval):
+            deletion = self.syncer.deletion_due()
+            deleting = deletion is not None and now >= deletion
+            if not full and not deleting and not self.syncer.compiler.dirty and (
+                    not (self.requested or self.syncer.pending) or now - self.last_at < self.min_interval):
                 return None
         self.requested = False
         self.last_at = now
@@ -111,6 +126,7 @@ class SyncRunner:
             self.requested = True
             s = self.stats
             s.failures += 1
+            s.full_failures += int(self.syncer.last_attempt_full)
             s.consecutive_failures += 1
             s.last_error = f"{type(e).__name__}: {e}"
             delay = min(self.backoff[1], self.backoff[0] * 2 ** (s.consecutive_failures - 1))
@@ -137,8 +153,10 @@ class SyncRunner:
         and the kernel has not moved since it was verified, the check is done (nothing to
         read, nothing to sync) and True is returned; otherwise False, and run_once decides."""
         s = self.stats
-        if (s.consecutive_failures or s.drift_seen or self.requested or self.syncer.pending or now >= self.next_full
-                or self.check_every <= 0 or now < self.next_check):
+        deletion = self.syncer.deletion_due()
+        if (s.consecutive_failures or s.drift_seen or self.requested or self.syncer.pending or self.syncer.compiler.dirty
+                or now >= self.next_full
+                or self.check_every <= 0 or now < self.next_check or (deletion is not None and now >= deletion)):
             return False
         try:
             if not self.syncer.unchanged():

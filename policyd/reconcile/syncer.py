@@ -26,6 +26,11 @@ desired from the compiler from scratch and diffs it against a fresh read of the 
 A periodic full resync (`rebuild=True`) rebuilds too and compares the rebuilt state with
 the incrementally kept one first: any difference is a bug of the incremental path,
 counted in `divergences` (and logged), and the rebuilt state wins.
+
+The compiler is held to the same: an event that failed inside it (a bug) leaves it `dirty`,
+and the next sync (the runner makes one due) rebuilds its plans and sets from its store
+before anything else (`compiler_rebuilds`); every COMPILER_AUDIT_EVERY-th periodic resync
+compiles from the store from scratch and compares (`compiler_divergences`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..compile.engine import Compiler
@@ -41,6 +47,7 @@ from ..dataplane.config import DispatchMode, RenderConfig
 from ..dataplane.desired import DesiredState
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import Ruleset, Touched, differences
+from ..dataplane.ops import STALE_DELAY, plan, stale_chain
 from ..model.objects import IPAddress, PodKey
 from .interfaces import RouteInterfaces
 
@@ -51,6 +58,7 @@ log = logging.getLogger("policyd.sync")
 # one every 9 s. Without a generation (iptables) every look is behind our back: less.
 ELEMENT_SHARE = 0.05
 ELEMENT_SHARE_WITHOUT_GENERATION = 0.01
+COMPILER_AUDIT_EVERY = 12  # periodic resyncs (an hour at the agent's default of 5 min): a compile from scratch costs ~1 s at 10,000 pods
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,8 @@ class SyncResult:
 
 
 class Syncer:
-    def __init__(self, compiler: Compiler, backend: AnyBackend, cfg: RenderConfig, interfaces: RouteInterfaces | None = None) -> None:
+    def __init__(self, compiler: Compiler, backend: AnyBackend, cfg: RenderConfig, interfaces: RouteInterfaces | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.compiler = compiler
         self.backend = backend
         self.cfg = cfg
@@ -82,11 +91,22 @@ class Syncer:
         # Whatever the compiler already holds is new to us: the first sync builds it all.
         self.rebuild_next = True
         self.divergences = 0  # rebuilt desired state != the incrementally kept one (a bug)
+        self.compiler_rebuilds = 0  # the compiler's plans and sets rebuilt after an event failed in it
+        self.compiler_divergences = 0  # a periodic compile from scratch != the incremental compiler (a bug)
+        self.periodic = 0  # periodic resyncs so far
+        self.last_attempt_full = False  # whether the last sync attempted was (or became) a full one
         # The kernel's generation (Backend.generation) at which it held exactly `believed`
         # (but for `touched`, still to be written); None: not known.
         self.verified: int | None = None
         self.next_element_look = float("-inf")
         self.element_looks = 0  # drift checks that listed peer sets' elements
+        # Chains flushed and waiting for their deletion (dataplane.ops.STALE_DELAY): since when.
+        self.stale: dict[str, float] = {}
+        self.clock = clock
+
+    def deletion_due(self) -> float | None:
+        """When the next sync should run to delete chains that have waited (None: none wait)."""
+        return min(self.stale.values()) + STALE_DELAY if self.stale else None
 
     def _interface(self, key: PodKey, ips: tuple[IPAddress, ...]) -> str | None:
         if self.cfg.mode is not DispatchMode.INTERFACE:
@@ -136,6 +156,22 @@ class Syncer:
         self.rebuild_next = False
         return same
 
+    def _heal_compiler(self, periodic: bool) -> None:
+        """Under the lock: the compiler rebuilt from its store when an event failed in it (and
+        desired state with it); on every COMPILER_AUDIT_EVERY-th periodic resync, compared
+        with a compile from scratch."""
+        if self.compiler.dirty:
+            self.compiler.rebuild()
+            self.compiler_rebuilds += 1
+            self.rebuild_next = True
+            log.warning("an event failed in the compiler earlier: its plans and sets were rebuilt from its store")
+        elif periodic:
+            self.periodic += 1
+            if self.periodic % COMPILER_AUDIT_EVERY == 0 and not self.compiler.rebuild(compare=True):
+                self.compiler_divergences += 1
+                self.rebuild_next = True
+                log.error("the incremental compiler differs from a compile from scratch (a bug; the compiled state is enforced)")
+
     def check(self) -> list[Drift]:
         """The frequent, cheap drift check: what differs from what we last wrote. Nothing
         when we do not know (the next sync is full anyway), and nothing to look at when the
@@ -181,8 +217,10 @@ class Syncer:
 
     def _sync(self, full: bool, rebuild: bool) -> SyncResult:
         start = time.perf_counter()
-        rebuilt = self.rebuild_next or rebuild
+        self.last_attempt_full = full or rebuild or self.rebuild_next or self.believed is None or self.compiler.dirty
         with self.lock:
+            self._heal_compiler(rebuild)
+            rebuilt = self.rebuild_next or rebuild
             same = self.rebuild(compare=not self.rebuild_next) if rebuilt else True
             if not rebuilt:
                 self.absorb()
@@ -193,20 +231,25 @@ class Syncer:
         full = full or rebuilt or self.believed is None
         drift: list[Drift] = []
         listed = full and not trusted
+        now = self.clock()
         if listed:
             # Everything, elements too, compared rule by rule: repairs any drift. What we
             # believed is compared first, to say what changed behind our back.
             actual = self.backend.read()
             if self.believed is not None:
-                drift = find_drift(self.believed, actual, self.backend.chain_holds, True, self.backend.describe(),
-                                   pending=set(self.touched.sets))
-            tx = self.backend.diff(actual, self.desired.ruleset, deltas={})
+                drift = find_drift(self.believed, actual, True, self.backend.describe(), pending=set(self.touched.sets))
+            p = plan(actual, self.desired.ruleset, deltas={}, stale=self.stale, now=now)
         else:
-            if not self.touched:
+            due = self.deletion_due()
+            if not self.touched and (due is None or now < due):
                 return SyncResult(full, 0, time.perf_counter() - start, len(self.pending), rebuilt=rebuilt)
-            tx = self.backend.diff(self.believed, self.desired.ruleset, self.touched)
+            p = plan(self.believed, self.desired.ruleset, self.touched, stale=self.stale, now=now)
+        tx = self.backend.spell(p)
         self.backend.apply(tx)
+        self.stale = p.stale
         self.believed = self.desired.ruleset.copy()
+        for name in self.stale:  # flushed, still there until their deletion
+            self.believed.chains[name] = stale_chain(name)
         self.touched = Touched()
         # Known again only if the generation moved by our commits alone (a commit of anyone
         # else's in between, or one of ours that changed nothing, leaves it unknown: the

@@ -102,6 +102,35 @@ def test_flow_records_reach_the_agent_and_bad_limits_are_refused():
         assert out.returncode != 0 and why in out.stderr, out.stderr
 
 
+def agent_settings(env: dict[str, str]):
+    """What `policyd run` makes of the chart's environment (its own parser, nothing else)."""
+    import argparse
+
+    from policyd.kube import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            if k.startswith("POLICYD_") and v is not None:
+                mp.setenv(k, v)
+        parser = argparse.ArgumentParser()  # (the defaults are read from the environment here)
+        cli.register(parser.add_subparsers())
+        args = parser.parse_args(["run", "--node-name", "n1", "--dispatch-mode", "address", "--backend", "nftables"])
+        return cli.settings_from(args)[0]
+
+
+def test_domain_names_are_on_by_default_and_their_values_reach_the_agent():
+    env = {e["name"]: e.get("value") for e in render()["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    st = agent_settings(env)
+    assert st.fqdn is not None and (st.fqdn.queue, st.fqdn.fail_open) == (5300, True)
+    assert (st.fqdn_limits.min_ttl, st.fqdn_limits.max_ttl, st.fqdn_limits.per_pod) == (30, 86400, 1000)
+    c = render("fqdn.queue=77", "fqdn.failMode=closed", "fqdn.minTTL=5", "fqdn.maxTTL=600", "fqdn.maxPerPod=20")
+    st = agent_settings({e["name"]: e.get("value") for e in c["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["env"]})
+    assert st.fqdn is not None and (st.fqdn.queue, st.fqdn.fail_open) == (77, False)
+    assert (st.fqdn_limits.min_ttl, st.fqdn_limits.max_ttl, st.fqdn_limits.per_pod) == (5, 600, 20)
+    off = render("fqdn.enabled=false")["DaemonSet"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert agent_settings({e["name"]: e.get("value") for e in off}).fqdn is None
+
+
 def test_iptables_backend_shares_the_hosts_xtables_lock_and_gets_net_raw():
     """Legacy iptables opens a raw socket (without CAP_NET_RAW: 'Permission denied (you must
     be root)', seen on the real cluster); nftables does not need it and does not get it."""
@@ -126,7 +155,9 @@ def test_env_names_match_the_agent_options():
 
 
 @pytest.mark.parametrize("bad", ["dispatchMode=bridge", "backend=ebpf", "failMode=maybe", "failMode=closed,dispatchMode=address", "logFormat=xml",
-                                 "healthPort=0", "dropLog.group=70000", "dropLog.rate=0"])
+                                 "healthPort=0", "dropLog.group=70000", "dropLog.rate=0",
+                                 "fqdn.queue=70000", "fqdn.failMode=maybe", "fqdn.minTTL=0", "fqdn.minTTL=700,fqdn.maxTTL=600",
+                                 "fqdn.maxPerPod=0"])
 def test_bad_values_are_refused(bad: str):
     r = helm("template", "pd", str(CHART), "--set", bad, check=False)
     assert r.returncode != 0 and ("must be" in r.stderr or "needs" in r.stderr), r.stderr

@@ -118,6 +118,9 @@ def tampers(backend: str, netns: str, chain: str, sset: str, member: str) -> lis
         # IPv4's copy only: the chain still has its IPv6 rules, so its rules changed
         ("pod chain flushed (IPv4)", "rules-changed", lambda: sh(netns, "iptables-legacy", "-F", chain)),
         ("jump from FORWARD removed", "jump-missing", lambda: sh(netns, "iptables-legacy", "-D", "FORWARD", "-j", "POLICYD-FORWARD")),
+        # N2 of issue 42: a rule above policyd's jump bypasses it
+        ("a rule inserted above the jump in FORWARD", "jump-not-first",
+         lambda: sh(netns, "iptables-legacy", "-I", "FORWARD", "1", "-s", member, "-j", "ACCEPT")),
         ("foreign chain", "foreign-chain", lambda: sh(netns, "iptables-legacy", "-N", "POLICYD-INTRUDER")),
         ("foreign set", "foreign-set", lambda: sh(netns, "ipset", "create", "policyd-intruder", "hash:ip")),
         ("set element removed", "set-elements", lambda: sh(netns, "ipset", "del", sset, member)),

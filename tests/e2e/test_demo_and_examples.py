@@ -35,6 +35,18 @@ def test_demo(topology, backend, capsys, monkeypatch, tmp_path, leftovers):
     assert not leftovers(Lab("e2edemo", root=tmp_path))
 
 
+@pytest.mark.parametrize(("topology", "backend", "family"), [("routed", "nftables", "dual"), ("bridge", "iptables", "ipv4")])
+def test_fqdn_demo(topology, backend, family, capsys, monkeypatch, tmp_path, leftovers):
+    """`lab demo --fqdn`: CoreDNS answers, the agents learn, the pods connect by name."""
+    import policyd.lab.fqdn_demo as fqdn_demo
+
+    monkeypatch.setattr(fqdn_demo, "Lab", lambda name: Lab(name, root=tmp_path))
+    assert fqdn_demo.run_fqdn_demo("e2efqdn", topology, backend=backend, ip_family=family) == 0
+    out = capsys.readouterr().out
+    assert "all observations as expected" in out and "FAIL" not in out
+    assert not leftovers(Lab("e2efqdn", root=tmp_path))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("topology", ["routed", "bridge"])
 def test_every_example_policy_matches_the_engine(make_lab, topology, backend):

@@ -14,11 +14,11 @@ from dataclasses import replace
 
 import pytest
 
-from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.dataplane.config import DispatchMode, Fqdn, RenderConfig
 from policyd.dataplane.droplog import DropLog
 from policyd.lab.agent import NodeAgent
 from policyd.lab.families import v6_for
-from policyd.lab.netns import delete_namespaces
+from policyd.lab.netns import delete_namespaces, entered
 from policyd.lab.topology import Topology
 from policyd.model.manifests import Manifests, load_documents
 
@@ -75,7 +75,7 @@ def parse(*docs: str) -> Manifests:
 
 class KernelCluster:
     def __init__(self, topo: Topology, mode: DispatchMode, backend: str = "nftables", drop_log: DropLog | None = None,
-                 counters: bool = False) -> None:
+                 counters: bool = False, fqdn: Fqdn | None = None) -> None:
         self.backend = backend
         self.topo = topo
         m = parse(PODS)
@@ -95,7 +95,7 @@ class KernelCluster:
         topo.wait_ready()
         self.namespaces = m.namespaces
         self.agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", mode, backend=backend,
-                               cfg=RenderConfig(mode=mode, drop_log=drop_log, counters=counters))
+                               cfg=RenderConfig(mode=mode, drop_log=drop_log, counters=counters, fqdn=fqdn))
         self.agent.load(m.namespaces, self.pods.values(), [])
         self.policies: dict[str, object] = {}
         self.cluster_policies: dict[str, object] = {}
@@ -105,6 +105,13 @@ class KernelCluster:
         result = self.agent.sync(full)
         assert self.agent.syncer.divergences == 0, "the incremental desired state differs from a rebuild"
         return result
+
+    def settle(self):
+        """A sync as if the chains earlier syncs flushed had waited for their deletion."""
+        from tests.helpers import settle
+
+        with entered(self.agent.netns):
+            return settle(self.agent.syncer)
 
     def apply(self, *docs: str):
         """Replace the policy set (NetworkPolicies and ClusterNetworkPolicies) with these
@@ -136,14 +143,15 @@ VARIANTS = [f"{t}-{b}" for t in ("routed", "bridge") for b in BACKENDS]
 
 
 @contextmanager
-def kernel_cluster(variant: str, drop_log: DropLog | None = None, counters: bool = False) -> Iterator[KernelCluster]:
+def kernel_cluster(variant: str, drop_log: DropLog | None = None, counters: bool = False,
+                   fqdn: Fqdn | None = None) -> Iterator[KernelCluster]:
     """`<topology>-<backend>`, torn down even when the test fails."""
     topology, backend = variant.split("-")
     prefix = f"pdk{uuid.uuid4().hex[:6]}"
     mode = DispatchMode.INTERFACE if topology == "routed" else DispatchMode.ADDRESS
     topo = Topology(prefix, topology)
     try:
-        yield KernelCluster(topo, mode, backend, drop_log, counters)
+        yield KernelCluster(topo, mode, backend, drop_log, counters, fqdn)
     finally:
         topo.teardown()
         delete_namespaces(prefix + ".")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from policyd.dataplane.backend import ApplyError
-from policyd.ipt.restore import IptTransaction
+from policyd.ipt.spell import IptTransaction
 from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import sh
-from policyd.nft.diff import Transaction
+from policyd.nft.spell import Transaction
 from tests.e2e.tampering import drop_family
 
 POLICY = (Path(__file__).parents[2] / "examples" / "policies" / "allow-frontend-to-backend.yaml").read_text()
@@ -49,6 +49,31 @@ def test_failed_transaction_leaves_ruleset_intact_and_next_sync_is_full(cluster,
     result = cluster.sync()
     assert result.full and result.ops > 0, "after a failure the next sync is a full one"
     assert cluster.can("u1", "b1")
+
+
+def test_a_deleted_pods_chain_is_unreferenced_then_gone_within_two_syncs(cluster):
+    """kube-proxy's order: the sync that removes a pod's dispatch entry only flushes its
+    chain (no transaction deletes a chain an entry it removes pointed at); the chain is
+    deleted by a sync at least a second later, which the agent's runner makes due."""
+    from policyd.lab.netns import entered
+
+    cluster.apply(POLICY)
+    mine = [n for n, c in cluster.agent.syncer.desired.ruleset.chains.items()
+            if any(getattr(r, "origin", None) is not None and r.origin.role.startswith("default/b1 ") for r in c.rules)]
+    assert mine, "b1's chains"
+    cluster.agent.compiler.delete_pod(cluster.pods["b1"].key)
+    first = cluster.sync()
+    dump = cluster.agent.dump()
+    assert all(n in dump for n in mine), "flushed, still there"
+    with entered(cluster.agent.netns):
+        held = cluster.agent.backend.read()
+    assert held is not None and all(not held.chains[n].rules for n in mine)
+    assert not any(target in mine for m in held.maps.values() for _, target in m.elements), "nothing points at them"
+    assert first.ops > 0 and cluster.agent.syncer.deletion_due() is not None
+    assert cluster.sync().ops == 0, "not before its second"
+    second = cluster.settle()
+    assert second.ops == len(mine) and not any(n in cluster.agent.dump() for n in mine), "gone at the second sync"
+    assert cluster.agent.syncer.deletion_due() is None and cluster.sync(full=True).ops == 0
 
 
 def test_restart_adopts_the_table_without_a_gap(cluster):

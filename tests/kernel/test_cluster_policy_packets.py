@@ -80,4 +80,5 @@ def test_deleting_cluster_policies_removes_their_chains(cluster):
     assert marker in cluster.agent.dump()
     cluster.apply()
     assert cluster.can("u1", "b1") and cluster.can("f1", "b1")
+    assert cluster.settle().ops > 0, "the flushed chains are deleted once they have waited"
     assert marker not in cluster.agent.dump(), "no pass chain is left behind"

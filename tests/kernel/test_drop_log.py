@@ -58,7 +58,8 @@ def logging_cluster(variant: str, drop_log: DropLog) -> Iterator[tuple]:
     with kernel_cluster(variant, drop_log) as cluster:
         lines: list[str] = []
         agent = cluster.agent
-        logger = DropLogger(drop_log.group, "node-1", CompiledSource(agent.compiler), lines.append, fmt="json")
+        logger = DropLogger(drop_log.group, "node-1", CompiledSource(agent.compiler, pods=lambda: agent.syncer.desired.pods),
+                            lines.append, fmt="json")
         with entered(agent.netns):  # the socket is bound in node-1's namespace, where the rules are
             logger.start()
         try:

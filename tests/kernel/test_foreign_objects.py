@@ -2,7 +2,8 @@
 verdict-map entry whose verdict is not a jump (`accept`, `drop`, `goto`) — on a pod's own
 key, which opens the pod, or on a key of no pod — is drift, found by the one-second check,
 repaired by the next sync and by a new agent's first sync, and later policy changes keep
-reaching the kernel (issue 42, N1)."""
+reaching the kernel (issue 42, N1); so is a base chain made again with another policy,
+priority or type (N3)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,59 @@ def test_a_harmless_foreign_entry_does_not_freeze_enforcement(cluster):
     assert cluster.can("u1", "b1")
     cluster.apply(ALLOW_FRONTEND)
     assert not cluster.can("u1", "b1") and cluster.can("f1", "b1")
+
+
+@pytest.mark.parametrize("cluster", NFT_VARIANTS, indirect=True)
+@pytest.mark.parametrize("change", ["policy drop", "priority 10", "type and priority"])
+def test_a_base_chain_remade_with_another_policy_or_priority_is_made_again(cluster, change):
+    """N3: `nft add chain inet policyd forward-hook { …; policy drop; }` (every forwarded
+    packet dropped) or the chain deleted and made again at another priority: the check names
+    it (hook-changed), the sync makes the chain again as it should be."""
+    cluster.apply(ALLOW_FRONTEND)
+    netns = cluster.agent.netns
+    base = {"family": "inet", "table": "policyd", "name": "forward-hook", "type": "filter", "hook": "forward", "prio": 0,
+            "policy": "accept"}
+    if change == "policy drop":
+        nft(netns, {"add": {"chain": {**base, "policy": "drop"}}})
+        assert not cluster.can("f1", "b1"), "every forwarded packet is dropped (else this test shows nothing)"
+    else:
+        ref = {"family": "inet", "table": "policyd", "name": "forward-hook"}
+        other = {**base, "prio": 10} if change == "priority 10" else {**base, "type": "filter", "prio": -5}
+        nft(netns, {"flush": {"chain": ref}}, {"delete": {"chain": ref}}, {"add": {"chain": other}})
+        assert cluster.can("u1", "b1"), "the forward hook lost its rules (else this test shows nothing)"
+    found = cluster.agent.check()
+    assert "hook-changed" in {d.kind for d in found}, found
+    result = cluster.sync(full=True)
+    assert "hook-changed" in {d.kind for d in result.drift}, result.drift
+    assert cluster.agent.check() == [] and cluster.sync(full=True).ops == 0
+    assert not cluster.can("u1", "b1") and cluster.can("f1", "b1")
+    listed = [i["chain"] for i in nft_list(netns, "chain", "inet", "policyd", "forward-hook") if "chain" in i][0]
+    assert (listed["prio"], listed["policy"]) == (0, "accept")
+
+
+@pytest.mark.parametrize("cluster", ["routed-iptables", "bridge-iptables"], indirect=True)
+def test_a_rule_above_the_iptables_jump_is_moved_below_it(cluster):
+    """N2: `iptables -I FORWARD 1 -s ADDR -j ACCEPT` above policyd's jump bypasses every
+    policy for ADDR: the check names it (jump-not-first), the sync puts policyd's jump first
+    again (the other rule stays, below it), in both families, also for a new agent."""
+    from policyd.lab.netns import sh
+
+    cluster.apply(ALLOW_FRONTEND)
+    netns = cluster.agent.netns
+    for tool, addr in (("iptables-legacy", cluster.ip("u1")), ("ip6tables-legacy", cluster.ip("u1", 6))):
+        sh(tool, "-I", "FORWARD", "1", "-s", addr, "-j", "ACCEPT", ns=netns)
+    assert cluster.can("u1", "b1") and cluster.can("u1", "b1", family=6), "the rule above the jump opens b1 to u1"
+    found = cluster.agent.check()
+    assert {str(d) for d in found} >= {"jump-not-first POLICYD-FORWARD (IPv4)", "jump-not-first POLICYD-FORWARD (IPv6)"}, found
+    cluster.sync(full=True)
+    assert not cluster.can("u1", "b1") and not cluster.can("u1", "b1", family=6) and cluster.can("f1", "b1")
+    for tool in ("iptables-legacy", "ip6tables-legacy"):
+        rules = [line for line in sh(tool + "-save", "-t", "filter", ns=netns).stdout.splitlines() if line.startswith("-A FORWARD ")]
+        assert rules[0] == "-A FORWARD -j POLICYD-FORWARD" and len(rules) == 2, rules
+    assert cluster.agent.check() == [] and cluster.sync(full=True).ops == 0
+    # the same found by a new agent's first sync
+    sh("iptables-legacy", "-I", "FORWARD", "1", "-s", cluster.ip("u1"), "-j", "ACCEPT", ns=netns)
+    old = cluster.agent
+    cluster.agent = NodeAgent(old.netns, "node-1", old.syncer.cfg.mode, backend=old.kind)
+    cluster.agent.load(cluster.namespaces, cluster.pods.values(), cluster.policies.values())
+    assert cluster.sync().ops > 0 and not cluster.can("u1", "b1")

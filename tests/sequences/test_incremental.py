@@ -162,6 +162,12 @@ def test_deleting_a_member_pod_marks_its_set_changed():
 # --- the dataplane: desired/diff/apply against the fake backend ----------------------------
 
 
+def settle(s):
+    from tests.helpers import settle as settled
+
+    return settled(s)
+
+
 def _syncer(c: Compiler, mode, backend: str = "nftables"):
     from policyd.dataplane.config import RenderConfig
     from policyd.ipt.fake import FakeIptBackend
@@ -193,6 +199,7 @@ def test_partial_syncs_leave_the_kernel_equal_to_a_scratch_build(base, events, m
         if sync_now:
             s.sync()
     s.sync()
+    settle(s)
     fresh = _syncer(scratch(c), DispatchMode(mode), backend)
     fresh.sync()
     assert s.backend.read().same_as(fresh.backend.read())
@@ -203,7 +210,37 @@ class Flaky(Exception):
     """An injected failure."""
 
 
-FAULTS = ["absorb-set", "absorb-pod", "diff", "read", "apply-before", "apply-after"]
+FAULTS = ["absorb-set", "absorb-pod", "spell", "read", "apply-before", "apply-after", "compile"]
+
+
+def as_event(ev):
+    """A test event as the model event a source hands the compiler (Compiler.apply)."""
+    from policyd.model.events import Delete, Upsert
+
+    kind = ev[0]
+    if kind in ("pod", "ns", "policy"):
+        return Upsert(ev[1])
+    return {"del-pod": lambda: Delete("Pod", f"{ev[1]}/{ev[2]}"), "del-ns": lambda: Delete("Namespace", ev[1]),
+            "del-policy": lambda: Delete("NetworkPolicy", f"{ev[1]}/{ev[2]}")}[kind]()
+
+
+def _inject_compiler(c: Compiler, after: int):
+    """Make the compiler fail part way through the next event, after `after` good steps of
+    its incremental work (the store already holds the event's object): returns an undo."""
+    calls = [0]
+    undo = []
+    for name in ("_replan", "_put"):
+        real = getattr(c, name)
+
+        def flaky(*args, real=real, **kw):
+            calls[0] += 1
+            if calls[0] > after:
+                raise Flaky("compile")
+            return real(*args, **kw)
+
+        setattr(c, name, flaky)
+        undo.append(name)
+    return lambda: [delattr(c, n) for n in undo]
 
 
 def _inject(s, fault: str, after: int):
@@ -211,7 +248,7 @@ def _inject(s, fault: str, after: int):
     repeatedly): returns an undo."""
     if fault.startswith("absorb"):
         owner, name = s.desired, "update_set" if fault == "absorb-set" else "update_pod"
-    elif fault in ("diff", "read"):
+    elif fault in ("spell", "read"):
         owner, name = s.backend, fault
     else:
         owner, name = s.backend, "apply"
@@ -237,10 +274,12 @@ def _inject(s, fault: str, after: int):
        st.sampled_from(["interface", "address"]), st.sampled_from(["nftables", "iptables"]))
 def test_a_failure_anywhere_in_a_sync_is_healed_by_the_next(base, steps, mode, backend):
     """Failures injected at random points of random syncs (absorbing the compiler's changes
-    part way, diffing, reading the kernel, before or after the kernel takes a batch): the
+    part way, spelling, reading the kernel, before or after the kernel takes a batch) and of
+    the compiler itself (an event that fails part way through its incremental work): the
     sync after the last one must leave the (fake) kernel equal to a fresh agent's first
     sync, and a periodic resync must then find nothing to do and no divergence between the
-    incrementally kept desired state and a rebuild."""
+    incrementally kept desired state and a rebuild, nor between the compiler and a compile
+    from scratch."""
     from policyd.dataplane.config import DispatchMode
 
     c = Compiler("node-1")
@@ -250,7 +289,17 @@ def test_a_failure_anywhere_in_a_sync_is_healed_by_the_next(base, steps, mode, b
     s.sync()
     failed = 0
     for ev, sync_now, fault, after in steps:
-        apply(c, ev)
+        if fault == "compile":
+            undo = _inject_compiler(c, after)
+            try:
+                c.apply(as_event(ev))
+            except Flaky:
+                assert c.dirty, "a failed event leaves the compiler dirty"
+            finally:
+                undo()
+            fault = None
+        else:
+            c.apply(as_event(ev))
         if fault is None and not sync_now:
             continue
         undo = _inject(s, fault, after) if fault else (lambda: None)
@@ -261,8 +310,10 @@ def test_a_failure_anywhere_in_a_sync_is_healed_by_the_next(base, steps, mode, b
         finally:
             undo()
     s.sync()
+    settle(s)
     fresh = _syncer(scratch(c), DispatchMode(mode), backend)
     fresh.sync()
     assert s.backend.read().same_as(fresh.backend.read())
     assert s.sync(full=True, rebuild=True).ops == 0
     assert s.divergences == 0
+    assert not c.dirty and c.rebuild(compare=True), "the compiler equals a compile from scratch"

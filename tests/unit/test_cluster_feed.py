@@ -12,10 +12,11 @@ import pytest
 from policyd.compile.engine import Compiler
 from policyd.dataplane.cni import detect_dispatch
 from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.dataplane.render import LayoutRenderer
 from policyd.kube.feed import ClusterFeed, ref_of
 from policyd.kube.settings import AgentSettings, FailMode
 from policyd.model.events import Delete
-from policyd.nft.render import render_skeleton
+from policyd.nft.layout import LAYOUT
 from tests.kubeapi.server import KubeAPI, merge_patch, strategic_merge
 
 
@@ -270,13 +271,17 @@ def test_settings_problems():
 
 
 def test_fail_closed_rules_render_only_for_interface_dispatch():
-    _, _, chains = render_skeleton(RenderConfig(closed_prefixes=("cali",)))
-    text = json.dumps([c.rules for c in chains])
+    from policyd.nft.spell import rule_json
+
+    def skeleton(cfg: RenderConfig) -> str:
+        _, _, chains = LayoutRenderer(cfg, LAYOUT).skeleton()
+        return json.dumps([rule_json(r) for c in chains for r in c.rules])
+
+    text = skeleton(RenderConfig(closed_prefixes=("cali",)))
     assert "cali*" in text and "@pod-ifaces" in text
-    _, _, open_chains = render_skeleton(RenderConfig())
-    assert "cali*" not in json.dumps([c.rules for c in open_chains])
+    assert "cali*" not in skeleton(RenderConfig())
     with pytest.raises(ValueError):
-        render_skeleton(RenderConfig(closed_prefixes=('x" accept',)))
+        skeleton(RenderConfig(closed_prefixes=('x" accept',)))
 
 
 def pod(name: str, app: str, node: str = "n1", rv: int = 1, ip: str = "10.0.0.1", ports=()) -> dict:

@@ -11,7 +11,6 @@ import pytest
 from policyd.cli import build_parser
 from policyd.compile.engine import Compiler
 from policyd.dataplane.droplog import DropCause, DropLog
-from policyd.dataplane.renderer import drop_causes
 from policyd.kube.cli import RunError, settings_from
 from policyd.model.events import Delete, Upsert
 from policyd.model.manifests import Manifests, load_documents
@@ -36,11 +35,30 @@ def test_the_drop_log_is_opt_in_and_its_limits_are_checked():
         settings_from(run_args("--drop-log", "--drop-log-rate", "0"))
 
 
-def test_a_cause_prefix_is_content_addressed_and_carries_no_name():
-    a = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/allow-frontend",))
-    b = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/allow-frontend", "default/also"))
-    assert a.prefix != b.prefix and a.prefix == DropCause(*a.__dict__.values()).prefix
-    assert a.prefix.startswith("pd-") and len(a.prefix) == 19 and "default" not in a.prefix
+def rendered(c: Compiler, backend: str = "nftables") -> dict:
+    """Each local pod's rendered objects, as an agent with a drop log holds them."""
+    from policyd.backends import make_dialect
+    from policyd.dataplane.config import DispatchMode, RenderConfig
+
+    r = make_dialect(backend, "policyd").renderer(RenderConfig(mode=DispatchMode.ADDRESS, drop_log=DropLog()))
+    return {key: r.pod(plan, None) for key, plan in c.plans.items()}
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_a_log_prefix_is_its_rules_id_and_carries_no_name(backend):
+    """The NFLOG prefix of a log rule is `pd-` and the rule's id: one per kernel rule (two
+    policies isolating a pod log under another prefix than one), never a name."""
+    def prefixes(*policies: str) -> dict[str, DropCause]:
+        c = Compiler("node-1")
+        for o in objects(pod("b1", "10.0.0.1") + "".join("---\n" + p for p in policies)):
+            c.apply(Upsert(o))
+        return dict(droplog.log_causes(ch for objs in rendered(c, backend).values() for ch in objs.chains))
+
+    deny = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {}, namespace: default}}\nspec: {{podSelector: {{}}}}\n"
+    a, b = prefixes(deny.format("deny")), prefixes(deny.format("deny"), deny.format("also"))
+    assert a == prefixes(deny.format("deny")) and set(a).isdisjoint(b)
+    assert all(p.startswith("pd-") and len(p) == 19 and "default" not in p for p in [*a, *b])
+    assert [c.policies for c in a.values()] == [("default/deny",)]
 
 
 def nflog_message(prefix: bytes, payload: bytes) -> bytes:
@@ -78,7 +96,6 @@ def test_accept_logging_is_part_of_the_drop_log():
         settings_from(run_args("--accept-log-rate", "5"))
     accept = DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/a",), "default/a ingress[0]", accepted=True)
     assert DropLog(accepts=0).logs(accept) == 0 and DropLog(accepts=3).logs(accept) == 3
-    assert accept.prefix != DropCause("default/b1", Direction.INGRESS, "NetworkPolicy", ("default/a",), "default/a ingress[0]").prefix
 
 
 def test_rule_counters_round_trip_through_metrics():
@@ -167,23 +184,26 @@ spec: {podSelector: {matchLabels: {app: b}}}
     for o in objects(pod("b1", "10.0.0.1") + "---" + policy):
         c.apply(Upsert(o))
     book = CauseBook()
-    book.refresh(c.plans.values())
+    pods = rendered(c)
+    book.refresh(pods)
     first = dict(book.causes)
     assert [x.policies for x in first.values()] == [("default/deny",)]
     read: list[str] = []
+    real = droplog.log_causes
 
-    def counted(plan):
-        read.append(plan.pod)
-        return drop_causes(plan)
+    def counted(chains):
+        chains = list(chains)
+        read.extend(ch.name for ch in chains)
+        return real(chains)
 
-    monkeypatch.setattr(droplog, "drop_causes", counted)
+    monkeypatch.setattr(droplog, "log_causes", counted)
     for o in objects(pod("b2", "10.0.0.2")):
         c.apply(Upsert(o))
-    book.refresh(c.plans.values())
-    assert read == ["default/b2"], "b1's plan is unchanged: not read again"
+    book.refresh({**pods, "default/b2": rendered(c)["default/b2"]})
+    assert read and all("/b2" in name for name in read), "b1's rules are unchanged: not read again"
     assert {x.pod for x in book.causes.values()} == {"default/b1", "default/b2"}
     c.apply(Delete("NetworkPolicy", "default/deny"))
-    book.refresh(c.plans.values())
+    book.refresh(rendered(c))
     assert set(first) <= set(book.causes)  # a packet dropped just before the change is still named
 
 

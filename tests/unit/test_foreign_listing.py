@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.dataplane.objects import FOREIGN_TARGET, is_foreign
-from policyd.nft.diff import Transaction
 from policyd.nft.fake import FakeBackend
-from policyd.nft.ruleset import parse_listing
+from policyd.nft.parse import parse_listing
+from policyd.nft.spell import Transaction
 from policyd.reconcile.syncer import Syncer
 from policyd.world import load_world
 

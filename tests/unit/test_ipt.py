@@ -10,8 +10,11 @@ import pytest
 from policyd.compile.plan import BlockSetSpec, PortMatch
 from policyd.dataplane.backend import ApplyError
 from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.dataplane.render import block_elements, port_groups
+from policyd.dataplane.rules import Rule
 from policyd.ipt.fake import FakeIptBackend
-from policyd.ipt.render import Names, block_elements, check_table, port_matches, safe_comment
+from policyd.ipt.layout import Names, check_table, safe_comment
+from policyd.ipt.spell import entries, rule_args
 from policyd.model.objects import Direction, IPBlock
 from policyd.reconcile.syncer import Syncer
 from policyd.world import load_world
@@ -21,13 +24,23 @@ def block(cidr: str, *excepts: str) -> BlockSetSpec:
     return BlockSetSpec(IPBlock(ipaddress.ip_network(cidr), tuple(ipaddress.ip_network(e) for e in excepts)))
 
 
+def ipset_entries(spec: BlockSetSpec) -> set[str]:
+    fam = spec.block.cidr.version
+    return {x for e in block_elements(spec, nomatch=True) for x in entries(e, fam)}
+
+
 def test_ipblock_except_becomes_nomatch_and_a_slash_zero_two_halves():
-    assert block_elements(block("10.0.0.0/8", "10.1.0.0/16", "10.2.3.4/32")) == {"10.0.0.0/8", "10.1.0.0/16 nomatch", "10.2.3.4 nomatch"}
+    assert ipset_entries(block("10.0.0.0/8", "10.1.0.0/16", "10.2.3.4/32")) == {"10.0.0.0/8", "10.1.0.0/16 nomatch", "10.2.3.4 nomatch"}
     # hash:net cannot hold a /0: two /1 halves; an except equal to a half drops that half
-    assert block_elements(block("0.0.0.0/0")) == {"0.0.0.0/1", "128.0.0.0/1"}
-    assert block_elements(block("0.0.0.0/0", "0.0.0.0/1")) == {"128.0.0.0/1"}
-    assert block_elements(block("::/0", "fd00::/8")) == {"::/1", "8000::/1", "fd00::/8 nomatch"}
-    assert block_elements(block("192.168.1.1/32")) == {"192.168.1.1"}
+    assert ipset_entries(block("0.0.0.0/0")) == {"0.0.0.0/1", "128.0.0.0/1"}
+    assert ipset_entries(block("0.0.0.0/0", "0.0.0.0/1")) == {"128.0.0.0/1"}
+    assert ipset_entries(block("::/0", "fd00::/8")) == {"::/1", "8000::/1", "fd00::/8 nomatch"}
+    assert ipset_entries(block("192.168.1.1/32")) == {"192.168.1.1"}
+
+
+def port_matches(ports: tuple[PortMatch, ...]) -> list[str]:
+    """The ports as iptables matches (a rule of them alone, its comment and target cut off)."""
+    return [rule_args(Rule.build([g], None, "")).split(" -m comment")[0] for g in port_groups(ports, Names.port_slots)]
 
 
 def test_ports_use_multiport_within_its_fifteen_slots():

@@ -39,8 +39,8 @@ def test_golden_dump_loads_into_the_fake_kernel_and_reads_back_equal():
     """The JSON dump is a transaction the (fake) kernel accepts as one batch."""
     import json
 
-    from policyd.nft.diff import Transaction
     from policyd.nft.fake import FakeBackend
+    from policyd.nft.spell import Transaction
 
     doc = json.loads((GOLDEN / "examples-node-1-interface.json").read_text())
     tx = Transaction(commands=doc["nftables"][1:], ops=len(doc["nftables"]) - 1)

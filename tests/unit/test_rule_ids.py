@@ -35,7 +35,7 @@ def test_counters_attribute_rules_of_the_longest_names(backend):
     fake = FakeBackend() if backend == "nftables" else FakeIptBackend()
     s = Syncer(c, fake, RenderConfig(mode=DispatchMode.ADDRESS, counters=True))
     s.sync()
-    got = CounterIndex(list(c.plans.values())).sum(fake.rule_counters())
+    got = CounterIndex(ch for objs in s.desired.pods.values() for ch in objs.chains).sum(fake.rule_counters())
     drop = RuleKey("drop", NS, f"{NS}/{policy}", "ingress", "")
     allow = RuleKey("allow", NS, policy, "ingress", "0")
     assert got.by_rule.get(drop) is not None and got.by_rule[drop].rules >= 1, got.by_rule
