@@ -1,6 +1,6 @@
 """scripts/cluster.sh: a real Kubernetes cluster on this machine, in network namespaces.
 
-    cluster.sh images                         (build what is missing: pause, testbox, policyd)
+    cluster.sh images                         (build what is missing: pause, testbox, agnhost, coredns, policyd)
     cluster.sh up [--name N] [--cni bridge|ptp] [--proxy-mode iptables|nftables] [--ip-family ipv4|ipv6|dual] [--workers 2]
     cluster.sh status [--name N] [-o json]
     cluster.sh kubectl [--name N] ARGS...     (kubectl inside the cluster's fabric namespace)

@@ -4,6 +4,8 @@
 * `testbox`: Debian's busybox-static (nc, httpd, ping, sh) for the walkthrough's pods.
 * `agnhost`: the e2e suite's test image, from the agnhost binary scripts/k8s-build.sh built
   from the pinned Kubernetes module, named exactly as that release's e2e framework expects.
+* `coredns`: CoreDNS built by scripts/coredns-build.sh from its pinned Go module (static), on
+  an empty root: the cluster DNS (`kube-dns`) of realcluster/dns.py.
 * `policyd`: built from the project's `Dockerfile` itself, so the image CI tests and the
   image a user builds with Docker come from one definition. `FROM debian:12-slim` becomes a
   `debootstrap --variant=minbase bookworm` root file system, `FROM scratch` an empty one;
@@ -39,6 +41,7 @@ PAUSE = "localhost/policyd/pause:1"
 TESTBOX = "localhost/policyd/testbox:1"
 AGNHOST_REPOSITORY = "registry.k8s.io/e2e-test-images/agnhost"  # test/utils/image: PromoterE2eRegistry
 POLICYD = "localhost/policyd/policyd:dev"
+COREDNS_REPOSITORY = "localhost/policyd/coredns"
 BASES = {"debian:12-slim": "bookworm", "scratch": ""}  # FROM → debootstrap suite ("": empty)
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
@@ -190,6 +193,29 @@ def build_agnhost(say: Say) -> Image:
             shutil.copy2(binary, rootfs / "agnhost")
             pack(rootfs, name, ImageConfig(entrypoint=["/agnhost"], cmd=["pause"], env={"PATH": "/bin"}), out)
         _drop_stale("agnhost", out)
+    return Image(name, out)
+
+
+def coredns_name() -> str:
+    from policyd.lab.dns import coredns_version
+
+    return f"{COREDNS_REPOSITORY}:{coredns_version()}"
+
+
+def build_coredns(say: Say) -> Image:
+    from policyd.lab.dns import coredns_binary
+
+    name = coredns_name()
+    binary = coredns_binary()  # (built now if missing)
+    out = _cached("coredns", _digest(binary.read_bytes(), name.encode()))
+    if not out.exists():
+        say(f"building image {name} (CoreDNS from its Go module, static, on an empty root)")
+        with tempfile.TemporaryDirectory(prefix="pddns-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            (rootfs / "etc").mkdir(parents=True)
+            shutil.copy2(binary, rootfs / "coredns")
+            pack(rootfs, name, ImageConfig(entrypoint=["/coredns"]), out)
+        _drop_stale("coredns", out)
     return Image(name, out)
 
 
@@ -385,4 +411,4 @@ def _run_in_chroot(rootfs: Path, command: str, config: ImageConfig) -> None:
 
 
 def build_all(say: Say) -> list[Image]:
-    return [build_pause(say), build_testbox(say), build_agnhost(say), build_policyd(say)]
+    return [build_pause(say), build_testbox(say), build_agnhost(say), build_coredns(say), build_policyd(say)]

@@ -2,8 +2,12 @@
 image, the frontend/backend/unallowed Deployments (one pod of each per node) and a backend
 Service, then `kubectl exec` probes — TCP to port 80 and ping — from every client pod to
 every backend pod (same node and across nodes) and to the Service's ClusterIP, before the
-policy, with `allow-frontend-to-backend` applied, and after it is deleted. Then
-`helm uninstall` and `policyd cleanup` on every node.
+policy, with `allow-frontend-to-backend` applied, and after it is deleted. Then egress to
+domain names: cluster DNS (CoreDNS as kube-dns, realcluster/dns.py) serving
+examples/fqdn/zone.db, hosts outside the cluster at its addresses, and
+examples/fqdn/frontend-egress-by-name.yaml applied: each pod looks names up through the
+kube-dns Service and connects at once. Then `helm uninstall` and `policyd cleanup` on every
+node.
 
 The expectation is written here from the policy's text, not computed by policyd's engine:
 without the policy everything answers; with it, only frontend → backend on TCP 80.
@@ -11,6 +15,7 @@ without the policy everything answers; with it, only frontend → backend on TCP
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .cluster import Cluster, ClusterError
+from .dns import deploy as deploy_dns
+from .dns import remove as remove_dns
 from .images import POLICYD
 from .paths import HELM, ROOT
 
@@ -153,9 +160,7 @@ def plan_probes(cluster: Cluster) -> list[Probe]:
 def probe(cluster: Cluster, p: Probe) -> bool:
     """True when the target answered: an HTTP reply on TCP 80, an echo reply for ICMP."""
     if p.protocol == "TCP":
-        cmd = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {PROBE_TIMEOUT} {p.address} 80"
-        proc = cluster.kubectl("exec", p.source, "--", "sh", "-c", cmd, check=False, timeout=30)
-        return "HTTP/1." in proc.stdout
+        return connect(cluster, p.source, p.address)
     proc = cluster.kubectl("exec", p.source, "--", "ping", "-c", "1", "-W", str(PROBE_TIMEOUT), p.address, check=False, timeout=30)
     return proc.returncode == 0
 
@@ -180,6 +185,90 @@ def check_phase(cluster: Cluster, name: str, expect: Callable[[Probe], bool], sa
     return [f"{name}: {p.describe()}: {'answered' if not expect(p) else 'timed out'}, expected the opposite" for p in wrong]
 
 
+NAMES_POLICY = ROOT / "examples" / "fqdn" / "frontend-egress-by-name.yaml"
+
+
+@dataclass(frozen=True)
+class NameProbe:
+    """From `source`, look `name` up through the kube-dns Service and connect to the answer's
+    address on TCP 80; or, with `name` None, connect to `address` directly."""
+
+    source: str
+    source_app: str
+    name: str | None
+    address: str = ""
+
+    def describe(self) -> str:
+        return f"{self.source_app} {self.source} → {self.name or self.address} TCP/80"
+
+
+def lookup(cluster: Cluster, pod: str, name: str, server: str, family: int) -> list[str]:
+    """The addresses busybox's nslookup in `pod` prints for `name` (A or AAAA)."""
+    proc = cluster.kubectl("exec", pod, "--", "nslookup", f"-type={'a' if family == 4 else 'aaaa'}", name, server, check=False, timeout=30)
+    found, answers = [], False
+    for line in proc.stdout.splitlines():
+        if line.startswith("Name:"):
+            answers = True
+        elif answers and line.startswith("Address"):
+            candidate = line.split(":", 1)[1].strip() if line.startswith("Address:") else line.split()[-1]
+            try:
+                found.append(str(ipaddress.ip_address(candidate)))
+            except ValueError:
+                continue
+    return found
+
+
+def connect(cluster: Cluster, pod: str, address: str) -> bool:
+    cmd = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w {PROBE_TIMEOUT} {address} 80"
+    return "HTTP/1." in cluster.kubectl("exec", pod, "--", "sh", "-c", cmd, check=False, timeout=30).stdout
+
+
+def names_phase(cluster: Cluster, dns_ip: str, say: Say) -> list[str]:
+    """examples/fqdn/frontend-egress-by-name.yaml: frontend pods reach the names it lists
+    from their first connection after the lookup (no retry), not an unlisted name, not an
+    address no listed name answered; unallowed pods (not its subject) reach everything."""
+    from .dns import external_hosts
+
+    family = cluster.layout.families[0]
+    with external_hosts(cluster) as addresses:
+        other = next(a for a in addresses if a.endswith(".30" if family == 4 else "::30"))
+        pods = [p for p in pods_of(cluster) if p["app"] in ("frontend", "unallowed")]
+
+        def run(probes: list[NameProbe]) -> dict[NameProbe, bool]:
+            def one(p: NameProbe) -> bool:
+                if p.name is None:
+                    return connect(cluster, p.source, p.address)
+                got = lookup(cluster, p.source, p.name, dns_ip, family)
+                return bool(got) and connect(cluster, p.source, got[0])
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                return dict(zip(probes, pool.map(one, probes), strict=True))
+
+        failures = []
+        before = run([NameProbe(p["name"], p["app"], "other.example.test") for p in pods])
+        failures += [f"domainNames, no policy: {p.describe()}: timed out, expected to answer" for p, ok in before.items() if not ok]
+        say(f"cluster DNS and external hosts, no policy: {len(before)} lookups and connections, "
+            + ("all answered" if not failures else f"{len(failures)} NOT as expected"))
+        say(f"kubectl apply -f {NAMES_POLICY.relative_to(ROOT)}")
+        cluster.kubectl("apply", "-f", str(NAMES_POLICY))
+        frontends = [p for p in pods if p["app"] == "frontend"]
+        deadline = time.monotonic() + 30
+        while any(run([NameProbe(p["name"], p["app"], None, other) for p in frontends]).values()):
+            if time.monotonic() > deadline:
+                failures.append(f"domainNames: {NAMES_POLICY.name} not in force 30 s after it was applied")
+                break
+        expect = {NameProbe(p["name"], p["app"], n): p["app"] == "unallowed" or n != "other.example.test"
+                  for p in pods for n in ("api.example.test", "www.example.test", "edge.cdn.example.test", "other.example.test")}
+        expect |= {NameProbe(p["name"], p["app"], None, other): p["app"] == "unallowed" for p in pods}
+        got = run(list(expect))  # once: the first connection after each lookup must already be allowed
+        wrong = [p for p, ok in got.items() if ok != expect[p]]
+        failures += [f"domainNames: {p.describe()}: {'answered' if got[p] else 'timed out'}, expected the opposite" for p in wrong]
+        say(f"{NAMES_POLICY.stem}: {len(got)} lookups and connections, {sum(expect.values())} expected to answer: "
+            + ("all as expected" if not wrong else f"{len(wrong)} NOT as expected"))
+        say(f"kubectl delete -f {NAMES_POLICY.relative_to(ROOT)}")
+        cluster.kubectl("delete", "-f", str(NAMES_POLICY))
+    return failures
+
+
 def walkthrough(cluster: Cluster, backend: str = "nftables", say: Say = print, keep: bool = False) -> bool:
     started = time.monotonic()
     # The expectations assume no NetworkPolicy in `default` but the walkthrough's own.
@@ -191,6 +280,7 @@ def walkthrough(cluster: Cluster, backend: str = "nftables", say: Say = print, k
     cluster.kubectl("apply", "-f", str(WORKLOADS))
     for app in ("backend", "frontend", "unallowed"):
         rollout(cluster, f"deployment/{app}", "default", say)
+    dns_ip = deploy_dns(cluster, say)
     failures = check_phase(cluster, "no policy", lambda p: True, say)
     say("kubectl apply -f examples/policies/allow-frontend-to-backend.yaml")
     cluster.kubectl("apply", "-f", str(POLICY))
@@ -199,8 +289,10 @@ def walkthrough(cluster: Cluster, backend: str = "nftables", say: Say = print, k
     say("kubectl delete -f examples/policies/allow-frontend-to-backend.yaml")
     cluster.kubectl("delete", "-f", str(POLICY))
     failures += check_phase(cluster, "policy deleted", lambda p: True, say)
+    failures += names_phase(cluster, dns_ip, say)
     if not keep:
         cluster.kubectl("delete", "-f", str(WORKLOADS), "--wait=true", timeout=120)
+        remove_dns(cluster)
         uninstall_chart(cluster, backend, say)
     for f in failures:
         say(f"  {f}")

@@ -14,6 +14,7 @@ case "${1:-}" in
     scripts/setup.sh --cluster >&2
     scripts/kube-tools.sh >&2
     scripts/k8s-build.sh >&2
+    scripts/coredns-build.sh >&2
     .venv/bin/python -m realcluster images >&2 ;;
 esac
 exec .venv/bin/python -m realcluster "$@"

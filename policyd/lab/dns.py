@@ -80,10 +80,14 @@ def read_zone(path: str) -> Zone:
     return Zone(SOA + zone.to_text(relativize=False), tuple(dict.fromkeys(addresses)), tuple(sorted(names)))
 
 
+def coredns_version() -> str:
+    """The CoreDNS release pinned in realcluster/coredns/go.mod."""
+    return next(line.split()[2] for line in COREDNS_MOD.read_text().splitlines() if line.startswith("require github.com/coredns/coredns"))
+
+
 def coredns_binary() -> Path:
     """CoreDNS of the pinned version, built now if missing (scripts/coredns-build.sh)."""
-    version = next(line.split()[2] for line in COREDNS_MOD.read_text().splitlines() if line.startswith("require github.com/coredns/coredns"))
-    binary = ROOT / ".tools" / "coredns" / version / "coredns"
+    binary = ROOT / ".tools" / "coredns" / coredns_version() / "coredns"
     if not binary.exists():
         subprocess.run([str(ROOT / "scripts" / "coredns-build.sh")], check=True)
     return binary
