@@ -16,6 +16,7 @@ the full run about 22. `--only backends` runs only the nftables/iptables compari
 `--only matrix` only `policyd matrix` at 1,000 and 5,000 pods (bench/matrix.py, under a minute),
 `--only cluster-policies` only what 1,000 ClusterNetworkPolicies cost (bench/cluster_policies.py, about a minute),
 `--only drop-log` only the drop log and rule counters off and on (bench/drop_log.py, about 2 minutes),
+`--only fqdn` only egress to domain names: answers held, 10,000 resolve-then-connect pairs, first packet to a learned address (bench/fqdn.py, about 2 minutes),
 `--only cold-start` only start and memory at 1,000, 10,000 and 100,000 pods (about 6 minutes),
 `--only scale` only the agent against the real API server at 1,000 to 100,000 pods (bench/scale.py, about 11 minutes),
 `--only agent` only the running agent's scenarios 1, 2 (pod churn up to 1,000 events/s) and 8 (about 10 minutes);
@@ -47,6 +48,7 @@ import drift  # noqa: E402
 import drop_log  # noqa: E402
 import firstpacket  # noqa: E402
 import flows  # noqa: E402
+import fqdn  # noqa: E402
 import matrix  # noqa: E402
 import nft_ops  # noqa: E402
 import peers  # noqa: E402
@@ -294,6 +296,7 @@ SECTIONS = {  # --only NAME: (title, the function that measures it)
     "cluster-policies": ("ClusterNetworkPolicy cost", cluster_policies.measure),
     "drop-log": ("The drop log and rule counters: off and on", drop_log.measure),
     "flows": ("Flow records: what recording new connections costs", flows.measure),
+    "fqdn": ("Egress to domain names: holding DNS answers", fqdn.measure),
     "cold-start": ("Cold start and memory (scenario 3)", cold_starts),
     "scale": ("Scale against the real API server", scale.measure),
     "agent": ("The running agent (scenarios 1, 2, 8)", agent_events),
@@ -326,6 +329,7 @@ def main() -> None:
     steal_before = cpu_times()
     local = ("backends", "drift", "matrix", "dataplane", "iptables-api", "nft-ops", "cluster-policies", "drop-log")
     setup = ("scripts/setup.sh --bench" if args.only in local else
+             "scripts/setup.sh --bench && scripts/coredns-build.sh" if args.only == "fqdn" else
              "scripts/setup.sh --bench --cluster && scripts/kube-tools.sh && scripts/k8s-build.sh"
              + (" && scripts/peers-build.sh" if args.only == "peers" else ""))
     cmd = (f"{setup} && .venv/bin/python bench/run.py" + (" --quick" if args.quick else "")

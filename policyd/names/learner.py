@@ -131,13 +131,13 @@ class Learner:
 
     def _message(self, dst: str, wire: bytes) -> bool:
         """One whole DNS message to the pod at `dst`: learn from it; whether it may pass."""
+        pod, targets = self.scope.targets(dst)
+        if pod is None:
+            return self._pass("not a local pod's address")
         try:
             ans = answers.parse(wire)
         except answers.Unreadable as e:
             return self._fail("unreadable answer", e)
-        pod, targets = self.scope.targets(dst)
-        if pod is None:
-            return self._pass("not a local pod's address")
         wanted = [t for t in targets if domain.any_matches(t.names, ans.qname)]
         if not wanted:
             return self._pass("no domainNames rule of the pod lists the name")

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -48,7 +48,8 @@ def parse(data: bytes) -> Packet:
         l4 = data[40:40 + length]
     else:
         raise NotDns("not an IPv4 or IPv6 packet")
-    s, d = str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst))
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    s, d = socket.inet_ntop(af, src), socket.inet_ntop(af, dst)
     if proto == UDP and len(l4) >= 8:
         sport, dport, length = struct.unpack_from("!HHH", l4)
         return Packet(s, d, family, UDP, sport, dport, l4[8:max(8, length)])

@@ -19,6 +19,7 @@ import pytest
 from policyd.dataplane.config import Fqdn
 from policyd.lab import dns as labdns
 from policyd.lab.agent import NodeAgent
+from policyd.lab.families import v6_for
 from policyd.lab.netns import entered
 from policyd.lab.topology import ask
 from policyd.names.learner import Learner, Limits, QueueReader
@@ -63,7 +64,7 @@ QUEUE = 5301
 class Names:
     """The DNS pod, the external hosts and the learner around a KernelCluster."""
 
-    def __init__(self, cluster: KernelCluster, tmp: Path, fail_open: bool = True, learn: bool = True) -> None:
+    def __init__(self, cluster: KernelCluster, tmp: Path, fail_open: bool = True, learn: bool = True, zone: str = ZONE) -> None:
         self.cluster = cluster
         m = parse(DNS_POD)
         known = {ns.name for ns in cluster.namespaces}
@@ -71,17 +72,19 @@ class Names:
             cluster.agent.compiler.upsert_namespace(ns)
         cluster.namespaces = [*cluster.namespaces, *(ns for ns in m.namespaces if ns.name not in known)]
         pod = m.pods[0]
-        pod = replace(pod, ips=(ipaddress.ip_address("10.244.1.53"),))
-        self.dns_ip = "10.244.1.53"
+        v4 = ipaddress.IPv4Address("10.244.1.53")
+        pod = replace(pod, ips=(v4, v6_for(v4)))
+        self.dns_ip, self.dns_ip6 = str(v4), str(v6_for(v4))
         cluster.topo.add_pod(pod, [], [])
         cluster.topo.wait_ready(handles=[cluster.topo.pod(pod.key)])
         cluster.pods[pod.name] = pod
         cluster.agent.compiler.upsert_pod(pod)
         zone_file = tmp / "zone.db"
-        zone_file.write_text(ZONE)
+        zone_file.write_text(zone)
         self.coredns = labdns.start(cluster.topo.pod(pod.key).netns, tmp / "dns", labdns.read_zone(str(zone_file)))
         labdns.wait_serving(cluster.topo.pod(pod.key).netns, [self.dns_ip], self.coredns)
-        _, self.external = cluster.topo.add_external(["198.51.100.10", "198.51.100.20", "198.51.100.30"], [80], [])
+        read = labdns.read_zone(str(zone_file))
+        _, self.external = cluster.topo.add_external(list(read.addresses), [80], [])
         self.reader = self.start_learner(fail_open) if learn else None
         cluster.sync()
 
@@ -94,9 +97,12 @@ class Names:
             reader.start()
         return reader
 
-    def lookup_and_connect(self, src: str, name: str) -> dict:
+    def lookup_and_connect(self, src: str, name: str, family: int = 4) -> dict:
+        """As a pod's resolver does: a query over UDP (TCP when the answer is truncated) to
+        the DNS pod's address of `family`, for A or AAAA; then TCP 80 to the first address."""
         return ask(self.cluster.topo.pod(self.cluster.pods[src].key).control,
-                   {"name": name, "server": self.dns_ip, "family": 4, "protocol": "TCP", "port": 80, "timeout": 0.5})
+                   {"name": name, "server": self.dns_ip if family == 4 else self.dns_ip6, "family": family, "protocol": "TCP",
+                    "port": 80, "timeout": 0.5})
 
     def direct(self, src: str, address: str) -> bool:
         return self.cluster.topo.probe(self.cluster.pods[src].key, address, "TCP", 80, 0.5)
