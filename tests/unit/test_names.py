@@ -230,3 +230,19 @@ def test_a_pod_learns_no_more_than_its_limit():
     recs = [f"api.example.test. 30 IN A 198.51.100.{i}" for i in range(5)]
     lr.handle(1, udp("10.0.0.2", response("api.example.test.", *recs)))
     assert sum(len(v) for v in w.added[0].values()) == 2 and lr.stats.over_limit == 3 and lr.held_entries == 2
+
+
+def test_explain_with_a_name_judges_the_address_as_learned_for_it(capsys):
+    """`policyd explain --name`: allowed through the domainNames rule for a listed name (the
+    rule and its names shown), denied for another name, a bad name refused (exit 2)."""
+    from policyd.cli import main
+
+    files = ["-f", "examples/cluster", "-f", "examples/fqdn/frontend-egress-by-name.yaml"]
+    ends = ["--from", "default/frontend-36f03", "--to", "198.51.100.10"]
+    assert main(["explain", *files, *ends, "--name", "API.example.test."]) == 0
+    out = capsys.readouterr().out
+    assert "ALLOWED" in out and "egress rule 1 'allowed-names'" in out and "domainNames api.example.test" in out
+    assert main(["explain", *files, *ends, "--name", "other.example.test"]) == 1
+    assert "its address was not learned for one of those names" in capsys.readouterr().out
+    assert main(["explain", *files, *ends]) == 1, "without --name nothing is learned"
+    assert main(["explain", *files, *ends, "--name", "bad name"]) == 2
