@@ -8,9 +8,9 @@ import errno as errnos
 import ipaddress
 import socket
 import struct
-import threading
 
-NETLINK_NETFILTER = 12
+from ..dataplane.netlink import NLM_F_ACK, NLM_F_REQUEST, NetfilterSocket, attr, nested
+
 NFNL_SUBSYS_IPSET = 6
 IPSET_PROTOCOL = 7
 IPSET_CMD_ADD, IPSET_CMD_DEL = 9, 10
@@ -18,47 +18,26 @@ IPSET_ATTR_PROTOCOL, IPSET_ATTR_SETNAME, IPSET_ATTR_DATA = 1, 2, 7
 IPSET_ATTR_IP, IPSET_ATTR_TIMEOUT = 1, 6
 IPSET_ATTR_IPADDR_IPV4, IPSET_ATTR_IPADDR_IPV6 = 1, 2
 IPSET_ERR_EXIST = 4103  # IPSET_ERR_PRIVATE + 7: what a delete of an element not there answers
-NLA_F_NESTED, NLA_F_NET_BYTEORDER = 0x8000, 0x4000
-NLM_F_REQUEST, NLM_F_ACK = 1, 4
-NLMSG_ERROR = 2
-_HEADER = struct.Struct("=IHHII")
+NLA_F_NET_BYTEORDER = 0x4000
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
-
-
-class IpsetNetlink:
-    """A netfilter netlink socket in the network namespace it was made in."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.seq = 0
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self.sock.bind((0, 0))
-        self.sock.settimeout(2.0)
+class IpsetNetlink(NetfilterSocket):
+    """ipset requests through a netfilter netlink socket of the namespace it was made in."""
 
     def _request(self, cmd: int, name: str, address: str, timeout: float | None) -> None:
         ip = ipaddress.ip_address(address)
         family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
         kind = IPSET_ATTR_IPADDR_IPV4 if ip.version == 4 else IPSET_ATTR_IPADDR_IPV6
-        data = _attr(IPSET_ATTR_IP | NLA_F_NESTED, _attr(kind | NLA_F_NET_BYTEORDER, ip.packed))
+        data = nested(IPSET_ATTR_IP, attr(kind | NLA_F_NET_BYTEORDER, ip.packed))
         if timeout is not None:
-            data += _attr(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, struct.pack("!I", max(1, int(timeout))))
-        body = (struct.pack("=BBH", family, 0, 0) + _attr(IPSET_ATTR_PROTOCOL, struct.pack("=B", IPSET_PROTOCOL))
-                + _attr(IPSET_ATTR_SETNAME, name.encode() + b"\0") + _attr(IPSET_ATTR_DATA | NLA_F_NESTED, data))
-        self.seq += 1
+            data += attr(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, struct.pack("!I", max(1, int(timeout))))
+        body = (struct.pack("=BBH", family, 0, 0) + attr(IPSET_ATTR_PROTOCOL, struct.pack("=B", IPSET_PROTOCOL))
+                + attr(IPSET_ATTR_SETNAME, name.encode() + b"\0") + nested(IPSET_ATTR_DATA, data))
         # No NLM_F_EXCL: adding an address already there refreshes its timeout (ipset -exist).
-        self.sock.send(_HEADER.pack(_HEADER.size + len(body), (NFNL_SUBSYS_IPSET << 8) | cmd, NLM_F_REQUEST | NLM_F_ACK, self.seq, 0)
-                       + body)
-        while True:
-            answer = self.sock.recv(65536)
-            _, mtype, _, seq, _ = _HEADER.unpack_from(answer)
-            if mtype == NLMSG_ERROR and seq == self.seq:
-                (code,) = struct.unpack_from("=i", answer, _HEADER.size)
-                if code and not (cmd == IPSET_CMD_DEL and -code == IPSET_ERR_EXIST):
-                    raise OSError(-code, f"ipset {name} refused {address}: {errnos.errorcode.get(-code, -code)}")
-                return
+        self.sock.send(self.message((NFNL_SUBSYS_IPSET << 8) | cmd, NLM_F_REQUEST | NLM_F_ACK, body))
+        for _, code in self.acks({self.seq}):
+            if code and not (cmd == IPSET_CMD_DEL and code == IPSET_ERR_EXIST):
+                raise OSError(code, f"ipset {name} refused {address}: {errnos.errorcode.get(code, code)}")
 
     def add(self, entries: dict[str, list[tuple[str, float]]]) -> None:
         with self.lock:
@@ -72,5 +51,3 @@ class IpsetNetlink:
                 for address in items:
                     self._request(IPSET_CMD_DEL, name, address, None)
 
-    def close(self) -> None:
-        self.sock.close()

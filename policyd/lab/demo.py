@@ -49,13 +49,18 @@ def wait_for_drops(lab: Lab, sources: list[str], targets: list[str], timeout: fl
         time.sleep(0.1)
 
 
+def fresh(lab: Lab) -> Expect:
+    """A demo starts from no lab of its name (one left by an earlier run is removed)."""
+    if lab.exists():
+        print(f"lab {lab.name} exists from an earlier run: removing it first")
+        lab.down(quiet=True)
+    return Expect()
+
+
 def run_demo(name: str = "demo", topology: str = "routed", keep: bool = False, backend: str = "nftables",
              ip_family: str = "ipv4") -> int:
     lab = Lab(name)
-    expect = Expect()
-    if lab.exists():
-        print(f"lab {name} exists from an earlier run: removing it first")
-        lab.down(quiet=True)
+    expect = fresh(lab)
     print(f"== 1. A lab cluster from {CLUSTER.relative_to(ROOT)}: pods are network namespaces, nodes too, one policyd agent per node")
     try:
         rec = lab.up([str(CLUSTER)], topology=topology, backend=backend, ip_family=ip_family)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .demo import Expect
+from .demo import fresh
 from .lab import Lab
 from .probes import probe_name
 from .topology import probe_via
@@ -30,10 +30,7 @@ MIN_TTL = 2  # the lab's agents' --fqdn-min-ttl: the zone's TTL decides
 def run_fqdn_demo(name: str = "demo", topology: str = "routed", keep: bool = False, backend: str = "nftables",
                   ip_family: str = "ipv4") -> int:
     lab = Lab(name)
-    expect = Expect()
-    if lab.exists():
-        print(f"lab {name} exists from an earlier run: removing it first")
-        lab.down(quiet=True)
+    expect = fresh(lab)
     rel = ZONE.relative_to(ROOT)
     print(f"== 1. A lab from {CLUSTER.relative_to(ROOT)} with CoreDNS serving {rel}")
     try:

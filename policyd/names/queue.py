@@ -15,7 +15,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from ..observe.netlink import Subscription, attrs
+from ..observe.netlink import Subscription, messages
 
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
@@ -44,17 +44,10 @@ def _attr(kind: int, value: bytes) -> bytes:
 def parse(data: bytes) -> list[Queued]:
     """Every NFQNL_MSG_PACKET in one datagram."""
     out = []
-    i = 0
-    while i + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, i)
-        if length < 16:
-            break
-        if kind == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
-            a = attrs(data[i + 20: i + length])
-            hdr, payload = a.get(NFQA_PACKET_HDR), a.get(NFQA_PAYLOAD)
-            if hdr is not None and len(hdr) >= 4:
-                out.append(Queued(struct.unpack_from("!I", hdr)[0], payload or b""))
-        i += (length + 3) & ~3
+    for a in messages(data, (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET):
+        hdr, payload = a.get(NFQA_PACKET_HDR), a.get(NFQA_PAYLOAD)
+        if hdr is not None and len(hdr) >= 4:
+            out.append(Queued(struct.unpack_from("!I", hdr)[0], payload or b""))
     return out
 
 

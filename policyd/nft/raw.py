@@ -17,18 +17,15 @@ import errno as errnos
 import ipaddress
 import socket
 import struct
-import threading
 
+from ..dataplane.netlink import NLM_F_ACK, NLM_F_REQUEST, NetfilterSocket, attr, cstr, nested
 from ..dataplane.rules import Rule
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWRULE, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 6, 12, 14
 NFPROTO_INET = 1
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
-NLMSG_ERROR = 2
-NLA_F_NESTED = 0x8000
+NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
 NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
 NFTA_LIST_ELEM = 1
 NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
@@ -38,20 +35,7 @@ NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_TIMEOUT = 1, 4
 NFTA_DATA_VALUE = 1
 NFTNL_UDATA_RULE_COMMENT = 0
 NFQ_FLAG_BYPASS = 0x01
-_HEADER = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
-
-
-def attr(kind: int, payload: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
-
-
-def nested(kind: int, *parts: bytes) -> bytes:
-    return attr(kind | NLA_F_NESTED, b"".join(parts))
-
-
-def cstr(text: str) -> bytes:
-    return text.encode() + b"\0"
 
 
 def queue_rule_attrs(table: str, chain: str, rule: Rule, num: int, bypass: bool) -> bytes:
@@ -76,45 +60,26 @@ def elements_attrs(table: str, name: str, addresses: list[tuple[str, float]], ti
     return attr(NFTA_SET_ELEM_LIST_TABLE, cstr(table)) + attr(NFTA_SET_ELEM_LIST_SET, cstr(name)) + nested(NFTA_SET_ELEM_LIST_ELEMENTS, elems)
 
 
-class RawNftables:
-    """A netfilter netlink socket in the network namespace it was made in."""
+class RawNftables(NetfilterSocket):
+    """nf_tables batches through a netfilter netlink socket of the namespace it was made in."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.seq = 0
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self.sock.bind((0, 0))
-        self.sock.settimeout(2.0)
-
-    def _message(self, kind: int, flags: int, body: bytes, family: int = NFPROTO_INET, res_id: int = 0) -> bytes:
-        self.seq += 1
-        payload = _NFGEN.pack(family, 0, res_id) + body
-        return _HEADER.pack(_HEADER.size + len(payload), kind, flags, self.seq, 0) + payload
+    def _nft(self, kind: int, flags: int, body: bytes, family: int = NFPROTO_INET, res_id: int = 0) -> bytes:
+        return self.message(kind, flags, _NFGEN.pack(family, 0, res_id) + body)
 
     def batch(self, changes: list[tuple[int, int, bytes]]) -> None:
         """Changes (message type, flags, attributes) in one batch, all or nothing; raises
         OSError with the kernel's errno when refused."""
         with self.lock:
-            parts = [self._message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, b"", 0, socket.htons(NFNL_SUBSYS_NFTABLES))]
+            parts = [self._nft(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, b"", 0, socket.htons(NFNL_SUBSYS_NFTABLES))]
             first = self.seq + 1
-            parts += [self._message((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK | flags, body)
+            parts += [self._nft((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK | flags, body)
                       for kind, flags, body in changes]
             waiting = set(range(first, self.seq + 1))
-            parts.append(self._message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, b"", 0, socket.htons(NFNL_SUBSYS_NFTABLES)))
+            parts.append(self._nft(NFNL_MSG_BATCH_END, NLM_F_REQUEST, b"", 0, socket.htons(NFNL_SUBSYS_NFTABLES)))
             self.sock.send(b"".join(parts))
-            while waiting:
-                data = self.sock.recv(65536)
-                off = 0
-                while off + _HEADER.size <= len(data):
-                    length, mtype, _, seq, _ = _HEADER.unpack_from(data, off)
-                    if length < _HEADER.size:
-                        raise OSError("nf_tables: a malformed answer")
-                    if mtype == NLMSG_ERROR and seq in waiting:
-                        (errno,) = struct.unpack_from("=i", data, off + _HEADER.size)
-                        if errno:
-                            raise OSError(-errno, f"nf_tables refused the change: {errnos.errorcode.get(-errno, -errno)}")
-                        waiting.discard(seq)
-                    off += (length + 3) & ~3
+            for _, code in self.acks(waiting):
+                if code:
+                    raise OSError(code, f"nf_tables refused the change: {errnos.errorcode.get(code, code)}")
 
     def add_queue_rule(self, table: str, chain: str, rule: Rule, num: int, bypass: bool) -> None:
         self.batch([(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, queue_rule_attrs(table, chain, rule, num, bypass))])
@@ -128,5 +93,3 @@ class RawNftables:
         self.batch([(NFT_MSG_DELSETELEM, 0, elements_attrs(table, name, [(a, 0) for a in items], timeout=False))
                     for name, items in entries.items()])
 
-    def close(self) -> None:
-        self.sock.close()

@@ -15,7 +15,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .netlink import Subscription, attrs
+from .netlink import Subscription, attrs, messages
 from .nflog import PROTOCOLS
 
 NFNL_SUBSYS_CTNETLINK = 1
@@ -74,18 +74,8 @@ def connection(attrs: dict[int, bytes]) -> Connection | None:
 
 def parse(data: bytes) -> list[Connection]:
     """Every new connection in one datagram from the socket (other messages are skipped)."""
-    out = []
-    i = 0
-    while i + 20 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, i)
-        if length < 16:
-            break
-        if kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
-            conn = connection(attrs(data[i + 20: i + length]))  # nlmsghdr 16 + nfgenmsg 4
-            if conn is not None:
-                out.append(conn)
-        i += (length + 3) & ~3
-    return out
+    found = (connection(a) for a in messages(data, (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW))
+    return [c for c in found if c is not None]
 
 
 class ConntrackEvents(Subscription):

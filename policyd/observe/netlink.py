@@ -12,6 +12,21 @@ from typing import Self
 NETLINK_NETFILTER = 12
 
 
+def messages(data: bytes, kind: int) -> list[dict[int, bytes]]:
+    """The attributes of every nfnetlink message of type `kind` in one datagram (each after
+    its nlmsghdr, 16 bytes, and nfgenmsg, 4); others are skipped."""
+    out = []
+    i = 0
+    while i + 16 <= len(data):
+        length, got = struct.unpack_from("=IH", data, i)
+        if length < 16:
+            break
+        if got == kind:
+            out.append(attrs(data[i + 20: i + length]))
+        i += (length + 3) & ~3
+    return out
+
+
 def attrs(data: bytes) -> dict[int, bytes]:
     """A run of netlink attributes by type (without NLA_F_NESTED / NLA_F_NET_BYTEORDER)."""
     out = {}

@@ -14,7 +14,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from .netlink import Subscription, attrs
+from .netlink import Subscription, messages
 
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
@@ -57,25 +57,18 @@ def headers(payload: bytes) -> tuple[str, str, str, int | None]:
 def parse(data: bytes) -> list[Packet]:
     """Every NFULNL_MSG_PACKET in one datagram from the socket (others are skipped)."""
     out = []
-    i = 0
-    while i + 16 <= len(data):
-        length, kind = struct.unpack_from("=IH", data, i)
-        if length < 16:
-            break
-        if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-            a = attrs(data[i + 20: i + length])  # nlmsghdr 16 + nfgenmsg 4
-            payload = a.get(NFULA_PAYLOAD)
-            if payload is not None:
-                try:
-                    src, dst, proto, dport = headers(payload)
-                except ValueError:
-                    src = dst = proto = "?"
-                    dport = None
-                prefix = a.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode(errors="replace")
-                indev = struct.unpack("!I", a[NFULA_IFINDEX_INDEV])[0] if NFULA_IFINDEX_INDEV in a else None
-                outdev = struct.unpack("!I", a[NFULA_IFINDEX_OUTDEV])[0] if NFULA_IFINDEX_OUTDEV in a else None
-                out.append(Packet(prefix, src, dst, proto, dport, indev, outdev))
-        i += (length + 3) & ~3
+    for a in messages(data, (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET):
+        payload = a.get(NFULA_PAYLOAD)
+        if payload is not None:
+            try:
+                src, dst, proto, dport = headers(payload)
+            except ValueError:
+                src = dst = proto = "?"
+                dport = None
+            prefix = a.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode(errors="replace")
+            indev = struct.unpack("!I", a[NFULA_IFINDEX_INDEV])[0] if NFULA_IFINDEX_INDEV in a else None
+            outdev = struct.unpack("!I", a[NFULA_IFINDEX_OUTDEV])[0] if NFULA_IFINDEX_OUTDEV in a else None
+            out.append(Packet(prefix, src, dst, proto, dport, indev, outdev))
     return out
 
 

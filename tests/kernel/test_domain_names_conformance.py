@@ -14,7 +14,7 @@ import pytest
 
 from policyd.dataplane.config import Fqdn
 from tests.kernel.conftest import kernel_cluster
-from tests.kernel.test_names import QUEUE, Names
+from tests.kernel.test_learned_names import QUEUE, Names
 
 ZONE = """$TTL 2
 $ORIGIN example.test.
