@@ -12,8 +12,8 @@ import firstpacket
 import synthetic
 from report import ms, spread, table
 
+from harness.node_agent import NodeAgent
 from policyd.dataplane.config import DispatchMode
-from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import add_namespace, delete_namespaces
 
 SHAPE = (10_000, 100, 90, 1_000)  # pods, namespaces, nodes, policies: node-0 gets ~110 local pods

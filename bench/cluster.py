@@ -1,5 +1,5 @@
 """A benchmark cluster: one lab node (routed, interface dispatch) running the real agent
-(`policyd run`, kopf) against the test API server (tests/kubeapi) in the fabric namespace.
+(`policyd run`, kopf) against the test API server (harness/kubeapi) in the fabric namespace.
 
 The node holds `local` pods: a client and a server with real network namespaces (probes
 and load run between them) and the rest as host-side veths with a /32 route each, which is
@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 from report import histogram_quantile  # noqa: E402
 
+from harness.kubeapi.server import KINDS, KubeAPI  # noqa: E402
 from policyd.dataplane.cni import calico_interface  # noqa: E402
 from policyd.lab.netns import delete_namespaces, entered, http_get, sh  # noqa: E402
 from policyd.lab.topology import FABRIC_NET, Topology  # noqa: E402
 from policyd.model.objects import ContainerPort, Pod  # noqa: E402
 from realcluster.processes import terminate  # noqa: E402
-from tests.kubeapi.server import KINDS, KubeAPI  # noqa: E402
 
 NODE = "node-0"
 POD_CIDR = ipaddress.ip_network("10.64.0.0/24")

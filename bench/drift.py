@@ -1,5 +1,5 @@
 """Drift repair: how long a running lab agent takes to notice and repair each kind of
-tampering with its kernel objects (tests/e2e/tampering.py), per backend, repeated."""
+tampering with its kernel objects (harness/tampering.py), per backend, repeated."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.e2e.tampering
+sys.path.insert(0, str(ROOT))  # harness.tampering
 
 import report  # noqa: E402
 
+from harness.tampering import repair_times  # noqa: E402
 from policyd.backends import BACKENDS  # noqa: E402
 from policyd.lab.lab import Lab  # noqa: E402
-from tests.e2e.tampering import repair_times  # noqa: E402
 
 RESYNC = 600.0  # no periodic resync during the run: every repair is the one-second check's
 REPEATS = 3

@@ -26,9 +26,9 @@ from pathlib import Path
 import synthetic
 from report import spread, table
 
+from harness.node_agent import NodeAgent
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.ipt.backend import IptBackend
-from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import delete_namespaces, entered, sh
 from policyd.lab.topology import NodeHandle, Topology
 from policyd.model.objects import ClusterNetworkPolicy, ContainerPort, Direction, Namespace, NetworkPolicy, Peer, Pod, PolicyPort, PolicyRule

@@ -34,9 +34,9 @@ from pathlib import Path
 import firstpacket
 from report import spread, table
 
+from harness.node_agent import NodeAgent
 from policyd.dataplane.config import DispatchMode, Fqdn, RenderConfig
 from policyd.lab import dns as labdns
-from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import entered, ip
 from policyd.lab.topology import Topology
 from policyd.model.manifests import Manifests, load_documents

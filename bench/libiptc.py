@@ -25,7 +25,7 @@ from policyd.ipt.spell import IptTransaction  # noqa: E402
 from policyd.lab.netns import add_namespace, delete_namespaces, entered  # noqa: E402
 from policyd.model.manifests import load  # noqa: E402
 from policyd.reconcile.syncer import Syncer  # noqa: E402
-from policyd.world import load_world  # noqa: E402
+from policyd.whatif.world import load_world  # noqa: E402
 
 RULE_OPTIONS = {"-p": "protocol", "-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface"}
 # As iptables knows them itself: python-iptables asks /etc/protocols, which minimal images lack.

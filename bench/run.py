@@ -106,8 +106,8 @@ def dataplane(args) -> list[str]:
 
 def large_sets(args) -> list[str]:
     """One policy whose peer set holds every pod of a 100k-pod cluster: element churn."""
+    from harness.node_agent import NodeAgent
     from policyd.dataplane.config import DispatchMode
-    from policyd.lab.agent import NodeAgent
     from policyd.lab.netns import add_namespace, delete_namespaces
     from policyd.model.objects import NetworkPolicy, Peer, PolicyRule
     from policyd.model.selectors import MATCH_ALL
@@ -182,7 +182,7 @@ def agent_events(args) -> list[str]:
         "### 1. Policy create → enforced",
         "",
         f"One lab node (routed, interface dispatch) with 110 local pods (a client and a server with their own network namespaces, the rest host-side "
-        f"veths with routes), 5,000 remote pods and 1,000 policies in the API; `policyd run` (kopf) watches the test API server (tests/kubeapi) "
+        f"veths with routes), 5,000 remote pods and 1,000 policies in the API; `policyd run` (kopf) watches the test API server (harness/kubeapi) "
         f"over HTTP. 200 new policies at 10/s, each opening one more port from the client to the server; a C prober in the client pod sends a "
         f"fresh SYN to the next port every 10 ms (an answer, accept or RST, means enforced). Measured from the write into the API server's "
         f"store (the watch event) to the first answering probe, so it includes the watch, kopf, compile, commit and up to 10 ms of probe "

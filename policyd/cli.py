@@ -11,10 +11,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import __version__, report
+from . import __version__
 from .backends import BACKENDS
 from .compile.evaluate import Endpoint, Evaluator
-from .compile.matrix import compute, compute_grouped, endpoint, pairs, service_port
 from .compile.plan import DomainSetSpec
 from .kube.cli import RunError
 from .lab.records import LabError
@@ -22,7 +21,9 @@ from .model.addressing import check_addressing
 from .model.objects import AUDIT_ANNOTATION, IPAddress
 from .model.problems import InvalidInput
 from .observe.counters import Counters
-from .world import World, load_world
+from .whatif import report
+from .whatif.matrix import compute, compute_grouped, endpoint, pairs, service_port
+from .whatif.world import World, load_world
 
 if TYPE_CHECKING:
     from .compile.engine import Compiler
@@ -108,7 +109,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def matrix_page(w: World, compiler: Compiler, proto: str, port: int | None) -> str:
     """The grouped matrix as HTML, each cell's tooltip the explanation between the groups'
     first pods (a group's pod to another of its pods, or to itself)."""
-    from .matrix_html import matrix_html
+    from .whatif.html import matrix_html
 
     m = compute_grouped(compiler, w.pods, proto, port)
     pods = {str(p.key): p for p in w.pods}

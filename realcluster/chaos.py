@@ -29,10 +29,10 @@ from policyd.lab.netns import http_get
 from policyd.model.objects import Direction
 from policyd.nft.layout import LAYOUT as NFT_LAYOUT
 
-from .cluster import Cluster, ClusterError
+from .cluster import Cluster, ClusterError, rollout
 from .images import POLICYD, TESTBOX
 from .paths import HELM
-from .walkthrough import CHART, RELEASE, RELEASE_NS, rollout
+from .walkthrough import CHART, RELEASE, RELEASE_NS
 
 Say = Callable[[str], None]
 NS = "chaos"

@@ -397,3 +397,14 @@ def _remove_made_dirs(state_root: Path) -> None:
         except OSError:
             pass
     made.unlink()
+
+
+def rollout(cluster: Cluster, what: str, namespace: str, say: Callable[[str], None], timeout: int = 120) -> None:
+    """Wait for `kubectl rollout status`; on failure the error carries the pods and the last events."""
+    proc = cluster.kubectl("rollout", "status", what, "-n", namespace, f"--timeout={timeout}s", check=False,
+                           timeout=timeout + 10)
+    if proc.returncode != 0:
+        pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        events = cluster.kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False).stdout[-3000:]
+        raise ClusterError(f"{what} not rolled out: {proc.stderr.strip() or proc.stdout.strip()}\n{pods}\n{events}")
+    say(f"{what}: rolled out")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from policyd.lab import dns as labdns
 
-from .cluster import Cluster, ClusterError
+from .cluster import Cluster, ClusterError, rollout
 from .images import coredns_name
 from .paths import ROOT
 
@@ -59,7 +59,6 @@ def manifest(zone: labdns.Zone) -> str:
 
 def deploy(cluster: Cluster, say: Say) -> str:
     """CoreDNS up and serving; returns the kube-dns Service's address."""
-    from .walkthrough import rollout
 
     say(f"cluster DNS: CoreDNS ({coredns_name()}) as {NAMESPACE}/{NAME}, serving {ZONE.relative_to(ROOT)}")
     cluster.kubectl("apply", "-f", "-", input=manifest(labdns.read_zone(str(ZONE))))

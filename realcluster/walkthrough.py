@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .cluster import Cluster, ClusterError
+from .cluster import Cluster, ClusterError, rollout
 from .dns import deploy as deploy_dns
 from .dns import remove as remove_dns
 from .images import POLICYD
@@ -121,16 +121,6 @@ def kernel_is_clean(cluster: Cluster, netns: str, backend: str) -> bool:
     save = subprocess.run(["ip", "netns", "exec", netns, "iptables-legacy-save"], capture_output=True, text=True).stdout
     sets = subprocess.run(["ip", "netns", "exec", netns, "ipset", "list", "-n"], capture_output=True, text=True).stdout
     return "POLICYD" not in save and "policyd" not in sets
-
-
-def rollout(cluster: Cluster, what: str, namespace: str, say: Say, timeout: int = 120) -> None:
-    proc = cluster.kubectl("rollout", "status", what, "-n", namespace, f"--timeout={timeout}s", check=False,
-                           timeout=timeout + 10)
-    if proc.returncode != 0:
-        pods = cluster.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
-        events = cluster.kubectl("get", "events", "-A", "--sort-by=.lastTimestamp", check=False).stdout[-3000:]
-        raise ClusterError(f"{what} not rolled out: {proc.stderr.strip() or proc.stdout.strip()}\n{pods}\n{events}")
-    say(f"{what}: rolled out")
 
 
 def pods_of(cluster: Cluster, namespace: str = "default") -> list[dict[str, str]]:

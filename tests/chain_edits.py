@@ -17,7 +17,7 @@ from policyd.dataplane.droplog import DropLog
 from policyd.model.objects import NetworkPolicy
 from policyd.model.parse import parse_object
 from policyd.reconcile.syncer import Syncer
-from policyd.world import load_world
+from policyd.whatif.world import load_world
 
 PEERS = ("frontend", "unallowed", "backend")
 

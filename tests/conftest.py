@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from policyd.world import World, load_world
+from policyd.whatif.world import World, load_world
 
 ROOT_DIRS = {"kernel", "e2e", "cluster"}
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from policyd.dataplane.ops import STALE_DELAY
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_POLICY = ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml"  # the README's allow-frontend-to-backend
 
 
 def settle(syncer: Any) -> Any:

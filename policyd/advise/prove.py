@@ -11,12 +11,12 @@ from typing import Any
 
 from ..compile.engine import compile_all
 from ..compile.evaluate import Endpoint, Evaluator
-from ..compile.matrix import endpoint, pairs
 from ..model.objects import AUDIT_ANNOTATION, NetworkPolicy, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput
 from ..observe.flows import FlowRecord
-from ..world import World
+from ..whatif.matrix import endpoint, pairs
+from ..whatif.world import World
 from .propose import PORT_PROTOCOLS, Workload, workload_of
 
 

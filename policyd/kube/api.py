@@ -67,7 +67,7 @@ def credentials(kubeconfig: str | None, context: str | None = None) -> kopf.Conn
     try:
         return from_kubeconfig(yaml.safe_load(path.read_text()) or {}, path.parent, context)
     except UnsupportedKubeconfig:
-        from .client import connection_info  # the kubernetes client's reading: exec plugins, auth providers
+        from .sdk import connection_info  # the kubernetes client's reading: exec plugins, auth providers
 
         return connection_info(str(path), context)
 

@@ -1,47 +1,24 @@
 """Read-only reads of a live cluster for the what-if tools (`matrix/explain --kubeconfig`,
 through kube/api.py's paged lists), and the `kubernetes` client where the tools need it:
-node addresses, and credentials from kubeconfigs that kube/api.py does not read (exec
-plugins, auth providers). Only `list` calls. The agent image carries no `kubernetes`
+node addresses (kube/sdk.py reads credentials kube/api.py does not). Only `list` calls. The agent image carries no `kubernetes`
 client (`pip install policyd[node]`): such a kubeconfig there is refused with the reason."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Node, Pod
 from ..model.parse import parse_object
 from ..model.problems import InvalidInput, Problem
 from ..observe.counters import Counters, counters_from_metrics
+from .api import credentials, list_pages
 from .feed import WATCHED_KINDS, NotServed, WatchKind
-
-if TYPE_CHECKING:
-    import kopf
-
-
-def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """In-cluster config when running in a pod (and no kubeconfig or context is given), else
-    the kubeconfig file (`None`: $KUBECONFIG or ~/.kube/config), at `context` if given."""
-    try:
-        from kubernetes import client, config
-    except ImportError as e:  # the agent image (policyd[node]) has no client
-        raise RuntimeError("this needs the `kubernetes` Python client (pip install 'policyd[agent]'): "
-                           "the kubeconfig's user authenticates by an exec plugin or auth provider, "
-                           "which only that client reads") from e
-
-    if kubeconfig is None and context is None:
-        try:
-            config.load_incluster_config()
-            return client.ApiClient()
-        except config.ConfigException:
-            pass
-    return config.new_client_from_config(config_file=kubeconfig, context=context)
+from .sdk import api_client
 
 
 def list_all(kubeconfig: str | None, kind: WatchKind, context: str | None = None) -> list[dict[str, Any]]:
     """Every object of `kind`, through the agent's own paged lists (kube/api.py)."""
-    from .api import credentials, list_pages
-
     async def collect() -> list[dict[str, Any]]:
         info = credentials(kubeconfig, context)
         return [item async for items, _ in list_pages(info, kind) for item in items]
@@ -114,17 +91,3 @@ def agent_flows(address: str, port: int, timeout: float = 10.0) -> dict[str, Any
     except urllib.error.HTTPError as e:
         raise OSError(e.read().decode(errors="replace").strip() or str(e)) from None
     return doc
-
-
-def connection_info(kubeconfig: str | None, context: str | None = None) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same configuration the `kubernetes` client reads (an
-    explicit kubeconfig wins over the in-cluster service account)."""
-    import kopf
-
-    cfg = api_client(kubeconfig, context).configuration
-    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
-    parts = header.split(" ", 1) if header else []
-    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    return kopf.ConnectionInfo(server=cfg.host, ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
-                               username=cfg.username or None, password=cfg.password or None, scheme=scheme, token=token,
-                               certificate_path=cfg.cert_file, private_key_path=cfg.key_file)

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .. import report
 from ..backends import CHOICES
+from ..whatif import report
 from .families import FAMILIES
 from .records import LabError
 
@@ -114,7 +114,7 @@ def probe_names(lab: Lab, args: argparse.Namespace, version: int | None) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     lab = _lab(args.name)
-    from .probes import run_check
+    from .check import run_check
 
     bad = run_check(lab, args.protocol, args.port, args.timeout, progress=err)
     print("lab check: every probe matches the policy engine" if not bad else f"lab check: {bad} mismatch(es)")

@@ -14,9 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-from .. import report
+from ..whatif import report
+from .check import run_check
 from .lab import Lab
-from .probes import run_check
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "examples" / "cluster" / "demo.yaml"

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..backends import make_backend, resolve
-from ..compile.matrix import Matrix
 from ..model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
 from ..model.events import key_of, kind_of
 from ..model.objects import KubeObject, Node, Pod, PodKey
@@ -42,7 +41,8 @@ from ..model.parse import parse_object
 from ..model.problems import InvalidInput
 from ..observe.counters import CounterIndex, Counters
 from ..observe.flows import document, merge
-from ..world import load_world
+from ..whatif.matrix import Matrix
+from ..whatif.world import load_world
 from . import dns as labdns
 from . import families, probes
 from .agents import Agents, agent_config

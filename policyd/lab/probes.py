@@ -8,19 +8,15 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .. import report
-from ..compile.matrix import Matrix, compute
 from ..model.objects import Pod
 from ..model.selectors import parse_selector_text
-from ..world import load_world
+from ..whatif.matrix import Matrix, compute
+from ..whatif.world import load_world
 from .families import VERSIONS
 from .records import LabError, LabRecord
 from .topology import ask, probe_via
-
-if TYPE_CHECKING:
-    from .lab import Lab
 
 Say = Callable[[str], None]
 
@@ -118,29 +114,3 @@ def services(rec: LabRecord) -> list[tuple[str, int | None]]:
     for p in rec.pods.values():
         out |= {("TCP", x) for x in p.tcp} | {("UDP", x) for x in p.udp}
     return [("ICMP", None), *sorted(out, key=lambda s: (s[0], s[1] or 0))]
-
-
-def run_check(lab: Lab, protocol: str | None, port: int | None, timeout: float, say: Say = print,
-              progress: Say | None = None, seen: dict[tuple[str, int | None], Matrix] | None = None) -> int:
-    """Probe every service and compare with the engine; returns the number of mismatches
-    (`seen`: also gets what each service's probes observed)."""
-    rec = lab.load()
-    wanted = [(protocol, port if protocol != "ICMP" else None)] if protocol else services(rec)
-    versions = VERSIONS[rec.ip_family]
-    total = 0
-    for proto, prt in wanted:
-        for version in versions:
-            observed = lab.probe(None, None, proto, prt, timeout, progress=progress, version=version)
-            if seen is not None and version == versions[0]:
-                seen[(proto, prt)] = observed
-            targets = observed.targets or observed.pods
-            engine = lab.expected(proto, prt, list(observed.allowed), targets, version=version)
-            bad = [(s, d, engine.is_allowed(s, d)) for s in observed.allowed for d in targets
-                   if observed.is_allowed(s, d) != engine.is_allowed(s, d)]
-            over = "" if rec.ip_family == "ipv4" else f" over IPv{version}"  # an IPv4 lab's lines as they always were
-            say(f"{report.service(proto, prt):>8}{over}: {len(observed.allowed) * len(targets)} pairs probed, "
-                f"{len(bad)} mismatch{'es' if len(bad) != 1 else ''}")
-            for s, d, exp in bad:
-                say(f"          {s} → {d}: engine says {'allowed' if exp else 'denied'}, probe {'answered' if not exp else 'got no answer'}")
-            total += len(bad)
-    return total

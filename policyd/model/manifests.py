@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
+from .fields import Context
 from .objects import ClusterNetworkPolicy, KubeObject, Namespace, NetworkPolicy, Node, Pod
-from .parse import Context, parse_namespace, parse_object
+from .parse import parse_namespace, parse_object
 from .problems import Problem
 from .selectors import stable_hash
 

@@ -12,8 +12,8 @@ from dataclasses import replace
 from typing import Any
 
 from . import names
+from .fields import Context, as_dict, as_list, as_str, check_port_name, check_port_number, parse_cidr, parse_metadata, parse_selector
 from .objects import Action, ClusterNetworkPolicy, CNPPeer, CNPPort, CNPRule, Direction, IPNetwork, Tier
-from .parse import Context, as_dict, as_list, as_str, check_port_name, check_port_number, parse_cidr, parse_metadata, parse_selector
 from .selectors import MATCH_ALL, LabelSelector
 
 GROUP = "policy.networking.k8s.io"

@@ -12,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 HELM = ROOT / ".tools" / "bin" / "helm"
 CHART = ROOT / "charts" / "policyd"
 K8S = "1.32"

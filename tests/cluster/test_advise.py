@@ -14,7 +14,7 @@ import time
 import yaml
 
 from policyd.lab.netns import http_get
-from realcluster.cluster import Cluster
+from realcluster.cluster import Cluster, rollout
 from realcluster.walkthrough import (
     RELEASE_NS,
     WORKLOADS,
@@ -25,7 +25,6 @@ from realcluster.walkthrough import (
     install_chart,
     pods_of,
     probe,
-    rollout,
 )
 
 BACKEND = "iptables"

@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from policyd.lab.netns import http_get
-from realcluster.cluster import Cluster, ClusterError
+from realcluster.cluster import Cluster, ClusterError, rollout
 from realcluster.paths import k8s_bin
-from realcluster.walkthrough import POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_node, cleanup_nodes, helm_uninstall, install_chart, pods_of, rollout
+from realcluster.walkthrough import POLICY, RELEASE, RELEASE_NS, WORKLOADS, cleanup_node, cleanup_nodes, helm_uninstall, install_chart, pods_of
 
 AGENT_USER = f"system:serviceaccount:{RELEASE_NS}:{RELEASE}"
 SERIES = [  # what the metrics endpoint must serve
@@ -173,7 +173,9 @@ def test_agent_on_a_real_cluster(cluster: Cluster) -> None:
     # Every agent restarted: the unchanged finding is not posted again.
     c.kubectl("delete", "pods", "-n", RELEASE_NS, "-l", "app.kubernetes.io/name=policyd", "--wait=true")
     rollout(c, f"daemonset/{RELEASE}", RELEASE_NS, say.append)
-    time.sleep(5)
+    # Wait for each new agent's decision (it logs that the Event was posted before), then count.
+    eventually(lambda: all("NamedPortUnresolved on default/metrics-port was posted before" in agent_logs(c, n) for n in ("node-1", "node-2")),
+               True, "each restarted agent found the Event posted before")
     assert len(warning_events(c, "NamedPortUnresolved")) == 2, warning_events(c, "NamedPortUnresolved")
 
     # Metrics and readiness on the node's address (host network), each on its own port; with

@@ -1,12 +1,12 @@
-"""The checks of tests/kubeapi/behaviour.py against a real kube-apiserver: what the test API
+"""The checks of harness/kubeapi/behaviour.py against a real kube-apiserver: what the test API
 server is held to (tests/unit/test_kubeapi_fake.py) is what the real one does."""
 
 from __future__ import annotations
 
+from harness.kubeapi import behaviour
 from policyd.lab.netns import entered
 from realcluster.cluster import Cluster
 from realcluster.images import TESTBOX
-from tests.kubeapi import behaviour
 
 
 def test_the_fake_matches_the_real_api_server(cluster: Cluster) -> None:

@@ -14,8 +14,7 @@ import pytest
 
 from policyd.lab.lab import Lab
 from policyd.lab.netns import list_namespaces
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 
 def leftovers(lab: Lab) -> list[str]:

@@ -77,7 +77,7 @@ def test_traffic_to_advise_to_audit_to_enforce(make_lab, tmp_path, capsys, monke
         m = lab.probe(src, dst, proto, port, 0.4)
         reached = {(s, d) for s, ds in m.allowed.items() for d in ds if d != s}
         assert not reached, f"never seen, so denied: {src} → {dst} {proto}/{port}: {reached}"
-    from policyd.lab.probes import run_check
+    from policyd.lab.check import run_check
 
     lines = []
     assert run_check(lab, None, None, 0.4, say=lines.append) == 0, lines

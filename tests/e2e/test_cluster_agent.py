@@ -3,7 +3,7 @@ policy is deleted and the history compacted, so the deletion is never streamed a
 watches get 410 Gone (only the agent's relist can reveal it); and a policy deleted and
 re-created under its name in the same instant, so kopf's per-uid workers race. `policyd run` (kopf,
 unmodified) runs in each node namespace of a lab topology and watches the test API server
-(tests/kubeapi, held to the real server's behaviour by tests/cluster/test_kubeapi_real.py);
+(harness/kubeapi, held to the real server's behaviour by tests/cluster/test_kubeapi_real.py);
 everything else about the agent is tested on a real cluster (tests/cluster/test_agent.py).
 
 The API server listens inside the topology's fabric namespace, which every node reaches
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -24,12 +25,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.kubeapi.server import KubeAPI
 from policyd.lab.netns import entered, http_get, list_namespaces
 from policyd.lab.topology import FABRIC_NET, Topology
 from policyd.model.objects import ContainerPort, Pod
-from tests.kubeapi.server import KubeAPI
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 POLICY = ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml"
 API_ADDR = str(FABRIC_NET.broadcast_address - 1)
@@ -172,17 +173,24 @@ def test_relist_repairs_a_deletion_no_watch_reported(cluster: Cluster):
 def test_a_policy_recreated_under_its_name_is_enforced_in_its_new_form(cluster: Cluster):
     """The old object's DELETED and the new one's ADDED reach kopf back to back; kopf runs
     each uid on its own worker, so the new ADDED may be handled first. The old DELETED must
-    not then remove the new policy (which would open backend to everyone). Repeated, since
-    the order between the workers is up to the event loop."""
+    not then remove the new policy (which would open backend to everyone). Left to the event
+    loop that order never came in 80 tries, so every other re-creation sends the new ADDED
+    first, and the agents' count of ignored earlier-incarnation DELETEDs shows it ran."""
     c = cluster
     c.kubectl("apply", "-f", str(POLICY))
     c.eventually({("frontend", "backend", "TCP"): True, ("unallowed", "backend", "TCP"): False})
     body = yaml.safe_load(POLICY.read_text())
-    for i in range(6):
+
+    def stale() -> int:  # DELETEDs of an earlier incarnation handled after the new one's ADDED, every agent
+        texts = [c.http(n, "/metrics")[1] for n in c.agents]
+        return sum(int(float(m.group(1))) for t in texts for m in re.finditer(r"^policyd_stale_deletes_total (\S+)$", t, re.M))
+
+    for i in range(6):  # every other re-creation: the new ADDED first, the order kopf's workers may take
         app = "unallowed" if i % 2 == 0 else "frontend"
         body["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app"] = app
-        c.api.recreate("networkpolicies", "default", "allow-frontend-to-backend", body)
+        c.api.recreate("networkpolicies", "default", "allow-frontend-to-backend", body, added_first=i % 2 == 1)
         c.eventually({("unallowed", "backend", "TCP"): app == "unallowed", ("frontend", "backend", "TCP"): app == "frontend"})
+    assert stale() >= 1, "no agent handled an old DELETED after the new ADDED: the race this test is about never ran"
 
 
 def test_pods_are_watched_by_the_lean_watch_and_relisted_after_410(cluster: Cluster):

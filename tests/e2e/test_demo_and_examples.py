@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from policyd.backends import BACKENDS as BACKENDS
+from policyd.lab.check import run_check
 from policyd.lab.demo import run_demo
 from policyd.lab.lab import Lab
-from policyd.lab.probes import run_check
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 EXAMPLES = sorted(p.name for p in (ROOT / "examples" / "policies").glob("*.yaml"))
 

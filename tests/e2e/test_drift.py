@@ -9,15 +9,12 @@ resync runs during the test."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from harness.tampering import repair_times
 from policyd.backends import BACKENDS as BACKENDS
 from policyd.lab.lab import Lab
-from tests.e2e.tampering import repair_times
 
-ROOT = Path(__file__).resolve().parents[2]
 RESYNC = 600.0  # no periodic resync during the test: every repair is the check's
 pytestmark = pytest.mark.quiet  # the 3 s bound: not beside the background upstream suites
 

@@ -51,7 +51,7 @@ def test_ipv6_and_dual_stack_labs_enforce_each_family(make_lab, tmp_path, family
             assert not any(unallowed.allowed.values()), "IPv6: an IPv4 ipBlock admits no IPv6 address"
 
     lines: list[str] = []
-    from policyd.lab.probes import run_check
+    from policyd.lab.check import run_check
 
     assert run_check(lab, "TCP", 80, 0.4, say=lines.append) == 0, lines
     assert [line.strip().split(":")[0] for line in lines] == [f"TCP/80 over IPv{v}" for v in versions]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from policyd.backends import BACKENDS as BACKENDS
-from policyd.lab.probes import run_check
+from policyd.lab.check import run_check
 
 PORTS = "\n".join(
     f"        - {{name: serve-{p}-{proto.lower()}, containerPort: {p}, protocol: {proto}}}"

@@ -11,7 +11,6 @@ import copy
 import io
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policyd.cli import main
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 BASE = [d for f in ("examples/cluster/demo.yaml", "examples/policies/allow-frontend-to-backend.yaml",
                     "examples/policies/named-port.yaml", "examples/policies/ipblock-with-except.yaml",
                     "examples/policies/default-deny-egress-allow-dns.yaml")
@@ -93,7 +92,7 @@ def test_mutated_manifests_never_crash(tmp_path_factory, mutations, command):
         docs = mutate(docs, choice, value, op)
     path = tmp_path_factory.mktemp("fuzz") / "in.yaml"
     path.write_text(yaml.safe_dump_all(docs, allow_unicode=True))
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU, not the wall clock: a busy machine cannot fail it
     code = run([command[0], "-f", str(path), *command[1:]])
     assert code in (0, 1, 2), f"{command[0]} exited {code} (3: internal error)"
-    assert time.monotonic() - started < 5.0
+    assert time.process_time() - started < 5.0

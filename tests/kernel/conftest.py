@@ -14,9 +14,9 @@ from dataclasses import replace
 
 import pytest
 
+from harness.node_agent import NodeAgent
 from policyd.dataplane.config import DispatchMode, Fqdn, RenderConfig
 from policyd.dataplane.droplog import DropLog
-from policyd.lab.agent import NodeAgent
 from policyd.lab.families import v6_for
 from policyd.lab.netns import delete_namespaces, entered
 from policyd.lab.topology import Topology

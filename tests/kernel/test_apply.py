@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from harness.node_agent import NodeAgent
+from harness.tampering import drop_family
 from policyd.dataplane.backend import ApplyError
 from policyd.ipt.spell import IptTransaction
-from policyd.lab.agent import NodeAgent
 from policyd.lab.netns import sh
 from policyd.nft.spell import Transaction
-from tests.e2e.tampering import drop_family
+from tests.helpers import EXAMPLE_POLICY
 
-POLICY = (Path(__file__).parents[2] / "examples" / "policies" / "allow-frontend-to-backend.yaml").read_text()
+POLICY = EXAMPLE_POLICY.read_text()
 
 
 def test_unchanged_state_sends_zero_operations(cluster):

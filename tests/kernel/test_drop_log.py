@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -80,15 +80,25 @@ def accepts_logged(request):
         yield got
 
 
-def wait_for(lines: list[str], **want: object) -> dict:
+def wait_for(lines: list[str], start: int = 0, **want: object) -> dict:
+    """The first record from `lines[start]` on with every field of `want`."""
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        for line in list(lines):
+        for line in lines[start:]:
             r = json.loads(line)
             if all(r.get(k) == v for k, v in want.items()):
                 return r
         time.sleep(0.05)
     raise AssertionError(f"no drop record with {want}; got {[json.loads(x) for x in lines]}")
+
+
+def barrier(lines: list[str], send: Callable[[], object], **want: object) -> None:
+    """Send a packet that is logged and wait for its record: the records of every packet
+    sent before it are in `lines` by then (one NFLOG group, read and written in order), so
+    what is missing now was never logged. No fixed sleep decides that nothing happened."""
+    start = len(lines)
+    send()
+    wait_for(lines, start, **want)
 
 
 def test_each_drop_names_its_cause(logged):
@@ -119,7 +129,7 @@ def test_each_drop_names_its_cause(logged):
 
     # Nothing is logged for what is allowed.
     assert cluster.can("f1", "b1") and cluster.can("f1", "o1", "UDP", 53)
-    time.sleep(0.3)
+    barrier(lines, lambda: cluster.can("u1", "b1", "TCP", 80), src="default/u1", dst="default/b1")
     allowed = [json.loads(x) for x in lines if json.loads(x).get("src") == "default/f1" and json.loads(x).get("dst") == "default/b1"]
     assert not allowed, allowed
     assert logger.counters.unattributed == 0 and logger.counters.queue_full == 0
@@ -176,7 +186,7 @@ def test_audit_mode_logs_what_it_would_drop_and_enforces_nothing(logged):
     r = wait_for(lines, pod="default/b1", direction="ingress", src="default/u1", tier="Audit")
     assert r["msg"] == "packet would be dropped (audit mode)" and r["policies"] == ["default/try-frontend-only"]
     assert cluster.can("f1", "b1")
-    time.sleep(0.3)
+    barrier(lines, lambda: cluster.can("u1", "b1"), pod="default/b1", src="default/u1", tier="Audit")
     assert not [x for x in lines if json.loads(x).get("src") == "default/f1"], "what its rules allow is not logged"
     assert cluster.sync(full=True).ops == 0
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from harness.node_agent import NodeAgent
 from policyd.dataplane.config import DispatchMode, RenderConfig
-from policyd.lab.agent import NodeAgent
 from policyd.lab.topology import Topology
 from policyd.model.objects import Namespace, Pod
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from policyd.lab.agent import NodeAgent
-from tests.e2e.tampering import nft, nft_list
+from harness.node_agent import NodeAgent
+from harness.tampering import nft, nft_list
 from tests.kernel.conftest import ALLOW_FRONTEND, KernelCluster
 
 NFT_VARIANTS = ["routed-nftables", "bridge-nftables"]

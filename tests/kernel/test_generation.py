@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
+from harness.tampering import names
 from policyd.lab.netns import entered
 from policyd.nft.generation import Generation
-from tests.e2e.tampering import names
+from tests.helpers import EXAMPLE_POLICY
 
-POLICY = (Path(__file__).parents[2] / "examples" / "policies" / "allow-frontend-to-backend.yaml").read_text()
+POLICY = EXAMPLE_POLICY.read_text()
 
 
 @pytest.mark.parametrize("cluster", ["routed-nftables", "bridge-nftables"], indirect=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.node_agent import NodeAgent
 from policyd.dataplane.config import Fqdn
 from policyd.lab import dns as labdns
-from policyd.lab.agent import NodeAgent
 from policyd.lab.families import v6_for
 from policyd.lab.netns import entered
 from policyd.lab.topology import ask

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from policyd.compile.engine import Compiler, compile_all
 from policyd.compile.evaluate import Endpoint, Evaluator
-from policyd.compile.matrix import endpoint
 from policyd.model.objects import Action, ClusterNetworkPolicy, CNPPeer, CNPPort, CNPRule, Direction, Node, Pod, Tier
 from policyd.model.selectors import MATCH_ALL
+from policyd.whatif.matrix import endpoint
 from tests.sequences.test_incremental import NAMESPACES, apply, labels, namespace, pod, policy, selector, snapshot
 from tests.sequences.test_matrix import check
 

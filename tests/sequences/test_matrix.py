@@ -7,7 +7,7 @@ from hypothesis import given, settings
 
 from policyd.compile.engine import Compiler, compile_all
 from policyd.compile.evaluate import Evaluator
-from policyd.compile.matrix import compute, compute_grouped, endpoint
+from policyd.whatif.matrix import compute, compute_grouped, endpoint
 from tests.sequences.test_incremental import apply, populated
 
 SERVICES = [("TCP", 80), ("TCP", 81), ("TCP", 8080), ("TCP", 1003), ("UDP", 53), ("UDP", 80), ("SCTP", 80), ("ICMP", None)]

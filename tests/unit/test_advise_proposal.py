@@ -11,7 +11,7 @@ from policyd.advise.prove import prove
 from policyd.model.objects import ContainerPort, Namespace, Pod
 from policyd.observe.conntrack import parse
 from policyd.observe.flows import FlowRecord, FlowTable, document, merge
-from policyd.world import World
+from policyd.whatif.world import World
 
 A = ipaddress.ip_address
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from policyd import report
 from policyd.compile.evaluate import Evaluator
-from policyd.compile.matrix import compute, endpoint
 from policyd.model.objects import AUDIT_ANNOTATION
-from policyd.world import load_world
+from policyd.whatif import report
+from policyd.whatif.matrix import compute, endpoint
+from policyd.whatif.world import load_world
 
 PODS = """
 apiVersion: v1

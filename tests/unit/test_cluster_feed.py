@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.kubeapi.server import KubeAPI, merge_patch, strategic_merge
 from policyd.compile.engine import Compiler
 from policyd.dataplane.cni import detect_dispatch
 from policyd.dataplane.config import DispatchMode, RenderConfig
@@ -17,7 +18,6 @@ from policyd.kube.feed import ClusterFeed, ref_of
 from policyd.kube.settings import AgentSettings, FailMode
 from policyd.model.events import Delete
 from policyd.nft.layout import LAYOUT
-from tests.kubeapi.server import KubeAPI, merge_patch, strategic_merge
 
 
 def cni(tmp: Path, name: str, conf: dict) -> None:
@@ -126,7 +126,7 @@ def test_agent_is_ready_after_its_own_lists_and_posts_findings_for_listed_polici
     number of objects); a policy kopf lists afterwards still gets its findings."""
     import asyncio
 
-    from policyd.kube.operator import ClusterAgent
+    from policyd.kube.agent import ClusterAgent
     from policyd.nft.fake import FakeBackend
 
     listed = {"Namespace": [], "Pod": [pod("b1", "b", ports=[{"name": "http", "containerPort": 80}])],
@@ -157,8 +157,8 @@ def test_rejected_objects_are_exported_and_the_record_of_posted_findings_is_boun
 
     from prometheus_client import generate_latest
 
-    from policyd.kube import operator
-    from policyd.kube.operator import ClusterAgent
+    from policyd.kube import agent as agent_module
+    from policyd.kube.agent import ClusterAgent
     from policyd.nft.fake import FakeBackend
 
     async def lister(kind):
@@ -173,7 +173,7 @@ def test_rejected_objects_are_exported_and_the_record_of_posted_findings_is_boun
     agent.sync_once()  # counted once, not again on every sync
     assert "policyd_rejected_objects_total 1.0" in generate_latest(agent.metrics.registry).decode()
 
-    monkeypatch.setattr(operator, "MAX_POSTED", 3)
+    monkeypatch.setattr(agent_module, "MAX_POSTED", 3)
     agent.observe("Pod", None, pod("b1", "b", ports=[{"name": "http", "containerPort": 80}]))
     for rv in range(10, 16):
         agent.observe("NetworkPolicy", None, policy("named", rv=rv, port="metrics"))
@@ -191,7 +191,8 @@ def test_a_slow_commit_runs_off_the_event_loop_and_loses_no_event():
 
     from aiohttp.test_utils import make_mocked_request
 
-    from policyd.kube.operator import ClusterAgent
+    from policyd.kube.agent import ClusterAgent
+    from policyd.kube.http import http_apps
     from policyd.nft.fake import FakeBackend
 
     class SlowBackend(FakeBackend):
@@ -215,7 +216,7 @@ def test_a_slow_commit_runs_off_the_event_loop_and_loses_no_event():
 
     async def scenario() -> tuple[float, int, bool]:
         await agent.initial_lists()
-        readyz = agent.http_apps()[agent.settings.health_port].router
+        readyz = http_apps(agent)[agent.settings.health_port].router
         sync = asyncio.create_task(agent.sync_in_worker())
         deadline = time.monotonic() + 5
         while not backend.committing.is_set():
@@ -506,8 +507,9 @@ def test_a_kind_the_api_server_does_not_serve_is_not_watched_and_does_not_block_
     loudly, and registers no watch kopf would retry forever."""
     import asyncio
 
+    from policyd.kube.agent import ClusterAgent
     from policyd.kube.feed import NotServed
-    from policyd.kube.operator import ClusterAgent, build_registry
+    from policyd.kube.registry import build_registry
     from policyd.nft.fake import FakeBackend
 
     async def lister(kind):
@@ -530,7 +532,7 @@ def test_a_relist_stuck_on_the_api_server_does_not_hold_up_the_drift_check():
     open until the API server answers."""
     import asyncio
 
-    from policyd.kube.operator import ClusterAgent
+    from policyd.kube.agent import ClusterAgent
     from policyd.nft.fake import FakeBackend
 
     stuck = asyncio.Event()
@@ -569,7 +571,8 @@ def test_flow_records_are_opt_in_served_on_flows_and_checked():
 
     from aiohttp.test_utils import make_mocked_request
 
-    from policyd.kube.operator import ClusterAgent
+    from policyd.kube.agent import ClusterAgent
+    from policyd.kube.http import http_apps
     from policyd.nft.fake import FakeBackend
     from policyd.observe.conntrack import Connection
 
@@ -584,7 +587,7 @@ def test_flow_records_are_opt_in_served_on_flows_and_checked():
                          backend=FakeBackend(), lister=lister)
 
     async def get() -> tuple[int, dict]:
-        router = agent.http_apps()[agent.settings.metrics_port].router
+        router = http_apps(agent)[agent.settings.metrics_port].router
         match = await router.resolve(make_mocked_request("GET", "/flows"))
         resp = await match.handler(make_mocked_request("GET", "/flows"))
         return resp.status, json.loads(resp.body)

@@ -70,7 +70,7 @@ def test_the_engine_admits_a_name_only_through_what_was_learned():
     name is not admitted."""
     import ipaddress
 
-    from policyd.world import load_world
+    from policyd.whatif.world import load_world
 
     m = parse_cnp(egress({"action": "Accept", "to": [{"domainNames": ["api.example.com"]}]},
                          {"action": "Deny", "to": [{"networks": ["0.0.0.0/0"]}]}))

@@ -18,7 +18,7 @@ from policyd.nft.fake import FakeBackend
 from policyd.nft.parse import parse_listing
 from policyd.nft.spell import Transaction
 from policyd.reconcile.syncer import Syncer
-from policyd.world import load_world
+from policyd.whatif.world import load_world
 
 TABLE = "policyd"
 VERDICTS = [{"accept": None}, {"drop": None}, {"continue": None}, {"return": None}, {"goto": {"target": "x"}},

@@ -17,7 +17,7 @@ from policyd.ipt.layout import Names, check_table, safe_comment
 from policyd.ipt.spell import entries, rule_args
 from policyd.model.objects import Direction, IPBlock
 from policyd.reconcile.syncer import Syncer
-from policyd.world import load_world
+from policyd.whatif.world import load_world
 
 
 def block(cidr: str, *excepts: str) -> BlockSetSpec:

@@ -178,7 +178,7 @@ def test_every_kernel_rule_of_a_node_has_its_own_id(backend):
     from policyd.dataplane.config import DispatchMode, RenderConfig
     from policyd.dataplane.desired import DesiredState
     from policyd.dataplane.droplog import DropLog
-    from policyd.world import load_world
+    from policyd.whatif.world import load_world
 
     w = load_world(["examples/cluster", "examples/policies", "examples/cluster-network-policy/admin-tiers-on-the-demo-cluster.yaml"])
     c = w.compile("node-1")

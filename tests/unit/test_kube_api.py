@@ -79,6 +79,6 @@ def test_the_agent_loads_kopf_without_the_kubernetes_client():
 
     code = ("import sys; from policyd.kube import cli, operator; assert 'kubernetes' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith('kubernetes'))[:5]; "
-            "import kubernetes.client; from policyd.kube.client import api_client; print('ok')")
+            "import kubernetes.client; from policyd.kube.sdk import api_client; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
     assert r.stdout.strip() == "ok", r.stderr

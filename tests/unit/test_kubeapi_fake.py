@@ -1,4 +1,4 @@
-"""The test API server (tests/kubeapi) behaves like the real one where the agent depends on
+"""The test API server (harness/kubeapi) behaves like the real one where the agent depends on
 it: the same checks run against a real kube-apiserver in tests/cluster/test_kubeapi_real.py.
 Expired continue tokens are checked here only: a real server expires them when etcd
 compacts, which a test cannot ask for."""
@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from tests.kubeapi import behaviour
-from tests.kubeapi.server import KubeAPI
+from harness.kubeapi import behaviour
+from harness.kubeapi.server import KubeAPI
 
 
 @pytest.fixture

@@ -1,18 +1,18 @@
 """`kubectl policyd` (the kubectl-policyd plugin): the cluster of the chosen kubeconfig
 context, names in the context's namespace or -n, the namespace's pods unless -A; the same
-answers as `policyd explain/matrix` from the API (the test API server, tests/kubeapi)."""
+answers as `policyd explain/matrix` from the API (the test API server, harness/kubeapi)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import yaml
 
+from harness.kubeapi.server import KubeAPI
 from policyd.kubectl import build_parser, main, policyd_args
-from tests.kubeapi.server import KubeAPI
+from tests.helpers import EXAMPLE_POLICY
 
-POLICY = Path(__file__).resolve().parents[2] / "examples" / "policies" / "allow-frontend-to-backend.yaml"
+POLICY = EXAMPLE_POLICY
 
 
 def test_plugin_reads_the_chosen_context_in_its_namespace(tmp_path, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from policyd.cli import main
-from policyd.matrix_html import ALLOWED, DENIED
+from policyd.whatif.html import ALLOWED, DENIED
 
 ARGS = ["matrix", "-f", "examples/cluster/demo.yaml", "-f", "examples/policies/allow-frontend-to-backend.yaml"]
 

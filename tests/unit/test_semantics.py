@@ -11,7 +11,7 @@ import json
 import pytest
 
 from policyd.compile.evaluate import Endpoint, Evaluator
-from policyd.compile.matrix import compute, endpoint
+from policyd.whatif.matrix import compute, endpoint
 
 # 3 namespaces × 3 pods, each pod serving TCP/UDP 80 ("http"/"dns-ish") and TCP 81 ("metrics").
 CLUSTER = """

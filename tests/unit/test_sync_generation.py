@@ -13,7 +13,7 @@ from policyd.dataplane.backend import ApplyError
 from policyd.dataplane.config import DispatchMode, RenderConfig
 from policyd.nft.fake import FakeBackend
 from policyd.reconcile.syncer import Syncer
-from policyd.world import load_world
+from policyd.whatif.world import load_world
 
 
 @pytest.fixture

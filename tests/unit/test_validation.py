@@ -134,7 +134,7 @@ def test_yaml_syntax_error_is_reported(tmp_path):
 
 
 def test_load_world_raises_with_all_problems(tmp_path):
-    from policyd.world import load_world
+    from policyd.whatif.world import load_world
 
     f = tmp_path / "bad.yaml"
     f.write_text(BAD)
@@ -183,9 +183,9 @@ def test_input_that_would_cost_too_much_is_refused_quickly(tmp_path, text, messa
 
     path = tmp_path / "in.yaml"
     path.write_text(text)
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU, not the wall clock: a busy machine cannot fail it
     m = load([path])
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert any(message in p.message for p in m.problems), m.problems
 
 

@@ -6,11 +6,11 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
-from .compile.evaluate import SideVerdict, Verdict
-from .compile.matrix import POD_MATRIX, GroupedMatrix, Matrix
-from .compile.plan import AllowRule, DomainSetSpec, NodeSetSpec, PodSetSpec, PortMatch, TierRule
-from .model.objects import Action, NetworkPolicy
-from .observe.counters import Count, Counters, side_key
+from ..compile.evaluate import SideVerdict, Verdict
+from ..compile.plan import AllowRule, DomainSetSpec, NodeSetSpec, PodSetSpec, PortMatch, TierRule
+from ..model.objects import Action, NetworkPolicy
+from ..observe.counters import Count, Counters, side_key
+from .matrix import POD_MATRIX, GroupedMatrix, Matrix
 
 YES, NO = "✓", "✗"
 

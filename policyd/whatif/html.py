@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from html import escape
 
-from .compile.matrix import GroupedMatrix
+from .matrix import GroupedMatrix
 from .report import service
 
 ALLOWED, DENIED = "#2e7d32", "#c62828"  # the cells' colours (the test looks for them in a screenshot)

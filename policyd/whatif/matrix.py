@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..compile.engine import Compiler
+from ..compile.evaluate import Endpoint
+from ..compile.plan import AllowRule, BlockSetSpec, DirectionPlan, PodSetSpec, SetSpec, TierRule, addresses, named_ports
 from ..model.objects import Action, Direction, IPAddress, Pod
-from .engine import Compiler
-from .evaluate import Endpoint
-from .plan import AllowRule, BlockSetSpec, DirectionPlan, PodSetSpec, SetSpec, TierRule, addresses, named_ports
 
 # The JSON shapes' names (docs/json.md): a script checks `kind` and `version`; a shape that
 # changes gets a new version, never silently.

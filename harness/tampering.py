@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from policyd.lab.lab import Lab
 
-def nft(netns: str, *cmds: dict) -> None:
+def nft(netns: str, *cmds: dict[str, Any]) -> None:
     doc = json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}, *cmds]})
     subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-f", "-"], input=doc, text=True, check=True)
 
@@ -35,12 +35,13 @@ def names(netns: str, backend: str) -> tuple[str, str]:
     return chain, sset
 
 
-def nft_list(netns: str, *what: str) -> list[dict]:
+def nft_list(netns: str, *what: str) -> list[dict[str, Any]]:
     out = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "-a", "list", *what], capture_output=True, text=True, check=True).stdout
-    return json.loads(out)["nftables"]
+    listing: list[dict[str, Any]] = json.loads(out)["nftables"]
+    return listing
 
 
-def nft_replace_rule(netns: str, chain: str, pick: Callable[[dict], bool]) -> None:
+def nft_replace_rule(netns: str, chain: str, pick: Callable[[dict[str, Any]], bool]) -> None:
     """`nft replace rule` (same handle, same rule count) of the last rule of `chain` that
     `pick` accepts, by a bare accept."""
     rule = [i["rule"] for i in nft_list(netns, "chain", "inet", "policyd", chain) if "rule" in i and pick(i["rule"])][-1]
@@ -134,7 +135,7 @@ def tampers(backend: str, netns: str, chain: str, sset: str, member: str) -> lis
 
 
 def repair_times(lab: Lab, backend: str,
-                 after_each: Callable[[dict, dict], None] | None = None) -> list[tuple[str, str, float]]:
+                 after_each: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> list[tuple[str, str, float]]:
     """Tamper in turn (on the node of a backend pod) and time each repair: from the tamper
     to the agent's status counting a repair of that kind. (what, kind, seconds)."""
     import time

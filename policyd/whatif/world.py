@@ -6,11 +6,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .compile.engine import Compiler, compile_all
-from .model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
-from .model.manifests import load
-from .model.objects import ClusterNetworkPolicy, IPNetwork, Namespace, NetworkPolicy, Node, Pod
-from .model.problems import InvalidInput
+from ..compile.engine import Compiler, compile_all
+from ..model.addressing import DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_PREFIX, allocate
+from ..model.manifests import load
+from ..model.objects import ClusterNetworkPolicy, IPNetwork, Namespace, NetworkPolicy, Node, Pod
+from ..model.problems import InvalidInput
 
 
 @dataclass

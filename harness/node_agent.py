@@ -1,19 +1,19 @@
 """An in-process agent bound to one node namespace: compiler + syncer, with every kernel
-call made from inside that namespace. Used by the kernel tests and the lab."""
+call made from inside that namespace. Used by the kernel tests and the benchmarks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-from ..backends import make_backend, resolve
-from ..compile.engine import Compiler
-from ..dataplane.backend import AnyBackend
-from ..dataplane.config import DispatchMode, RenderConfig
-from ..model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
-from ..observe.counters import CounterIndex, Counters
-from ..reconcile.syncer import Syncer, SyncResult
-from .netns import entered, sh
+from policyd.backends import make_backend, resolve
+from policyd.compile.engine import Compiler
+from policyd.dataplane.backend import AnyBackend
+from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.lab.netns import entered, sh
+from policyd.model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
+from policyd.observe.counters import CounterIndex, Counters
+from policyd.reconcile.syncer import Syncer, SyncResult
 
 
 class NodeAgent:

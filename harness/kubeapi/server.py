@@ -39,6 +39,7 @@ import json
 import socket
 import threading
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -131,24 +132,24 @@ def strategic_merge(target: Any, patch: Any, name: str = "") -> Any:
         key = MERGE_KEYS[name]
         if key is None:  # a set of scalars
             return list(dict.fromkeys([*target, *patch]))
-        out = [copy.deepcopy(x) for x in target]
+        items = [copy.deepcopy(x) for x in target]
         for item in patch:
             if not isinstance(item, dict) or key not in item:
-                out.append(copy.deepcopy(item))
+                items.append(copy.deepcopy(item))
                 continue
-            idx = next((i for i, x in enumerate(out) if isinstance(x, dict) and x.get(key) == item[key]), None)
+            idx = next((i for i, x in enumerate(items) if isinstance(x, dict) and x.get(key) == item[key]), None)
             if item.get("$patch") == "delete":
                 if idx is not None:
-                    out.pop(idx)
+                    items.pop(idx)
             elif idx is None:
-                out.append(strategic_merge({}, item))
+                items.append(strategic_merge({}, item))
             else:
-                out[idx] = strategic_merge(out[idx], item)
-        return out
+                items[idx] = strategic_merge(items[idx], item)
+        return items
     return copy.deepcopy(patch)
 
 
-def json_patch(target: Any, ops: list[dict]) -> Any:
+def json_patch(target: Any, ops: list[dict[str, Any]]) -> Any:
     """RFC 6902: add, remove, replace, test (enough for kubectl and tests)."""
     doc = copy.deepcopy(target)
     for op in ops:
@@ -198,7 +199,7 @@ def selector_matches(selector: str, labels: dict[str, str]) -> bool:
     return True
 
 
-def fields_match(selector: str, obj: dict) -> bool:
+def fields_match(selector: str, obj: dict[str, Any]) -> bool:
     """Field selector terms `a.b=v`, `a.b==v`, `a.b!=v` on the object's dotted paths (the real
     server allows a few fields per kind; the agent uses metadata.name and Event fields)."""
     for term in filter(None, selector.split(",")):
@@ -218,7 +219,7 @@ class Watch:
     namespace: str | None
     selector: str
     fields: str = ""
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     closed: bool = False  # dropped: takes no more events
 
 
@@ -250,10 +251,10 @@ class KubeAPI:
 
     def __init__(self, bookmark_every: float = 1.0, grace_cap: float = 0.3) -> None:
         self.grace_cap = grace_cap
-        self.snapshots: dict[tuple[Kind, int], tuple[list[tuple[str, str]], list[dict]]] = {}
-        self.objects: dict[tuple[Kind, str, str], dict] = {}
-        self._sorted: dict[Kind, tuple[int, list[tuple[str, dict]]]] = {}
-        self.history: list[tuple[int, Kind, str, dict]] = []  # (rv, kind, type, object)
+        self.snapshots: dict[tuple[Kind, int], tuple[list[tuple[str, str]], list[dict[str, Any]]]] = {}
+        self.objects: dict[tuple[Kind, str, str], dict[str, Any]] = {}
+        self._sorted: dict[Kind, tuple[int, list[tuple[str, dict[str, Any]]]]] = {}
+        self.history: list[tuple[int, Kind, str, dict[str, Any]]] = []  # (rv, kind, type, object)
         self.rv = 1
         self.floor = 0  # resourceVersions older than this answer 410 Gone
         self.bookmark_every = bookmark_every
@@ -263,23 +264,24 @@ class KubeAPI:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        self.holding: list[tuple[Watch, tuple[str, dict[str, Any]]]] | None = None  # events held back by recreate()
         for ns in ("default", "kube-system", "kube-public"):
             self._store(KINDS[0], "", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, "ADDED")
 
     # --- test controls (thread-safe) --------------------------------------------------------
 
-    def call(self, fn, *args):
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn on the server's loop and return its result."""
         assert self.loop is not None
         fut = asyncio.run_coroutine_threadsafe(self._as_coro(fn, *args), self.loop)
         return fut.result(10)
 
     @staticmethod
-    async def _as_coro(fn, *args):
+    async def _as_coro(fn: Callable[..., Any], *args: Any) -> Any:
         return fn(*args)
 
     def drop_watches(self) -> int:
-        return self.call(self._drop_watches)
+        return int(self.call(self._drop_watches))
 
     def _drop_watches(self) -> int:
         n = len(self.watches)
@@ -307,7 +309,7 @@ class KubeAPI:
             self._compact()
         self.call(outage)
 
-    def update_during_outage(self, plural: str, ns: str, name: str, obj: dict) -> None:
+    def update_during_outage(self, plural: str, ns: str, name: str, obj: dict[str, Any]) -> None:
         """As delete_during_outage, but the object is replaced by `obj`: the change is never
         streamed, so only a relist can reveal it."""
         def outage() -> None:
@@ -317,14 +319,22 @@ class KubeAPI:
             self._compact()
         self.call(outage)
 
-    def recreate(self, plural: str, ns: str, name: str, obj: dict) -> None:
+    def recreate(self, plural: str, ns: str, name: str, obj: dict[str, Any], added_first: bool = False) -> None:
         """Delete the object and create `obj` under its name in one step, as a client that
         deletes and re-creates within milliseconds does: watchers get DELETED and ADDED
-        back to back, and kopf hands each uid to its own worker."""
+        back to back, and kopf hands each uid to its own worker. `added_first`: watchers get
+        the new ADDED before the old DELETED, the order in which kopf's per-uid workers
+        may handle them (which no server can be made to cause on demand)."""
         def both() -> None:
             kind = kind_of(plural)
-            self._store(kind, ns, copy.deepcopy(self.objects[(kind, ns, name)]), "DELETED")
-            self._store(kind, ns, copy.deepcopy(obj), "ADDED")
+            self.holding = [] if added_first else None
+            try:
+                self._store(kind, ns, copy.deepcopy(self.objects[(kind, ns, name)]), "DELETED")
+                self._store(kind, ns, copy.deepcopy(obj), "ADDED")
+            finally:
+                held, self.holding = self.holding, None
+            for w, event in reversed(held or []):
+                w.queue.put_nowait(event)
         self.call(both)
 
     def writes(self, plurals: tuple[str, ...] = ("pods", "namespaces", "networkpolicies")) -> list[Request]:
@@ -333,7 +343,7 @@ class KubeAPI:
 
     # --- storage --------------------------------------------------------------------------
 
-    def _store(self, kind: Kind, ns: str, obj: dict, typ: str) -> dict:
+    def _store(self, kind: Kind, ns: str, obj: dict[str, Any], typ: str) -> dict[str, Any]:
         self.rv += 1
         meta = obj.setdefault("metadata", {})
         meta["resourceVersion"] = str(self.rv)
@@ -356,11 +366,14 @@ class KubeAPI:
         self.history.append((self.rv, kind, typ, copy.deepcopy(obj)))
         for w in list(self.watches):
             if not w.closed and self._visible(w, kind, ns, obj):
-                w.queue.put_nowait((typ, copy.deepcopy(obj)))
+                if self.holding is not None:
+                    self.holding.append((w, (typ, copy.deepcopy(obj))))
+                else:
+                    w.queue.put_nowait((typ, copy.deepcopy(obj)))
         return obj
 
     @staticmethod
-    def _visible(w: Watch, kind: Kind, ns: str, obj: dict) -> bool:
+    def _visible(w: Watch, kind: Kind, ns: str, obj: dict[str, Any]) -> bool:
         if w.kind != kind or (w.namespace is not None and w.namespace != ns):
             return False
         return selector_matches(w.selector, obj.get("metadata", {}).get("labels") or {}) and fields_match(w.fields, obj)
@@ -383,7 +396,7 @@ class KubeAPI:
         return app
 
     @web.middleware
-    async def _log(self, request: web.Request, handler):
+    async def _log(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         self.requests.append(Request(request.method, request.path, dict(request.query), request.headers.get("User-Agent", "")))
         return await handler(request)
 
@@ -488,7 +501,7 @@ class KubeAPI:
 
     # --- verbs ----------------------------------------------------------------------------
 
-    def _select(self, kind: Kind, ns: str | None, selector: str) -> list[dict]:
+    def _select(self, kind: Kind, ns: str | None, selector: str) -> list[dict[str, Any]]:
         # A paged list of 100k objects asks for 200 pages: sort once per store version.
         cached = self._sorted.get(kind)
         if cached is None or cached[0] != self.rv:
@@ -525,7 +538,7 @@ class KubeAPI:
         keys, objs = snapshot
         start = 0 if after is None else bisect.bisect_right(keys, after)
         limit = int(q.get("limit") or 0)
-        page: list[dict] = []
+        page: list[dict[str, Any]] = []
         last: tuple[str, str] | None = None
         for i in range(start, len(keys)):
             if limit and len(page) == limit:
@@ -535,7 +548,7 @@ class KubeAPI:
                     and fields_match(q.get("fieldSelector", ""), objs[i])):
                 page.append(objs[i])
         more = last is not None and last < keys[-1]
-        cont = base64.urlsafe_b64encode(json.dumps({"rv": list_rv, "start": list(last)}).encode()).decode() if more and limit else ""
+        cont = base64.urlsafe_b64encode(json.dumps({"rv": list_rv, "start": list(last or ())}).encode()).decode() if more and limit else ""
         return web.json_response({"kind": f"{kind.kind}List", "apiVersion": kind.group_version,
                                   "metadata": {"resourceVersion": str(list_rv), "continue": cont}, "items": page})
 
@@ -548,7 +561,7 @@ class KubeAPI:
         resp = web.StreamResponse(headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
         await resp.prepare(request)
 
-        async def send(typ: str, obj: dict) -> None:
+        async def send(typ: str, obj: dict[str, Any]) -> None:
             await resp.write(json.dumps({"type": typ, "object": obj}).encode() + b"\n")
 
         # Snapshot and subscription happen in one step on the loop: no event falls between.
@@ -595,7 +608,7 @@ class KubeAPI:
         text = await request.text()
         return json.loads(text) if text else {}
 
-    def _check_fields(self, request: web.Request, obj: dict) -> web.Response | None:
+    def _check_fields(self, request: web.Request, obj: dict[str, Any]) -> web.Response | None:
         if request.query.get("fieldValidation") != "Strict":
             return None
         unknown = sorted(set(obj) - TOP_LEVEL)
@@ -681,7 +694,7 @@ class KubeAPI:
                 return web.json_response(self._delete_gracefully(kind, ns, name, grace))
         return web.json_response(self._store(kind, ns, copy.deepcopy(obj), "DELETED"))
 
-    def _delete_gracefully(self, kind: Kind, ns: str, name: str, grace: int) -> dict:
+    def _delete_gracefully(self, kind: Kind, ns: str, name: str, grace: int) -> dict[str, Any]:
         """deletionTimestamp now (MODIFIED); DELETED when the (capped) grace period ends."""
         obj = self.objects[(kind, ns, name)]
         if obj["metadata"].get("deletionTimestamp"):
@@ -700,7 +713,7 @@ class KubeAPI:
         asyncio.get_running_loop().call_later(min(grace, self.grace_cap), finish)
         return marked
 
-    def _terminate_namespace(self, name: str) -> dict:
+    def _terminate_namespace(self, name: str) -> dict[str, Any]:
         """Terminating (MODIFIED) → its objects deleted (pods gracefully) → DELETED once empty."""
         kind = KINDS[0]
         ns_obj = copy.deepcopy(self.objects[(kind, "", name)])
@@ -762,7 +775,7 @@ class KubeAPI:
         if self._thread:
             self._thread.join(10)
 
-    def kubeconfig(self, server: str | None = None) -> dict:
+    def kubeconfig(self, server: str | None = None) -> dict[str, Any]:
         return {"apiVersion": "v1", "kind": "Config", "current-context": "test",
                 "clusters": [{"name": "test", "cluster": {"server": server or self.url}}],
                 "users": [{"name": "test", "user": {"token": "test"}}],
