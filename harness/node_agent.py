@@ -9,10 +9,11 @@ from typing import Any
 from policyd.backends import make_backend, resolve
 from policyd.compile.engine import Compiler
 from policyd.dataplane.backend import AnyBackend
-from policyd.dataplane.config import DispatchMode, RenderConfig
+from policyd.dataplane.config import DEFAULT_REVOKE_MARK, DispatchMode, RenderConfig
 from policyd.lab.netns import entered, sh
 from policyd.model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
 from policyd.observe.counters import CounterIndex, Counters
+from policyd.reconcile.revoke import ConnectionCutter, Judgement
 from policyd.reconcile.syncer import Syncer, SyncResult
 
 
@@ -25,6 +26,7 @@ class NodeAgent:
         with entered(netns):  # a netlink socket opened here belongs to the node's namespace; tools run in it
             self.backend: AnyBackend = make_backend(self.kind, table)
         self.syncer = Syncer(self.compiler, self.backend, cfg or RenderConfig(table=table, mode=mode))
+        self.cutter: ConnectionCutter | None = None
 
     def load(self, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy],
              cluster_policies: Iterable[ClusterNetworkPolicy] = ()) -> None:
@@ -42,6 +44,14 @@ class NodeAgent:
         resync does, desired state rebuilt and compared with the kept one."""
         with entered(self.netns):
             return self.syncer.sync(full, full if rebuild is None else rebuild)
+
+    def cut_revoked(self) -> Judgement:
+        """What the agents do after a sync that changed the kernel (AgentCore.cut_revoked):
+        end the connections the node's policies now refuse, in the node's namespace."""
+        with entered(self.netns):
+            if self.cutter is None:
+                self.cutter = ConnectionCutter(self.compiler, self.syncer.lock, self.syncer.cfg.revoke_mark or DEFAULT_REVOKE_MARK)
+            return self.cutter.sweep()
 
     def counters(self) -> Counters:
         """The kernel's per-rule counters of the node, summed by policy rule."""

@@ -30,6 +30,11 @@ class Fqdn:
     fail_open: bool = True
 
 
+# One bit of the connection mark: connections a policy change revoked (reconcile/revoke.py;
+# policyd run --revoke-mark, chart revokeConnections.ctMark).
+DEFAULT_REVOKE_MARK = 0x02000000
+
+
 @dataclass(frozen=True)
 class RenderConfig:
     """`table` names what policyd owns: the nftables table, or the prefix of iptables chains
@@ -50,6 +55,10 @@ class RenderConfig:
     # Learn domainNames peers' addresses from DNS answers (names/); None: nothing is learned,
     # so a domainNames peer matches nothing (never wider).
     fqdn: Fqdn | None = None
+    # The conntrack mark bit(s) of connections a policy change revoked (reconcile/revoke.py):
+    # their packets are dropped before the base chains accept established traffic. None: no
+    # such rule (connections outlive the access that admitted them).
+    revoke_mark: int | None = None
 
     @property
     def tracks_ifaces(self) -> bool:

@@ -59,6 +59,7 @@ from .rules import (
     AddrPortSet,
     AddrSet,
     CtDirection,
+    CtMark,
     CtState,
     Icmp6Types,
     IfaceAddrSet,
@@ -354,6 +355,10 @@ def base_rules(cfg: RenderConfig, layout: Layout, hook: str) -> list[Rule]:
 
     ct = "replies and related traffic of allowed connections"
     rules = []
+    if cfg.revoke_mark is not None:
+        # First of all: both directions of a connection a change revoked (its conntrack
+        # entry marked by the agent) are dropped, however it was established.
+        rules.append(rule([CtMark(cfg.revoke_mark)], DROP, "connections a policy change revoked"))
     if cfg.fqdn is not None and hook == "forward":
         # Before the replies are accepted: the answers of DNS servers to the pods a
         # domainNames rule selects (the reply direction of a query the pod sent: a packet a

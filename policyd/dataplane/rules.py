@@ -46,6 +46,14 @@ class CtState:
 
 
 @dataclass(frozen=True, slots=True)
+class CtMark:
+    """`ct mark & mark == mark`: the connection carries these mark bits (reconcile/revoke.py
+    sets them on connections a policy change revoked)."""
+
+    mark: int
+
+
+@dataclass(frozen=True, slots=True)
 class Icmp6Types:
     """ICMPv6 of these numeric types (neighbour discovery); implies IPv6."""
 
@@ -136,10 +144,10 @@ class L4:
     ports: tuple[Port, ...] | None = None
 
 
-Match = CtState | CtDirection | Icmp6Types | IfacePrefix | IfaceSet | NetMatch | IfaceAddrSet | AddrSet | AddrPortSet | L4 | SrcPort
+Match = CtMark | CtState | CtDirection | Icmp6Types | IfacePrefix | IfaceSet | NetMatch | IfaceAddrSet | AddrSet | AddrPortSet | L4 | SrcPort
 # The canonical order of a rule's matches: the order the nftables renderer has always
 # written them in, whatever order a listing shows.
-RANK: dict[type, int] = {CtState: 0, CtDirection: 1, Icmp6Types: 2, IfacePrefix: 3, IfaceSet: 4, NetMatch: 5, IfaceAddrSet: 6,
+RANK: dict[type, int] = {CtMark: -1, CtState: 0, CtDirection: 1, Icmp6Types: 2, IfacePrefix: 3, IfaceSet: 4, NetMatch: 5, IfaceAddrSet: 6,
                          AddrSet: 7, AddrPortSet: 8, L4: 9, SrcPort: 10}
 
 

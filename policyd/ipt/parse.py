@@ -207,6 +207,12 @@ def _module(t: list[str], i: int, module: str, names: Names, family: int, matche
         else:
             matches.append(ir.CtState(tuple(sorted(s.lower() for s in opt("--ctstate").split(",")))))
         return i + 2
+    if module == "connmark":
+        value, _, mask = opt("--mark").partition("/")
+        if not mask or int(value, 16) != int(mask, 16) or not int(value, 16):
+            raise Unreadable
+        matches.append(ir.CtMark(int(value, 16)))
+        return i + 2
     if module == "comment":
         st["comment"] = opt("--comment")
         return i + 2

@@ -93,6 +93,8 @@ def rule_args(r: ir.Rule) -> str:
             ports.append(f"-m {m.proto} --sport {m.port}")
         elif isinstance(m, ir.CtDirection):
             mods.append(f"-m conntrack --ctdir {m.direction.upper()}")
+        elif isinstance(m, ir.CtMark):
+            mods.append(f"-m connmark --mark {m.mark:#x}/{m.mark:#x}")
         elif isinstance(m, ir.CtState):
             states = sorted((s.upper() for s in m.states), key=lambda s: CTSTATE_ORDER.index(s) if s in CTSTATE_ORDER else 99)
             mods.append(f"-m conntrack --ctstate {','.join(states)}")

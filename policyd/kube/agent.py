@@ -46,12 +46,15 @@ class ClusterAgent:
         self.settings = settings
         closed = settings.interface_prefixes if settings.fail_mode is FailMode.CLOSED else ()
         cfg = RenderConfig(table=settings.table, mode=mode, closed_prefixes=closed, drop_log=settings.drop_log,
-                           counters=settings.rule_counters, fqdn=settings.fqdn)
+                           counters=settings.rule_counters, fqdn=settings.fqdn, revoke_mark=settings.revoke_mark)
         self.core = AgentCore(settings.node_name, backend or make_backend(settings.backend, settings.table), cfg,
                               resync_every=settings.resync_every, min_interval=settings.min_interval)
+        if backend is not None:  # a test's fake: no kernel, no conntrack to sweep
+            self.core.revoke = False
         self.compiler, self.syncer, self.runner = self.core.compiler, self.core.syncer, self.core.runner
         self.feed = ClusterFeed(self.compiler)
         self.metrics = AgentMetrics()
+        self.metrics.connections_cut.cut = lambda: dict(self.core.cutter.cut) if self.core.cutter is not None else {}
         self.lister = lister
         self.wake = asyncio.Event()
         self.arrivals: list[float] = []  # monotonic arrival times of events not yet committed

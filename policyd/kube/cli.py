@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..backends import CHOICES, resolve
 from ..dataplane.cni import CNI_DIR, detect_dispatch
-from ..dataplane.config import DispatchMode, Fqdn
+from ..dataplane.config import DEFAULT_REVOKE_MARK, DispatchMode, Fqdn
 from ..dataplane.droplog import DropLog
 from ..names.learner import Limits
 from .settings import AgentSettings, FailMode
@@ -71,6 +71,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--flows", type=int, default=int(env_or("FLOWS", "0") or 0), metavar="N",
                    help="record the node's pods' new connections (conntrack), at most N records, served as FlowRecords JSON on "
                         "/flows of the metrics port, for policyd advise (default 0: off)")
+    p.add_argument("--revoke-connections", action=argparse.BooleanOptionalAction,
+                   default=(env("REVOKE_CONNECTIONS") or "true") == "true",
+                   help="when a change revokes access, end the open connections it no longer admits: their conntrack entries "
+                        "are marked and every packet of a marked connection is dropped (default on; --no-revoke-connections: "
+                        "they flow until they end, as with most agents)")
+    p.add_argument("--revoke-mark", type=lambda v: int(v, 0), default=int(env_or("REVOKE_MARK", hex(DEFAULT_REVOKE_MARK)), 0), metavar="BITS",
+                   help=f"the connection-mark bit(s) of revoked connections (default {DEFAULT_REVOKE_MARK:#x}: pick bits no other "
+                        "component of the node uses in its connection marks)")
     p.add_argument("--fqdn", action=argparse.BooleanOptionalAction, default=(env("FQDN") or "true") == "true",
                    help="enforce ClusterNetworkPolicy domainNames: DNS answers to the pods such a rule selects are held on an "
                         "NFQUEUE until their addresses are learned (default on; --no-fqdn: domainNames rules match nothing)")
@@ -113,7 +121,7 @@ def settings_from(args: argparse.Namespace) -> tuple[AgentSettings, DispatchMode
         metrics_port=args.metrics_port, health_port=args.health_port, log_format=args.log_format, min_interval=args.min_interval, resync_every=args.resync,
         relist_every=args.relist,
         drop_log=DropLog(args.drop_log_group, args.drop_log_rate, args.drop_log_burst, args.accept_log_rate) if args.drop_log else None,
-        rule_counters=args.rule_counters, flows=args.flows,
+        rule_counters=args.rule_counters, flows=args.flows, revoke_mark=args.revoke_mark if args.revoke_connections else None,
         fqdn=Fqdn(args.fqdn_queue, args.fqdn_fail == "open") if args.fqdn else None,
         fqdn_limits=Limits(args.fqdn_min_ttl, args.fqdn_max_ttl, args.fqdn_max_per_pod))
     problems = st.problems()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -74,6 +74,8 @@ class AgentMetrics:
         self.divergences = Counter("policyd_desired_divergences", "Full resyncs whose desired state, rebuilt from the "
                                    "compiler, differed from the incrementally kept one (a bug; the rebuilt state is enforced)",
                                    registry=r)
+        self.connections_cut = CutMetrics()
+        r.register(self.connections_cut)
         self.ready = Gauge("policyd_ready", "1 once the initial lists are in and the first sync succeeded", registry=r)
         self.rules = RuleCounters()
         r.register(self.rules)
@@ -103,6 +105,22 @@ class FlowMetrics:
                                 value=len(t.records))
         yield CounterMetricFamily("policyd_flow_records_not_recorded", "New connections not recorded: the table was full",
                                   value=t.dropped)
+
+
+class CutMetrics:
+    """Open connections ended because a change revoked them (reconcile/revoke.py), read from
+    the agent's cutter at each scrape: its sweeps run on a thread of their own."""
+
+    def __init__(self) -> None:
+        self.cut: Callable[[], dict[tuple[str, str], int]] = dict
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("policyd_connections_cut", "Open connections ended because a change revoked them (their "
+                                     "conntrack entries marked and dropped), by the local side that refuses them now and the "
+                                     "tier that decided", labels=["direction", "tier"])
+        for (direction, tier), n in sorted(self.cut().items()):
+            family.add_metric([direction, tier], n)
+        yield family
 
 
 class DropLogMetrics:

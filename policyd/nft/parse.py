@@ -107,7 +107,11 @@ def _match(m: Any, out: list[ir.Match], state: dict[str, Any]) -> None:
     negate = op == "!="
     key = _meta(left)
     pay = _payload(left)
-    if isinstance(left, dict) and isinstance(left.get("ct"), dict) and left["ct"].get("key") == "direction" and op == "==":
+    mark = left.get("&") if isinstance(left, dict) else None
+    if (isinstance(mark, list) and len(mark) == 2 and mark[0] == {"ct": {"key": "mark"}} and isinstance(mark[1], int)
+            and not isinstance(mark[1], bool) and mark[1] == right and op == "=="):
+        out.append(ir.CtMark(mark[1]))
+    elif isinstance(left, dict) and isinstance(left.get("ct"), dict) and left["ct"].get("key") == "direction" and op == "==":
         if right not in ("reply", "original"):
             raise Unreadable
         out.append(ir.CtDirection(right))

@@ -72,6 +72,8 @@ def ports_json(ports: tuple[tuple[int, int], ...]) -> Any:
 
 
 def match_json(m: ir.Match) -> list[dict[str, Any]]:
+    if isinstance(m, ir.CtMark):
+        return [match({"&": [{"ct": {"key": "mark"}}, m.mark]}, m.mark)]
     if isinstance(m, ir.CtState):
         return [match({"ct": {"key": "state"}}, list(m.states) if len(m.states) > 1 else m.states[0], "in")]
     if isinstance(m, ir.Icmp6Types):

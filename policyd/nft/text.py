@@ -32,6 +32,8 @@ def value(v: Any) -> str:
             return key if key in ("iifname", "oifname") else f"meta {key}"
         if "ct" in v:
             return f"ct {v['ct']['key']}"
+        if "&" in v:
+            return f"{value(v['&'][0])} & {v['&'][1]:#010x}"
     return str(v)
 
 
@@ -39,7 +41,10 @@ def expr(e: dict[str, Any]) -> str:
     (kind, body), = e.items()
     if kind == "match":
         op = "" if body["op"] in ("==", "in") else body["op"] + " "
-        return f"{value(body['left'])} {op}{value(body['right'])}"
+        right = body["right"]
+        if isinstance(body["left"], dict) and "&" in body["left"] and isinstance(right, int):
+            return f"{value(body['left'])} == {right:#010x}"  # a mark's bits
+        return f"{value(body['left'])} {op}{value(right)}"
     if kind == "vmap":
         return f"{value(body['key'])} vmap {body['data']}"
     if kind in ("goto", "jump"):

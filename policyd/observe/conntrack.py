@@ -1,6 +1,7 @@
 """New connections, read from the kernel: a ctnetlink socket subscribed to conntrack's NEW
 events in the calling thread's network namespace (the node's), and the pure parsing of what
-it delivers.
+it delivers; and the table itself (`ConntrackTable`): every entry dumped, one entry's mark
+set or the entry deleted, for the connections a policy change revoked (reconcile/revoke.py).
 
 The kernel reports a connection when its entry is confirmed, that is when its first packet
 has passed every hook: a connection a policy drops is never reported. The event carries the
@@ -11,15 +12,21 @@ kube-proxy's DNAT of a Service address, the pod that answers is its source.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 import struct
 from dataclasses import dataclass
 
+from ..dataplane.netlink import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NetfilterSocket, attr
 from .netlink import Subscription, attrs, messages
 from .nflog import PROTOCOLS
 
 NFNL_SUBSYS_CTNETLINK = 1
-IPCTNL_MSG_CT_NEW = 0
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
+NLM_F_DUMP = 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+CTA_MARK, CTA_ID, CTA_MARK_MASK = 8, 12, 21
 NFNLGRP_CONNTRACK_NEW = 1
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -88,3 +95,88 @@ class ConntrackEvents(Subscription):
 
     def recv(self, timeout: float | None = None) -> list[Connection]:
         return parse(self.datagram(timeout))
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """One entry of the conntrack table: the connection it tracks, and how to name it to
+    the kernel again (its original tuple as the kernel wrote it, its id)."""
+
+    connection: Connection
+    family: int
+    tuple_orig: bytes  # the CTA_TUPLE_ORIG payload, echoed back to name exactly this entry
+    ident: bytes  # CTA_ID
+    mark: int = 0
+
+
+class ConntrackTable:
+    """The conntrack table of the network namespace this was made in (the node's)."""
+
+    def __init__(self) -> None:
+        self.nl = NetfilterSocket()
+
+    def dump(self) -> list[Tracked]:
+        """Every entry, both families."""
+        out: list[Tracked] = []
+        with self.nl.lock:
+            self.nl.sock.send(self.nl.message((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP,
+                                              struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)))
+            seq = self.nl.seq
+            while True:
+                data = self.nl.sock.recv(1 << 17)
+                off, done = 0, False
+                while off + 16 <= len(data):
+                    length, mtype, _, got_seq, _ = struct.unpack_from("=IHHII", data, off)
+                    if length < 16:
+                        raise OSError("ctnetlink: a malformed answer")
+                    if got_seq == seq:
+                        if mtype == NLMSG_DONE:
+                            done = True
+                        elif mtype == NLMSG_ERROR:
+                            err = -struct.unpack_from("=i", data, off + 16)[0]
+                            if err:
+                                raise OSError(err, f"conntrack dump: {os.strerror(err)}")
+                        elif mtype == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
+                            found = _tracked(data[off + 16: off + 20], attrs(data[off + 20: off + length]))
+                            if found is not None:
+                                out.append(found)
+                    off += (length + 3) & ~3
+                if done:
+                    return out
+
+    def delete(self, entry: Tracked) -> bool:
+        """Remove this entry (its tuple and id: never another, never the whole table); False
+        when it was gone already."""
+        body = struct.pack("=BBH", entry.family, 0, 0) + attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig) + attr(CTA_ID, entry.ident)
+        with self.nl.lock:
+            self.nl.sock.send(self.nl.message((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, body))
+            for _, err in self.nl.acks({self.nl.seq}):
+                if err == errno.ENOENT:
+                    return False
+                if err:
+                    raise OSError(err, f"conntrack delete: {os.strerror(err)}")
+        return True
+
+    def set_mark(self, entry: Tracked, bits: int) -> bool:
+        """Set these bits of the entry's mark (the others stay); False when it was gone."""
+        body = (struct.pack("=BBH", entry.family, 0, 0) + attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig)
+                + attr(CTA_MARK, struct.pack("!I", bits)) + attr(CTA_MARK_MASK, struct.pack("!I", bits)))
+        with self.nl.lock:  # a NEW without NLM_F_CREATE changes the entry that has this tuple
+            self.nl.sock.send(self.nl.message((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK, body))
+            for _, err in self.nl.acks({self.nl.seq}):
+                if err == errno.ENOENT:
+                    return False
+                if err:
+                    raise OSError(err, f"conntrack mark: {os.strerror(err)}")
+        return True
+
+    def close(self) -> None:
+        self.nl.close()
+
+
+def _tracked(nfgen: bytes, a: dict[int, bytes]) -> Tracked | None:
+    if CTA_TUPLE_ORIG not in a or CTA_ID not in a:
+        return None
+    conn = connection(a)
+    mark = struct.unpack("!I", a[CTA_MARK][:4])[0] if CTA_MARK in a else 0
+    return None if conn is None else Tracked(conn, nfgen[0], a[CTA_TUPLE_ORIG], a[CTA_ID], mark)

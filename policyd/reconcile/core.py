@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -22,10 +23,12 @@ from ..observe.counters import CounterIndex, Counters, RuleTotals
 from ..observe.droplog import CompiledSource, DropLogger
 from ..observe.flows import DEFAULT_LIMIT, FlowTable
 from .interfaces import RouteInterfaces
+from .revoke import ConnectionCutter
 from .runner import SyncRunner
 from .syncer import Syncer, SyncResult
 
 log = logging.getLogger("policyd.agent")
+SWEEP_GAP = 0.2  # seconds between two sweeps for revoked connections: a burst of syncs is one more sweep
 
 
 class AgentCore:
@@ -41,6 +44,12 @@ class AgentCore:
         self.rule_totals = RuleTotals()
         self._totals_lock = threading.Lock()
         self.learner: QueueReader | None = None
+        # End the connections a change revoked (reconcile/revoke.py) when the base chains drop
+        # marked connections (cfg.revoke_mark); made at the first sweep, on the syncing
+        # thread, in the node's namespace.
+        self.revoke = cfg.revoke_mark is not None
+        self.cutter: ConnectionCutter | None = None
+        self.sweep_wanted = threading.Event()
 
     def apply(self, events: Iterable[Event]) -> bool:
         """Feed events to the compiler; True (and a sync requested) when there were any. An
@@ -116,7 +125,33 @@ class AgentCore:
         result = self.runner.run_once()
         for d in result.drift if result is not None else ():
             self.drift_repairs[d.kind] = self.drift_repairs.get(d.kind, 0) + 1
+        if result is not None and result.ops and self.revoke:
+            self.sweep_soon()
         return result
+
+    def sweep_soon(self) -> None:
+        """After a sync that changed the kernel: end the connections it revoked, on a thread
+        of its own (started here, so in the node's namespace), off the sync's path. Sweeps
+        asked for while one runs are one more sweep, at most every SWEEP_GAP seconds."""
+        mark = self.syncer.cfg.revoke_mark
+        if mark is None:
+            return
+        if self.cutter is None:
+            try:
+                self.cutter = ConnectionCutter(self.compiler, self.lock, mark)
+            except OSError as e:
+                log.warning("revoked connections cannot be ended here (conntrack netlink: %s); new ones are enforced as ever", e)
+                self.revoke = False
+                return
+            threading.Thread(target=self._sweeps, args=(self.cutter,), name="policyd-revoke", daemon=True).start()
+        self.sweep_wanted.set()
+
+    def _sweeps(self, cutter: ConnectionCutter) -> None:
+        while True:
+            self.sweep_wanted.wait()
+            self.sweep_wanted.clear()
+            cutter.sweep()
+            time.sleep(SWEEP_GAP)
 
     @property
     def in_step(self) -> bool:
@@ -139,6 +174,7 @@ class AgentCore:
             "local_pods": local_pods, "pending_interfaces": pending, "kernel_leftovers": self.syncer.backend.leftovers,
             "divergences": self.syncer.divergences, "compiler_rebuilds": self.syncer.compiler_rebuilds,
             "compiler_divergences": self.syncer.compiler_divergences, "full_failures": s.full_failures,
+            "connections_cut": sum(self.cutter.cut.values()) if self.cutter is not None else 0,
         }
 
 

@@ -158,7 +158,7 @@ def test_env_names_match_the_agent_options():
 @pytest.mark.parametrize("bad", ["dispatchMode=bridge", "backend=ebpf", "failMode=maybe", "failMode=closed,dispatchMode=address", "logFormat=xml",
                                  "healthPort=0", "dropLog.group=70000", "dropLog.rate=0",
                                  "fqdn.queue=70000", "fqdn.failMode=maybe", "fqdn.minTTL=0", "fqdn.minTTL=700,fqdn.maxTTL=600",
-                                 "fqdn.maxPerPod=0"])
+                                 "fqdn.maxPerPod=0", "revokeConnections.enabled=maybe", "revokeConnections.ctMark=0"])
 def test_bad_values_are_refused(bad: str):
     r = helm("template", "pd", str(CHART), "--set", bad, check=False)
     assert r.returncode != 0 and ("must be" in r.stderr or "needs" in r.stderr), r.stderr

@@ -29,7 +29,7 @@ from harness.kubeapi.server import KubeAPI
 from policyd.lab.netns import entered, http_get, list_namespaces
 from policyd.lab.topology import FABRIC_NET, Topology
 from policyd.model.objects import ContainerPort, Pod
-from tests.helpers import ROOT
+from tests.helpers import ROOT, Flow, echo_servers
 
 KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
 POLICY = ROOT / "examples" / "policies" / "allow-frontend-to-backend.yaml"
@@ -212,3 +212,28 @@ def test_pods_are_watched_by_the_lean_watch_and_relisted_after_410(cluster: Clus
                            for r in watches), "kopf watched Pods too"
     assert len(watches) >= 4, "each agent watched Pods again after the drop"
     assert "relisting" in c.log("node-2") and "relisted" in c.log("node-2"), c.log("node-2")
+
+
+def test_a_revoked_stream_ends_within_a_second_and_an_admitted_one_flows_on(cluster: Cluster):
+    """`policyd run` as deployed (revoked connections ended: the default): streams opened
+    while backend admits everyone; the policy then admits frontend only. node-2's agent
+    marks unallowed's TCP stream and UDP flow (crossing from node-1) after its sync; they
+    stop within a second, frontend's flow on."""
+    c = cluster
+    backend = c.topo.pod("default/backend").netns
+    with echo_servers(backend, 4):
+        revoked = [Flow(c.topo.pod("default/unallowed").netns, "10.244.2.10", p) for p in ("TCP", "UDP")]
+        admitted = [Flow(c.topo.pod("default/frontend").netns, "10.244.2.10", p) for p in ("TCP", "UDP")]
+        policy = yaml.safe_load(POLICY.read_text())
+        policy["spec"]["ingress"][0].pop("ports")  # frontend on every port: the echo servers' too
+        (c.tmp / "any-port.yaml").write_text(yaml.safe_dump(policy))
+        c.kubectl("apply", "-f", str(c.tmp / "any-port.yaml"))
+        c.eventually({("frontend", "backend", "TCP"): True, ("unallowed", "backend", "TCP"): False})
+        deadline = time.monotonic() + 1.0  # the new connection is refused: the policy is in the kernel; a second from now
+        while any(f.echoes(0.2) for f in revoked):
+            assert time.monotonic() < deadline, [f.name for f in revoked if f.echoes(0.2)]
+        assert all(f.echoes() for f in admitted), [f.name for f in admitted if not f.echoes()]
+        code, text = c.http("node-2", "/metrics")
+        assert code == 200 and 'policyd_connections_cut_total{direction="ingress",tier="NetworkPolicy"} 2.0' in text, [x for x in text.splitlines() if "cut" in x]
+        for f in revoked + admitted:
+            f.sock.close()

@@ -75,7 +75,7 @@ def parse(*docs: str) -> Manifests:
 
 class KernelCluster:
     def __init__(self, topo: Topology, mode: DispatchMode, backend: str = "nftables", drop_log: DropLog | None = None,
-                 counters: bool = False, fqdn: Fqdn | None = None) -> None:
+                 counters: bool = False, fqdn: Fqdn | None = None, revoke_mark: int | None = None) -> None:
         self.backend = backend
         self.topo = topo
         m = parse(PODS)
@@ -95,7 +95,7 @@ class KernelCluster:
         topo.wait_ready()
         self.namespaces = m.namespaces
         self.agent = NodeAgent(topo.nodes["node-1"].netns, "node-1", mode, backend=backend,
-                               cfg=RenderConfig(mode=mode, drop_log=drop_log, counters=counters, fqdn=fqdn))
+                               cfg=RenderConfig(mode=mode, drop_log=drop_log, counters=counters, fqdn=fqdn, revoke_mark=revoke_mark))
         self.agent.load(m.namespaces, self.pods.values(), [])
         self.policies: dict[str, object] = {}
         self.cluster_policies: dict[str, object] = {}
@@ -144,14 +144,14 @@ VARIANTS = [f"{t}-{b}" for t in ("routed", "bridge") for b in BACKENDS]
 
 @contextmanager
 def kernel_cluster(variant: str, drop_log: DropLog | None = None, counters: bool = False,
-                   fqdn: Fqdn | None = None) -> Iterator[KernelCluster]:
+                   fqdn: Fqdn | None = None, revoke_mark: int | None = None) -> Iterator[KernelCluster]:
     """`<topology>-<backend>`, torn down even when the test fails."""
     topology, backend = variant.split("-")
     prefix = f"pdk{uuid.uuid4().hex[:6]}"
     mode = DispatchMode.INTERFACE if topology == "routed" else DispatchMode.ADDRESS
     topo = Topology(prefix, topology)
     try:
-        yield KernelCluster(topo, mode, backend, drop_log, counters, fqdn)
+        yield KernelCluster(topo, mode, backend, drop_log, counters, fqdn, revoke_mark)
     finally:
         topo.teardown()
         delete_namespaces(prefix + ".")

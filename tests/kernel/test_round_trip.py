@@ -41,6 +41,7 @@ def every_kind(backend: str) -> Ruleset:
     icmp = [ir.Icmp6Types((133, 134, 135, 136))] if backend == "nftables" else [ir.Icmp6Types((t,)) for t in (133, 134, 135, 136)]
     counter = backend == "nftables"
     rules = [
+        ir.Rule.build([ir.CtMark(0x02000000)], ir.DROP, "revoked"),
         ir.Rule.build([ir.CtState(("established", "related"))], ir.ACCEPT, "ct"),
         ir.Rule.build([ir.CtState(("invalid",))], ir.DROP, "invalid"),
         *(ir.Rule.build([m], ir.ACCEPT, "nd") for m in icmp),

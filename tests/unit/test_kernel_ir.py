@@ -48,9 +48,11 @@ def nets(family: int) -> st.SearchStrategy[str]:
 def rules(draw: st.DrawFn, backend: str) -> ir.Rule:
     """A random rule of the closed vocabulary that `backend` can spell."""
     family = draw(st.sampled_from([4, 6]))
-    kinds = draw(st.sets(st.sampled_from(["ct", "icmp6", "prefix", "ifset", "net", "ifaddr", "addr", "addrport", "l4"]), max_size=4))
+    kinds = draw(st.sets(st.sampled_from(["ctmark", "ct", "icmp6", "prefix", "ifset", "net", "ifaddr", "addr", "addrport", "l4"]), max_size=4))
     ms: list = []
     peer_side = draw(sides)
+    if "ctmark" in kinds:
+        ms.append(ir.CtMark(draw(st.integers(1, 2**32 - 1))))
     if "ct" in kinds:
         ms.append(draw(states))
     if "icmp6" in kinds and not {"l4", "addrport"} & kinds:
