@@ -13,7 +13,7 @@ from policyd.dataplane.config import DEFAULT_REVOKE_MARK, DispatchMode, RenderCo
 from policyd.lab.netns import entered, sh
 from policyd.model.objects import ClusterNetworkPolicy, Namespace, NetworkPolicy, Pod
 from policyd.observe.counters import CounterIndex, Counters
-from policyd.reconcile.revoke import ConnectionCutter, Judgement
+from policyd.reconcile.revoke import CommitSuspects, ConnectionCutter, Judgement
 from policyd.reconcile.syncer import Syncer, SyncResult
 
 
@@ -27,6 +27,7 @@ class NodeAgent:
             self.backend: AnyBackend = make_backend(self.kind, table)
         self.syncer = Syncer(self.compiler, self.backend, cfg or RenderConfig(table=table, mode=mode))
         self.cutter: ConnectionCutter | None = None
+        self.suspects = CommitSuspects(self.syncer)
 
     def load(self, namespaces: Iterable[Namespace], pods: Iterable[Pod], policies: Iterable[NetworkPolicy],
              cluster_policies: Iterable[ClusterNetworkPolicy] = ()) -> None:
@@ -45,13 +46,15 @@ class NodeAgent:
         with entered(self.netns):
             return self.syncer.sync(full, full if rebuild is None else rebuild)
 
-    def cut_revoked(self) -> Judgement:
-        """What the agents do after a sync that changed the kernel (AgentCore.cut_revoked):
-        end the connections the node's policies now refuse, in the node's namespace."""
+    def cut_revoked(self, every: bool = False) -> Judgement:
+        """What the agents do after a sync that changed the kernel (AgentCore.sweep_soon):
+        end the connections the node's policies now refuse, in the node's namespace; those of
+        the addresses the last commit may have revoked, or with `every` all of them."""
         with entered(self.netns):
             if self.cutter is None:
                 self.cutter = ConnectionCutter(self.compiler, self.syncer.lock, self.syncer.cfg.revoke_mark or DEFAULT_REVOKE_MARK)
-            return self.cutter.sweep()
+            only = self.suspects()
+            return self.cutter.sweep(None if every else only)
 
     def counters(self) -> Counters:
         """The kernel's per-rule counters of the node, summed by policy rule."""

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .backends import BACKENDS
@@ -18,8 +18,9 @@ from .compile.plan import DomainSetSpec
 from .kube.cli import RunError
 from .lab.records import LabError
 from .model.addressing import check_addressing
+from .model.fields import port_number
 from .model.objects import AUDIT_ANNOTATION, IPAddress
-from .model.problems import InvalidInput
+from .model.problems import InvalidInput, printable
 from .observe.counters import Counters
 from .whatif import report
 from .whatif.matrix import compute, compute_grouped, endpoint, pairs, service_port
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_DENIED, EXIT_INVALID = 0, 1, 2
 EXIT_INTERNAL = 3  # a bug of ours: never 1, which explain uses for DENIED
+MAX_SHOWN = 100  # problems printed; the rest are counted (400,000 empty documents are one line more, not 108 MB)
 
 
 class UsageError(Exception):
@@ -51,7 +53,7 @@ def add_input(p: argparse.ArgumentParser, live: bool = True) -> None:
 def add_service(p: argparse.ArgumentParser, icmp: bool) -> None:
     protos = ["TCP", "UDP", "SCTP"] + (["ICMP"] if icmp else [])
     p.add_argument("--protocol", type=str.upper, choices=protos, default="TCP")
-    p.add_argument("--port", type=int, default=80)
+    p.add_argument("--port", type=port_number, default=80)
 
 
 def is_live(args: argparse.Namespace) -> bool:
@@ -326,18 +328,17 @@ def cmd_advise(args: argparse.Namespace) -> int:
             raise UsageError("give the flows: --lab NAME, a live cluster whose agents record them (--kubeconfig or "
                              "--in-cluster), or --flows FILE (policyd lab flows -o json, or an agent's /flows) with the "
                              "cluster's objects (-f PATH or --kubeconfig)")
-        docs = []
-        for path in args.flow_files:
-            try:
-                with open(path) as f:
-                    docs.append(json.load(f))
-            except (OSError, json.JSONDecodeError) as e:
-                raise UsageError(f"--flows {path}: {e}") from None
+        docs = [read_flows(path) for path in args.flow_files]
         try:
             flows = merge(docs)
-        except (ValueError, KeyError, TypeError) as e:
+        except ValueError as e:
             raise UsageError(f"--flows: {e}") from None
         w = world_from(args)
+    gone = sorted({e for f in flows for e in (f.src, f.dst) if "/" in e} - {p.key for p in w.pods})
+    if gone:
+        flows = [f for f in flows if f.src not in gone and f.dst not in gone]
+        print(f"policyd advise: {len(gone)} pod(s) the flows name are not in the cluster (deleted since?): their flows are "
+              f"skipped: {', '.join(printable(g) for g in gone[:10])}{' …' if len(gone) > 10 else ''}", file=sys.stderr)
     chosen = args.namespaces or sorted({p.namespace for p in w.pods if p.namespace not in SYSTEM_NAMESPACES})
     missing = sorted(set(chosen) - {p.namespace for p in w.pods})
     if missing:
@@ -351,6 +352,27 @@ def cmd_advise(args: argparse.Namespace) -> int:
     for line in summary(proposal, proof, len(flows)):
         print(line, file=sys.stderr)
     return EXIT_OK if proof.holds else EXIT_DENIED
+
+
+MAX_FLOWS_TEXT = 64 * 2**20  # bytes of one flow file: 10× three nodes at the default limit
+
+
+def read_flows(path: str) -> Any:
+    """One --flows file as JSON: at most MAX_FLOWS_TEXT bytes, nesting as deep as JSON's
+    parser takes; anything else a clear error (exit 2)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FLOWS_TEXT + 1)
+    except OSError as e:
+        raise UsageError(f"--flows {path}: {e.strerror}") from None
+    if len(data) > MAX_FLOWS_TEXT:
+        raise UsageError(f"--flows {path}: larger than the {MAX_FLOWS_TEXT // 2**20} MiB policyd reads")
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--flows {path}: not JSON: {e}") from None
+    except RecursionError:
+        raise UsageError(f"--flows {path}: nested too deeply to be FlowRecords") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,8 +471,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"policyd run: {e}", file=sys.stderr)
         return EXIT_INVALID
     except InvalidInput as e:
-        for problem in e.problems:
+        for problem in e.problems[:MAX_SHOWN]:
             print(f"error: {problem}", file=sys.stderr)
+        if len(e.problems) > MAX_SHOWN:
+            print(f"error: … and {len(e.problems) - MAX_SHOWN} more (the first {MAX_SHOWN} are shown)", file=sys.stderr)
         print(f"policyd: {len(e.problems)} problem(s) in the input; nothing was done", file=sys.stderr)
         return EXIT_INVALID
     except Exception as e:  # noqa: BLE001 - a bug of ours, never to be mistaken for a verdict

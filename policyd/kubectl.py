@@ -17,6 +17,7 @@ import sys
 
 from .cli import EXIT_INVALID
 from .cli import main as policyd_main
+from .model.fields import port_number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--context", metavar="NAME", help="kubeconfig context (default: the current one)")
     common.add_argument("-n", "--namespace", metavar="NS", help="namespace (default: the context's, else default)")
     common.add_argument("--protocol", type=str.upper, choices=["TCP", "UDP", "SCTP", "ICMP"], default="TCP")
-    common.add_argument("--port", type=int, default=80)
+    common.add_argument("--port", type=port_number, default=80)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("explain", parents=[common], help="the verdict for one connection and the rule that decides it")

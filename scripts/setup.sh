@@ -3,7 +3,8 @@
 # package in it. Used by the README's two commands, by CI and by the Dockerfile.
 #   scripts/setup.sh           runtime (agent, lab, CLI)
 #   scripts/setup.sh --test    plus test tools (and Debian's chromium, for a headless screenshot,
-#                              and prometheus, whose server and promtool check the chart's alerts)
+#                              and prometheus, whose server and promtool check the chart's alerts;
+#                              the real kubectl and helm in .tools/bin, scripts/kube-tools.sh)
 #   scripts/setup.sh --bench   plus test tools and the benchmark's plotting (matplotlib)
 #   scripts/setup.sh --cluster plus what the real cluster needs (etcd, containerd, runc, the
 #                              CNI plugins, image tools); combine with --test or --bench
@@ -15,13 +16,14 @@ cd "$(dirname "$0")/.."
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 extras="agent"
+tools=0
 cluster=0
 image=0
 for arg in "$@"; do
   case "$arg" in
     --image) extras="node"; image=1 ;;
-    --test) extras="agent,test" ;;
-    --bench) extras="agent,test,bench" ;;
+    --test) extras="agent,test"; tools=1 ;;
+    --bench) extras="agent,test,bench"; tools=1 ;;
     --cluster) cluster=1 ;;
     *) echo "setup.sh: unknown option $arg (--test, --bench, --cluster, --image)" >&2; exit 2 ;;
   esac
@@ -69,5 +71,10 @@ if [ $image = 1 ]; then
   .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir ".[$extras]"
 else
   .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+fi
+if [ $tools = 1 ]; then
+  # The tests' kubectl and helm (the chart tests need helm; the root-free lane cannot fetch
+  # it into a clone root owns).
+  scripts/kube-tools.sh
 fi
 say "ready: $(.venv/bin/policyd --version 2>/dev/null || echo policyd) in .venv"

@@ -10,7 +10,7 @@ scripts/k8s-build.sh
 scripts/coredns-build.sh
 echo "==> images for the real cluster"
 .venv/bin/python -m realcluster images
-echo "==> types (mypy: strict for model, state, compile, dataplane, nft, ipt)"
+echo "==> types (mypy, strict on every package)"
 .venv/bin/mypy
 echo "==> lint (ruff)"
 .venv/bin/ruff check .

@@ -72,10 +72,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="record the node's pods' new connections (conntrack), at most N records, served as FlowRecords JSON on "
                         "/flows of the metrics port, for policyd advise (default 0: off)")
     p.add_argument("--revoke-connections", action=argparse.BooleanOptionalAction,
-                   default=(env("REVOKE_CONNECTIONS") or "true") == "true",
+                   default=(env("REVOKE_CONNECTIONS") or "false") == "true",
                    help="when a change revokes access, end the open connections it no longer admits: their conntrack entries "
-                        "are marked and every packet of a marked connection is dropped (default on; --no-revoke-connections: "
-                        "they flow until they end, as with most agents)")
+                        "are marked and every packet of a marked connection is dropped (default off for now: its sweeps cost "
+                        "event latency under heavy churn, docs/revoked-connections.md)")
     p.add_argument("--revoke-mark", type=lambda v: int(v, 0), default=int(env_or("REVOKE_MARK", hex(DEFAULT_REVOKE_MARK)), 0), metavar="BITS",
                    help=f"the connection-mark bit(s) of revoked connections (default {DEFAULT_REVOKE_MARK:#x}: pick bits no other "
                         "component of the node uses in its connection marks)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..backends import BACKENDS, table_problem
 from ..dataplane.cni import CNI_DIR, IFPREFIX_RE
-from ..dataplane.config import DEFAULT_REVOKE_MARK, DispatchMode, Fqdn
+from ..dataplane.config import DispatchMode, Fqdn
 from ..dataplane.droplog import DropLog
 from ..names.learner import Limits
 
@@ -43,7 +43,7 @@ class AgentSettings:
     drop_log: DropLog | None = None  # log the pod chains' drops (NFLOG) with their cause; None: off
     rule_counters: bool = False  # count packets per policy rule, served on /metrics
     flows: int = 0  # record local pods' new connections, at most this many records, served on /flows; 0: off
-    revoke_mark: int | None = DEFAULT_REVOKE_MARK  # end open connections a change revoked: their conntrack entries get this mark; None: off
+    revoke_mark: int | None = None  # end open connections a change revoked: their conntrack entries get this mark; None: off
     fqdn: Fqdn | None = Fqdn()  # learn domainNames peers' addresses from DNS answers (NFQUEUE); None: off
     fqdn_limits: Limits = Limits()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import BACKENDS, make_backend, resolve
-from ..dataplane.config import DEFAULT_REVOKE_MARK, DispatchMode, Fqdn, RenderConfig
+from ..dataplane.config import DispatchMode, Fqdn, RenderConfig
 from ..dataplane.droplog import DropLog
 from ..names.learner import Limits
 from ..observe.flows import FlowRecorder
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     fqdn = Fqdn(args.fqdn_queue) if args.fqdn_queue else None
     core = AgentCore(args.node, make_backend(args.backend, args.table),
                      RenderConfig(table=args.table, mode=DispatchMode(args.mode), drop_log=drop_log, counters=args.rule_counters,
-                                  fqdn=fqdn, revoke_mark=DEFAULT_REVOKE_MARK), resync_every=args.resync)
+                                  fqdn=fqdn), resync_every=args.resync)
     learner = core.names_learner(Limits(min_ttl=args.fqdn_min_ttl)) if fqdn is not None else None
     if learner is not None:
         learner.start()  # in the node's namespace: its queue

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..backends import CHOICES
+from ..model.fields import port_number
 from ..whatif import report
 from .families import FAMILIES
 from .records import LabError
@@ -133,7 +134,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         a = n["agent"]
         health = "healthy" if a["healthy"] else ("running, unhealthy" if a["running"] else "NOT RUNNING")
         last = f"last sync {a['last_sync_ago_s']} s ago ({a['last_sync_ms']} ms, {a['last_ops']} ops)" if a["last_sync_ago_s"] is not None else "no sync yet"
-        extra = f", error: {a['last_error']}" if a["last_error"] else ""
+        # The last error is history once the agent is healthy again: say so, not "error".
+        extra = "" if not a["last_error"] else (f", recovered from: {a['last_error']}" if a["healthy"] else f", error: {a['last_error']}")
         ranges = ", ".join(n["podCIDRs"])
         print(f"  {n['name']:<10} {ranges:<16} agent pid {a['pid']} {health}, generation {a['generation']}, "
               f"{a['local_pods']} local pods, {last}{extra}")
@@ -249,7 +251,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                              ("check", cmd_check, "probe and compare with policyd matrix; exit 1 on any mismatch")):
         p = add(name, func, help)
         p.add_argument("--protocol", type=str.upper, choices=["TCP", "UDP", "ICMP"], default="TCP" if name == "probe" else None)
-        p.add_argument("--port", type=int, default=80)
+        p.add_argument("--port", type=port_number, default=80)
         p.add_argument("--timeout", type=float, default=0.5, help="seconds before a probe counts as blocked")
         if name == "probe":
             p.add_argument("--from", dest="src", metavar="SEL", help="NS/POD or a label selector (app=web,tier!=db)")

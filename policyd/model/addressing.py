@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from .objects import IPAddress, IPNetwork, Node, Pod
-from .problems import Problem
+from .problems import InvalidInput, Problem
 
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 DEFAULT_NODE_PREFIX = 24
@@ -47,10 +47,19 @@ def node_cidrs(nodes: list[Node], pods: list[Pod], cluster_cidr: str, node_prefi
     if not names:
         names = list(default_nodes)
     explicit = {n.name: n.pod_cidrs[0] for n in nodes if n.pod_cidrs}
-    subnets: Iterator[IPNetwork] = ipaddress.ip_network(cluster_cidr).subnets(new_prefix=node_prefix)
+    cluster = ipaddress.ip_network(cluster_cidr)
+    subnets: Iterator[IPNetwork] = cluster.subnets(new_prefix=node_prefix)
     out: dict[str, IPNetwork] = {}
     for name in names:
-        out[name] = explicit.get(name) or next(subnets)
+        got = explicit.get(name) or next(subnets, None)
+        if got is None:
+            without = sum(1 for n in names if n not in explicit)
+            room = 2 ** (node_prefix - cluster.prefixlen)
+            raise InvalidInput([Problem("<allocator>", None, "spec.podCIDR",
+                                        f"{without} nodes without a podCIDR need {without} /{node_prefix} ranges of --cluster-cidr "
+                                        f"{cluster}, which has {room}: give the Nodes spec.podCIDR, a larger --cluster-cidr, or a "
+                                        "longer --node-prefix", "Node", name)])
+        out[name] = got
     return out
 
 

@@ -4,6 +4,7 @@ collected in a Context (the document being read) instead of raised."""
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import re
 import sys
@@ -232,3 +233,14 @@ def check_port_name(ctx: Context, path: str, raw: Any) -> bool:
         ctx.error(path, f"{raw!r} is not a valid port name (IANA_SVC_NAME: at most 15 of [a-z0-9-], at least one letter){hint}")
         return False
     return True
+
+
+def port_number(text: str) -> int:
+    """The `--port` of the CLIs: a port as the API takes it, 1-65535 (argparse type)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number between 1 and 65535")
+    return port

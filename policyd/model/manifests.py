@@ -55,11 +55,17 @@ class Manifests:
         return self
 
 
-def iter_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+def iter_files(paths: Iterable[str | Path], problems: list[Problem] | None = None) -> Iterator[Path]:
+    """The files to read: each path given, and under each directory every entry named like a
+    manifest (.yaml, .yml, .json) that is not a directory (a device or a link to one is then
+    refused by read_text, not skipped). A directory without any is a problem, not silence."""
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            yield from sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and not f.is_dir())
+            if not found and problems is not None:
+                problems.append(Problem(str(p), None, "", f"no manifest in this directory (files named {', '.join(SUFFIXES)})"))
+            yield from found
         else:
             yield p
 
@@ -212,7 +218,7 @@ def read_text(f: Path, problems: list[Problem]) -> str | None:
 def load(paths: Iterable[str | Path]) -> Manifests:
     """Read every manifest under `paths`; all problems are collected, none raised."""
     out = Manifests()
-    for f in iter_files(paths):
+    for f in iter_files(paths, out.problems):
         text = read_text(f, out.problems)
         if text is not None:
             load_documents(str(f), text, out)

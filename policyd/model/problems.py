@@ -17,7 +17,16 @@ class Problem:
     def __str__(self) -> str:
         where = self.source if self.doc is None else f"{self.source}[doc {self.doc}]"
         obj = f" {self.kind} {self.name}" if self.kind else ""
-        return f"{where}{obj}: {self.path}: {self.message}"
+        return printable(f"{where}{obj}: {self.path}: {self.message}")
+
+
+def printable(text: str) -> str:
+    """`text` with every character a terminal would act on (ESC, other controls, bidi
+    overrides such as U+202E) written as its escape: names from the input reach the
+    screen as what they are."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class InvalidInput(Exception):

@@ -26,7 +26,12 @@ NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
 NLM_F_DUMP = 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-CTA_MARK, CTA_ID, CTA_MARK_MASK = 8, 12, 21
+CTA_MARK, CTA_ID, CTA_MARK_MASK, CTA_FILTER = 8, 12, 21, 25
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2
+CTA_PROTOINFO, CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 4, 1, 1
+TCP_CONNTRACK_TIME_WAIT, TCP_CONNTRACK_CLOSE = 7, 8
+FILTER_IP_SRC, FILTER_IP_DST = 1 << 0, 1 << 1  # the kernel's CTA_FILTER_F_CTA_IP_SRC / _DST
+FILTERED_DUMPS = 16  # addresses asked of the kernel one by one (three dumps each); more: one dump, tested here
 NFNLGRP_CONNTRACK_NEW = 1
 CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -107,6 +112,7 @@ class Tracked:
     tuple_orig: bytes  # the CTA_TUPLE_ORIG payload, echoed back to name exactly this entry
     ident: bytes  # CTA_ID
     mark: int = 0
+    closed: bool = False  # a TCP connection in TIME_WAIT or CLOSE: nothing flows any more
 
 
 class ConntrackTable:
@@ -114,13 +120,44 @@ class ConntrackTable:
 
     def __init__(self) -> None:
         self.nl = NetfilterSocket()
+        self.filters = True  # the kernel filters dumps (CTA_FILTER); False once it refused
 
-    def dump(self) -> list[Tracked]:
-        """Every entry, both families."""
+    def dump(self, only: set[bytes] | None = None) -> list[Tracked]:
+        """Every entry, both families; with `only` (packed addresses), the entries that have
+        one of them as the original source or destination or the reply's source (the
+        answering pod after DNAT). A few addresses are filtered by the kernel (CTA_FILTER,
+        Linux 5.9): a busy node's table is mostly other connections, and the kernel walks it
+        without copying them to us; many, or a kernel without the filter, are tested as bytes
+        in each entry's message before any parsing."""
+        if only is not None and len(only) <= FILTERED_DUMPS and self.filters:
+            try:
+                seen: dict[bytes, Tracked] = {}
+                for packed in only:
+                    for t in self._filtered(packed):
+                        seen[t.ident] = t
+                return list(seen.values())
+            except OSError as e:
+                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                self.filters = False  # an older kernel: test the bytes ourselves from now on
+        return self._dump(socket.AF_UNSPEC, b"", only)
+
+    def _filtered(self, packed: bytes) -> list[Tracked]:
+        family = socket.AF_INET6 if len(packed) == 16 else socket.AF_INET
+        src, dst = (CTA_IP_V6_SRC, CTA_IP_V6_DST) if family == socket.AF_INET6 else (CTA_IP_V4_SRC, CTA_IP_V4_DST)
+        out: list[Tracked] = []
+        for which, field, flag in ((CTA_TUPLE_ORIG, src, FILTER_IP_SRC), (CTA_TUPLE_ORIG, dst, FILTER_IP_DST),
+                                   (CTA_TUPLE_REPLY, src, FILTER_IP_SRC)):
+            tuple_attr = attr(which | NLA_F_NESTED, attr(CTA_TUPLE_IP | NLA_F_NESTED, attr(field, packed)))
+            flags = attr(CTA_FILTER_ORIG_FLAGS if which == CTA_TUPLE_ORIG else CTA_FILTER_REPLY_FLAGS, struct.pack("=I", flag))
+            out += self._dump(family, tuple_attr + attr(CTA_FILTER | NLA_F_NESTED, flags), None)
+        return out
+
+    def _dump(self, family: int, request: bytes, only: set[bytes] | None) -> list[Tracked]:
         out: list[Tracked] = []
         with self.nl.lock:
             self.nl.sock.send(self.nl.message((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP,
-                                              struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)))
+                                              struct.pack("=BBH", family, 0, 0) + request))
             seq = self.nl.seq
             while True:
                 data = self.nl.sock.recv(1 << 17)
@@ -136,7 +173,9 @@ class ConntrackTable:
                             err = -struct.unpack_from("=i", data, off + 16)[0]
                             if err:
                                 raise OSError(err, f"conntrack dump: {os.strerror(err)}")
-                        elif mtype == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
+                            done = True
+                        elif mtype == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW and (
+                                only is None or any(a in data[off + 20: off + length] for a in only)):
                             found = _tracked(data[off + 16: off + 20], attrs(data[off + 20: off + length]))
                             if found is not None:
                                 out.append(found)
@@ -147,27 +186,23 @@ class ConntrackTable:
     def delete(self, entry: Tracked) -> bool:
         """Remove this entry (its tuple and id: never another, never the whole table); False
         when it was gone already."""
-        body = struct.pack("=BBH", entry.family, 0, 0) + attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig) + attr(CTA_ID, entry.ident)
-        with self.nl.lock:
-            self.nl.sock.send(self.nl.message((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, body))
-            for _, err in self.nl.acks({self.nl.seq}):
-                if err == errno.ENOENT:
-                    return False
-                if err:
-                    raise OSError(err, f"conntrack delete: {os.strerror(err)}")
-        return True
+        return self._change(IPCTNL_MSG_CT_DELETE, entry, attr(CTA_ID, entry.ident), "delete")
 
     def set_mark(self, entry: Tracked, bits: int) -> bool:
-        """Set these bits of the entry's mark (the others stay); False when it was gone."""
-        body = (struct.pack("=BBH", entry.family, 0, 0) + attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig)
-                + attr(CTA_MARK, struct.pack("!I", bits)) + attr(CTA_MARK_MASK, struct.pack("!I", bits)))
-        with self.nl.lock:  # a NEW without NLM_F_CREATE changes the entry that has this tuple
-            self.nl.sock.send(self.nl.message((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK, body))
+        """Set these bits of the entry's mark (the others stay); False when it was gone. (A
+        NEW without NLM_F_CREATE changes the entry that has this tuple.)"""
+        return self._change(IPCTNL_MSG_CT_NEW, entry, attr(CTA_MARK, struct.pack("!I", bits)) + attr(CTA_MARK_MASK, struct.pack("!I", bits)),
+                            "mark")
+
+    def _change(self, mtype: int, entry: Tracked, extra: bytes, what: str) -> bool:
+        body = struct.pack("=BBH", entry.family, 0, 0) + attr(CTA_TUPLE_ORIG | NLA_F_NESTED, entry.tuple_orig) + extra
+        with self.nl.lock:
+            self.nl.sock.send(self.nl.message((NFNL_SUBSYS_CTNETLINK << 8) | mtype, NLM_F_REQUEST | NLM_F_ACK, body))
             for _, err in self.nl.acks({self.nl.seq}):
                 if err == errno.ENOENT:
                     return False
                 if err:
-                    raise OSError(err, f"conntrack mark: {os.strerror(err)}")
+                    raise OSError(err, f"conntrack {what}: {os.strerror(err)}")
         return True
 
     def close(self) -> None:
@@ -179,4 +214,6 @@ def _tracked(nfgen: bytes, a: dict[int, bytes]) -> Tracked | None:
         return None
     conn = connection(a)
     mark = struct.unpack("!I", a[CTA_MARK][:4])[0] if CTA_MARK in a else 0
-    return None if conn is None else Tracked(conn, nfgen[0], a[CTA_TUPLE_ORIG], a[CTA_ID], mark)
+    tcp = attrs(attrs(a.get(CTA_PROTOINFO, b"")).get(CTA_PROTOINFO_TCP, b""))
+    closed = tcp.get(CTA_PROTOINFO_TCP_STATE, b"\0")[0] in (TCP_CONNTRACK_TIME_WAIT, TCP_CONNTRACK_CLOSE)
+    return None if conn is None else Tracked(conn, nfgen[0], a[CTA_TUPLE_ORIG], a[CTA_ID], mark, closed)

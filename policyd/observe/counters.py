@@ -13,7 +13,6 @@ policies.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -123,20 +122,23 @@ def side_key(side: SideVerdict) -> RuleKey | None:
     return RuleKey("drop", pod.namespace if pod is not None else "", ",".join(side.plan.policies), d, "")
 
 
-METRIC_RE = re.compile(r"^policyd_rule_(packets|bytes)_total\{([^}]*)\} (\S+)$", re.M)
-LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-
-
 def counters_from_metrics(text: str) -> Counters:
     """An agent's /metrics text → its rule counters (policyd_rule_packets_total and
-    policyd_rule_bytes_total)."""
+    policyd_rule_bytes_total), read with prometheus-client's own parser of the text format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out = Counters()
-    for what, labels, value in METRIC_RE.findall(text):
-        lab = dict(LABEL_RE.findall(labels))
-        key = RuleKey(lab.get("kind", ""), lab.get("namespace", ""), lab.get("policy", ""), lab.get("direction", ""), lab.get("rule", ""))
-        count = out.by_rule.setdefault(key, Count())
-        if what == "packets":
-            count.packets = int(float(value))
-        else:
-            count.bytes = int(float(value))
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("policyd_rule_packets", "policyd_rule_bytes"):
+            continue
+        for sample in family.samples:
+            if sample.name != family.name + "_total":
+                continue
+            lab = sample.labels
+            key = RuleKey(lab.get("kind", ""), lab.get("namespace", ""), lab.get("policy", ""), lab.get("direction", ""), lab.get("rule", ""))
+            count = out.by_rule.setdefault(key, Count())
+            if family.name.endswith("packets"):
+                count.packets = int(sample.value)
+            else:
+                count.bytes = int(sample.value)
     return out

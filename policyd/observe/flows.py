@@ -15,6 +15,7 @@ recorded because the table was full).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
@@ -26,6 +27,20 @@ from .conntrack import Connection, ConntrackEvents
 
 log = logging.getLogger("policyd.flows")
 FLOW_RECORDS = "FlowRecords"
+PORTED = ("TCP", "UDP", "SCTP")
+RECORDED = (*PORTED, "ICMP", "ICMPv6")  # the protocols the agents name (others by number)
+
+
+def _endpoint(text: str) -> bool:
+    """A pod's namespace/name, or an IP address."""
+    ns, slash, name = text.partition("/")
+    if slash:
+        return bool(ns) and bool(name) and "/" not in name and len(text) <= 317
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 DEFAULT_LIMIT = 10_000
 
 
@@ -48,9 +63,38 @@ class FlowRecord:
                 "first": round(self.first, 3), "last": round(self.last, 3), "count": self.count}
 
     @staticmethod
-    def from_json(doc: dict[str, Any]) -> FlowRecord:
-        return FlowRecord(str(doc["src"]), str(doc["dst"]), str(doc["protocol"]), doc.get("port"),
-                          float(doc.get("first", 0)), float(doc.get("last", 0)), int(doc.get("count", 1)))
+    def from_json(doc: Any, where: str = "record") -> FlowRecord:
+        """One record as an agent writes it, checked field by field (ValueError naming the
+        field): src and dst a pod (namespace/name) or an address, a protocol the agents
+        record (TCP, UDP, SCTP, ICMP, ICMPv6, or an IP protocol number), a port 1-65535 for
+        TCP, UDP and SCTP only, times that are numbers, a count of at least 1."""
+        if not isinstance(doc, dict):
+            raise ValueError(f"{where}: not an object")
+        ends = []
+        for field in ("src", "dst"):
+            v = doc.get(field)
+            if not isinstance(v, str) or not _endpoint(v):
+                raise ValueError(f"{where}.{field}: {v!r} is neither a pod (namespace/name) nor an IP address")
+            ends.append(v)
+        proto = doc.get("protocol")
+        if not isinstance(proto, str) or not (proto in RECORDED or (proto.isdigit() and int(proto) <= 255)):
+            raise ValueError(f"{where}.protocol: {proto!r} is not TCP, UDP, SCTP, ICMP, ICMPv6 or an IP protocol number")
+        port = doc.get("port")
+        if proto in PORTED:
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ValueError(f"{where}.port: {port!r} is not a port number between 1 and 65535")
+        elif port is not None:
+            raise ValueError(f"{where}.port: {proto} has no ports, not {port!r}")
+        times = []
+        for field in ("first", "last"):
+            t = doc.get(field, 0)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < 1e12:
+                raise ValueError(f"{where}.{field}: {t!r} is not a time in seconds since the epoch")
+            times.append(float(t))
+        count = doc.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"{where}.count: {count!r} is not a count of at least 1")
+        return FlowRecord(ends[0], ends[1], proto, port, times[0], times[1], count)
 
 
 class FlowTable:
@@ -95,10 +139,15 @@ def merge(docs: Iterable[dict[str, Any]]) -> list[FlowRecord]:
     record it, so a key's count is the larger of theirs, not the sum."""
     out: dict[tuple[str, str, str, int | None], FlowRecord] = {}
     for doc in docs:
+        if not isinstance(doc, dict):
+            raise ValueError(f"not FlowRecords: the document is {type(doc).__name__ if doc is not None else 'null'}, not an object")
         if doc.get("kind") != FLOW_RECORDS or doc.get("version") != 1:
             raise ValueError(f"not FlowRecords version 1: kind {doc.get('kind')!r}, version {doc.get('version')!r}")
-        for raw in doc.get("records", []):
-            r = FlowRecord.from_json(raw)
+        records = doc.get("records", [])
+        if not isinstance(records, list):
+            raise ValueError("records: not a list")
+        for i, raw in enumerate(records):
+            r = FlowRecord.from_json(raw, f"records[{i}]")
             have = out.get(r.key)
             if have is None:
                 out[r.key] = r

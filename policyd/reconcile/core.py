@@ -23,7 +23,7 @@ from ..observe.counters import CounterIndex, Counters, RuleTotals
 from ..observe.droplog import CompiledSource, DropLogger
 from ..observe.flows import DEFAULT_LIMIT, FlowTable
 from .interfaces import RouteInterfaces
-from .revoke import ConnectionCutter
+from .revoke import CommitSuspects, ConnectionCutter
 from .runner import SyncRunner
 from .syncer import Syncer, SyncResult
 
@@ -50,6 +50,9 @@ class AgentCore:
         self.revoke = cfg.revoke_mark is not None
         self.cutter: ConnectionCutter | None = None
         self.sweep_wanted = threading.Event()
+        self.commit_suspects: CommitSuspects | None = None
+        self.sweep_lock = threading.Lock()
+        self.sweep_only: set[str] | None = set()  # the addresses the next sweep judges (None: all)
 
     def apply(self, events: Iterable[Event]) -> bool:
         """Feed events to the compiler; True (and a sync requested) when there were any. An
@@ -126,13 +129,19 @@ class AgentCore:
         for d in result.drift if result is not None else ():
             self.drift_repairs[d.kind] = self.drift_repairs.get(d.kind, 0) + 1
         if result is not None and result.ops and self.revoke:
-            self.sweep_soon()
+            self.sweep_soon(self._suspects())
         return result
 
-    def sweep_soon(self) -> None:
-        """After a sync that changed the kernel: end the connections it revoked, on a thread
-        of its own (started here, so in the node's namespace), off the sync's path. Sweeps
-        asked for while one runs are one more sweep, at most every SWEEP_GAP seconds."""
+    def _suspects(self) -> set[str] | None:
+        if self.commit_suspects is None:
+            self.commit_suspects = CommitSuspects(self.syncer)
+        return self.commit_suspects()
+
+    def sweep_soon(self, only: set[str] | None) -> None:
+        """After a sync that changed the kernel: end the connections it revoked (of the
+        addresses `only`; None: all), on a thread of its own (started here, so in the node's
+        namespace), off the sync's path. Sweeps asked for while one runs are one more sweep
+        (of all they asked for), at most every SWEEP_GAP seconds."""
         mark = self.syncer.cfg.revoke_mark
         if mark is None:
             return
@@ -144,13 +153,21 @@ class AgentCore:
                 self.revoke = False
                 return
             threading.Thread(target=self._sweeps, args=(self.cutter,), name="policyd-revoke", daemon=True).start()
-        self.sweep_wanted.set()
+        with self.sweep_lock:
+            if only is None or self.sweep_only is None:
+                self.sweep_only = None
+            else:
+                self.sweep_only |= only
+            self.sweep_wanted.set()
 
     def _sweeps(self, cutter: ConnectionCutter) -> None:
         while True:
             self.sweep_wanted.wait()
-            self.sweep_wanted.clear()
-            cutter.sweep()
+            with self.sweep_lock:
+                only, self.sweep_only = self.sweep_only, set()
+                self.sweep_wanted.clear()
+            if only is None or only:
+                cutter.sweep(only)
             time.sleep(SWEEP_GAP)
 
     @property

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ from dataclasses import dataclass
 from ..compile.engine import Compiler
 from ..compile.evaluate import Endpoint, Evaluator, SideVerdict
 from ..dataplane.config import DEFAULT_REVOKE_MARK
-from ..model.objects import Direction, Pod
+from ..dataplane.objects import AddrPort, IfaceAddr, Prefix
+from ..dataplane.ops import CreateChain, DeleteChain, DeleteSet, EditChain, FillChain, FlushChain, HookChain, Op, SetElements
+from ..model.objects import Direction, Pod, PodKey
 from ..observe.conntrack import ConntrackTable, Tracked
+from .syncer import Syncer
 
 log = logging.getLogger("policyd.revoke")
 
@@ -59,8 +63,8 @@ def judge(entries: Iterable[Tracked], evaluator: Evaluator, local: Mapping[str, 
     seen: dict[tuple[str, str, str, int | None], SideVerdict | None] = {}
     for e in entries:
         c = e.connection
-        if c.src in node_addresses:
-            continue  # opened by the node: never filtered
+        if c.src in node_addresses or e.closed:
+            continue  # opened by the node (never filtered), or a TCP connection that has ended
         src_pod, dst_pod = local.get(c.src), local.get(c.dst)
         if src_pod is None and dst_pod is None:
             continue
@@ -87,6 +91,53 @@ def refusal(evaluator: Evaluator, src: str, dst: str, protocol: str, port: int |
             if not side.allowed:
                 return side
     return None
+
+
+def suspects(ops: Iterable[Op], chain_pods: Mapping[str, Iterable[str]]) -> set[str] | None:
+    """The addresses whose connections a commit may have revoked (None: it cannot be told,
+    judge them all). A revocation takes away a peer from a set (its address is removed) or
+    changes a local pod's own chains (a rule went, or the pod is newly isolated): so the
+    addresses removed from any set, and the addresses of the pods whose chains changed
+    (`chain_pods`: chain name → that pod's addresses). Whatever else changed (a base chain, a
+    set replaced whole, a prefix) makes it every connection."""
+    out: set[str] = set()
+    for op in ops:
+        if isinstance(op, SetElements):
+            if op.flush:
+                return None
+            for e in op.removed:
+                if isinstance(e, str):
+                    out.add(e)
+                elif isinstance(e, (AddrPort, IfaceAddr)):
+                    out.add(e.addr)
+                elif isinstance(e, Prefix):
+                    return None
+        elif isinstance(op, DeleteSet):
+            return None
+        elif isinstance(op, (CreateChain, FillChain, EditChain, FlushChain, DeleteChain, HookChain)):
+            if op.chain.hook is not None:
+                return None
+            out.update(chain_pods.get(op.chain.name, ()))
+    return out
+
+
+class CommitSuspects:
+    """`suspects` of a syncer's last commit, each time it is called (None: none known, judge
+    every connection). The chains' owners are remembered from the call before too: a pod no
+    longer isolated (its chains gone) may have connections to release."""
+
+    def __init__(self, syncer: Syncer) -> None:
+        self.syncer = syncer
+        self.owners: dict[str, list[str]] = {}
+
+    def __call__(self) -> set[str] | None:
+        s = self.syncer
+        with s.lock:
+            store = s.compiler.store
+            owners = {c.name: [str(ip) for ip in pod.ips] for key, objs in s.desired.pods.items()
+                      if (pod := store.pods.get(PodKey(key))) is not None for c in objs.chains}
+        both, self.owners = {**self.owners, **owners}, owners
+        return None if s.last_plan is None else suspects(s.last_plan.ops, both)
 
 
 def node_addresses() -> set[str]:
@@ -126,9 +177,11 @@ class ConnectionCutter:
         self.readmitted = 0
         self.failures = 0
 
-    def sweep(self) -> Judgement:
+    def sweep(self, only: set[str] | None = None) -> Judgement:
+        """Judge the connections of these addresses (None: every connection)."""
         try:
-            entries = self.table.dump()
+            entries = self.table.dump(None if only is None else {socket.inet_pton(socket.AF_INET6 if ":" in a else socket.AF_INET, a)
+                                                                 for a in only})
             with self.lock:
                 store = self.compiler.store
                 local = {str(ip): pod for key in self.compiler.plans if (pod := store.pods.get(key)) is not None for ip in pod.ips}

@@ -47,7 +47,7 @@ from ..dataplane.config import DispatchMode, RenderConfig
 from ..dataplane.desired import DesiredState
 from ..dataplane.drift import Drift, find_drift
 from ..dataplane.objects import Ruleset, Touched, differences
-from ..dataplane.ops import STALE_DELAY, plan, stale_chain
+from ..dataplane.ops import STALE_DELAY, Plan, plan, stale_chain
 from ..model.objects import IPAddress, PodKey
 from .interfaces import RouteInterfaces
 
@@ -78,6 +78,7 @@ class Syncer:
         self.compiler = compiler
         self.backend = backend
         self.cfg = cfg
+        self.last_plan: Plan | None = None
         self.desired = DesiredState(cfg, backend.renderer(cfg))
         self.interfaces = interfaces or RouteInterfaces()
         self.believed: Ruleset | None = None  # None: unknown, the next sync is full
@@ -246,6 +247,7 @@ class Syncer:
             p = plan(self.believed, self.desired.ruleset, self.touched, stale=self.stale, now=now)
         tx = self.backend.spell(p)
         self.backend.apply(tx)
+        self.last_plan = p  # what this commit changed (reconcile/revoke.py reads whose connections to judge)
         self.stale = p.stale
         self.believed = self.desired.ruleset.copy()
         for name in self.stale:  # flushed, still there until their deletion

@@ -12,17 +12,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.chart.conftest import HELM
 from tests.helpers import ROOT
 
-HELM = ROOT / ".tools" / "bin" / "helm"
 CHART = ROOT / "charts" / "policyd"
 K8S = "1.32"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def helm_binary():
-    if not HELM.exists():
-        subprocess.run([str(ROOT / "scripts" / "kube-tools.sh")], check=True)
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -93,7 +93,7 @@ class Cluster:
         log = open(self.tmp / f"agent-{node}.log", "ab")
         args = [sys.executable, "-m", "policyd", "run", "--node-name", node, "--kubeconfig", str(self.kubeconfig),
                 "--dispatch-mode", self.mode, "--metrics-port", str(METRICS_PORT), "--health-port", str(HEALTH_PORT), "--resync", "5",
-                "--backend", self.backend]
+                "--backend", self.backend, "--revoke-connections"]
         if self.mode == "interface":
             args += ["--interface-prefix", "cali"]
         self.agents[node] = subprocess.Popen(["ip", "netns", "exec", self.topo.nodes[node].netns, *args],

@@ -4,7 +4,10 @@ engine's proof of it. Expectations are written out by hand, not read from the en
 from __future__ import annotations
 
 import ipaddress
+import json
 import struct
+
+import pytest
 
 from policyd.advise.propose import propose
 from policyd.advise.prove import prove
@@ -12,6 +15,7 @@ from policyd.model.objects import ContainerPort, Namespace, Pod
 from policyd.observe.conntrack import parse
 from policyd.observe.flows import FlowRecord, FlowTable, document, merge
 from policyd.whatif.world import World
+from tests.helpers import ROOT
 
 A = ipaddress.ip_address
 
@@ -152,3 +156,49 @@ def test_the_flow_table_is_bounded_and_nodes_merge_without_double_counting():
     merged = {r.key: r for r in merge([doc, other])}
     r = merged[("a/local", "a/remote", "TCP", 80)]
     assert (r.count, r.first, r.last) == (3, 1.0, 9.0)
+
+
+GOOD = {"src": "default/frontend-0", "dst": "default/backend-0", "protocol": "TCP", "port": 80, "first": 1.0, "last": 2.0, "count": 3}
+
+
+def _flows_doc(*records: object) -> dict:
+    return {"kind": "FlowRecords", "version": 1, "nodes": ["node-1"], "records": list(records)}
+
+
+@pytest.mark.parametrize("doc, says", [
+    (None, "null, not an object"),
+    ([], "list, not an object"),
+    (_flows_doc({**GOOD, "count": -1}), "records[0].count: -1"),
+    (_flows_doc({**GOOD, "protocol": "FOO"}), "records[0].protocol: 'FOO'"),
+    (_flows_doc({**GOOD, "src": 7}), "records[0].src: 7"),
+    (_flows_doc({**GOOD, "dst": "not an address"}), "records[0].dst"),
+    (_flows_doc({**GOOD, "port": 0}), "records[0].port: 0"),
+    (_flows_doc({**GOOD, "protocol": "ICMP"}), "ICMP has no ports"),
+    (_flows_doc("text"), "records[0]: not an object"),
+    ({"kind": "FlowRecords", "version": 1, "records": {}}, "records: not a list"),
+])
+def test_flow_records_a_user_will_meet_are_clear_errors(tmp_path, capsys, doc, says):
+    """Bad flow files exit 2 naming the field, never 3 (issue 42, N5/N6)."""
+    from policyd.cli import main
+
+    (tmp_path / "flows.json").write_text(json.dumps(doc))
+    assert main(["advise", "--flows", str(tmp_path / "flows.json"), "-f", str(ROOT / "examples" / "cluster")]) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_deep_or_huge_flow_files_are_clear_errors(tmp_path, capsys):
+    from policyd.cli import main
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main(["advise", "--flows", str(tmp_path / "deep.json"), "-f", str(ROOT / "examples" / "cluster")]) == 2
+    assert "nested too deeply" in capsys.readouterr().err
+
+
+def test_flows_of_pods_since_deleted_are_reported_and_skipped(tmp_path, capsys):
+    from policyd.cli import main
+
+    gone = {**GOOD, "src": "default/deleted-7f9"}
+    (tmp_path / "flows.json").write_text(json.dumps(_flows_doc(gone)))
+    assert main(["advise", "--flows", str(tmp_path / "flows.json"), "-f", str(ROOT / "examples" / "cluster")]) in (0, 1)
+    err = capsys.readouterr().err
+    assert "not in the cluster (deleted since?): their flows are skipped" in err and "default/deleted-7f9" in err, err

@@ -48,3 +48,20 @@ def test_ipv6_labs_need_an_ipv4_cluster_cidr_cut_in_24s():
         check("ipv6", "fd00::/48", 24)
     with pytest.raises(LabError, match="one of ipv4, ipv6, dual"):
         check("ipv5", "10.244.0.0/16", 24)
+
+
+def test_more_nodes_without_a_pod_cidr_than_the_cluster_cidr_holds_is_a_clear_error(tmp_path, capsys):
+    """257 Nodes without spec.podCIDR need 257 /24s of 10.244.0.0/16, which has 256: exit 2
+    naming the way out, not an internal error (issue 42, N7)."""
+    import yaml
+
+    from policyd.cli import main
+
+    nodes = [{"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"n{i}"}} for i in range(257)]
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump_all(nodes))
+    assert main(["matrix", "-f", str(tmp_path / "nodes.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "257 nodes without a podCIDR need 257 /24 ranges of --cluster-cidr 10.244.0.0/16, which has 256" in err, err
+    nodes[0]["spec"] = {"podCIDR": "10.245.0.0/24"}  # one with its own: the other 256 fit
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump_all(nodes))
+    assert main(["matrix", "-f", str(tmp_path / "nodes.yaml")]) == 0

@@ -10,6 +10,7 @@ import pytest
 from policyd.cli import main
 from policyd.model.manifests import load
 from policyd.model.problems import InvalidInput
+from tests.helpers import ROOT
 
 BAD = """
 apiVersion: networking.k8s.io/v1
@@ -305,3 +306,49 @@ def test_bad_addressing_options_are_usage_errors_not_internal_ones(args, capsys)
 
     assert main(["matrix", "-f", str(Path(__file__).parents[2] / "examples" / "cluster"), *args]) == 2
     assert args[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["matrix", "--port", "0"], ["explain", "--port", "99999"], ["matrix", "--port", "http"]])
+def test_a_port_outside_1_to_65535_is_refused(argv, capsys):
+    """As the API refuses such a port in a policy, the what-if tools refuse it as a question
+    (issue 42, N9): exit 2 with the reason."""
+    from policyd.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "-f", str(ROOT / "examples" / "policies")])
+    assert e.value.code == 2 and "port" in capsys.readouterr().err
+
+
+def test_names_reach_the_terminal_escaped(tmp_path, capsys):
+    """ESC and a right-to-left override in a name are printed as escapes (issue 42, N9)."""
+    from policyd.cli import main
+
+    (tmp_path / "p.yaml").write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: \"a\\e[31mb\\u202ec\"}\nspec: {containers: [{name: c}]}\n")
+    assert main(["matrix", "-f", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err and "a\\x1b[31mb\\u202ec" in err, err
+
+
+def test_a_directory_of_nothing_readable_says_so(tmp_path, capsys):
+    """A directory whose only entry is a link to /dev/zero: refused by name, not "(no pods)";
+    a directory without any manifest: said (issue 42, N9)."""
+    from policyd.cli import main
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "zero.yaml").symlink_to("/dev/zero")
+    assert main(["matrix", "-f", str(tmp_path / "d")]) == 2
+    assert "zero.yaml: : not a file" in capsys.readouterr().err
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "README").write_text("not a manifest")
+    assert main(["matrix", "-f", str(tmp_path / "e")]) == 2
+    assert "no manifest in this directory" in capsys.readouterr().err
+
+
+def test_a_flood_of_problems_is_capped_with_a_count(tmp_path, capsys):
+    """Thousands of bad documents: the first 100 problems and a count (issue 42, N10)."""
+    from policyd.cli import MAX_SHOWN, main
+
+    (tmp_path / "p.yaml").write_text("---\n[]\n" * 5000)
+    assert main(["matrix", "-f", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == MAX_SHOWN + 2 and err[-2].startswith("error: … and 4900 more"), err[-3:]
