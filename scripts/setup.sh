@@ -61,7 +61,9 @@ else
   say "Debian packages present: ${APT_PACKAGES[*]}"
 fi
 
-PY=${PYTHON:-python3}
+# Debian's python3 (installed above): a virtualenv made from an interpreter in root's home
+# (pyenv) would be unusable for the other users of a clone root prepared.
+PY=${PYTHON:-/usr/bin/python3}
 if [ ! -x .venv/bin/python ]; then
   say "creating virtualenv .venv with $($PY --version)"
   $PY -m venv .venv
